@@ -1,0 +1,23 @@
+"""Layers with two views: `.kernel(x1, x2)` (infinite width) and `.module(in_shape)` (finite)."""
+
+from .activations import (
+    ABRelu,
+    Abs,
+    Activation,
+    Elementwise,
+    Erf,
+    Gelu,
+    Identity,
+    LeakyRelu,
+    Relu,
+    Sin,
+)
+from .base import Layer
+from .combinators import FanInConcat, FanInSum, FanOut, Parallel, Serial, parallel, serial
+from .dense import Dense
+
+__all__ = [
+    "Layer", "Dense", "Activation", "ABRelu", "Abs", "Elementwise", "Erf", "Gelu", "Identity",
+    "LeakyRelu", "Relu", "Sin", "serial", "parallel", "Serial", "Parallel", "FanOut",
+    "FanInSum", "FanInConcat",
+]

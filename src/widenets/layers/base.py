@@ -1,0 +1,237 @@
+"""The Layer abstraction: one object, two views.
+
+Every layer knows
+* its infinite-width kernel map `apply_kernel(Kernel) -> Kernel` (private; the public entry is
+  `Layer.kernel(x1, x2)`, which checks inputs once and builds the input kernel), and
+* its finite torch module `build(in_shape, generator, dtype) -> (nn.Module, out_shape)`
+  (public entry `Layer.module(in_shape, seed=...)`).
+
+Multi-branch values (after `FanOut`) are lists: a list of Kernels, a list of shapes, and a tuple
+of tensors in the torch forward.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..kernel import Kernel
+
+__all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
+           "PARAMETERIZATIONS"]
+
+PARAMETERIZATIONS = ("ntk", "standard")
+_GET = ("nngp", "ntk")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tensor:
+    """Check a user's input batch and return it as a `dtype` tensor.
+
+    Raises:
+        TypeError: not array-like, or integer/bool/complex dtype.
+        ValueError: rank < 2 (no batch axis) or non-finite entries.
+    """
+    if not isinstance(x, torch.Tensor):
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{func}: {arg} must be a torch.Tensor or numpy array of floats, "
+                            f"got {_describe(x)}") from None
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{func}: {arg} must hold floating-point values, got dtype {x.dtype}; "
+                        f"convert with {arg}.to(torch.float64)")
+    if x.ndim < 2:
+        raise ValueError(f"{func}: {arg} must have a batch axis first, shape (n, features...), "
+                         f"got shape {tuple(x.shape)}; use {arg}[None] for a single input")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; "
+                         f"remove or impute them first")
+    return x.to(dtype)
+
+
+def check_std(value, *, func: str, arg: str, allow_none: bool = False) -> float | None:
+    """A standard deviation must be a finite number >= 0 (or None where allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{func}: {arg} must be a finite number >= 0"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def check_parameterization(value, *, func: str) -> str:
+    if value not in PARAMETERIZATIONS:
+        raise ValueError(f"{func}: parameterization must be one of {PARAMETERIZATIONS}, "
+                         f"got {value!r}")
+    return value
+
+
+def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool) -> Kernel:
+    """The kernel of the raw inputs: second moments averaged over features (channels).
+
+    For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
+    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (MATH.md §2). The input NTK is zero (no parameters yet).
+    """
+    if x1.ndim != 2:
+        raise ValueError(f"kernel: inputs of shape (n, features) are supported by the "
+                         f"fully connected layers, got {tuple(x1.shape)}; use Flatten() or "
+                         f"reshape to (n, -1) first")
+    d = x1.shape[1]
+    cov1 = (x1 * x1).sum(1) / d
+    if x2 is None:
+        nngp = x1 @ x1.T / d
+        cov2 = None
+    else:
+        nngp = x1 @ x2.T / d
+        cov2 = (x2 * x2).sum(1) / d
+    k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
+               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=d,
+               sources=frozenset())
+    if x2 is None:
+        k.set_batch_diagonal(nngp, cov1)
+    return k
+
+
+def new_source() -> frozenset:
+    """A fresh identifier for the randomness of one weight layer (see Kernel.sources)."""
+    return frozenset({uuid.uuid4().int})
+
+
+class Layer:
+    """Base class of every widenets layer and combinator.
+
+    Subclasses implement `apply_kernel` (the infinite-width map) and `build` (the finite module).
+    Constructors store their arguments verbatim as attributes.
+    """
+
+    # --------------------------------------------------------------- to override
+    def apply_kernel(self, k):  # pragma: no cover - abstract
+        """Map the input Kernel (or list of Kernels) to the output one."""
+        raise NotImplementedError
+
+    def build(self, in_shape, generator: torch.Generator | None, dtype: torch.dtype):
+        """Return (module, out_shape) of the finite network; shapes exclude the batch axis."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ------------------------------------------------------------------ public
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def kernel(self, x1, x2=None, *, get: str | Sequence[str] | None = None,
+               dtype: torch.dtype = torch.float64):
+        """Exact infinite-width NNGP and NTK of this network.
+
+        Args:
+            x1: (n1, d) inputs.
+            x2: (n2, d) inputs, or None for x2 = x1 (symmetric kernel, exact diagonal).
+            get: None for the whole `Kernel`; "nngp" or "ntk" for that (n1, n2) tensor only
+                ("nngp" skips all NTK work); a tuple of both for a tuple of tensors.
+            dtype: precision of the computation (float64 by default).
+
+        Returns:
+            A `Kernel`, a tensor or a tuple of tensors, as `get` asks (lists of these when the
+            network ends in several branches).
+        """
+        fname = f"{self.name}.kernel"
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{fname}: dtype must be a torch floating dtype, got {dtype!r}")
+        gets = _parse_get(get, fname)
+        x1 = as_input_tensor(x1, func=fname, arg="x1", dtype=dtype)
+        if x2 is not None:
+            x2 = as_input_tensor(x2, func=fname, arg="x2", dtype=dtype)
+            if x2.shape[1:] != x1.shape[1:]:
+                raise ValueError(f"{fname}: x1 and x2 must have the same feature shape, got "
+                                 f"x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}")
+            if x2.device != x1.device:
+                raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
+                                 f"{x1.device} and {x2.device}")
+        k = self.apply_kernel(input_kernel(x1, x2, want_ntk="ntk" in gets))
+        for kk in k if isinstance(k, list) else [k]:
+            _check_finite(kk, fname)
+        if get is None:
+            return k
+        return _select(k, gets, single=isinstance(get, str))
+
+    def module(self, in_shape, *, seed: int | None = None,
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The finite torch network this layer describes, freshly initialized.
+
+        Args:
+            in_shape: shape of one input without the batch axis, e.g. (784,).
+            seed: seeds a private generator for the initialization (None: torch's global RNG).
+            dtype: parameter dtype.
+        """
+        fname = f"{self.name}.module"
+        if isinstance(in_shape, int):
+            in_shape = (in_shape,)
+        if not isinstance(in_shape, (tuple, list)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in in_shape):
+            raise ValueError(f"{fname}: in_shape must be a tuple of positive ints without the "
+                             f"batch axis, e.g. (784,), got {in_shape!r}")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        mod, _ = self.build(tuple(in_shape), generator, dtype)
+        return mod
+
+    def __rshift__(self, other: Layer) -> Layer:
+        from .combinators import serial
+
+        return serial(self, other)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{self.name}({args})"
+
+
+def _parse_get(get, fname: str) -> tuple[str, ...]:
+    if get is None:
+        return _GET
+    gets = (get,) if isinstance(get, str) else tuple(get)
+    if not gets or any(g not in _GET for g in gets):
+        raise ValueError(f"{fname}: get must be None, 'nngp', 'ntk' or a tuple of them, "
+                         f"got {get!r}")
+    return gets
+
+
+def _check_finite(k: Kernel, fname: str) -> None:
+    for name in ("nngp", "ntk"):
+        t = getattr(k, name)
+        if t is not None and not torch.isfinite(t).all():
+            raise FloatingPointError(
+                f"{fname}: the {name} kernel has non-finite entries (overflow in "
+                f"{t.dtype}); use dtype=torch.float64, smaller w_std or fewer layers")
+
+
+def _select(k, gets: tuple[str, ...], single: bool):
+    if isinstance(k, list):
+        return [_select(kk, gets, single) for kk in k]
+    out = tuple(getattr(k, g) for g in gets)
+    return out[0] if single else out
+
+
+def normal_(t: torch.Tensor, generator: torch.Generator | None, std: float = 1.0) -> torch.Tensor:
+    """Fill `t` with N(0, std²) draws from `generator` (drawn in float64 for reproducibility
+    across dtypes, then cast)."""
+    with torch.no_grad():
+        draw = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+        t.copy_(draw * std)
+    return t

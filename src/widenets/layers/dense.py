@@ -1,0 +1,118 @@
+"""Fully connected layer: finite module and infinite-width kernel map.
+
+Parameterizations (Lee et al. 2019, seed 002, eq. 1; MATH.md §1), fan-in n:
+
+* "ntk":      h = x (σw/√n) ω + σb β,   ω, β ~ N(0, 1) trainable.
+* "standard": h = x W + b,  W ~ N(0, σw²/n), b ~ N(0, σb²) trainable.
+
+Both give the same function at initialization, hence the same NNGP:
+    K' = σw² K + σb².
+Their NTKs differ (MATH.md §2):
+    ntk:      Θ' = σw² K + σb² + σw² Θ                        (σw and σb multiply the gradients)
+    standard: Θ' = n K + 1 + σw² Θ                            (∂h/∂W = x, ∂h/∂b = 1)
+
+Standard-parameterization convention: the NTK is reported at the finite fan-ins the layers
+declare (the `out` of the previous layer, the input dimension for the first): the term n K grows
+linearly with width, as the empirical NTK of such a network does (Sohl-Dickstein et al. 2020,
+with width scale s = 1). Dividing by the width (equivalently a learning rate ∝ 1/width, the
+"width scale that makes it finite") gives the finite limit. The bias contributes 1 whenever it
+exists (b_std is not None), also when initialized at zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernel import Kernel
+from .base import Layer, check_parameterization, check_std, new_source, normal_
+
+__all__ = ["Dense", "DenseModule"]
+
+
+class DenseModule(nn.Module):
+    """h = x W + b with the parameterization of `Dense`; weight has shape (out, in) as in torch."""
+
+    def __init__(self, in_features: int, out_features: int, w_std: float, b_std: float | None,
+                 parameterization: str, generator, dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.w_std, self.b_std, self.parameterization = w_std, b_std, parameterization
+        ntk = parameterization == "ntk"
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
+        normal_(self.weight, generator, 1.0 if ntk else w_std / math.sqrt(in_features))
+        if b_std is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype))
+            normal_(self.bias, generator, 1.0 if ntk else b_std)
+        # Multipliers applied in forward (1 in the standard parameterization).
+        self.w_scale = self.w_std / math.sqrt(in_features) if ntk else 1.0
+        self.b_scale = (self.b_std or 0.0) if ntk else 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight) * self.w_scale if self.w_scale != 1.0 \
+            else F.linear(x, self.weight)
+        if self.bias is not None:
+            out = out + self.bias * self.b_scale
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, w_std={self.w_std}, "
+                f"b_std={self.b_std}, parameterization={self.parameterization!r}")
+
+
+class Dense(Layer):
+    """Fully connected layer of width `out` (Lee et al. 2019, eq. 1).
+
+    Args:
+        out: output width (the finite module's out_features).
+        w_std: σw, weight standard deviation (times 1/√fan_in).
+        b_std: σb, bias standard deviation; None for no bias parameter.
+        parameterization: "ntk" (default) or "standard"; see the module docstring for the
+            kernels and the standard-parameterization width convention.
+    """
+
+    def __init__(self, out: int, *, w_std: float = 1.0, b_std: float | None = 0.0,
+                 parameterization: str = "ntk"):
+        if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+            raise ValueError(f"Dense: out must be a positive int (the width), got {out!r}")
+        self.out = out
+        self.w_std = check_std(w_std, func="Dense", arg="w_std")
+        self.b_std = check_std(b_std, func="Dense", arg="b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization, func="Dense")
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        if isinstance(k, list):
+            raise ValueError(f"Dense.kernel: expected one input, got {len(k)} branches; "
+                             f"merge them with FanInSum() or FanInConcat() first")
+        if k.nngp.ndim != 2:
+            raise ValueError(f"Dense.kernel: input must be flat features (n, d); got a kernel "
+                             f"with spatial axes {tuple(k.nngp.shape[2:])}; put Flatten() or "
+                             f"GlobalAvgPool() before Dense")
+        w2 = self.w_std ** 2
+        b2 = (self.b_std or 0.0) ** 2
+        # MATH.md §2: K' = σw² K + σb² (both parameterizations).
+        nngp = w2 * k.nngp + b2
+        cov1 = w2 * k.cov1 + b2
+        cov2 = None if k.cov2 is None else w2 * k.cov2 + b2
+        ntk = None
+        if k.ntk is not None:
+            if self.parameterization == "ntk":
+                ntk = nngp + w2 * k.ntk                       # Θ' = K' + σw² Θ
+            else:
+                bias_term = 0.0 if self.b_std is None else 1.0
+                ntk = k.channels * k.nngp + bias_term + w2 * k.ntk   # Θ' = n K + 1 + σw² Θ
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
+                         is_input=False, channels=self.out, sources=new_source())
+
+    def build(self, in_shape, generator, dtype):
+        if isinstance(in_shape, list) or len(in_shape) != 1:
+            raise ValueError(f"Dense.module: in_shape must be (features,), got {in_shape!r}; "
+                             f"put Flatten() before Dense for images")
+        mod = DenseModule(in_shape[0], self.out, self.w_std, self.b_std, self.parameterization,
+                          generator, dtype)
+        return mod, (self.out,)
