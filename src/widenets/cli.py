@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     if kernel is not None:
         kernel[0](sub)
     else:
-        sub.add_parser("kernel", help="large tiled kernels (not available in this build yet)",
-                       add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+        sub.add_parser("kernel", help="large tiled kernels (not available in this build yet)")
     return parser
 
 
@@ -114,14 +113,13 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kernel"] and _kernel_cli() is None:
+        return _fail("`widenets kernel` (tiled large kernels) is not available in this "
+                     "build yet")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "kernel":
-        kernel = _kernel_cli()
-        if kernel is None:
-            return _fail("`widenets kernel` (tiled large kernels) is not available in this "
-                         "build yet")
-        return int(kernel[1](args) or 0)
+        return int(_kernel_cli()[1](args) or 0)
     if args.command == "demo":
         return _run(args, ["demo"], "out/demo", "widenets demo: digits", argv)
     # reproduce

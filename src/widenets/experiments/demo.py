@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_digits, load_file
-from .base import ConfigError, Result, progress
+from .base import ConfigError, Result, fit_slope, progress
 from .common import ACTIVATIONS, fc_net, log_steps, train_gd
 from .plotting import pyplot, save
 
@@ -45,14 +45,14 @@ class Config:
     """
 
     data: str = "digits"
-    n_train: int = 600
-    n_test: int = 400
+    n_train: int = 500
+    n_test: int = 500
     depth: int = 2
     w_std: float = 2 ** 0.5
     b_std: float = 0.1
     activation: str = "relu"
     widths: tuple[int, ...] = (64, 256, 1024)
-    steps: int = 1000
+    steps: int = 600
     lr_factor: float = 0.5
     n_times: int = 30
     diag_reg: float = 1e-6
@@ -165,6 +165,7 @@ def run(config: Config) -> Result:
         rmse[width] = float(((test - ntk_mean) ** 2).mean().sqrt())
     timings["finite_nets_s"] = time.perf_counter() - t0
 
+    slope = fit_slope(list(rmse), list(rmse.values())) if len(rmse) > 1 else None
     scale = float(ntk_mean[-1].pow(2).mean().sqrt())
     metrics = {
         "n_train": n, "n_test": ds.x_test.shape[0], "learning_rate": eta,
@@ -176,6 +177,7 @@ def run(config: Config) -> Result:
         "nngp_posterior_test_loss": loss(nngp_post),
         "finite_test_accuracy_final": {w: finite[w]["accuracy"][-1] for w in config.widths},
         "finite_rmse_to_ntk_gp": rmse,
+        "finite_rmse_slope": slope,
         "ntk_gp_output_rms": scale,
         "ntk_condition_number": float(lam_ntk[0] / lam_ntk[-1].clamp_min(1e-300)),
     }
@@ -221,6 +223,7 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
         ax.set_ylabel(f"test {what}" + (" (½ MSE)" if what == "loss" else ""))
         if what == "loss":
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"test {what} over training")
     axes[0][0].legend(loc="best")
     path = save(fig, out / "demo_training.png")
@@ -241,7 +244,8 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
                          "the mode along λᵢ is learned at rate η λᵢ / n, so the tail sets how "
                          "slowly training finishes."))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10.4, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    axes[0].grid(False)
     im = axes[0].imshow(d["ntk_test_sorted"].numpy(), cmap="magma")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
     axes[0].set_title("analytic NTK on test inputs (sorted by class)")
@@ -249,7 +253,11 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
     axes[0].set_ylabel("test input")
     widths = list(result.metrics["finite_rmse_to_ntk_gp"])
     rm = [result.metrics["finite_rmse_to_ntk_gp"][w] for w in widths]
-    axes[1].loglog(widths, rm, "o-", color="tab:blue", label="trained net vs NTK-GP")
+    slope = result.metrics.get("finite_rmse_slope")
+    axes[1].loglog(widths, rm, "o-", color="tab:blue",
+                   label="trained net vs NTK-GP" + ("" if slope is None
+                                                     else f" (fitted slope {slope:.2f})"))
+    axes[1].yaxis.set_minor_formatter(plt.NullFormatter())
     if len(widths) > 1:
         ref = [rm[0] * (w / widths[0]) ** -0.5 for w in widths]
         axes[1].loglog(widths, ref, "k--", lw=1, label="∝ width^(-1/2)")

@@ -1,0 +1,115 @@
+"""The `widenets` command: exit codes, typed --set, the report, Ctrl-C keeping finished work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from widenets import cli
+from widenets.experiments import runner
+from widenets.experiments.base import ConfigError, Result, make_config, parse_value
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _err_lines(capsys) -> list[str]:
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["reproduce", "no-such-figure"], "unknown figure 'no-such-figure'"),
+    (["demo", "--set", "no_such_key=1"], "unknown key"),
+    (["demo", "--set", "steps=many"], "expected an int"),
+    (["demo", "--set", "widths=64,abc"], "expected an int"),
+    (["demo", "--set", "steps"], "expected key=value"),
+    (["demo", "--set", "lr_factor=3.0"], "lr_factor must be in (0, 1)"),
+    (["kernel", "--net", "x"], "kernel"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, monkeypatch):
+    if argv[0] == "kernel":
+        monkeypatch.setattr(cli, "_kernel_cli", lambda: None)
+    assert cli.main(argv) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("widenets: error:") and needle in lines[0], lines
+
+
+def test_unwritable_out_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert cli.main(["demo", "--quick", "--out", str(blocker / "sub")]) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and "cannot write to --out" in lines[0], lines
+
+
+def test_console_process_exit_codes(tmp_path):
+    """The real process (python -m widenets): usage errors exit 2, --list exits 0."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    bad = subprocess.run([sys.executable, "-m", "widenets", "reproduce", "nope"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown figure" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "widenets", "reproduce", "--list"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_parse_value_types():
+    assert parse_value("64,256", tuple[int, ...], key="w") == (64, 256)
+    assert parse_value("1e-3", float, key="x") == 1e-3
+    assert parse_value("false", bool, key="b") is False
+    assert parse_value("none", float | None, key="o") is None
+    assert parse_value("2", float | None, key="o") == 2.0
+    with pytest.raises(ConfigError, match="expected a finite float"):
+        parse_value("nan", float, key="x")
+    with pytest.raises(ConfigError, match="expected a bool"):
+        parse_value("maybe", bool, key="b")
+
+
+@dataclasses.dataclass
+class _Cfg:
+    n: int = 3
+    seed: int = 0
+
+
+def _fake_module(fid: str, fail: bool):
+    mod = types.SimpleNamespace(ID=fid, TITLE=f"fake {fid}", RUNTIME="0 s", Config=_Cfg, QUICK={})
+
+    def run(config):
+        if fail:
+            raise KeyboardInterrupt
+        return Result(figure=fid, config=config, data={}, metrics={"value": 1.5 * config.n},
+                      caption=f"caption of {fid}")
+
+    def plot(result, path):
+        Path(path).write_bytes(b"\x89PNG fake")
+
+    mod.run, mod.plot = run, plot
+    return mod
+
+
+def test_make_config_quick_seed_and_sets():
+    mod = types.SimpleNamespace(ID="x", Config=_Cfg, QUICK={"n": 1})
+    cfg = make_config(mod, quick=True, seed=7, overrides={"n": "5"})
+    assert (cfg.n, cfg.seed) == (5, 7)
+    assert make_config(mod, quick=True).n == 1
+
+
+def test_interrupt_keeps_finished_figures(tmp_path):
+    jobs = [(_fake_module("first", False), _Cfg(n=2)), (_fake_module("second", True), _Cfg())]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_all(jobs, tmp_path, title="t", command="widenets test", seed=None,
+                       log=lambda *a: None)
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["status"] == "interrupted"
+    assert list(res["figures"]) == ["first"]
+    assert res["figures"]["first"]["metrics"] == {"value": 3.0}
+    assert (tmp_path / "first.png").exists()
+    html = (tmp_path / "index.html").read_text()
+    assert "first.png" in html and "did not finish" in html
