@@ -246,17 +246,17 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             fs = _call_factors(layer, rec, gs, k)
             if fs is None:
                 continue
-            ok = True
-            for pname, f in fs.items():
+            for role, pname in list(layer.roles.items()):
+                f = fs[pname]
                 ref = true[pname]
                 ref = torch.zeros_like(p_req[pname]) if ref is None else ref
                 rebuilt = jacobian_form(f).sum(0).reshape(ref.shape)
                 err = float((rebuilt - ref).norm())
-                if not err <= tol * float(ref.norm()) + 1e-30:
-                    ok = False
-                    break
-                layer.shapes[pname] = (f.kind, f.d_in, f.shape)
-            if ok:
+                if err <= tol * float(ref.norm()) + 1e-30:
+                    layer.shapes[pname] = (f.kind, f.d_in, f.shape)
+                else:                       # used elsewhere too, or described wrongly
+                    del layer.roles[role]
+            if layer.roles:
                 verified.append(layer)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
