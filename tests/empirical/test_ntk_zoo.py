@@ -81,24 +81,21 @@ def test_structured_accelerates_the_known_layers(name):
     assert set(plan.fallback) == set(target.params) - expected
 
 
-def test_gram_and_jacobian_forms_agree_on_convs(references):
+@pytest.mark.parametrize("form", ["gram", "jacobian"])
+@pytest.mark.parametrize("name", ["grouped_dilated_conv", "embedding", "shared_multi_output"])
+def test_gram_and_jacobian_forms_agree(name, form, references, monkeypatch):
     """Force each per-layer form: both must give the reference (the automatic choice picks one
     form per layer, so this covers the other)."""
-    from widenets.empirical import factors
+    import widenets.empirical.structured as st
 
-    model, params, x1, x2, ref = references("grouped_dilated_conv")
-    orig = factors.choose_form
-    try:
-        for form in ("gram", "jacobian"):
-            factors.choose_form = lambda *a, _f=form, **k: _f
-            import widenets.empirical.structured as st
-            st.choose_form = factors.choose_form
-            out = wn.empirical_ntk(model, x1, x2, implementation="structured", mode="full")
-            assert rel(out, ref) < TOL
-    finally:
-        factors.choose_form = orig
-        import widenets.empirical.structured as st
-        st.choose_form = orig
+    monkeypatch.setattr(st, "choose_form", lambda *a, **k: form)
+    model, params, x1, x2, ref = references(name)
+    for mode in ("full", "trace", "diagonal"):
+        out = wn.empirical_ntk(model, x1, x2, params=params, implementation="structured",
+                               mode=mode)
+        want = ref if mode == "full" else ref.diagonal(dim1=2, dim2=3)
+        want = want.mean(-1) if mode == "trace" else want
+        assert rel(out, want) < TOL
 
 
 def test_float32_agrees_with_float64():

@@ -57,11 +57,14 @@ def estimate_costs(plan, n1: int, n2: int, mode: str, *, symmetric: bool,
     s_cost = (n1 + n2e) * f * (1 + o)
     s_mem = 0.0
     for layer in plan.known:
+        gram = jac = mem = kc = 0.0
         for kind, d_in, shape in layer.shapes.values():
             oo, g, t, d = shape
-            gram, jac, mem = form_costs(shape, shape, kind, d_in, n1, n2, mode, symmetric)
-            s_cost += jac if (jac < gram and mem <= budget) else gram
+            kx, kc, j, mm = form_costs(shape, shape, kind, d_in, n1, n2, mode, symmetric)
+            gram, jac, mem = gram + kx, jac + j, mem + mm
             s_mem += (b1 + b2e) * oo * g * t * (d + (d_in if kind == "dense" else 1))
+        gram += kc                              # weight and bias share the cotangent Gram
+        s_cost += jac if (jac < gram and mem <= budget) else gram
     pu = plan.fallback_params
     if pu:
         s_cost += (n1 + n2e) * f * (1 + 2 * o) + n1 * n2 * m * pu

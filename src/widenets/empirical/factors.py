@@ -15,7 +15,8 @@ is a product of the Gram matrix of the inputs and the Gram matrix of the cotange
 al. 2022, "Fast finite width neural tangent kernel", structured derivatives). Two exact ways to
 evaluate it, with costs in multiply-adds (m = O² for mode "full", O for "trace"/"diagonal"):
 
-* "gram" (eq. 2):      n1 n2 G T1 T2 (d_in + m d_out)
+* "gram" (eq. 2):      n1 n2 G T1 T2 (d_in + m d_out)  (a layer's weight and bias share
+                       the cotangent Gram, paid once)
 * "jacobian" (eq. 1):  (n1 + n2) O G T d_in d_out to form the per-sample Jacobians,
                        plus n1 n2 m G d_in d_out to contract them.
 
@@ -193,14 +194,33 @@ def _input_gram(f1: Factor, f2: Factor) -> torch.Tensor | None:
     return None
 
 
-def gram_contract(f1: Factor, f2: Factor, mode: str, budget: int) -> torch.Tensor:
-    """Eq. 2: (n1, n2, O, O) for full, (n1, n2) summed over outputs for trace, (n1, n2, O) for
-    diagonal. Works in blocks of rows of x1 so intermediates stay under `budget` elements."""
+def _group_input_gram(f1s: list[Factor], f2s: list[Factor]):
+    """Σ over a group's parameters of their input Grams: (G, n1, T1, n2, T2) tensor or None,
+    plus the scalar Σ s s' of its bias-like ("ones") members."""
+    kx, scalar = None, 0.0
+    for f1, f2 in zip(f1s, f2s):
+        k = _input_gram(f1, f2)
+        if k is None:
+            scalar += f1.scale * f2.scale
+        else:
+            kx = k if kx is None else kx + k
+    return kx, scalar
+
+
+def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) -> torch.Tensor:
+    """Eq. 2 for a group of parameters sharing one cotangent (a layer's weight and bias): the
+    cotangent Gram is formed once and multiplied by the sum of the input Grams.
+
+    Returns (n1, n2, O, O) for full, (n1, n2) summed over outputs for trace, (n1, n2, O) for
+    diagonal. Works in blocks of rows of x1 so intermediates stay under `budget` elements.
+    """
+    f1, f2 = f1s[0], f2s[0]
     o, g, t1, d = f1.shape
     t2 = f2.shape[2]
     n1, n2 = f1.n, f2.n
-    kx = _input_gram(f1, f2)
-    ss = f1.scale * f2.scale
+    kx, ss = _group_input_gram(f1s, f2s)
+    if kx is not None and ss:
+        kx = kx + ss
     m = o * o if mode == "full" else o
     rows = max(1, budget // max(1, g * t1 * n2 * t2 * m))
     # (O, n, G, T, d) -> the batched-matmul layouts used below
@@ -214,16 +234,18 @@ def gram_contract(f1: Factor, f2: Factor, mode: str, budget: int) -> torch.Tenso
         c1 = f1.c.permute(2, 1, 3, 0, 4).reshape(g, n1, t1 * o, d)
         c2 = f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2 * o, d)
     c2t = c2.transpose(1, 2)
+    inner = o * d if mode == "trace" else d
     parts = []
     for start in range(0, n1, rows):
         stop = min(n1, start + rows)
         r = stop - start
-        kc = torch.matmul(c1[:, start:stop].reshape(c1.shape[0], -1, d if mode != "trace"
-                                                    else o * d), c2t)
+        kc = torch.matmul(c1[:, start:stop].reshape(c1.shape[0], -1, inner), c2t)
         if mode == "trace":
             kc = kc.reshape(g, r, t1, n2, t2)
             if kx is None:
                 part = kc.sum(dim=(0, 2, 4)) * ss
+            elif g == 1 and t1 == 1 and t2 == 1:
+                part = kc.reshape(r, n2).mul_(kx.reshape(-1, n2)[start:stop])
             else:
                 part = (kc * kx[:, start:stop]).sum(dim=(0, 2, 4))
         elif mode == "diagonal":
@@ -277,16 +299,21 @@ def jacobian_contract(j1: torch.Tensor, j2: torch.Tensor, mode: str) -> torch.Te
 
 
 def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str,
-               symmetric: bool) -> tuple[float, float, float]:
-    """(gram MACs, jacobian MACs, jacobian memory in elements) for a factor pair.
+               symmetric: bool) -> tuple[float, float, float, float]:
+    """Costs of one parameter's factor pair, in multiply-adds and elements.
 
     shape1/shape2: (O, G, T, d_out) of the factors; see the module docstring for the formulas.
+
+    Returns:
+        (input-Gram MACs, cotangent-Gram MACs, jacobian-form MACs, jacobian-form elements).
+        A group of parameters sharing a cotangent pays the cotangent Gram once.
     """
     o, g, t1, d = shape1
     t2 = shape2[2]
     m = o * o if mode == "full" else o
     din_gram = {"dense": d_in, "index": 1, "ones": 0}[kind]
-    gram = n1 * n2 * g * t1 * t2 * (din_gram + m * d + m)
+    kx = n1 * n2 * g * t1 * t2 * din_gram
+    kc = n1 * n2 * g * t1 * t2 * (m * d + m)
     p = g * d_in * d
     form_din = d_in if kind == "dense" else 1
     form = n1 * o * g * t1 * form_din * d + (0 if symmetric else n2 * o * g * t2 * form_din * d)
@@ -294,11 +321,17 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
         form += (n1 + (0 if symmetric else n2)) * o * p    # zero-filling the sparse Jacobian
     jac = form + n1 * n2 * m * p
     mem = (n1 + (0 if symmetric else n2)) * o * p
-    return float(gram), float(jac), float(mem)
+    return float(kx), float(kc), float(jac), float(mem)
 
 
-def choose_form(f1: Factor, f2: Factor, mode: str, symmetric: bool, budget: int) -> str:
-    """"gram" or "jacobian", whichever costs fewer multiply-adds (jacobian only within budget)."""
-    gram, jac, mem = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
-                                symmetric)
+def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool,
+                budget: int) -> str:
+    """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
+    multiply-adds (the jacobian form only within `budget` elements)."""
+    gram = jac = mem = 0.0
+    for f1, f2 in zip(f1s, f2s):
+        kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
+                                   symmetric)
+        gram, jac, mem = gram + kx, jac + j, mem + mm
+    gram += kc
     return "jacobian" if jac < gram and mem <= budget else "gram"

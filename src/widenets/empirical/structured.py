@@ -182,7 +182,19 @@ def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | 
         if len({f.c.shape[-1] for f in fs}) > 1 or len({f.c.shape[2] for f in fs}) > 1:
             return None
         out[pname] = concat_calls(fs)
+    if len(out) == 2:
+        w, b = out.values()
+        if w.c.shape == b.c.shape:          # linear, or conv with groups=1: share one cotangent
+            b.c = w.c
     return out
+
+
+def _groups(factors: dict[str, Factor]) -> list[list[str]]:
+    """Parameter names grouped by shared cotangent tensor (a layer's weight and bias)."""
+    by_c: dict[int, list[str]] = {}
+    for name, f in factors.items():
+        by_c.setdefault(id(f.c), []).append(name)
+    return list(by_c.values())
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -319,13 +331,15 @@ class StructuredEngine:
     def contract(self, s1: StructuredState, s2: StructuredState, mode: str) -> torch.Tensor:
         symmetric = s1 is s2
         out = None
-        for name, f1 in s1.factors.items():
-            f2 = s2.factors[name]
-            if choose_form(f1, f2, mode, symmetric, self.budget) == "gram":
-                part = gram_contract(f1, f2, mode, self.budget)
+        for names in _groups(s1.factors):
+            f1s = [s1.factors[k] for k in names]
+            f2s = [s2.factors[k] for k in names]
+            if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
+                parts = [gram_contract(f1s, f2s, mode, self.budget)]
             else:
-                part = jacobian_contract(s1.jacobian(name), s2.jacobian(name), mode)
-            out = part if out is None else out.add_(part)
+                parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
+            for part in parts:
+                out = part if out is None else out.add_(part)
         for j1, j2 in zip(s1.fallback, s2.fallback):
             part = jacobian_contract(j1, j2, mode)
             out = part if out is None else out.add_(part)
