@@ -6,7 +6,16 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from .empirical import monte_carlo_kernel
+from .empirical import (
+    LayerStructure,
+    TaylorModel,
+    empirical_nngp,
+    empirical_ntk,
+    linearize,
+    monte_carlo_kernel,
+    register_structured_layer,
+    taylor_expand,
+)
 from .kernel import Kernel
 from .layers import (
     ABRelu,
@@ -33,4 +42,6 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "monte_carlo_kernel", "__version__",
+    "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
+    "LayerStructure", "register_structured_layer",
 ]

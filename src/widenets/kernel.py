@@ -87,6 +87,11 @@ class Kernel:
         t.diagonal(dim1=0, dim2=1).movedim(-1, 0).copy_(values)
         return t
 
+    def symmetrize(self, t: torch.Tensor) -> torch.Tensor:
+        """(t + tᵀ)/2 over the two batch axes: exact symmetry for x1_is_x2 kernels whose
+        formula is not evaluated symmetrically (quadrature, float rounding of x xᵀ)."""
+        return 0.5 * (t + t.transpose(0, 1))
+
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731

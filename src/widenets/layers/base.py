@@ -97,6 +97,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool) -
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
         nngp = x1 @ x1.T / d
+        nngp = 0.5 * (nngp + nngp.T)   # BLAS need not return an exactly symmetric Gram
         cov2 = None
     else:
         nngp = x1 @ x2.T / d
