@@ -94,8 +94,8 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
     if shape is not None:
         for got, want in zip(k.shape, shape):
             if want is not None and got != want:
-                raise ValueError(f"{func}: {arg} must have shape "
-                                 f"{tuple('n' if s is None else s for s in shape)}, got "
+                want_s = ", ".join("n" if s is None else str(s) for s in shape)
+                raise ValueError(f"{func}: {arg} must have shape ({want_s}), got "
                                  f"{tuple(k.shape)}")
     k = k.to(dtype)
     _check_finite(k, func=func, arg=arg)
