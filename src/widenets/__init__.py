@@ -6,6 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
+from . import predict
 from .empirical import (
     LayerStructure,
     TaylorModel,
@@ -44,4 +45,14 @@ __all__ = [
     "monte_carlo_kernel", "__version__",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
+    "predict", "sklearn",
 ]
+
+
+def __getattr__(name):
+    # `wn.sklearn` imports scikit-learn only when first used.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
