@@ -6,6 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
+from . import tiles
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
@@ -32,5 +33,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "monte_carlo_kernel", "__version__",
+    "monte_carlo_kernel", "tiles", "__version__",
 ]
