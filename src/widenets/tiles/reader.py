@@ -2,7 +2,8 @@
 
 For symmetric kernels only the upper triangle of tiles is stored; every reader here mirrors it:
 block (i, j) with i > j is the transpose of the stored block (j, i). Diagonal tiles are stored
-whole (both triangles), as kernel_fn computed them.
+whole, made exactly symmetric from their upper triangle when computed, so the whole kernel read
+back is exactly symmetric.
 """
 
 from __future__ import annotations

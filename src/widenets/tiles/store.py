@@ -223,7 +223,6 @@ def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
 # Fields that must agree for a call to continue an existing store, with how to say it.
 _CHECKED = [
     ("description", "net (kernel_fn)"),
-    ("kind", "kind of kernel_fn"),
     ("x1", "inputs x1"),
     ("x2", "inputs x2"),
     ("symmetric", "symmetry (x2 None or not)"),

@@ -93,8 +93,12 @@ def run_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int, j:
     (r0, r1), (c0, c1) = _bounds(job.meta, i, j)
     start = time.perf_counter()
     if x2 is None:
-        # Symmetric kernels: only i <= j; a diagonal tile is the kernel of one block with itself.
+        # Symmetric kernels: only i <= j; a diagonal tile is the kernel of one block with itself,
+        # made exactly symmetric from its upper triangle (as the reader mirrors the tiles).
         blocks = evaluate(job, x1[r0:r1], None if i == j else x1[c0:c1])
+        if i == j:
+            upper = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool).triu()
+            blocks = {k: torch.where(upper, v, v.T) for k, v in blocks.items()}
     else:
         blocks = evaluate(job, x1[r0:r1], x2[c0:c1])
     seconds = time.perf_counter() - start
