@@ -160,7 +160,9 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
         StoreMismatchError: the store holds a kernel of a different net, inputs, dtype, tile or
             get.
         TileStoreError: the path is not a readable widenets tile store.
-        TileError: a tile failed (finished tiles are kept; a rerun resumes).
+        TileError: a tile failed (finished tiles are kept; a rerun resumes). TypeError,
+            ValueError and FloatingPointError from a tile (kernel_fn returned the wrong
+            shape, or NaN) keep their type.
         OSError: the disk is full (ENOSPC); finished tiles are kept.
         KeyboardInterrupt: Ctrl-C; finished tiles are kept.
     """
@@ -265,6 +267,9 @@ def _failure(exc: BaseException, t, lay: StoreLayout, n_total: int) -> BaseExcep
         return OSError(exc.errno, f"{_FUNC}: disk full while writing tile {t} ({exc}); "
                                   f"the unfinished tile was not recorded. {kept} after "
                                   f"freeing space")
+    if type(exc) in (TypeError, ValueError, FloatingPointError):
+        # A misuse (kernel_fn's contract, bad values): keep the type users can catch.
+        return type(exc)(f"{exc} (tile {t}). {kept}")
     return TileError(f"{_FUNC}: tile {t} failed with {type(exc).__name__}: {exc}. {kept}")
 
 

@@ -50,7 +50,7 @@ def _kernel_array_class():
                 device: where to put the tensor (default CPU).
             """
             lay, meta, name = self._widenets_source
-            out = _read_whole(lay, meta, name)
+            out = _read_whole(lay, meta, name, skip=set(_missing(lay, meta)))
             t = torch.from_numpy(out)
             return t if device is None else t.to(device)
 
@@ -89,7 +89,8 @@ def _missing(lay: StoreLayout, meta: dict) -> list[tuple[int, int]]:
             if t not in done]
 
 
-def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: bool) -> None:
+def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: bool) -> list:
+    """The missing tiles; an error when there are any and allow_incomplete is False."""
     missing = _missing(lay, meta)
     if missing and not allow_incomplete:
         total = len(tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"]))
@@ -98,6 +99,7 @@ def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: b
             f"are missing (e.g. tile {missing[0]}), a run was interrupted. Rerun the same "
             f"wn.tiles.compute call to finish it, or pass allow_incomplete=True to read missing "
             f"tiles as NaN")
+    return missing
 
 
 def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - public name
@@ -121,23 +123,32 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
     func = "tiles.open"
     lay, meta = read_metadata(store, func=func)
     gets, single = _select_gets(meta, get, func)
-    _check_complete(lay, meta, func, allow_incomplete)
+    missing = set(_check_complete(lay, meta, func, allow_incomplete))
     out = []
     for name in gets:
         stored = da.from_zarr(_array(lay.root, name, meta), name=False)
-        if meta["symmetric"]:
-            nb = stored.numblocks[0]
-            stored = da.block([[stored.blocks[i, j] if i <= j else stored.blocks[j, i].T
-                                for j in range(nb)] for i in range(nb)])
+        if meta["symmetric"] or missing:
+            # Unfinished tiles read as NaN even where a killed write left data behind.
+            def block(i, j, stored=stored):
+                if (i, j) in missing:
+                    return da.full(stored.blocks[i, j].shape, np.nan, dtype=stored.dtype)
+                return stored.blocks[i, j]
+
+            n1, n2 = stored.numblocks
+            stored = da.block([[block(i, j) if i <= j or not meta["symmetric"] else block(j, i).T
+                                for j in range(n2)] for i in range(n1)])
         out.append(_make_kernel_array(stored, lay, meta, name))
     return out[0] if single else tuple(out)
 
 
-def _read_whole(lay: StoreLayout, meta: dict, name: str) -> np.ndarray:
+def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset()) -> np.ndarray:
+    """The (n1, n2) kernel, read tile by tile (tiles in `skip` stay NaN), mirrored."""
     n1, n2 = meta["shape"]
     out = np.full((n1, n2), np.nan, dtype=np.dtype(meta["dtype"]))
     b1, b2 = meta["tile"]
     for i, j in tile_list((n1, n2), (b1, b2), meta["symmetric"]):
+        if (i, j) in skip:
+            continue
         block = read_block(lay.root, name, meta, i, j)
         out[i * b1:i * b1 + block.shape[0], j * b2:j * b2 + block.shape[1]] = block
         if meta["symmetric"] and i < j:

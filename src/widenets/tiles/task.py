@@ -62,7 +62,7 @@ def evaluate(job: TileJob, a: torch.Tensor, b: torch.Tensor | None) -> dict[str,
         out = (out,)
     if not isinstance(out, tuple) or len(out) != len(job.get) or \
             not all(isinstance(t, torch.Tensor) for t in out):
-        got = f"{len(out)} values" if isinstance(out, tuple) else type(out).__name__
+        got = f"{len(out)} value(s)" if isinstance(out, tuple) else type(out).__name__
         raise TypeError(f"compute: kernel_fn(x1, x2, get={job.get!r}) must return one tensor per "
                         f"requested kernel ({len(job.get)}), got {got}; for a callable that "
                         f"computes a single kernel pass get='ntk' (or 'nngp')")
