@@ -322,7 +322,7 @@ def _array(root: Path, name: str, meta: dict):
 
 
 def write_tile(root: Path, meta: dict, i: int, j: int, blocks: dict[str, np.ndarray],
-               *, seconds: float) -> None:
+               *, seconds: float, worker: str | None = None) -> None:
     """Write tile (i, j) of every kernel, then its record (the tile is finished only then).
 
     Args:
@@ -330,6 +330,7 @@ def write_tile(root: Path, meta: dict, i: int, j: int, blocks: dict[str, np.ndar
         meta: its metadata.
         blocks: kernel name -> (rows, cols) array of the store's dtype.
         seconds: compute time of the tile (kept in the record).
+        worker: the Dask worker's address, None in-process (kept in the record).
     """
     lay = StoreLayout(root)
     (r0, r1), (c0, c1) = _bounds(meta, i, j)
@@ -338,7 +339,7 @@ def write_tile(root: Path, meta: dict, i: int, j: int, blocks: dict[str, np.ndar
         _array(root, name, meta)[r0:r1, c0:c1] = block
         crc[name] = zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1).data)
     record = {"tile": [i, j], "rows": [r0, r1], "cols": [c0, c1], "crc32": crc,
-              "seconds": round(seconds, 4), "host": os.uname().nodename, "pid": os.getpid(),
+              "seconds": round(seconds, 4), "host": os.uname().nodename, "pid": os.getpid(), "worker": worker,
               "finished": time.time()}
     _atomic_write_text(lay.record(i, j), json.dumps(record))
 

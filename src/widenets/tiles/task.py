@@ -6,6 +6,7 @@ kernels, dtype, device, the store); it is shipped to each worker once, like the 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,5 +104,18 @@ def run_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int, j:
         blocks = evaluate(job, x1[r0:r1], x2[c0:c1])
     seconds = time.perf_counter() - start
     write_tile(job.root, job.meta, i, j,
-               {k: np.ascontiguousarray(v.numpy()) for k, v in blocks.items()}, seconds=seconds)
+               {k: np.ascontiguousarray(v.numpy()) for k, v in blocks.items()}, seconds=seconds,
+               worker=_worker_address())
     return {"tile": (i, j), "seconds": seconds}
+
+
+def _worker_address() -> str | None:
+    """The address of the Dask worker running this task, None outside Dask."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:  # not inside a worker
+        return None
