@@ -175,7 +175,7 @@ def make_layer(name: str, args: list, kwargs: dict, names: dict | None = None):
                          f"{', '.join(sorted(names))}")
     try:
         return cls(*args, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"parse_spec: bad arguments for {name}: {e}") from e
 
 
