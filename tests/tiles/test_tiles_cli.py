@@ -83,7 +83,8 @@ def test_kernel_command_computes_resumes_and_refuses(tmp_path, capsys):
     assert main(argv) == 0
     assert "(0 computed, 6 already done)" in capsys.readouterr().out
     net = relu_net(3)
-    for got, ref in zip(wn.tiles.load_kernel(out), net.kernel(x1, x2, get=("nngp", "ntk"))):
+    refs = net.kernel(x1, x2, get=("nngp", "ntk"))
+    for got, ref in zip(wn.tiles.load_kernel(out), refs, strict=True):
         assert torch.equal(got, ref)
     # Another net on the same store: refused with exit status 1 and the reason.
     bad = list(argv)

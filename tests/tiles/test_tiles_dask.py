@@ -31,7 +31,7 @@ def test_local_cluster_two_workers_equals_in_process(tmp_path, net):
     # Every tile was computed on a worker (its record names it), and both workers took part.
     used = [json.loads(p.read_text())["worker"] for p in (tmp_path / "c.zarr" / "done").iterdir()]
     assert set(used) == workers and len(workers) == 2
-    for got, ref in zip(run.load(), local_sym):
+    for got, ref in zip(run.load(), local_sym, strict=True):
         assert torch.equal(got, ref)
     assert torch.equal(rect.load(), local_rect)
     assert torch.equal(local_sym[1], net.kernel(x1, get="ntk"))  # and both equal in-memory
@@ -62,5 +62,5 @@ def test_worker_death_mid_tile_is_redone(tmp_path):
     assert int(marker.read_text()) != os.getpid()  # it was a worker process, not this one
     rec = json.loads((tmp_path / "w.zarr" / "done" / "1-2.json").read_text())
     assert rec["pid"] != int(marker.read_text())  # the tile was redone by a live worker
-    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk"))):
+    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk")), strict=True):
         assert torch.equal(got, ref)

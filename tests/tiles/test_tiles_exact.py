@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from tiles_helpers import dyadic, relu_net
 
 import widenets as wn
-
-from tiles_helpers import dyadic, relu_net
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -52,7 +51,7 @@ def test_general_inputs_match_up_to_blas_rounding(tmp_path):
     x = torch.randn(41, 30, generator=g, dtype=torch.float64)
     wn.tiles.compute(net, x, store=tmp_path / "g.zarr", tile=16)
     for got, ref in zip(wn.tiles.load_kernel(tmp_path / "g.zarr"),
-                        net.kernel(x, get=("nngp", "ntk"))):
+                        net.kernel(x, get=("nngp", "ntk")), strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
         assert torch.equal(got, got.T)  # the mirrored store is exactly symmetric
 
@@ -70,7 +69,7 @@ def test_callable_kernel_fn_monte_carlo(tmp_path):
     run = wn.tiles.compute(mc, x1, x2, store=tmp_path / "mc.zarr", tile=(5, 4),
                            description="monte_carlo_kernel(erf net, n_samples=2, seed=3)")
     assert run.tiles_computed == 9
-    for got, ref in zip(run.load(), mc(x1, x2, get=("nngp", "ntk"))):
+    for got, ref in zip(run.load(), mc(x1, x2, get=("nngp", "ntk")), strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
 
 

@@ -82,7 +82,7 @@ def test_disk_full_keeps_finished_tiles_and_resumes(tmp_path, net, monkeypatch):
     assert wn.tiles.status(store)["tiles_done"] == 3
     run = wn.tiles.compute(net, x, store=store, tile=8)
     assert run.tiles_computed == 3
-    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk"))):
+    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk")), strict=True):
         assert torch.equal(got, ref)
 
 

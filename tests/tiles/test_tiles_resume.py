@@ -67,7 +67,7 @@ def test_killed_run_resumes_recomputing_only_missing_tiles(tmp_path, sig):
     assert run.tiles_computed == fn.calls == 15 - len(kept)
     assert _records(store) >= kept and len(_records(store)) == 15
     assert not list(store.rglob("*.partial"))
-    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk"))):
+    for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk")), strict=True):
         assert torch.equal(got, ref)
 
 
@@ -87,7 +87,8 @@ def test_partial_chunk_without_record_is_recomputed(tmp_path, net):
     run = wn.tiles.compute(fn, x, store=store, tile=8, get=("nngp", "ntk"), description=repr(net))
     assert (run.tiles_computed, fn.calls) == (1, 1)
     assert not list(store.rglob("*.partial"))
-    for got, ref in zip(wn.tiles.load_kernel(store), net.kernel(x, get=("nngp", "ntk"))):
+    refs = net.kernel(x, get=("nngp", "ntk"))
+    for got, ref in zip(wn.tiles.load_kernel(store), refs, strict=True):
         assert torch.equal(got, ref)
 
 

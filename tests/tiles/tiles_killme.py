@@ -6,8 +6,9 @@ Usage: python tiles_killme.py STORE. Prints READY, then computes 15 tiles at >= 
 import sys
 import time
 
-import widenets as wn
 from tiles_helpers import dyadic, relu_net
+
+import widenets as wn
 
 net = relu_net(3)
 

@@ -26,7 +26,7 @@ from .store import (
     tile_record,
 )
 
-__all__ = ["open", "load_kernel", "status", "verify", "KernelArray", "KernelTooLargeError"]
+__all__ = ["open", "load_kernel", "status", "verify", "KernelTooLargeError"]
 
 
 class KernelTooLargeError(ValueError):

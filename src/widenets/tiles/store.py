@@ -211,8 +211,9 @@ def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
                              f"unreadable ({e}); the store is damaged: remove it and recompute"
                              ) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
         raise TileStoreError(f"{func}: {str(lay.meta)!r} is not widenets tile metadata of format "
-                             f"{FORMAT!r} (got format {meta.get('format') if isinstance(meta, dict) else None!r})")
+                             f"{FORMAT!r} (got format {got!r})")
     for name in meta["get"]:
         if not (root / name / "zarr.json").exists():
             raise TileStoreError(f"{func}: the tile store {str(root)!r} lacks its {name!r} array; "
@@ -339,8 +340,8 @@ def write_tile(root: Path, meta: dict, i: int, j: int, blocks: dict[str, np.ndar
         _array(root, name, meta)[r0:r1, c0:c1] = block
         crc[name] = zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1).data)
     record = {"tile": [i, j], "rows": [r0, r1], "cols": [c0, c1], "crc32": crc,
-              "seconds": round(seconds, 4), "host": os.uname().nodename, "pid": os.getpid(), "worker": worker,
-              "finished": time.time()}
+              "seconds": round(seconds, 4), "host": os.uname().nodename, "pid": os.getpid(),
+              "worker": worker, "finished": time.time()}
     _atomic_write_text(lay.record(i, j), json.dumps(record))
 
 

@@ -69,7 +69,7 @@ def evaluate(job: TileJob, a: torch.Tensor, b: torch.Tensor | None) -> dict[str,
                         f"computes a single kernel pass get='ntk' (or 'nngp')")
     rows, cols = a.shape[0], (a if b is None else b).shape[0]
     res = {}
-    for name, t in zip(job.get, out):
+    for name, t in zip(job.get, out, strict=True):
         if tuple(t.shape) != (rows, cols):
             raise ValueError(f"compute: kernel_fn returned a {name} block of shape "
                              f"{tuple(t.shape)} for {rows} x {cols} inputs; it must return "
