@@ -33,38 +33,10 @@ class KernelTooLargeError(ValueError):
     """The stored kernel does not fit in the memory allowed for loading it."""
 
 
-def _kernel_array_class():
-    import dask.array as da
-
-    class KernelArray(da.Array):
-        """A lazy (dask) kernel array read from a tile store, mirrored when symmetric.
-
-        It is a `dask.array.Array` (slice it, reduce it, `.compute()` it); `.load()` reads it
-        into a torch tensor. `.metadata` is the store's metadata, `.store` its path.
-        """
-
-        def load(self, device=None) -> torch.Tensor:
-            """The whole (n1, n2) kernel as a torch tensor (read tile by tile, no copies).
-
-            Args:
-                device: where to put the tensor (default CPU).
-            """
-            lay, meta, name = self._widenets_source
-            out = _read_whole(lay, meta, name, skip=set(_missing(lay, meta)))
-            t = torch.from_numpy(out)
-            return t if device is None else t.to(device)
-
-    return KernelArray
-
-
-_CLASS = None
-
-
 def _make_kernel_array(arr, lay: StoreLayout, meta: dict, name: str):
-    global _CLASS
-    if _CLASS is None:
-        _CLASS = _kernel_array_class()
-    out = _CLASS(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+    from ._kernel_array import KernelArray
+
+    out = KernelArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
     out._widenets_source = (lay, meta, name)
     out.metadata = meta
     out.store = lay.root
@@ -126,7 +98,7 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
     missing = set(_check_complete(lay, meta, func, allow_incomplete))
     out = []
     for name in gets:
-        stored = da.from_zarr(_array(lay.root, name, meta), name=False)
+        stored = da.from_zarr(_array(lay.root, name, meta, mode="r"), name=False)
         if meta["symmetric"] or missing:
             # Unfinished tiles read as NaN even where a killed write left data behind.
             def block(i, j, stored=stored):

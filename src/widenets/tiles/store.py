@@ -310,14 +310,14 @@ def clean_partial_files(lay: StoreLayout) -> int:
 _ARRAYS: dict = {}
 
 
-def _array(root: Path, name: str, meta: dict):
+def _array(root: Path, name: str, meta: dict, mode: str = "r+"):
     """The zarr array `name` of a store, opened once per process (workers reuse it)."""
     import zarr
 
-    key = (str(root), name, meta["uuid"])
+    key = (str(root), name, meta["uuid"], mode)
     arr = _ARRAYS.get(key)
     if arr is None:
-        arr = zarr.open_array(str(root / name), mode="r+", zarr_format=3)
+        arr = zarr.open_array(str(root / name), mode=mode, zarr_format=3)
         _ARRAYS[key] = arr
     return arr
 
@@ -353,4 +353,4 @@ def _bounds(meta: dict, i: int, j: int) -> tuple[tuple[int, int], tuple[int, int
 def read_block(root: Path, name: str, meta: dict, i: int, j: int) -> np.ndarray:
     """The stored (rows, cols) block of tile (i, j) of kernel `name`."""
     (r0, r1), (c0, c1) = _bounds(meta, i, j)
-    return _array(root, name, meta)[r0:r1, c0:c1]
+    return _array(root, name, meta, mode="r")[r0:r1, c0:c1]
