@@ -82,7 +82,8 @@ def parse_value(text: str, tp, *, key: str):
             if len(parts) != len(args):
                 raise ConfigError(f"--set {key}={text}: expected {len(args)} comma-separated "
                                   f"values")
-            return tuple(parse_value(p.strip(), a, key=key) for p, a in zip(parts, args))
+            pairs = zip(parts, args, strict=True)
+            return tuple(parse_value(p.strip(), a, key=key) for p, a in pairs)
         if not parts:
             raise ConfigError(f"--set {key}={text}: expected a comma-separated list of "
                               f"{_type_name(elem)}, e.g. {key}=1,2,3")

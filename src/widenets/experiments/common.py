@@ -55,7 +55,6 @@ def train_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, learni
         dict with "steps" (recorded steps), "train" (len, n, k) and "test" (len, m, k) outputs,
         "loss" (len,) training losses. Raises FloatingPointError when training diverges.
     """
-    n = x.shape[0]
     with torch.no_grad():
         f0 = model(x).detach() if center else None
         f0_test = model(x_test).detach() if (center and x_test is not None) else None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import predict
 from ..data import load_digits, load_file
 from .base import ConfigError, Result, fit_slope, progress
 from .common import ACTIVATIONS, fc_net, log_steps, train_gd
@@ -85,27 +86,6 @@ def _dataset(config: Config):
     return ds
 
 
-def _gd_mean(theta_train, theta_test_train, y, *, eta_over_n: float, steps: list[int]):
-    """Mean test outputs after s discrete GD steps for each s in `steps` (eq. 14, discrete):
-    Θ*X Θ⁻¹ (I - (I - η Θ/n)^s) Y, from one eigendecomposition of Θ.
-
-    Returns: (len(steps), m, k) tensor.
-    """
-    lam, v = torch.linalg.eigh(theta_train)
-    lam = lam.clamp_min(0.0)
-    proj = v.T @ y                                              # (n, k)
-    left = theta_test_train @ v                                  # (m, n)
-    s = torch.tensor(steps, dtype=lam.dtype)[:, None]
-    # (1 - (1 - ηλ/n)^s) / λ without cancellation; → η s / n as λ → 0
-    x = eta_over_n * lam[None]
-    safe = x < 1.0
-    decay = torch.where(safe, -torch.expm1(s * torch.log1p(-torch.where(safe, x, 0.0))),
-                        1.0 - (1.0 - x) ** s)
-    factor = torch.where(lam[None] > 1e-300, decay / lam.clamp_min(1e-300)[None],
-                         eta_over_n * s)
-    return torch.einsum("mn,tn,nk->tmk", left, factor, proj)
-
-
 def run(config: Config) -> Result:
     torch.manual_seed(config.seed)
     timings = {}
@@ -124,19 +104,25 @@ def run(config: Config) -> Result:
     t0 = time.perf_counter()
     lam_ntk = torch.linalg.eigvalsh(th_tt).flip(0)
     lam_nngp = torch.linalg.eigvalsh(k_tt).flip(0)
-    eta = config.lr_factor * 2.0 * n / float(lam_ntk[0])       # fraction of 2/λmax(Θ/n)
+    # Our loss is (1/2n) Σ ||f - y||²; wn.predict uses the total loss ½ Σ ||f - y||², so a
+    # step of rate η here is a step of rate η/n there. η is a fraction of the largest stable
+    # rate 2/λmax(Θ/n).
+    eta = config.lr_factor * n * predict.max_learning_rate(th_tt)
     steps = log_steps(config.steps, config.n_times)
-    ntk_mean = _gd_mean(th_tt, th_st, ds.y_train, eta_over_n=eta / n, steps=steps)
+    t_steps = torch.tensor(steps, dtype=torch.float64)
+    gd_ntk = predict.gradient_descent_mse(th_tt, ds.y_train, learning_rate=eta / n,
+                                          discrete=True)
+    ntk_mean = gd_ntk(t_steps, 0.0, None, th_st)[1]                  # eq. 14, (T, m, k)
     # readout-only training: the same dynamics with K in place of Θ (Lee et al. 2019, S22)
-    eta_k = config.lr_factor * 2.0 * n / float(lam_nngp[0])
-    nngp_mean = _gd_mean(k_tt, k_st, ds.y_train, eta_over_n=eta_k / n, steps=steps)
+    eta_k = config.lr_factor * n * predict.max_learning_rate(k_tt)
+    gd_nngp = predict.gradient_descent_mse(k_tt, ds.y_train, learning_rate=eta_k / n,
+                                           discrete=True)
+    nngp_mean = gd_nngp(t_steps, 0.0, None, k_st)[1]
     # t = ∞: the NTK-GP (eq. 16) and the NNGP posterior mean (eq. 13)
-    reg = config.diag_reg * float(th_tt.diagonal().mean())
-    eye = torch.eye(n, dtype=th_tt.dtype)
-    ntk_inf = th_st @ torch.linalg.solve(th_tt + reg * eye, ds.y_train)
-    regk = config.diag_reg * float(k_tt.diagonal().mean())
-    chol = torch.linalg.cholesky(k_tt + regk * eye)
-    nngp_post = k_st @ torch.cholesky_solve(ds.y_train, chol)
+    ntk_inf = predict.gp_inference(th_tt, ds.y_train, th_st, kernel="ntk",
+                                   diag_reg=config.diag_reg).mean
+    nngp_post = predict.gp_inference(k_tt, ds.y_train, k_st, kernel="nngp",
+                                     diag_reg=config.diag_reg).mean
     timings["predictions_s"] = time.perf_counter() - t0
 
     def loss(pred):
@@ -209,14 +195,14 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
 
     panels = ["accuracy", "loss"] if d["classify"] else ["loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
-    for ax, what in zip(axes[0], panels):
+    for ax, what in zip(axes[0], panels, strict=True):
         ax.plot(steps, d["curves"]["ntk_gp"][what], "k-", lw=2.2, label="NTK-GP (eq. 14)")
         ax.plot(steps, d["curves"]["nngp_readout"][what], "--", color="tab:red", lw=1.6,
                 label="NNGP, readout-only training")
         ax.axhline(d["nngp_posterior"][what], color="tab:red", ls=":", lw=1.3,
                    label="NNGP posterior (eq. 13)")
         ax.axhline(d["ntk_inf"][what], color="k", ls=":", lw=1.3, label="NTK-GP, t = ∞")
-        for c, (w, cur) in zip(colors, d["finite"].items()):
+        for c, (w, cur) in zip(colors, d["finite"].items(), strict=True):
             ax.plot(steps, cur[what], "o-", ms=3, lw=1, color=c, label=f"trained net, width {w}")
         ax.set_xscale("log")
         ax.set_xlabel("gradient-descent step")
