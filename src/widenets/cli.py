@@ -38,6 +38,8 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small scale that runs in seconds (for CI and smoke tests)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: each config's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and BLAS (default: torch's default)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config field, typed against the config "
                         "(repeatable; lists as comma-separated values, e.g. widths=64,256)")
@@ -97,6 +99,12 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
         jobs = prepare(figures, quick=args.quick, seed=args.seed, overrides=overrides)
     except ConfigError as e:
         return _fail(str(e))
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else Path(default_out)
     command = "widenets " + " ".join(shlex.quote(a) for a in argv)
     try:

@@ -20,7 +20,9 @@ __all__ = ["FIGURES", "available", "load", "Result", "ConfigError", "make_config
 
 # figure id -> module (in the order `reproduce all` runs them). Only figures whose library
 # parts exist are listed.
-FIGURES: dict[str, str] = {}
+FIGURES: dict[str, str] = {
+    "kernel-regression": "widenets.experiments.kernel_regression",
+}
 
 DEMO = "widenets.experiments.demo"
 

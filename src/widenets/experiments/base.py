@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+ACTIVATION_HELP = "activation must be one of relu, erf, gelu, abs, identity, got {!r}"
+
 __all__ = ["Result", "ConfigError", "make_config", "parse_value", "progress", "to_jsonable",
            "fit_slope"]
 
