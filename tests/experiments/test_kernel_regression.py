@@ -27,18 +27,19 @@ def test_quick_claims_and_plot(tmp_path):
 
 
 def test_ntk_regression_matches_sklearn_precomputed_kernel_ridge():
-    """Independent solver: sklearn KernelRidge(kernel="precomputed") on the same NTK."""
+    """Independent solver and kernel path: sklearn KernelRidge(kernel="precomputed") on the NTK
+    of a freshly built depth-3 net, against the experiment's one-pass depth recursion."""
     from sklearn.kernel_ridge import KernelRidge
 
-    cfg = kr.Config(n_train=200, n_test=150, depths=(2,))
+    cfg = kr.Config(n_train=200, n_test=150, depths=(1, 3))
     res = kr.run(cfg)
     ds = load_digits(n_train=200, n_test=150, seed=0)
-    net = fc_net(1, 2, w_std=cfg.w_std, b_std=cfg.b_std)
+    net = fc_net(1, 3, w_std=cfg.w_std, b_std=cfg.b_std)
     theta = net.kernel(torch.cat([ds.x_train, ds.x_test]), get="ntk").numpy()
     alpha = cfg.diag_reg * theta[:200, :200].diagonal().mean()
     ridge = KernelRidge(kernel="precomputed", alpha=alpha).fit(theta[:200, :200],
                                                                ds.y_train.numpy())
     pred = torch.from_numpy(ridge.predict(theta[200:, :200]))
-    assert ds.accuracy(pred) == res.metrics["ntk_test_accuracy_by_depth"][2]
+    assert ds.accuracy(pred) == res.metrics["ntk_test_accuracy_by_depth"][3]
     loss = float(0.5 * ((pred - ds.y_test) ** 2).sum(1).mean())
-    assert abs(loss - res.data["loss"]["ntk"][0]) < 1e-8 * loss
+    assert abs(loss - res.data["loss"]["ntk"][1]) < 1e-8 * loss

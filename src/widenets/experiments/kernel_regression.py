@@ -17,6 +17,7 @@ import torch
 
 from .. import predict
 from ..data import load_digits
+from ..layers.base import input_kernel
 from .base import ACTIVATION_HELP, Result, progress
 from .common import ACTIVATIONS, fc_net
 from .plotting import pyplot, save
@@ -40,7 +41,7 @@ class Config:
 
     n_train: int = 1000
     n_test: int = 797
-    depths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    depths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # sorted, distinct
     activation: str = "relu"
     w_std: float = 2 ** 0.5
     b_std: float = 0.1
@@ -50,8 +51,9 @@ class Config:
     def check(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(ACTIVATION_HELP.format(self.activation))
-        if not self.depths or min(self.depths) < 1:
-            raise ValueError(f"depths must be positive ints, got {self.depths}")
+        if not self.depths or min(self.depths) < 1 or list(self.depths) != sorted(
+                set(self.depths)):
+            raise ValueError(f"depths must be increasing positive ints, got {self.depths}")
         if self.diag_reg < 0:
             raise ValueError(f"diag_reg must be >= 0, got {self.diag_reg}")
 
@@ -80,6 +82,21 @@ def rbf_baseline(ds, seed: int) -> tuple[float, float, dict]:
     return ds.accuracy(pred), loss, search.best_params_
 
 
+def kernels_by_depth(x: torch.Tensor, config: Config):
+    """Yield (depth, Kernel of the net with that many hidden layers) for config.depths, in one
+    pass: the depth-(L+1) recursion continues the depth-L one (MATH.md §2), so every hidden
+    layer is applied once and each requested depth only adds its readout layer."""
+    block = fc_net(1, 1, activation=config.activation, w_std=config.w_std, b_std=config.b_std)
+    dense, act, readout = block.layers
+    k = input_kernel(x, None, want_ntk=True)
+    done = 0
+    for depth in sorted(set(config.depths)):
+        while done < depth:
+            k = act.apply_kernel(dense.apply_kernel(k))
+            done += 1
+        yield depth, readout.apply_kernel(k)
+
+
 def run(config: Config) -> Result:
     ds = load_digits(n_train=config.n_train, n_test=config.n_test, seed=config.seed)
     n = ds.x_train.shape[0]
@@ -87,10 +104,9 @@ def run(config: Config) -> Result:
     acc = {"ntk": [], "nngp": []}
     loss = {"ntk": [], "nngp": []}
     t0 = time.perf_counter()
-    for depth in progress(config.depths, desc="depths"):
-        net = fc_net(1, depth, activation=config.activation, w_std=config.w_std,
-                     b_std=config.b_std, out=1)
-        k = net.kernel(x_all)
+    for depth, k in progress(kernels_by_depth(x_all, config), desc="depths",
+                             total=len(config.depths)):
+        del depth
         for name, mat in (("ntk", k.ntk), ("nngp", k.nngp)):
             # Lee et al. 2019: eq. 16 (NTK-GP at t = ∞) and eq. 13 (NNGP posterior mean)
             mean = predict.gp_inference(mat[:n, :n], ds.y_train, mat[n:, :n], kernel=name,
