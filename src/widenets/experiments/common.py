@@ -89,3 +89,51 @@ def train_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, learni
     rec["train"] = torch.stack(rec["train"])
     rec["test"] = torch.stack(rec["test"]) if rec["test"] else None
     return rec
+
+
+def train_ensemble(modules: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                   learning_rate: float, steps: int, record_at: list[int],
+                   x_eval: torch.Tensor, on_step=None) -> torch.Tensor:
+    """Train independent copies of one architecture at once (torch.func.vmap over their stacked
+    parameters) by full-batch GD on (1/2n) Σ ||f(x_i) - y_i||².
+
+    Args:
+        modules: E modules of the same architecture (different initializations).
+        x: (n, d) training inputs; y: (n, k) targets; x_eval: (m, d) inputs to record.
+        learning_rate: η; steps: GD steps; record_at: steps at which outputs are recorded.
+        on_step: optional callable(step).
+
+    Returns:
+        (len(record_at), E, m, k) outputs on x_eval. Raises FloatingPointError on divergence.
+    """
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    params, buffers = stack_module_state(modules)
+    params = {k: v.detach() for k, v in params.items()}
+    base = modules[0]
+
+    def f(p, b, inputs):
+        return functional_call(base, (p, b), (inputs,))
+
+    def loss(p, b):
+        return 0.5 * ((f(p, b, x) - y) ** 2).sum(1).mean()
+
+    grads = vmap(grad(loss), in_dims=(0, 0))
+    evaluate = vmap(f, in_dims=(0, 0, None))
+    want = set(record_at)
+    out = []
+    for step in range(steps + 1):
+        if step in want:
+            with torch.no_grad():
+                fe = evaluate(params, buffers, x_eval)
+            if not torch.isfinite(fe).all():
+                raise FloatingPointError(f"train_ensemble: training diverged at step {step} "
+                                         f"(learning_rate={learning_rate}); lower it")
+            out.append(fe)
+        if step == steps:
+            break
+        g = grads(params, buffers)
+        params = {k: v - learning_rate * g[k] for k, v in params.items()}
+        if on_step is not None:
+            on_step(step)
+    return torch.stack(out)
