@@ -202,7 +202,7 @@ def _tolerance(dtype: torch.dtype) -> float:
 
 
 def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
-              seed: int = 0) -> Plan:
+              seed: int = 0, x_shape=None) -> Plan:
     """Run the model on a small probe batch: output size, verified known layers, FLOPs.
 
     Args:
@@ -210,6 +210,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         x_probe: (k, ...) a few inputs (2 are enough to detect batch-axis mix-ups).
         count_flops: also count forward multiply-adds per input (for implementation="auto").
         seed: seed of the random cotangent used to verify the layer descriptions.
+        x_shape: shape of the user's x1, for error messages.
     """
     layers = _candidates(target)
     records: list[list] = [[] for _ in layers]
@@ -229,7 +230,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     try:
         with torch.enable_grad(), _capture(layers, records), counter:
             probe = Target(p_req, target.module, target.fn, target.func)
-            out = probe.call_checked(x_probe, "x1")
+            out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
