@@ -24,7 +24,6 @@ import statistics
 import threading
 import time
 
-import psutil
 import torch
 from torch import nn
 
@@ -35,12 +34,24 @@ IMPLS = ("structured", "auto", "jacobian", "ntvp")
 
 # --------------------------------------------------------------------------------- timing
 class _PeakRss:
+    """Peak resident memory above the level at entry, sampled every millisecond (psutil; NaN
+    when psutil is not installed)."""
+
     def __init__(self):
-        self.proc = psutil.Process()
+        try:
+            import psutil
+        except ImportError:
+            psutil = None
+        self.proc = None if psutil is None else psutil.Process()
         self.stop = threading.Event()
 
+    def _rss(self) -> int:
+        return self.proc.memory_info().rss
+
     def __enter__(self):
-        self.base = self.proc.memory_info().rss
+        if self.proc is None:
+            return self
+        self.base = self._rss()
         self.peak = self.base
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -48,17 +59,19 @@ class _PeakRss:
 
     def _run(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
             time.sleep(0.001)
 
     def __exit__(self, *exc):
+        if self.proc is None:
+            return
         self.stop.set()
         self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, self._rss())
 
     @property
     def extra_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
+        return float("nan") if self.proc is None else (self.peak - self.base) / 2**20
 
 
 def measure(fn, *, repeats: int, slow: float, device: str):
@@ -201,7 +214,7 @@ def section_cnn(args, device):
             if impl == "ntvp" and args.quick:
                 continue
 
-            def run(impl=impl):
+            def run(impl=impl, mode=mode):
                 return wn.empirical_ntk(model, x, implementation=impl, mode=mode)
 
             if impl == "ntvp":

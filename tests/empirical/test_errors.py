@@ -73,8 +73,9 @@ def test_params_keys_must_match():
     params = {k: v.detach() for k, v in m.named_parameters()}
     params.pop("2.bias")
     params["2.weights"] = torch.zeros(2, 5, dtype=DT)
-    with pytest.raises(ValueError, match=r"params keys must be the model's trainable parameter "
-                                         r"names; missing \['2.bias'\], unexpected \['2.weights'\]"):
+    with pytest.raises(ValueError, match=r"params keys must be the model's trainable "
+                                         r"parameter names; missing \['2.bias'\], "
+                                         r"unexpected \['2.weights'\]"):
         wn.empirical_ntk(m, X, params=params)
     m[0].weight.requires_grad_(False)
     full = {k: v.detach() for k, v in m.named_parameters()}

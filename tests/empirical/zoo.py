@@ -237,7 +237,7 @@ def reference_ntk(model, params, x1, x2) -> torch.Tensor:
         names = list(params)
 
         def f(x):
-            return model(dict(zip(names, leaves)), x)
+            return model(dict(zip(names, leaves, strict=True)), x)
 
     def jac(x):
         rows = []
@@ -247,7 +247,7 @@ def reference_ntk(model, params, x1, x2) -> torch.Tensor:
             for a in range(out.shape[0]):
                 g = torch.autograd.grad(out[a], leaves, retain_graph=True, allow_unused=True)
                 per_out.append(torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1)
-                                          for gi, p in zip(g, leaves)]))
+                                          for gi, p in zip(g, leaves, strict=True)]))
             rows.append(torch.stack(per_out))
         return torch.stack(rows)                      # (n, O, P)
 

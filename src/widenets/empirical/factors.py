@@ -79,7 +79,7 @@ def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
         return [(0, 0)] * nd
     if st.padding == "same":
         out = []
-        for d, k in zip(st.dilation, ksize):
+        for d, k in zip(st.dilation, ksize, strict=True):
             total = d * (k - 1)               # as torch's _ConvNd: extra padding on the right
             out.append((total // 2, total - total // 2))
         return out
@@ -198,7 +198,7 @@ def _group_input_gram(f1s: list[Factor], f2s: list[Factor]):
     """Σ over a group's parameters of their input Grams: (G, n1, T1, n2, T2) tensor or None,
     plus the scalar Σ s s' of its bias-like ("ones") members."""
     kx, scalar = None, 0.0
-    for f1, f2 in zip(f1s, f2s):
+    for f1, f2 in zip(f1s, f2s, strict=True):
         k = _input_gram(f1, f2)
         if k is None:
             scalar += f1.scale * f2.scale
@@ -329,7 +329,7 @@ def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool
     """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
     multiply-adds (the jacobian form only within `budget` elements)."""
     gram = jac = mem = 0.0
-    for f1, f2 in zip(f1s, f2s):
+    for f1, f2 in zip(f1s, f2s, strict=True):
         kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
                                    symmetric)
         gram, jac, mem = gram + kx, jac + j, mem + mm

@@ -45,7 +45,7 @@ class JacobianEngine:
 
     def contract(self, s1, s2, mode: str) -> torch.Tensor:
         out = None
-        for j1, j2 in zip(s1, s2):
+        for j1, j2 in zip(s1, s2, strict=True):
             part = jacobian_contract(j1, j2, mode)
             out = part if out is None else out.add_(part)
         return out

@@ -127,7 +127,7 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[to
         grads = [None if per[0][k] is None else torch.stack([p[k] for p in per])
                  for k in range(len(inputs))]
     return [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
-            for g, x in zip(grads, inputs)]
+            for g, x in zip(grads, inputs, strict=True)]
 
 
 def _tied_names(module: nn.Module) -> set[str]:
@@ -165,7 +165,7 @@ def _candidates(target: Target) -> list[KnownLayer]:
 def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | None:
     """Factors of all calls of a layer (calls are extra positions), or None if unusable."""
     per_role: dict[str, list[Factor]] = {r: [] for r in layer.roles}
-    for (xin, _), g in zip(rec, grads):
+    for (xin, _), g in zip(rec, grads, strict=True):
         if xin.shape[0] != n or g.shape[1] != n:
             return None
         if layer.structure.kind == "conv" and xin.ndim != 2 + len(layer.ksize):
@@ -247,14 +247,14 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         names = list(p_req)
         grads = torch.autograd.grad(out, [p_req[n] for n in names] + deltas, v,
                                     allow_unused=True)
-        true = dict(zip(names, grads[:len(names)]))
+        true = dict(zip(names, grads[:len(names)], strict=True))
         dgrads = list(grads[len(names):])
         tol = _tolerance(out.dtype)
         pos = 0
         for i in usable:
             layer, rec = layers[i], records[i]
             gs = [(torch.zeros_like(d) if g is None else g)[None]
-                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec)]
+                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec, strict=True)]
             pos += len(rec)
             fs = _call_factors(layer, rec, gs, k)
             if fs is None:
@@ -315,7 +315,7 @@ class StructuredEngine:
             grads = output_basis_grads(out, deltas)
             del out
             pos = 0
-            for layer, rec in zip(layers, records):
+            for layer, rec in zip(layers, records, strict=True):
                 fs = _call_factors(layer, rec, grads[pos:pos + len(rec)], n)
                 pos += len(rec)
                 if fs is None:
@@ -341,7 +341,7 @@ class StructuredEngine:
                 parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
             for part in parts:
                 out = part if out is None else out.add_(part)
-        for j1, j2 in zip(s1.fallback, s2.fallback):
+        for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):
             part = jacobian_contract(j1, j2, mode)
             out = part if out is None else out.add_(part)
         return out
