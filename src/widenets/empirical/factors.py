@@ -178,33 +178,38 @@ def concat_calls(factors: list[Factor]) -> Factor:
 
 
 # ---------------------------------------------------------------------------- contractions
-def _input_gram(f1: Factor, f2: Factor) -> torch.Tensor | None:
-    """(G, n1, T1, n2, T2) Gram matrix of the input features times s s'; None for ones x ones."""
+def _input_gram(f1: Factor, f2: Factor, rows: slice) -> torch.Tensor | None:
+    """(G, r, T1, n2, T2) Gram matrix of the input features of rows `rows` of f1 with all of
+    f2, times s s'; None for ones x ones (a constant)."""
     if f1.kind == "dense":
-        g, t1, t2 = f1.a.shape[1], f1.a.shape[2], f2.a.shape[2]
-        a1 = f1.a.transpose(0, 1).reshape(g, -1, f1.a.shape[-1])
+        a1 = f1.a[rows]
+        g, r, t1, t2 = a1.shape[1], a1.shape[0], a1.shape[2], f2.a.shape[2]
+        a1 = a1.transpose(0, 1).reshape(g, -1, a1.shape[-1])
         a2 = f2.a.transpose(0, 1).reshape(g, -1, f2.a.shape[-1])
-        k = torch.bmm(a1, a2.transpose(1, 2)).reshape(g, f1.n, t1, f2.n, t2)
+        k = torch.bmm(a1, a2.transpose(1, 2)).reshape(g, r, t1, f2.n, t2)
         s = f1.scale * f2.scale
         return k if s == 1.0 else k * s
     if f1.kind == "index":
-        valid = (f1.a >= 0)[:, :, None, None]
-        eq = (f1.a[:, :, None, None] == f2.a[None, None, :, :]) & valid
+        a1 = f1.a[rows]
+        valid = (a1 >= 0)[:, :, None, None]
+        eq = (a1[:, :, None, None] == f2.a[None, None, :, :]) & valid
         return (eq.to(f1.c.dtype) * (f1.scale * f2.scale))[None]
     return None
 
 
-def _group_input_gram(f1s: list[Factor], f2s: list[Factor]):
-    """Σ over a group's parameters of their input Grams: (G, n1, T1, n2, T2) tensor or None,
-    plus the scalar Σ s s' of its bias-like ("ones") members."""
+def _group_input_gram(f1s: list[Factor], f2s: list[Factor], rows: slice):
+    """Σ over a group's parameters of their input Grams (rows `rows` of x1): a
+    (G, r, T1, n2, T2) tensor, or a float when all members are bias-like ("ones")."""
     kx, scalar = None, 0.0
     for f1, f2 in zip(f1s, f2s, strict=True):
-        k = _input_gram(f1, f2)
+        k = _input_gram(f1, f2, rows)
         if k is None:
             scalar += f1.scale * f2.scale
         else:
             kx = k if kx is None else kx + k
-    return kx, scalar
+    if kx is None:
+        return scalar
+    return kx + scalar if scalar else kx
 
 
 def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) -> torch.Tensor:
@@ -218,11 +223,8 @@ def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) 
     o, g, t1, d = f1.shape
     t2 = f2.shape[2]
     n1, n2 = f1.n, f2.n
-    kx, ss = _group_input_gram(f1s, f2s)
-    if kx is not None and ss:
-        kx = kx + ss
     m = o * o if mode == "full" else o
-    rows = max(1, budget // max(1, g * t1 * n2 * t2 * m))
+    rows = max(1, budget // max(1, g * t1 * n2 * t2 * (m + 1)))
     # (O, n, G, T, d) -> the batched-matmul layouts used below
     if mode == "diagonal":
         c1 = f1.c.permute(2, 0, 1, 3, 4).reshape(g * o, n1, t1, d)
@@ -239,28 +241,30 @@ def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) 
     for start in range(0, n1, rows):
         stop = min(n1, start + rows)
         r = stop - start
+        kx = _group_input_gram(f1s, f2s, slice(start, stop))
+        const = not isinstance(kx, torch.Tensor)
         kc = torch.matmul(c1[:, start:stop].reshape(c1.shape[0], -1, inner), c2t)
         if mode == "trace":
             kc = kc.reshape(g, r, t1, n2, t2)
-            if kx is None:
-                part = kc.sum(dim=(0, 2, 4)) * ss
+            if const:
+                part = kc.sum(dim=(0, 2, 4)) * kx
             elif g == 1 and t1 == 1 and t2 == 1:
-                part = kc.reshape(r, n2).mul_(kx.reshape(-1, n2)[start:stop])
+                part = kc.reshape(r, n2).mul_(kx.reshape(r, n2))
             else:
-                part = (kc * kx[:, start:stop]).sum(dim=(0, 2, 4))
+                part = (kc * kx).sum(dim=(0, 2, 4))
         elif mode == "diagonal":
             kc = kc.reshape(g, o, r, t1, n2, t2)
-            if kx is None:
-                part = kc.sum(dim=(0, 3, 5)) * ss
+            if const:
+                part = kc.sum(dim=(0, 3, 5)) * kx
             else:
-                part = (kc * kx[:, None, start:stop]).sum(dim=(0, 3, 5))
+                part = (kc * kx[:, None]).sum(dim=(0, 3, 5))
             part = part.permute(1, 2, 0)
         else:
             kc = kc.reshape(g, r, t1, o, n2, t2, o)
-            if kx is None:
-                part = kc.sum(dim=(0, 2, 5)) * ss
+            if const:
+                part = kc.sum(dim=(0, 2, 5)) * kx
             else:
-                part = (kc * kx[:, start:stop, :, None, :, :, None]).sum(dim=(0, 2, 5))
+                part = (kc * kx[:, :, :, None, :, :, None]).sum(dim=(0, 2, 5))
             part = part.permute(0, 2, 1, 3)
         parts.append(part)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
