@@ -49,7 +49,7 @@ class NtvpEngine:
         def column(u):                          # u: one tangent dict -> (n1, O)
             return jvp(lambda p: target(p, x1), (params,), (u,))[1]
 
-        per_column = self.n_params + n1 * self.act
+        per_column = int(self.n_params + n1 * self.act)
         cols = max(1, min(n2, self.budget // max(1, o * per_column)))
         parts = []
         for start in range(0, n2, cols):
