@@ -45,8 +45,9 @@ class Factor:
 
     Attributes:
         kind: "dense" (a holds features), "ones" (bias: a is the constant 1), "index"
-            (embedding: a holds token ids, -1 where no gradient flows).
-        a: dense: (n, G, T, d_in); index: (n, T) int64; ones: None.
+            (embedding: a holds token ids, -1 where no gradient flows), "diag" (elementwise
+            affine: ∂f_a/∂W[k] = s Σ_t C[a, i, 0, t, k] z[i, t, k]; Jacobian form only).
+        a: dense: (n, G, T, d_in); index: (n, T) int64; diag: (n, T, d_out); ones: None.
         c: (O, n, G, T, d_out) output cotangents.
         scale: forward multiplier s.
         d_in: feature size (1 for ones, the vocabulary size for index).
@@ -125,7 +126,7 @@ def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor
         roles: which of "weight" / "bias" are trainable.
         x: the layer's input, batch axis first, (n, ...).
         grad: (O, n, *output_shape) cotangents at the layer's output.
-        ksize: conv kernel size (conv only).
+        ksize: conv kernel size (conv); the parameter's shape (affine).
         vocab: number of embedding rows (embedding only).
     """
     o, n = grad.shape[:2]
@@ -149,6 +150,18 @@ def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor
         if "bias" in roles:
             c = cg.reshape(o, n, 1, c_out, -1).transpose(3, 4)
             out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
+    elif st.kind == "affine":
+        d = math.prod(ksize)                     # ksize: the parameter's shape
+        if st.param_layout == "channel":         # parameters index axis 1
+            c = grad.movedim(2, -1).reshape(o, n, 1, -1, d)
+        else:                                    # parameters cover the trailing axes
+            c = grad.reshape(o, n, 1, -1, d)
+        if "weight" in roles:
+            z = st.transform(x)
+            z = z.movedim(1, -1) if st.param_layout == "channel" else z
+            out["weight"] = Factor("diag", z.reshape(n, -1, d), c, st.weight_scale, 1)
+        if "bias" in roles:
+            out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
     elif st.kind == "embedding":
         idx = x.reshape(n, -1).long()
         if st.padding_idx is not None:
@@ -169,7 +182,7 @@ def concat_calls(factors: list[Factor]) -> Factor:
         c = torch.cat([f.c for f in factors], dim=3)
         if f0.kind == "dense":
             a = torch.cat([f.a for f in factors], dim=2)
-        elif f0.kind == "index":
+        elif f0.kind in ("index", "diag"):
             a = torch.cat([f.a for f in factors], dim=1)
         else:
             a = None
@@ -279,6 +292,8 @@ def jacobian_form(f: Factor) -> torch.Tensor:
         j = j.reshape(n, o, -1)
     elif f.kind == "ones":
         j = f.c.sum(dim=3).permute(1, 0, 2, 3).reshape(n, o, -1)
+    elif f.kind == "diag":
+        j = torch.einsum("aitk,itk->iak", f.c[:, :, 0], f.a)
     else:
         v = f.d_in
         valid = f.a >= 0
@@ -315,6 +330,9 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
     o, g, t1, d = shape1
     t2 = shape2[2]
     m = o * o if mode == "full" else o
+    if kind == "diag":                         # no Gram form: Jacobian (n, O, d_out) only
+        jac = (n1 + (0 if symmetric else n2)) * o * t1 * d + n1 * n2 * m * d
+        return math.inf, 0.0, float(jac), float((n1 + (0 if symmetric else n2)) * o * d)
     din_gram = {"dense": d_in, "index": 1, "ones": 0}[kind]
     kx = n1 * n2 * g * t1 * t2 * din_gram
     kc = n1 * n2 * g * t1 * t2 * (m * d + m)
@@ -338,4 +356,6 @@ def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool
                                    symmetric)
         gram, jac, mem = gram + kx, jac + j, mem + mm
     gram += kc
+    if any(f.kind == "diag" for f in f1s):
+        return "jacobian"
     return "jacobian" if jac < gram and mem <= budget else "gram"

@@ -50,7 +50,7 @@ class KnownLayer:
         module: the module.
         structure: its description.
         roles: "weight"/"bias" -> trainable parameter name.
-        ksize: conv kernel size; vocab: embedding rows.
+        ksize: conv kernel size (affine: the parameter's shape); vocab: embedding rows.
     """
 
     name: str
@@ -120,14 +120,37 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[to
             warnings.filterwarnings("ignore", message=".*performance drop.*")
             grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
                                         allow_unused=True, retain_graph=True)
-    except RuntimeError:
-        # An op without a batching rule: one backward pass per output instead.
+        grads = _fill(grads, inputs, o)
+        if not _projection_matches(out, inputs, grads):
+            grads = None            # a batching rule that runs but is wrong
+    except RuntimeError:            # an op without a batching rule
+        grads = None
+    if grads is None:               # one backward pass per output instead
         per = [torch.autograd.grad(out, inputs, basis[a], allow_unused=True, retain_graph=True)
                for a in range(o)]
-        grads = [None if per[0][k] is None else torch.stack([p[k] for p in per])
-                 for k in range(len(inputs))]
+        grads = _fill([None if per[0][k] is None else torch.stack([p[k] for p in per])
+                       for k in range(len(inputs))], inputs, o)
+    return grads
+
+
+def _fill(grads, inputs, o: int) -> list[torch.Tensor]:
     return [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
             for g, x in zip(grads, inputs, strict=True)]
+
+
+def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
+                        grads: list[torch.Tensor], seed: int = 0) -> bool:
+    """Σ_a v[:, a] grads[a] must equal one plain backward pass with cotangent v (random)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    ref = torch.autograd.grad(out, inputs, v, allow_unused=True, retain_graph=True)
+    tol = 1e-8 if out.dtype == torch.float64 else 1e-3
+    for g, r, x in zip(grads, ref, inputs, strict=True):
+        r = torch.zeros_like(x) if r is None else r
+        got = (v.T.reshape(*v.T.shape, *([1] * (g.ndim - 2))) * g).sum(0)
+        if not float((got - r).norm()) <= tol * float(r.norm()) + 1e-30:
+            return False
+    return True
 
 
 def _tied_names(module: nn.Module) -> set[str]:
@@ -157,6 +180,7 @@ def _candidates(target: Target) -> list[KnownLayer]:
             continue
         w = getattr(mod, st.weight)
         ksize = tuple(w.shape[2:]) if st.kind == "conv" else ()
+        ksize = tuple(w.shape) if st.kind == "affine" else ksize
         vocab = w.shape[0] if st.kind == "embedding" else 0
         out.append(KnownLayer(mname, mod, st, roles, ksize, vocab))
     return out
