@@ -4,8 +4,9 @@
     python benchmarks/empirical_ntk.py --quick         # skip the slow jacobian/ntvp MLP runs
     python benchmarks/empirical_ntk.py --device cuda --repeats 7
 
-Prints markdown tables: median wall time over --repeats runs (runs longer than --slow seconds
-are not repeated), peak extra memory (CPU: resident set size sampled every millisecond above
+Prints markdown tables: median wall time over --repeats runs (the fast implementations and the
+reference run round-robin, so load changes hit all alike; jacobian and ntvp, which take minutes
+here, run once), peak extra memory (CPU: resident set size sampled every millisecond above
 the level before the run; CUDA: torch.cuda.max_memory_allocated), and the ratio to the
 reference measured in the same run. Not a test: nothing is asserted.
 
@@ -74,29 +75,19 @@ class _PeakRss:
         return float("nan") if self.proc is None else (self.peak - self.base) / 2**20
 
 
-def measure(fn, *, repeats: int, slow: float, device: str):
-    """(median seconds, peak extra MB, result) over up to `repeats` runs after one warm-up."""
-    result = fn()                                   # warm-up (first-call overheads)
-    times, mems = [], []
+def measure_interleaved(fns: dict, *, repeats: int, device: str) -> dict:
+    """Like `measure` for several functions, run round-robin (A B C A B C ...) so that load
+    changes on a shared machine hit all of them alike. Returns name -> (median s, MB, result)."""
+    results = {name: fn() for name, fn in fns.items()}          # warm-up
+    times = {name: [] for name in fns}
+    mems = {name: [] for name in fns}
     for _ in range(repeats):
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        with _PeakRss() as rss:
-            t0 = time.perf_counter()
-            result = fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        if device == "cuda":
-            mems.append((torch.cuda.max_memory_allocated() - base) / 2**20)
-        else:
-            mems.append(rss.extra_mb)
-        if times[-1] > slow:
-            break
-    return statistics.median(times), max(mems), result
+        for name, fn in fns.items():
+            t, mem, results[name] = _once(fn, device)
+            times[name].append(t)
+            mems[name].append(mem)
+    return {name: (statistics.median(times[name]), max(mems[name]), results[name])
+            for name in fns}
 
 
 def _once(fn, device):
@@ -172,35 +163,30 @@ def section_mlp(args, device):
     n = 256
     model = mlp(512, device)
     x = torch.randn(n, 784, device=device)
-    rows = []
-    t_ref, m_ref, k_ref = measure(lambda: hand_written_mlp_ntk(model, x), repeats=args.repeats,
-                                  slow=args.slow, device=device)
-    rows.append(("hand-written layer-wise contraction", t_ref, m_ref, 0.0))
-    for impl in IMPLS:
-        kwargs = {}
-        if impl == "jacobian":
-            kwargs["batch_size"] = 64     # n O P floats = 6.9 GB unblocked
-        if impl in ("jacobian", "ntvp") and args.quick:
-            rows.append((impl, float("nan"), float("nan"), float("nan")))
+    fast = {"hand-written layer-wise contraction": lambda: hand_written_mlp_ntk(model, x)}
+    for impl in ("structured", "auto"):
+        fast[impl] = lambda impl=impl: wn.empirical_ntk(model, x, implementation=impl,
+                                                        mode="trace")
+    res = measure_interleaved(fast, repeats=args.repeats, device=device)
+    t_ref, _, k_ref = res["hand-written layer-wise contraction"]
+    for impl, kwargs in (("jacobian", {"batch_size": 64}), ("ntvp", {})):
+        name = impl + (" (batch_size=64: unblocked needs n O P floats = 6.9 GB)" if kwargs
+                       else "")
+        if args.quick:
+            res[name] = None
             continue
-
-        def run(impl=impl, kwargs=kwargs):
-            return wn.empirical_ntk(model, x, implementation=impl, mode="trace", **kwargs)
-
-        if impl in ("jacobian", "ntvp"):
-            t, mem, k = _once(run, device)
-        else:
-            t, mem, k = measure(run, repeats=args.repeats, slow=args.slow, device=device)
-        err = float((k - k_ref).norm() / k_ref.norm())
-        rows.append((impl + (" (batch_size=64)" if kwargs else ""), t, mem, err))
+        res[name] = _once(lambda impl=impl, kwargs=kwargs: wn.empirical_ntk(
+            model, x, implementation=impl, mode="trace", **kwargs), device)
     print(f"\n### MLP 784-512-512-10, N={n}, mode='trace', float32, {device}\n")
     print("| implementation | median s | peak MB | vs hand-written | rel. diff |")
     print("|---|---|---|---|---|")
-    for name, t, mem, err in rows:
-        if t != t:
+    for name, r in res.items():
+        if r is None:
             print(f"| {name} | skipped (--quick) | | | |")
-        else:
-            print(f"| {name} | {_fmt(t, mem, t_ref)} | {err:.1e} |")
+            continue
+        t, mem, k = r
+        err = float((k - k_ref).norm() / k_ref.norm())
+        print(f"| {name} | {_fmt(t, mem, t_ref)} | {err:.1e} |")
 
 
 def section_cnn(args, device):
@@ -209,24 +195,23 @@ def section_cnn(args, device):
     model = TutorialCNN().to(device)
     x = torch.randn(n, 3, 32, 32, device=device)
     for mode in ("full", "trace"):
-        res = {}
-        for impl in ("structured", "jacobian", "ntvp", "auto"):
-            if impl == "ntvp" and args.quick:
-                continue
-
-            def run(impl=impl, mode=mode):
-                return wn.empirical_ntk(model, x, implementation=impl, mode=mode)
-
-            if impl == "ntvp":
-                res[impl] = _once(run, device)
-            else:
-                res[impl] = measure(run, repeats=args.repeats, slow=args.slow, device=device)
+        fns = {impl: (lambda impl=impl, mode=mode: wn.empirical_ntk(
+            model, x, implementation=impl, mode=mode)) for impl in ("structured", "jacobian",
+                                                                    "auto")}
+        res = measure_interleaved(fns, repeats=args.repeats, device=device)
+        if not args.quick:
+            res["ntvp"] = _once(lambda mode=mode: wn.empirical_ntk(
+                model, x, implementation="ntvp", mode=mode), device)
         fastest = min(v[0] for k, v in res.items() if k != "auto")
         ref = res["jacobian"][2]
         print(f"\n### torch.func tutorial CNN, N={n}, mode='{mode}', float32, {device}\n")
         print("| implementation | median s | peak MB | vs fastest of the three | rel. diff |")
         print("|---|---|---|---|---|")
-        for impl, (t, mem, k) in res.items():
+        for impl in ("structured", "auto", "jacobian", "ntvp"):
+            if impl not in res:
+                print(f"| {impl} | skipped (--quick) | | | |")
+                continue
+            t, mem, k = res[impl]
             err = float((k - ref).norm() / ref.norm())
             print(f"| {impl} | {_fmt(t, mem, fastest)} | {err:.1e} |")
 
@@ -234,32 +219,29 @@ def section_cnn(args, device):
 def section_width(args, device):
     n = 64
     widths = (256, 512) if args.quick else (256, 512, 1024, 2048)
-    impls = ("structured", "auto", "jacobian", "ntvp")
     x = torch.randn(n, 784, device=device)
     table = {}
     too_slow = set()
     for w in widths:
         model = mlp(w, device)
-        t_ref, _, _ = measure(lambda model=model: hand_written_mlp_ntk(model, x),
-                              repeats=args.repeats, slow=args.slow, device=device)
-        table[(w, "hand-written")] = t_ref
-        for impl in impls:
+        fast = {"hand-written": lambda model=model: hand_written_mlp_ntk(model, x)}
+        for impl in ("structured", "auto"):
+            fast[impl] = lambda impl=impl, model=model: wn.empirical_ntk(
+                model, x, implementation=impl, mode="trace")
+        for name, (t, _, _) in measure_interleaved(fast, repeats=args.repeats,
+                                                   device=device).items():
+            table[(w, name)] = t
+        for impl in ("jacobian", "ntvp"):
             if impl in too_slow:
                 continue
-
-            def run(impl=impl, model=model):
-                return wn.empirical_ntk(model, x, implementation=impl, mode="trace")
-
-            if impl in ("jacobian", "ntvp"):
-                t, _, _ = _once(run, device)
-            else:
-                t, _, _ = measure(run, repeats=args.repeats, slow=args.slow, device=device)
+            t, _, _ = _once(lambda impl=impl, model=model: wn.empirical_ntk(
+                model, x, implementation=impl, mode="trace"), device)
             table[(w, impl)] = t
             if t > args.cap:
                 too_slow.add(impl)
     print(f"\n### Width scaling: MLP 784-w-w-10, N={n}, mode='trace', float32, {device} "
-          f"(median s; '-' = skipped after a run over {args.cap:.0f} s)\n")
-    cols = ("hand-written",) + impls
+          f"(seconds; '-' = skipped after a run over {args.cap:.0f} s)\n")
+    cols = ("hand-written", "structured", "auto", "jacobian", "ntvp")
     print("| width | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for w in widths:
@@ -271,7 +253,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--slow", type=float, default=20.0, help="do not repeat runs slower than this")
     ap.add_argument("--cap", type=float, default=60.0, help="width table: drop an implementation "
                     "after a run slower than this")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
