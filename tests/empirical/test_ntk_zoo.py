@@ -98,6 +98,21 @@ def test_gram_and_jacobian_forms_agree(name, form, references, monkeypatch):
         assert rel(out, want) < TOL
 
 
+@pytest.mark.parametrize("name", ["cnn_pool_stride", "embedding", "shared_multi_output",
+                                  "layernorm_batchnorm_eval"])
+def test_tiny_memory_budget_chunks_but_agrees(name, references, monkeypatch):
+    """With a budget of a few hundred elements every intermediate is chunked (one row of x1 at a
+    time in the Gram products, one column at a time in ntvp, no cached blocks)."""
+    import widenets.empirical.ntk as ntk
+
+    monkeypatch.setattr(ntk, "DEFAULT_BUDGET_BYTES", 800 * 8)
+    model, params, x1, x2, ref = references(name)
+    for impl in ("structured", "ntvp"):
+        out = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode="full",
+                               batch_size=2)
+        assert rel(out, ref) < TOL
+
+
 def test_float32_agrees_with_float64():
     """float32 runs every implementation; agreement to float32 rounding (1e-4 relative; a wrong
     term would be O(1))."""

@@ -48,7 +48,8 @@ class Residual(nn.Module):
 
 
 class Norms(nn.Module):
-    """LayerNorm and BatchNorm (eval, non-trivial running statistics): generic path."""
+    """LayerNorm and BatchNorm (eval, non-trivial running statistics) have layer rules; PReLU
+    and a bare parameter used in forward go through the generic autograd path."""
 
     def __init__(self):
         super().__init__()
@@ -56,11 +57,13 @@ class Norms(nn.Module):
         self.ln = nn.LayerNorm(6)
         self.l2 = nn.Linear(6, 6)
         self.bn = nn.BatchNorm1d(6)
+        self.act = nn.PReLU(6)
+        self.gain = nn.Parameter(torch.ones(3))
         self.l3 = nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.relu(self.ln(self.l1(x)))
-        return self.l3(torch.tanh(self.bn(self.l2(h))))
+        return self.l3(self.act(self.bn(self.l2(h)))) * self.gain
 
 
 def _norms():
@@ -134,10 +137,14 @@ def _mlp():
 
 def _cnn():
     m = nn.Sequential(
-        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 3, 2, padding="same", padding_mode="reflect"), nn.Tanh(),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 3, 2, padding="same", padding_mode="reflect"), nn.BatchNorm2d(3), nn.Tanh(),
         nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(3, 2))
-    return _init(m, 1), None
+    m = _init(m, 1)
+    with torch.no_grad():
+        m[5].running_mean.copy_(torch.tensor([0.3, -0.2, 0.1], dtype=DT))
+        m[5].running_var.copy_(torch.tensor([0.5, 2.0, 1.3], dtype=DT))
+    return m.eval(), None
 
 
 def _grouped():
@@ -197,7 +204,8 @@ ZOO = {
     "mlp": (_mlp, _x((5, 6), 12), _x((3, 6), 13),
             {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}),
     "cnn_pool_stride": (_cnn, _x((5, 2, 8, 8), 14), _x((3, 2, 8, 8), 15),
-                        {"0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"}),
+                        {"0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias",
+                         "5.weight", "5.bias", "9.weight", "9.bias"}),
     # (n, 6, 80): channels 0-3 (first 7 steps) feed the Conv1d stack, channels 4-5 reshape to a
     # (2, 4, 5, 4) volume for the Conv3d.
     "grouped_dilated_conv": (_grouped, _x((5, 6, 80), 16), _x((3, 6, 80), 27),
@@ -208,7 +216,7 @@ ZOO = {
                   "out.bias"}),
     "layernorm_batchnorm_eval": (_norms, *X5,
                                  {"l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight",
-                                  "l3.bias"}),
+                                  "l3.bias", "ln.weight", "ln.bias", "bn.weight", "bn.bias"}),
     "embedding": (_tokens, *TOK, {"emb.weight", "pos.weight", "pos.bias", "head.weight",
                                   "head.bias"}),
     "shared_multi_output": (lambda: (_init(Shared(), 6), None), _x((5, 4), 17), _x((3, 4), 18),
@@ -237,7 +245,7 @@ def reference_ntk(model, params, x1, x2) -> torch.Tensor:
         names = list(params)
 
         def f(x):
-            return model(dict(zip(names, leaves)), x)
+            return model(dict(zip(names, leaves, strict=True)), x)
 
     def jac(x):
         rows = []
@@ -247,7 +255,7 @@ def reference_ntk(model, params, x1, x2) -> torch.Tensor:
             for a in range(out.shape[0]):
                 g = torch.autograd.grad(out[a], leaves, retain_graph=True, allow_unused=True)
                 per_out.append(torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1)
-                                          for gi, p in zip(g, leaves)]))
+                                          for gi, p in zip(g, leaves, strict=True)]))
             rows.append(torch.stack(per_out))
         return torch.stack(rows)                      # (n, O, P)
 

@@ -54,13 +54,17 @@ class Target:
         out = self.fn(dict(params), x)
         return out.reshape(out.shape[0], -1)
 
-    def call_checked(self, x: torch.Tensor, arg: str) -> torch.Tensor:
-        """Run the model on `x` with p0; report the model's own error with our context."""
+    def call_checked(self, x: torch.Tensor, arg: str, shape=None) -> torch.Tensor:
+        """Run the model on `x` with p0; report the model's own error with our context.
+
+        `shape` is the user's whole input shape for the message (x may be a few rows of it).
+        """
         try:
             out = self.fn(dict(self.params), x)
         except Exception as err:  # noqa: BLE001 - re-raised with context below
+            shape = tuple(x.shape) if shape is None else tuple(shape)
             raise ValueError(
-                f"{self.func}: the model rejected {arg} of shape {tuple(x.shape)} and dtype "
+                f"{self.func}: the model rejected {arg} of shape {shape} and dtype "
                 f"{x.dtype} ({type(err).__name__}: {err}); pass {arg} as (n, *input_shape) with "
                 f"the model's dtype and device") from err
         if not isinstance(out, torch.Tensor):

@@ -6,13 +6,12 @@ per input, and for every verified known layer its factor shapes. With n1, n2 inp
 (n2' = 0 when x2 is None, as those Jacobians are reused) and m = O² for mode "full", O otherwise,
 the estimated multiply-adds and peak elements are
 
-| implementation | multiply-adds                                               | memory (elements)  |
-|----------------|-------------------------------------------------------------|--------------------|
-| jacobian       | (n1 + n2') F (1 + 2 O) + n1 n2 m P                           | (b1 + b2') O P     |
-| ntvp           | n2 F (1 + 2 O) + 2 n1 n2 O F                                 | chunked, ≤ budget  |
-| structured     | (n1 + n2') F (1 + O)  [one forward, O cotangent passes]      | factors + (b1 + b2') O P_u |
-|                | + Σ_known-params min(gram, jacobian form)  (factors.py)      |                    |
-|                | + (n1 + n2') F (1 + 2 O) + n1 n2 m P_u  if P_u > 0            |                    |
+    jacobian:   (n1 + n2') F (1 + 2 O) + n1 n2 m P;           memory (b1 + b2') O P
+    ntvp:       n2 F (1 + 2 O) + 2 n1 n2 O F;                  memory chunked within budget
+    structured: (n1 + n2') F (1 + O)        [one forward, O cotangent passes]
+                + Σ_known layers min(gram, jacobian form)      (factors.py)
+                + (n1 + n2') F (1 + 2 O) + n1 n2 m P_u         (only if P_u > 0);
+                memory: the factors + (b1 + b2') O P_u
 
 with P_u the parameters of modules the structured path does not know and b1, b2 the block
 sizes. A backward pass is counted as 2 F when it also forms weight gradients and F when it only

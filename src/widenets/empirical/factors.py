@@ -45,8 +45,9 @@ class Factor:
 
     Attributes:
         kind: "dense" (a holds features), "ones" (bias: a is the constant 1), "index"
-            (embedding: a holds token ids, -1 where no gradient flows).
-        a: dense: (n, G, T, d_in); index: (n, T) int64; ones: None.
+            (embedding: a holds token ids, -1 where no gradient flows), "diag" (elementwise
+            affine: ∂f_a/∂W[k] = s Σ_t C[a, i, 0, t, k] z[i, t, k]; Jacobian form only).
+        a: dense: (n, G, T, d_in); index: (n, T) int64; diag: (n, T, d_out); ones: None.
         c: (O, n, G, T, d_out) output cotangents.
         scale: forward multiplier s.
         d_in: feature size (1 for ones, the vocabulary size for index).
@@ -79,7 +80,7 @@ def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
         return [(0, 0)] * nd
     if st.padding == "same":
         out = []
-        for d, k in zip(st.dilation, ksize):
+        for d, k in zip(st.dilation, ksize, strict=True):
             total = d * (k - 1)               # as torch's _ConvNd: extra padding on the right
             out.append((total // 2, total - total // 2))
         return out
@@ -125,7 +126,7 @@ def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor
         roles: which of "weight" / "bias" are trainable.
         x: the layer's input, batch axis first, (n, ...).
         grad: (O, n, *output_shape) cotangents at the layer's output.
-        ksize: conv kernel size (conv only).
+        ksize: conv kernel size (conv); the parameter's shape (affine).
         vocab: number of embedding rows (embedding only).
     """
     o, n = grad.shape[:2]
@@ -149,6 +150,18 @@ def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor
         if "bias" in roles:
             c = cg.reshape(o, n, 1, c_out, -1).transpose(3, 4)
             out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
+    elif st.kind == "affine":
+        d = math.prod(ksize)                     # ksize: the parameter's shape
+        if st.param_layout == "channel":         # parameters index axis 1
+            c = grad.movedim(2, -1).reshape(o, n, 1, -1, d)
+        else:                                    # parameters cover the trailing axes
+            c = grad.reshape(o, n, 1, -1, d)
+        if "weight" in roles:
+            z = st.transform(x)
+            z = z.movedim(1, -1) if st.param_layout == "channel" else z
+            out["weight"] = Factor("diag", z.reshape(n, -1, d), c, st.weight_scale, 1)
+        if "bias" in roles:
+            out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
     elif st.kind == "embedding":
         idx = x.reshape(n, -1).long()
         if st.padding_idx is not None:
@@ -169,7 +182,7 @@ def concat_calls(factors: list[Factor]) -> Factor:
         c = torch.cat([f.c for f in factors], dim=3)
         if f0.kind == "dense":
             a = torch.cat([f.a for f in factors], dim=2)
-        elif f0.kind == "index":
+        elif f0.kind in ("index", "diag"):
             a = torch.cat([f.a for f in factors], dim=1)
         else:
             a = None
@@ -178,33 +191,38 @@ def concat_calls(factors: list[Factor]) -> Factor:
 
 
 # ---------------------------------------------------------------------------- contractions
-def _input_gram(f1: Factor, f2: Factor) -> torch.Tensor | None:
-    """(G, n1, T1, n2, T2) Gram matrix of the input features times s s'; None for ones x ones."""
+def _input_gram(f1: Factor, f2: Factor, rows: slice) -> torch.Tensor | None:
+    """(G, r, T1, n2, T2) Gram matrix of the input features of rows `rows` of f1 with all of
+    f2, times s s'; None for ones x ones (a constant)."""
     if f1.kind == "dense":
-        g, t1, t2 = f1.a.shape[1], f1.a.shape[2], f2.a.shape[2]
-        a1 = f1.a.transpose(0, 1).reshape(g, -1, f1.a.shape[-1])
+        a1 = f1.a[rows]
+        g, r, t1, t2 = a1.shape[1], a1.shape[0], a1.shape[2], f2.a.shape[2]
+        a1 = a1.transpose(0, 1).reshape(g, -1, a1.shape[-1])
         a2 = f2.a.transpose(0, 1).reshape(g, -1, f2.a.shape[-1])
-        k = torch.bmm(a1, a2.transpose(1, 2)).reshape(g, f1.n, t1, f2.n, t2)
+        k = torch.bmm(a1, a2.transpose(1, 2)).reshape(g, r, t1, f2.n, t2)
         s = f1.scale * f2.scale
         return k if s == 1.0 else k * s
     if f1.kind == "index":
-        valid = (f1.a >= 0)[:, :, None, None]
-        eq = (f1.a[:, :, None, None] == f2.a[None, None, :, :]) & valid
+        a1 = f1.a[rows]
+        valid = (a1 >= 0)[:, :, None, None]
+        eq = (a1[:, :, None, None] == f2.a[None, None, :, :]) & valid
         return (eq.to(f1.c.dtype) * (f1.scale * f2.scale))[None]
     return None
 
 
-def _group_input_gram(f1s: list[Factor], f2s: list[Factor]):
-    """Σ over a group's parameters of their input Grams: (G, n1, T1, n2, T2) tensor or None,
-    plus the scalar Σ s s' of its bias-like ("ones") members."""
+def _group_input_gram(f1s: list[Factor], f2s: list[Factor], rows: slice):
+    """Σ over a group's parameters of their input Grams (rows `rows` of x1): a
+    (G, r, T1, n2, T2) tensor, or a float when all members are bias-like ("ones")."""
     kx, scalar = None, 0.0
-    for f1, f2 in zip(f1s, f2s):
-        k = _input_gram(f1, f2)
+    for f1, f2 in zip(f1s, f2s, strict=True):
+        k = _input_gram(f1, f2, rows)
         if k is None:
             scalar += f1.scale * f2.scale
         else:
             kx = k if kx is None else kx + k
-    return kx, scalar
+    if kx is None:
+        return scalar
+    return kx + scalar if scalar else kx
 
 
 def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) -> torch.Tensor:
@@ -218,11 +236,8 @@ def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) 
     o, g, t1, d = f1.shape
     t2 = f2.shape[2]
     n1, n2 = f1.n, f2.n
-    kx, ss = _group_input_gram(f1s, f2s)
-    if kx is not None and ss:
-        kx = kx + ss
     m = o * o if mode == "full" else o
-    rows = max(1, budget // max(1, g * t1 * n2 * t2 * m))
+    rows = max(1, budget // max(1, g * t1 * n2 * t2 * (m + 1)))
     # (O, n, G, T, d) -> the batched-matmul layouts used below
     if mode == "diagonal":
         c1 = f1.c.permute(2, 0, 1, 3, 4).reshape(g * o, n1, t1, d)
@@ -239,28 +254,30 @@ def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) 
     for start in range(0, n1, rows):
         stop = min(n1, start + rows)
         r = stop - start
+        kx = _group_input_gram(f1s, f2s, slice(start, stop))
+        const = not isinstance(kx, torch.Tensor)
         kc = torch.matmul(c1[:, start:stop].reshape(c1.shape[0], -1, inner), c2t)
         if mode == "trace":
             kc = kc.reshape(g, r, t1, n2, t2)
-            if kx is None:
-                part = kc.sum(dim=(0, 2, 4)) * ss
+            if const:
+                part = kc.sum(dim=(0, 2, 4)) * kx
             elif g == 1 and t1 == 1 and t2 == 1:
-                part = kc.reshape(r, n2).mul_(kx.reshape(-1, n2)[start:stop])
+                part = kc.reshape(r, n2).mul_(kx.reshape(r, n2))
             else:
-                part = (kc * kx[:, start:stop]).sum(dim=(0, 2, 4))
+                part = (kc * kx).sum(dim=(0, 2, 4))
         elif mode == "diagonal":
             kc = kc.reshape(g, o, r, t1, n2, t2)
-            if kx is None:
-                part = kc.sum(dim=(0, 3, 5)) * ss
+            if const:
+                part = kc.sum(dim=(0, 3, 5)) * kx
             else:
-                part = (kc * kx[:, None, start:stop]).sum(dim=(0, 3, 5))
+                part = (kc * kx[:, None]).sum(dim=(0, 3, 5))
             part = part.permute(1, 2, 0)
         else:
             kc = kc.reshape(g, r, t1, o, n2, t2, o)
-            if kx is None:
-                part = kc.sum(dim=(0, 2, 5)) * ss
+            if const:
+                part = kc.sum(dim=(0, 2, 5)) * kx
             else:
-                part = (kc * kx[:, start:stop, :, None, :, :, None]).sum(dim=(0, 2, 5))
+                part = (kc * kx[:, :, :, None, :, :, None]).sum(dim=(0, 2, 5))
             part = part.permute(0, 2, 1, 3)
         parts.append(part)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
@@ -275,6 +292,8 @@ def jacobian_form(f: Factor) -> torch.Tensor:
         j = j.reshape(n, o, -1)
     elif f.kind == "ones":
         j = f.c.sum(dim=3).permute(1, 0, 2, 3).reshape(n, o, -1)
+    elif f.kind == "diag":
+        j = torch.einsum("aitk,itk->iak", f.c[:, :, 0], f.a)
     else:
         v = f.d_in
         valid = f.a >= 0
@@ -311,6 +330,9 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
     o, g, t1, d = shape1
     t2 = shape2[2]
     m = o * o if mode == "full" else o
+    if kind == "diag":                         # no Gram form: Jacobian (n, O, d_out) only
+        jac = (n1 + (0 if symmetric else n2)) * o * t1 * d + n1 * n2 * m * d
+        return math.inf, 0.0, float(jac), float((n1 + (0 if symmetric else n2)) * o * d)
     din_gram = {"dense": d_in, "index": 1, "ones": 0}[kind]
     kx = n1 * n2 * g * t1 * t2 * din_gram
     kc = n1 * n2 * g * t1 * t2 * (m * d + m)
@@ -329,9 +351,11 @@ def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool
     """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
     multiply-adds (the jacobian form only within `budget` elements)."""
     gram = jac = mem = 0.0
-    for f1, f2 in zip(f1s, f2s):
+    for f1, f2 in zip(f1s, f2s, strict=True):
         kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
                                    symmetric)
         gram, jac, mem = gram + kx, jac + j, mem + mm
     gram += kc
+    if any(f.kind == "diag" for f in f1s):
+        return "jacobian"
     return "jacobian" if jac < gram and mem <= budget else "gram"

@@ -55,7 +55,7 @@ class TaylorModel(nn.Module):
 
     def params_dict(self) -> dict[str, torch.Tensor]:
         """The module's own (trainable) parameters, by name."""
-        return dict(zip(self.names, self.params))
+        return dict(zip(self.names, self.params, strict=True))
 
     def terms(self, x: torch.Tensor, params=None) -> list[torch.Tensor]:
         """[f(x; p0), D f[δ], D² f[δ, δ], ..., D^K f[δ^K]] with δ = params - p0 (no 1/k!)."""

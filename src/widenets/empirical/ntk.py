@@ -81,10 +81,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     target = resolve_target(model, params, func=func)
     x1, x2 = check_inputs(x1, x2, func=func)
     if x2 is not None:
-        target.call_checked(x2[:1], "x2")
+        target.call_checked(x2[:1], "x2", x2.shape)
     itemsize = torch.empty((), dtype=target.dtype).element_size()
     budget = DEFAULT_BUDGET_BYTES // itemsize
-    plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto")
+    plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
+                     x_shape=x1.shape)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     if implementation == "auto":
@@ -200,4 +201,5 @@ def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
 def _outputs(target: Target, x: torch.Tensor, batch_size: int | None, arg: str) -> torch.Tensor:
     b = batch_size or x.shape[0]
     with torch.no_grad():
-        return torch.cat([target.call_checked(x[i:i + b], arg) for i in range(0, x.shape[0], b)])
+        return torch.cat([target.call_checked(x[i:i + b], arg, x.shape)
+                          for i in range(0, x.shape[0], b)])

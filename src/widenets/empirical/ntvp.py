@@ -46,18 +46,30 @@ class NtvpEngine:
             _, pullback = vjp(lambda p: target(p, xj[None])[0], params)
             return vmap(pullback)(eye)[0]
 
+        def tangents_looped(xj):
+            _, pullback = vjp(lambda p: target(p, xj[None])[0], params)
+            rows = [pullback(eye[b])[0] for b in range(o)]
+            return {k: torch.stack([r[k] for r in rows]) for k in params}
+
         def column(u):                          # u: one tangent dict -> (n1, O)
             return jvp(lambda p: target(p, x1), (params,), (u,))[1]
 
-        per_column = self.n_params + n1 * self.act
+        per_column = int(self.n_params + n1 * self.act)
         cols = max(1, min(n2, self.budget // max(1, o * per_column)))
         parts = []
         for start in range(0, n2, cols):
             xs = x2[start:start + cols]
             c = xs.shape[0]
-            u = vmap(tangents)(xs)                                  # (c, O, *shape)
-            u = {k: v.reshape(c * o, *v.shape[2:]) for k, v in u.items()}
-            blk = vmap(column)(u).reshape(c, o, n1, o)              # [j, b, i, a]
+            try:
+                u = vmap(tangents)(xs)                              # (c, O, *shape)
+                u = {k: v.reshape(c * o, *v.shape[2:]) for k, v in u.items()}
+                blk = vmap(column)(u)
+            except RuntimeError:
+                # An op without a working batching rule: the same products one at a time.
+                us = [tangents_looped(xj) for xj in xs]
+                blk = torch.stack([column({k: uj[k][b] for k in uj})
+                                   for uj in us for b in range(o)])
+            blk = blk.reshape(c, o, n1, o)                          # [j, b, i, a]
             blk = blk.permute(2, 0, 3, 1)                           # [i, j, a, b]
             if mode == "trace":
                 blk = blk.diagonal(dim1=2, dim2=3).sum(-1)

@@ -1,11 +1,14 @@
 """Which modules the "structured" NTK accelerates: a small registry of layer descriptions.
 
-A layer is accelerated when its output is linear in each of its parameters in one of three
+A layer is accelerated when its output is linear in each of its parameters in one of four
 known ways (`LayerStructure.kind`):
 
 * "linear":    y[..., o] = s_w Σ_k W[o, k] x[..., k] + s_b b[o]            (nn.Linear)
 * "conv":      y = s_w conv(x, W; stride, padding, dilation, groups) + s_b b (nn.Conv1d/2d/3d)
 * "embedding": y[..., :] = W[idx[...], :]                                  (nn.Embedding)
+* "affine":    y = s_w W ⊙ z(x) + s_b b, W and b broadcast along the channel axis 1 or over
+               the trailing axes, z a parameter-free map of the input (the normalized input of
+               nn.LayerNorm, nn.GroupNorm, nn.BatchNorm in eval mode, nn.InstanceNorm)
 
 `s_w`, `s_b` are forward multipliers (1 for torch layers; σw/√n and σb for widenets' own
 `DenseModule` in the NTK parameterization). A module type joins with
@@ -23,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers.dense import DenseModule
 
 __all__ = ["LayerStructure", "register_structured_layer", "describe_module", "KINDS"]
 
-KINDS = ("linear", "conv", "embedding")
+KINDS = ("linear", "conv", "embedding", "affine")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class LayerStructure:
         padding_mode: "zeros", "reflect", "replicate" or "circular" (conv only).
         groups: conv groups.
         padding_idx: embedding row that receives no gradient (embedding only).
+        transform: z = transform(x), the parameter-free part of an "affine" layer.
+        param_layout: "channel" (parameters index axis 1 of the output) or "trailing"
+            (parameters cover the trailing axes, as LayerNorm's normalized_shape); affine only.
     """
 
     kind: str
@@ -61,6 +68,8 @@ class LayerStructure:
     groups: int = 1
     padding_mode: str = "zeros"
     padding_idx: int | None = None
+    transform: Callable | None = None
+    param_layout: str = "channel"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -123,6 +132,45 @@ def _embedding(m: nn.Embedding) -> LayerStructure | None:
     return LayerStructure("embedding", bias=None, padding_idx=m.padding_idx)
 
 
+def _affine_roles(m) -> dict:
+    return {"weight": "weight" if getattr(m, "weight", None) is not None else None,
+            "bias": "bias" if getattr(m, "bias", None) is not None else None}
+
+
+def _layer_norm(m: nn.LayerNorm) -> LayerStructure | None:
+    if getattr(m, "weight", None) is None:
+        return None
+    return LayerStructure(
+        "affine", bias=_affine_roles(m)["bias"], param_layout="trailing",
+        transform=lambda x, m=m: F.layer_norm(x, m.normalized_shape, None, None, m.eps))
+
+
+def _group_norm(m: nn.GroupNorm) -> LayerStructure | None:
+    if getattr(m, "weight", None) is None:
+        return None
+    return LayerStructure(
+        "affine", bias=_affine_roles(m)["bias"],
+        transform=lambda x, m=m: F.group_norm(x, m.num_groups, None, None, m.eps))
+
+
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm) -> LayerStructure | None:
+    # Eval mode with running statistics only (empirical_ntk refuses the others).
+    if getattr(m, "weight", None) is None or m.training or not m.track_running_stats:
+        return None
+    return LayerStructure(
+        "affine", bias=_affine_roles(m)["bias"],
+        transform=lambda x, m=m: F.batch_norm(x, m.running_mean, m.running_var, None, None,
+                                              False, 0.0, m.eps))
+
+
+def _instance_norm(m: nn.modules.instancenorm._InstanceNorm) -> LayerStructure | None:
+    if getattr(m, "weight", None) is None or m.track_running_stats:
+        return None
+    return LayerStructure(
+        "affine", bias=_affine_roles(m)["bias"],
+        transform=lambda x, m=m: F.instance_norm(x, None, None, None, None, True, 0.0, m.eps))
+
+
 def _dense_module(m: DenseModule) -> LayerStructure:
     # DenseModule.forward: F.linear(x, W) * w_scale + b * b_scale.
     return LayerStructure("linear", bias="bias" if m.bias is not None else None,
@@ -134,4 +182,8 @@ register_structured_layer(nn.Conv1d, _conv)
 register_structured_layer(nn.Conv2d, _conv)
 register_structured_layer(nn.Conv3d, _conv)
 register_structured_layer(nn.Embedding, _embedding)
+register_structured_layer(nn.LayerNorm, _layer_norm)
+register_structured_layer(nn.GroupNorm, _group_norm)
+register_structured_layer(nn.modules.batchnorm._BatchNorm, _batch_norm)
+register_structured_layer(nn.modules.instancenorm._InstanceNorm, _instance_norm)
 register_structured_layer(DenseModule, _dense_module)

@@ -50,7 +50,7 @@ class KnownLayer:
         module: the module.
         structure: its description.
         roles: "weight"/"bias" -> trainable parameter name.
-        ksize: conv kernel size; vocab: embedding rows.
+        ksize: conv kernel size (affine: the parameter's shape); vocab: embedding rows.
     """
 
     name: str
@@ -120,14 +120,37 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[to
             warnings.filterwarnings("ignore", message=".*performance drop.*")
             grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
                                         allow_unused=True, retain_graph=True)
-    except RuntimeError:
-        # An op without a batching rule: one backward pass per output instead.
+        grads = _fill(grads, inputs, o)
+        if not _projection_matches(out, inputs, grads):
+            grads = None            # a batching rule that runs but is wrong
+    except RuntimeError:            # an op without a batching rule
+        grads = None
+    if grads is None:               # one backward pass per output instead
         per = [torch.autograd.grad(out, inputs, basis[a], allow_unused=True, retain_graph=True)
                for a in range(o)]
-        grads = [None if per[0][k] is None else torch.stack([p[k] for p in per])
-                 for k in range(len(inputs))]
+        grads = _fill([None if per[0][k] is None else torch.stack([p[k] for p in per])
+                       for k in range(len(inputs))], inputs, o)
+    return grads
+
+
+def _fill(grads, inputs, o: int) -> list[torch.Tensor]:
     return [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
-            for g, x in zip(grads, inputs)]
+            for g, x in zip(grads, inputs, strict=True)]
+
+
+def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
+                        grads: list[torch.Tensor], seed: int = 0) -> bool:
+    """Σ_a v[:, a] grads[a] must equal one plain backward pass with cotangent v (random)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    ref = torch.autograd.grad(out, inputs, v, allow_unused=True, retain_graph=True)
+    tol = 1e-8 if out.dtype == torch.float64 else 1e-3
+    for g, r, x in zip(grads, ref, inputs, strict=True):
+        r = torch.zeros_like(x) if r is None else r
+        got = (v.T.reshape(*v.T.shape, *([1] * (g.ndim - 2))) * g).sum(0)
+        if not float((got - r).norm()) <= tol * float(r.norm()) + 1e-30:
+            return False
+    return True
 
 
 def _tied_names(module: nn.Module) -> set[str]:
@@ -157,6 +180,7 @@ def _candidates(target: Target) -> list[KnownLayer]:
             continue
         w = getattr(mod, st.weight)
         ksize = tuple(w.shape[2:]) if st.kind == "conv" else ()
+        ksize = tuple(w.shape) if st.kind == "affine" else ksize
         vocab = w.shape[0] if st.kind == "embedding" else 0
         out.append(KnownLayer(mname, mod, st, roles, ksize, vocab))
     return out
@@ -165,7 +189,7 @@ def _candidates(target: Target) -> list[KnownLayer]:
 def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | None:
     """Factors of all calls of a layer (calls are extra positions), or None if unusable."""
     per_role: dict[str, list[Factor]] = {r: [] for r in layer.roles}
-    for (xin, _), g in zip(rec, grads):
+    for (xin, _), g in zip(rec, grads, strict=True):
         if xin.shape[0] != n or g.shape[1] != n:
             return None
         if layer.structure.kind == "conv" and xin.ndim != 2 + len(layer.ksize):
@@ -202,7 +226,7 @@ def _tolerance(dtype: torch.dtype) -> float:
 
 
 def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
-              seed: int = 0) -> Plan:
+              seed: int = 0, x_shape=None) -> Plan:
     """Run the model on a small probe batch: output size, verified known layers, FLOPs.
 
     Args:
@@ -210,6 +234,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         x_probe: (k, ...) a few inputs (2 are enough to detect batch-axis mix-ups).
         count_flops: also count forward multiply-adds per input (for implementation="auto").
         seed: seed of the random cotangent used to verify the layer descriptions.
+        x_shape: shape of the user's x1, for error messages.
     """
     layers = _candidates(target)
     records: list[list] = [[] for _ in layers]
@@ -229,7 +254,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     try:
         with torch.enable_grad(), _capture(layers, records), counter:
             probe = Target(p_req, target.module, target.fn, target.func)
-            out = probe.call_checked(x_probe, "x1")
+            out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
@@ -246,14 +271,14 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         names = list(p_req)
         grads = torch.autograd.grad(out, [p_req[n] for n in names] + deltas, v,
                                     allow_unused=True)
-        true = dict(zip(names, grads[:len(names)]))
+        true = dict(zip(names, grads[:len(names)], strict=True))
         dgrads = list(grads[len(names):])
         tol = _tolerance(out.dtype)
         pos = 0
         for i in usable:
             layer, rec = layers[i], records[i]
             gs = [(torch.zeros_like(d) if g is None else g)[None]
-                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec)]
+                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec, strict=True)]
             pos += len(rec)
             fs = _call_factors(layer, rec, gs, k)
             if fs is None:
@@ -314,7 +339,7 @@ class StructuredEngine:
             grads = output_basis_grads(out, deltas)
             del out
             pos = 0
-            for layer, rec in zip(layers, records):
+            for layer, rec in zip(layers, records, strict=True):
                 fs = _call_factors(layer, rec, grads[pos:pos + len(rec)], n)
                 pos += len(rec)
                 if fs is None:
@@ -340,7 +365,7 @@ class StructuredEngine:
                 parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
             for part in parts:
                 out = part if out is None else out.add_(part)
-        for j1, j2 in zip(s1.fallback, s2.fallback):
+        for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):
             part = jacobian_contract(j1, j2, mode)
             out = part if out is None else out.add_(part)
         return out
