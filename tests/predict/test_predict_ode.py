@@ -97,12 +97,15 @@ def test_momentum_matches_heavy_ball_steps(features):
     theta, theta_tx = j_tr @ j_tr.T, j_te @ j_tr.T
     lam_max = float(torch.linalg.eigvalsh(theta)[-1])
     eta, beta, steps = 0.01 / lam_max, 0.9, 300
-    omega = torch.zeros(j_tr.shape[1], 3, dtype=torch.float64)
-    v = torch.zeros_like(omega)
+    jn, yn, f0n = j_tr.numpy(), y.numpy(), f0.numpy()
+    omega = np.zeros((j_tr.shape[1], 3))
+    v = np.zeros_like(omega)
     for _ in range(steps):
-        grad = torch.softmax(f0 + j_tr @ omega, -1) - y
-        v = beta * v - eta * j_tr.T @ grad
+        f = f0n + jn @ omega
+        e = np.exp(f - f.max(1, keepdims=True))
+        v = beta * v - eta * jn.T @ (e / e.sum(1, keepdims=True) - yn)
         omega = omega + v
+    omega = torch.from_numpy(omega)
     ref_tr, ref_te = f0 + j_tr @ omega, f0_te + j_te @ omega
     tr, te = wn.predict.gradient_descent("cross_entropy", theta, y, learning_rate=eta,
                                          momentum=beta)(steps, f0, f0_te, theta_tx)
