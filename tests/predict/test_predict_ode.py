@@ -91,8 +91,8 @@ def test_momentum_mse_matches_damped_oscillators(features):
 def test_momentum_matches_heavy_ball_steps(features):
     """The continuous momentum ODE approximates explicit heavy-ball steps v ← βv - η∇L,
     ω ← ω + v on the linear model with cross-entropy, with error O(ηλ); at ηλ_max ≈ 0.01 the
-    agreement is ~1e-2 of the movement, while measuring time in units of √η (or forgetting
-    the damping) is off by O(1)."""
+    agreement is ~1e-3 of the movement (tolerance 1e-2), while measuring time in units of √η,
+    β = 0.8 or no momentum are off by 20-100% of it."""
     j_tr, j_te, f0, f0_te, y = features
     theta, theta_tx = j_tr @ j_tr.T, j_te @ j_tr.T
     lam_max = float(torch.linalg.eigvalsh(theta)[-1])
@@ -111,8 +111,8 @@ def test_momentum_matches_heavy_ball_steps(features):
                                          momentum=beta)(steps, f0, f0_te, theta_tx)
     move = float((ref_tr - f0).abs().max())
     assert move > 0.1
-    assert float((tr - ref_tr).abs().max()) < 0.03 * move
-    assert float((te - ref_te).abs().max()) < 0.03 * move
+    assert float((tr - ref_tr).abs().max()) < 0.01 * move
+    assert float((te - ref_te).abs().max()) < 0.01 * move
 
 
 def test_ode_errors(features):
