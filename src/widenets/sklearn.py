@@ -77,7 +77,9 @@ class _WideNetEstimator(BaseEstimator):
             learning_rate=self.learning_rate, diag_reg=self.diag_reg,
             diag_reg_absolute=self.diag_reg_absolute)
         # Factorize now so that a kernel that is not positive definite fails in fit.
-        self.predictor_.eig(self._kernel)
+        eig = self.predictor_.eig(self._kernel)
+        if self._t is None:
+            eig.require_definite("t=None (trained to convergence)")
         return self
 
     def _predict_gaussian(self, X, compute_cov: bool):
