@@ -56,7 +56,7 @@ def _relative_errors(width, seed, xtr, xte, y, steps, scales=(1.0,)):
         loss = 0.5 * ((model(xtr) - y) ** 2).sum()        # seed 002: total loss
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p -= eta * g
     got_tr, got_te = torch.stack(got_tr), torch.stack(got_te)
     p_tr, p_te = preds[0]
@@ -118,7 +118,7 @@ def test_trained_ensemble_matches_ntk_gaussian_not_nngp(one_thread):
         loss = 0.5 * ((f(params, buffers, xtr) - y) ** 2).sum()   # independent nets
         grads = torch.autograd.grad(loss, list(params.values()))
         with torch.no_grad():
-            for p, g in zip(params.values(), grads):
+            for p, g in zip(params.values(), grads, strict=True):
                 p -= eta * g
     with torch.no_grad():
         out = f(params, buffers, xte)[..., 0]                   # (nets, test points)

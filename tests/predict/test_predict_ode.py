@@ -32,7 +32,7 @@ def test_mse_ode_matches_closed_form(features):
                                                                           theta_tx)
     ode = wn.predict.gradient_descent("mse", theta, y, learning_rate=0.7)(ts, f0, f0_te,
                                                                          theta_tx)
-    for a, b in zip(ode, closed):
+    for a, b in zip(ode, closed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
     # a custom callable loss, vector targets
     mse = lambda fx, yy: 0.5 * ((fx - yy) ** 2).sum()  # noqa: E731
