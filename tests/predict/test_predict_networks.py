@@ -16,15 +16,6 @@ import widenets as wn
 from widenets.empirical.jacobian import jacobian_ntk
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _toy_data(n_train, n_test, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + n_test, d, generator=g, dtype=torch.float64)
@@ -66,7 +57,7 @@ def _relative_errors(width, seed, xtr, xte, y, steps, scales=(1.0,)):
 
 
 @pytest.mark.slow
-def test_wide_network_follows_its_linearization(one_thread):
+def test_wide_network_follows_its_linearization():
     """Width 4096 vs 256, 4 seeds each, 300 steps at η = λ_max⁻¹/2, 10 train and 6 test points.
 
     Measured relative errors × √width lie in 0.4-2.4 (linearization error O(1/√width), seed
@@ -89,7 +80,7 @@ def test_wide_network_follows_its_linearization(one_thread):
 
 
 @pytest.mark.slow
-def test_trained_ensemble_matches_ntk_gaussian_not_nngp(one_thread):
+def test_trained_ensemble_matches_ntk_gaussian_not_nngp():
     """128 networks of width 1024 (seeds 1000-1127), 200 steps of GD at η = λ_max⁻¹ (discrete,
     so time matches exactly), 6 train / 4 test points.
 
