@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .layers import Dense, Relu, serial
 from .layers.base import Layer
 from .predict.ensemble import EnsemblePredictor
+from .predict.gp import gp_inference
 
 __all__ = ["NTKRegressor", "NNGPRegressor", "NTKClassifier", "default_net"]
 
@@ -76,14 +77,23 @@ class _WideNetEstimator(BaseEstimator):
             learning_rate=self.learning_rate, diag_reg=self.diag_reg,
             diag_reg_absolute=self.diag_reg_absolute)
         # Factorize now so that a kernel that is not positive definite fails in fit.
-        self.predictor_.eig(self._kernel)
+        eig = self.predictor_.eig(self._kernel)
+        if self._t is None:
+            eig.require_definite("t=None (trained to convergence)")
         return self
 
     def _predict_gaussian(self, X, compute_cov: bool):
         check_is_fitted(self, "predictor_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.predictor_(self._t, torch.tensor(X, dtype=torch.float64), kernel=self._kernel,
-                               compute_cov=compute_cov)
+        X = torch.tensor(validate_data(self, X, reset=False, dtype=np.float64))
+        ens = self.predictor_
+        if self._kernel == "nngp" and self._t is None:
+            # The Bayesian posterior (eq. 13), diag_reg as observation noise.
+            net = self._resolved_net()
+            return gp_inference(ens.k_train, ens.targets, net.kernel(X, ens.x_train, get="nngp"),
+                                net.kernel(X, get="nngp") if compute_cov else None,
+                                kernel="nngp", diag_reg=self.diag_reg,
+                                diag_reg_absolute=self.diag_reg_absolute)
+        return ens(self._t, X, kernel=self._kernel, compute_cov=compute_cov)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -6,6 +6,16 @@ import torch
 import widenets as wn
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests use tiny tensors: intra-op threads only add overhead (and stall badly on a
+    busy machine). Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def net():
     return wn.serial(wn.Dense(512, w_std=1.5, b_std=0.1), wn.Relu(),

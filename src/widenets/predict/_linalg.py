@@ -92,7 +92,7 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
                                                 "end the network with a readout"
                                                 if k.ndim > 2 else ""))
     if shape is not None:
-        for got, want in zip(k.shape, shape):
+        for got, want in zip(k.shape, shape, strict=True):
             if want is not None and got != want:
                 want_s = ", ".join("n" if s is None else str(s) for s in shape)
                 raise ValueError(f"{func}: {arg} must have shape ({want_s}), got "

@@ -66,6 +66,11 @@ class EnsemblePredictor:
         self._eig: dict[str, SymmetricEig] = {}
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @property
+    def targets(self) -> torch.Tensor:
+        """The targets in the shape they were given, (n,) or (n, k)."""
+        return restore_targets_shape(self.y_train, self._vector)
+
     def _kernel(self, x1, x2, get):
         k = self.net.kernel(x1, x2, get=get)
         if isinstance(k, list):

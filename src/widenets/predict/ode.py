@@ -24,6 +24,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ._linalg import (
+    _describe,
     as_kernel_matrix,
     as_outputs,
     as_targets,
@@ -94,25 +95,43 @@ class ODEPredictor:
         self.y_train, self._vector = as_targets(y_train, func=func, n=n,
                                                 dtype=self.k_train_train.dtype,
                                                 device=self.k_train_train.device)
-        y_arg = self.y_train[:, 0] if self._vector else self.y_train
-
-        def loss_of_outputs(f):
-            return loss(f, y_arg)
-
-        self._grad_loss = torch.func.grad(loss_of_outputs)
+        self._y_arg = self.y_train[:, 0] if self._vector else self.y_train
 
     def _loss_gradient(self, f_train: torch.Tensor) -> torch.Tensor:
         """∇_f L at the (n, k) training outputs, as (n, k)."""
-        arg = f_train[:, 0] if self._vector else f_train
-        g = self._grad_loss(arg)
-        if g.shape != arg.shape:
-            raise ValueError(f"{self._func}: the loss gradient has shape {tuple(g.shape)}, "
-                             f"expected {tuple(arg.shape)}; loss(fx, y) must return a scalar")
+        if self.loss is mse_loss:
+            return f_train - self.y_train
+        if self.loss is cross_entropy_loss:
+            return torch.softmax(f_train, dim=-1) * self.y_train.sum(-1, keepdim=True) \
+                - self.y_train
+        arg = (f_train[:, 0] if self._vector else f_train).detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = self.loss(arg, self._y_arg)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise ValueError(f"{self._func}: loss(fx, y) must return a scalar tensor, got "
+                                 f"{_describe(value)}")
+            (g,) = torch.autograd.grad(value.reshape(()), arg, allow_unused=True)
+        if g is None:
+            raise ValueError(f"{self._func}: loss(fx, y) does not depend on fx")
         g = g.reshape(f_train.shape)
         if not torch.isfinite(g).all():
             raise FloatingPointError(f"{self._func}: the loss gradient became non-finite "
                                      f"during integration; check the loss and the kernel scale")
         return g
+
+    def _numpy_gradient(self):
+        """∇_f L in numpy for the built-in losses (None for a user callable)."""
+        y = self.y_train.cpu().numpy()
+        if self.loss is mse_loss:
+            return lambda f: f - y
+        if self.loss is cross_entropy_loss:
+            y_sum = y.sum(-1, keepdims=True)
+
+            def grad(f):
+                e = np.exp(f - f.max(-1, keepdims=True))
+                return e / e.sum(-1, keepdims=True) * y_sum - y
+            return grad
+        return None
 
     def __call__(self, t, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
         """Train (and test) outputs after t steps of gradient descent.
@@ -151,22 +170,27 @@ class ODEPredictor:
         n_f = (n + m) * k
         eta, beta = self.learning_rate, self.momentum
 
-        def velocity(f_all: torch.Tensor) -> torch.Tensor:
-            # eq. 7: df/dt = -η Θ(·, X) ∇_f L(f(X)), for train and test rows at once.
-            g = self._loss_gradient(f_all[:n])
-            out = [-eta * (kdd @ g)]
-            if ktd is not None:
-                out.append(-eta * (ktd @ g))
-            return torch.cat(out)
+        k_all = kdd if ktd is None else torch.cat([kdd, ktd])     # Θ(train and test, X)
+        grad_np = self._numpy_gradient() if device.type == "cpu" else None
+        if grad_np is not None:
+            # Built-in losses on CPU: the right-hand side in numpy (no per-op torch overhead).
+            k_np = k_all.numpy()
+
+            def velocity(state: np.ndarray) -> np.ndarray:
+                # eq. 7: df/dt = -η Θ(·, X) ∇_f L(f(X)), train and test rows at once.
+                return -eta * (k_np @ grad_np(state[:n * k].reshape(n, k))).reshape(-1)
+        else:
+            def velocity(state: np.ndarray) -> np.ndarray:
+                f_train = torch.from_numpy(state[:n * k]).to(device=device, dtype=dtype)
+                g = self._loss_gradient(f_train.reshape(n, k))
+                return (-eta * (k_all @ g)).reshape(-1).cpu().numpy()
 
         def rhs(_, state: np.ndarray) -> np.ndarray:
-            s = torch.from_numpy(state).to(device=device, dtype=dtype)
-            f_all = s[:n_f].reshape(n + m, k)
             if beta is None:
-                return velocity(f_all).reshape(-1).cpu().numpy()
-            u = s[n_f:]
-            du = velocity(f_all).reshape(-1) - (1.0 - beta) * u    # SM §B, in steps
-            return torch.cat([u, du]).cpu().numpy()
+                return velocity(state)
+            u = state[n_f:]
+            du = velocity(state[:n_f]) - (1.0 - beta) * u    # SM §B, in steps
+            return np.concatenate([u, du])
 
         state0 = f0 if ft0 is None else torch.cat([f0, ft0])
         state0 = state0.reshape(-1)
@@ -205,7 +229,7 @@ def gradient_descent(loss, k_train_train, y_train, *, learning_rate: float = 1.0
 
     Args:
         loss: "mse" (½ Σ (f - y)²), "cross_entropy" (-Σ y log softmax f, y one-hot), or a
-            callable loss(fx, y) -> scalar tensor differentiable in fx (torch.func.grad), with
+            callable loss(fx, y) -> scalar tensor differentiable in fx (torch.autograd), with
             fx shaped like y_train. Use total (summed) losses to keep seed 002's time scale.
         k_train_train: (n, n) NTK of the training inputs (tensor, numpy array or `wn.Kernel`).
         y_train: (n,) or (n, k) targets.
