@@ -6,6 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
+from . import finite_width
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
@@ -33,4 +34,5 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "monte_carlo_kernel", "__version__",
+    "finite_width",
 ]
