@@ -105,11 +105,12 @@ def _to_dict(v: np.ndarray, like: dict) -> dict:
     return out
 
 
-def _top_eig(matvec, p: int, tol: float, seed: int, maxiter: int):
+def _top_eig(matvec, p: int, tol: float, seed: int, maxiter: int, v0=None):
     """Largest-magnitude eigenpair of a symmetric operator by Lanczos (implicitly restarted
     power iteration on the Krylov space, scipy's eigsh), from HVPs only."""
     op = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(p)
+    if v0 is None:
+        v0 = np.random.default_rng(seed).standard_normal(p)
     if p <= 2:   # eigsh needs k < p; tiny problems use the dense matrix from the same matvecs
         mat = np.stack([matvec(col) for col in np.eye(p)], axis=1)
         vals, vecs = np.linalg.eigh(0.5 * (mat + mat.T))
@@ -162,6 +163,7 @@ def kappa(model: nn.Module, x, y, *, tol: float = 1e-6, max_outer: int = 20,
     resid = out - yv
     e = resid / resid.norm() if resid.norm() > 0 else torch.ones_like(out) / out.numel() ** 0.5
     best = 0.0
+    u = None
     for _ in range(max_outer):
         e_now = e
 
@@ -169,7 +171,7 @@ def kappa(model: nn.Module, x, y, *, tol: float = 1e-6, max_outer: int = 20,
             count[0] += 1
             return _to_vec(_core.hvp(model, params, x, e_now, _to_dict(v, params)))
 
-        lam, u = _top_eig(hv, p, tol, seed, maxiter)
+        lam, u = _top_eig(hv, p, tol, seed, maxiter, v0=u)   # warm start from the last u
         z = second_dir(_to_dict(u, params))
         value = max(abs(lam), float(z.norm()))
         if z.norm() > 0:
