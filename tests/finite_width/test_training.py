@@ -50,6 +50,20 @@ def test_flow_ntk_derivative_matches_k3(data16, convention):
     assert rel < 2e-3, f"dΘ/dt from records vs K3: relative error {rel:.2e}"
 
 
+def test_nngp_record_is_the_readout_feature_kernel(data16):
+    """The recorded NNGP is φ φᵀ / width of the last hidden layer's outputs (seed 002 Fig. 1)."""
+    x, y = data16
+    model = tanh_net(24, depth=2).module((4,), seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        phi = model[:4](x)
+    rec = fw.train(model, x, y, learning_rate=0.5, steps=3, record=("nngp", "ntk"))
+    assert torch.allclose(rec.nngp[0], phi @ phi.T / 24, rtol=1e-12)
+    ch = fw.relative_change(rec)
+    expect = (rec.nngp[-1] - rec.nngp[0]).norm() / rec.nngp[0].norm()
+    assert float(ch.nngp[-1]) == pytest.approx(float(expect)) and float(ch.nngp[0]) == 0.0
+    assert float(ch.ntk[-1]) > 0
+
+
 def test_gd_step_and_conventions(data16):
     """One GD step equals θ - η ∇L by autograd; "sum" with η equals "mean" with n·η."""
     x, y = data16
@@ -91,7 +105,7 @@ def test_hidden_weights_move_less_with_width_than_input_output(data16):
     """Seed 002 Fig. 1: after training, ||W_t - W_0||/||W_0|| of the input and output layers
     falls like width^-1/2, of the hidden layer like width^-1 (NTK parameterization, widths
     64-512, 3 seeds). Asserted: hidden slope below both others by > 0.3 and each slope within
-    0.2 of its exponent."""
+    0.2 of its exponent; the relative NTK change falls at least like width^-1/2."""
     x, y = data16
 
     def build(width, seed):
@@ -99,9 +113,10 @@ def test_hidden_weights_move_less_with_width_than_input_output(data16):
 
     def measure(model):
         rec = fw.train(model, x, y, learning_rate=2.0, steps=50, record_every=50,
-                       record=("weights",))
-        ch = fw.relative_change(rec).weights
-        return {"input": ch["0.weight"][-1], "hidden": ch["2.weight"][-1],
+                       record=("weights", "ntk"))
+        rel = fw.relative_change(rec)
+        ch = rel.weights
+        return {"ntk": rel.ntk[-1], "input": ch["0.weight"][-1], "hidden": ch["2.weight"][-1],
                 "output": ch["4.weight"][-1]}
 
     sw = fw.width_sweep(build, [64, 128, 256, 512], measure=measure, seeds=(0, 1, 2))
@@ -110,6 +125,7 @@ def test_hidden_weights_move_less_with_width_than_input_output(data16):
     assert s["hidden"] < min(s["input"], s["output"]) - 0.3, msg
     assert abs(s["hidden"] + 1.0) < 0.2 and abs(s["input"] + 0.5) < 0.2 \
         and abs(s["output"] + 0.5) < 0.2, msg
+    assert s["ntk"] < -0.5, msg
 
 
 def test_bad_inputs_are_named(data16):
