@@ -6,7 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import predict, tiles
+from . import finite_width, predict, tiles
 from .empirical import (
     LayerStructure,
     TaylorModel,
@@ -45,7 +45,7 @@ __all__ = [
     "monte_carlo_kernel", "__version__",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
-    "predict", "sklearn", "tiles",
+    "predict", "sklearn", "tiles", "finite_width",
 ]
 
 
