@@ -193,7 +193,7 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
               "dtype": _DTYPES[dtype], "symmetric": symmetric, "shape": list(shape),
               "tile": list(tile), "x1": fingerprint(x1), "x2": fingerprint(x2),
               "widenets_version": __version__}
-    if root.exists():
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):  # empty dir: new
         lay, meta = read_metadata(root, func=_FUNC)
         check_metadata(meta, wanted, root, func=_FUNC)
         if meta.get("widenets_version") != __version__:
