@@ -62,6 +62,18 @@ def test_unreadable_and_foreign_stores(tmp_path, stored, net):
         wn.tiles.open(store)
 
 
+def test_a_second_concurrent_run_is_refused(stored, net):
+    import fcntl
+
+    store, x = stored
+    with open(store / ".lock", "a+") as held:  # another run holds the store
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(wn.tiles.TileStoreError, match="being computed by another run"):
+            wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    # Released (as when that run ends or is killed): the call goes through.
+    assert wn.tiles.compute(net, x, store=store, tile=8, get="ntk").tiles_skipped == 6
+
+
 def test_empty_directory_becomes_a_store(tmp_path, net):
     (tmp_path / "empty").mkdir()
     x = dyadic(5)

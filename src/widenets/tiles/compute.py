@@ -31,6 +31,7 @@ from ..layers.base import Layer, _parse_get, as_input_tensor
 from .store import (
     FORMAT,
     StoreLayout,
+    StoreLock,
     _as_path,
     _bounds,
     check_metadata,
@@ -201,12 +202,23 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
                           f"{meta.get('widenets_version')} and is continued by {__version__}; "
                           f"if the kernel formulas changed in between, start a new store",
                           RuntimeWarning, stacklevel=2)
+        lock = StoreLock(lay, func=_FUNC)
         lay.done.mkdir(exist_ok=True)
         clean_partial_files(lay)
     else:
         meta = dict(wanted, uuid=uuid.uuid4().hex, created=time.time())
         lay = init_store(root, meta, func=_FUNC)
+        lock = StoreLock(lay, func=_FUNC)
+    try:
+        return _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile,
+                                symmetric, client, threads, progress, check_space, start)
+    finally:
+        lock.release()
 
+
+def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile, symmetric,
+                     client, threads, progress, check_space, start) -> TileRun:
+    """Compute the tiles the store lacks (the store is locked by this process)."""
     tiles = tile_list(shape, tile, symmetric)
     done = done_tiles(lay, meta)
     todo = [t for t in tiles if t not in done]

@@ -11,6 +11,7 @@ bookkeeping that makes a run resumable:
                            dtype, tile, shape, widenets version
       done/I-J.json        one record per finished tile: its row/column ranges and a CRC-32 of
                            each kernel's tile bytes
+      .lock                flock held by the process running `compute` (one run at a time)
 
 A tile counts as finished only when its record exists. Records are written after every kernel's
 chunk of that tile is on disk, by write-to-temporary-then-rename, so a run killed at any instant
@@ -43,7 +44,7 @@ __all__ = [
     "FORMAT", "TileStoreError", "StoreMismatchError", "IncompleteStoreError", "StoreLayout",
     "fingerprint", "describe_kernel_fn", "tile_ranges", "tile_list", "init_store",
     "read_metadata", "check_metadata", "done_tiles", "write_tile", "clean_partial_files",
-    "tile_record", "remove_record",
+    "tile_record", "remove_record", "StoreLock",
 ]
 
 FORMAT = "widenets-tiles/1"
@@ -293,6 +294,42 @@ def tile_record(lay: StoreLayout, i: int, j: int) -> dict | None:
 def remove_record(lay: StoreLayout, i: int, j: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         lay.record(i, j).unlink()
+
+
+class StoreLock:
+    """An exclusive advisory lock (flock) on a store, held by the process running `compute`.
+
+    Two runs writing the same store at once would not corrupt it (writes are atomic and the
+    tiles identical) but would waste the work twice; the second run is refused instead. The
+    operating system releases the lock when the process dies, even by SIGKILL.
+    """
+
+    def __init__(self, lay: StoreLayout, *, func: str):
+        self.file = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        f = open(lay.root / ".lock", "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise TileStoreError(f"{func}: the store {str(lay.root)!r} is being computed by "
+                                 f"another run ({holder}); wait for it to finish or stop it. "
+                                 f"Two runs on one store would compute the same tiles twice"
+                                 ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the file releases the flock
+            self.file = None
 
 
 def clean_partial_files(lay: StoreLayout) -> int:
