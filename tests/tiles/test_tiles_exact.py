@@ -75,7 +75,9 @@ def test_callable_kernel_fn_monte_carlo(tmp_path):
 
 def test_open_get_selection(tmp_path, net):
     x = dyadic(12)
-    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=5)
+    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=5, get=("ntk", "nngp"))
+    # The order of get does not matter for resuming.
+    assert wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=5).tiles_computed == 0
     ntk = wn.tiles.open(tmp_path / "k.zarr", get="ntk")
     both = wn.tiles.open(tmp_path / "k.zarr", get=("ntk", "nngp"))
     assert torch.equal(ntk.load(), net.kernel(x, get="ntk"))

@@ -173,6 +173,7 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
     gets = _parse_get(get, _FUNC)
     if len(set(gets)) != len(gets):
         raise ValueError(f"{_FUNC}: get lists a kernel twice: {get!r}")
+    gets = tuple(g for g in ("nngp", "ntk") if g in gets)  # one canonical order
     if dtype not in _DTYPES:
         raise TypeError(f"{_FUNC}: dtype must be torch.float64, float32 or float16 (the dtypes "
                         f"a zarr store holds), got {dtype!r}")

@@ -85,7 +85,7 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
     Returns:
         A `KernelArray` (a `dask.array.Array` of shape (n1, n2) with `.load()` -> tensor), or a
         tuple of them when `get` is a tuple (in that order), or when get is None and the store
-        holds both kernels (in the order `compute`'s get listed them).
+        holds both kernels (in ("nngp", "ntk") order).
 
     Raises:
         IncompleteStoreError: tiles are missing and allow_incomplete is False.
