@@ -115,7 +115,10 @@ def test_verify_finds_and_repairs_damaged_tiles(tmp_path, net):
     raw[10] ^= 0xFF  # flip bits of one stored value
     chunk.write_bytes(bytes(raw))
     assert wn.tiles.verify(store) == [(0, 2)]
-    assert wn.tiles.verify(store, repair=True) == [(0, 2)]
+    (store / "ntk" / "c" / "1" / "1").write_bytes(b"truncated")  # an undecodable chunk
+    with pytest.raises(wn.tiles.TileStoreError, match=r"tile \(1, 1\).*unreadable.*verify"):
+        wn.tiles.load_kernel(store)
+    assert wn.tiles.verify(store, repair=True) == [(0, 2), (1, 1)]
     run = wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
-    assert run.tiles_computed == 1 and wn.tiles.verify(store) == []
+    assert run.tiles_computed == 2 and wn.tiles.verify(store) == []
     assert torch.equal(wn.tiles.load_kernel(store), net.kernel(x, get="ntk"))
