@@ -142,9 +142,10 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
             smaller. Symmetric kernels need square tiles. One tile of each kernel must fit in
             a worker's memory (a few times rows * cols * itemsize).
         get: "nngp", "ntk" or a tuple of them (one stored array each).
-        client: None to compute in this process with `threads` threads, or a
-            `dask.distributed.Client` whose workers compute the tiles (the store must be on a
-            file system they all see).
+        client: None to compute in this process with `threads` threads; or a
+            `dask.distributed.Client`, a cluster object (`LocalCluster`, dask-jobqueue's
+            `SLURMCluster`) or a scheduler address ("tcp://host:8786") whose workers compute
+            the tiles (the store must be on a file system they all see).
         dtype: dtype of the inputs handed to kernel_fn and of the stored kernel.
         description: what determines kernel_fn's values; required for plain callables
             (a layer's default is its repr). Stored and compared on resume.
@@ -234,7 +235,12 @@ def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, t
             if client is None:
                 _run_local(job, x1, x2, todo, threads, bar, lay, len(tiles))
             else:
-                _run_dask(client, job, x1, x2, todo, bar, lay, len(tiles))
+                client, own = _as_client(client)
+                try:
+                    _run_dask(client, job, x1, x2, todo, bar, lay, len(tiles))
+                finally:
+                    if own:
+                        client.close()
     finally:
         if bar is not None:
             bar.close()
@@ -311,6 +317,19 @@ def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
         raise KeyboardInterrupt(f"{_FUNC}: interrupted; {_stop_message(lay, n_total)}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_client(client):
+    """(a dask Client, whether this call created it) from a Client, cluster or address."""
+    from distributed import Client
+
+    if isinstance(client, Client):
+        return client, False
+    if isinstance(client, str) or hasattr(client, "scheduler_address"):
+        return Client(client), True
+    raise TypeError(f"{_FUNC}: client must be None, a dask.distributed.Client, a cluster "
+                    f"(LocalCluster, SLURMCluster, ...) or a scheduler address string, got "
+                    f"{type(client).__name__}")
 
 
 def _run_dask(client, job, x1, x2, todo, bar, lay, n_total) -> None:
