@@ -24,8 +24,10 @@ def test_local_cluster_two_workers_equals_in_process(tmp_path, net):
         rect = wn.tiles.compute(net, x1, x2, store=tmp_path / "d.zarr", tile=(7, 5),
                                 get="ntk", client=client)
         workers = set(client.scheduler_info()["workers"])
-        # Rerunning with the client skips everything.
-        again = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", tile=7, client=client)
+        # Rerunning skips everything; a cluster object or an address works like a client.
+        again = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", tile=7, client=cluster)
+        via_address = wn.tiles.compute(net, x1, x2, store=tmp_path / "e.zarr", tile=(7, 5),
+                                       get="ntk", client=cluster.scheduler_address)
     assert (run.tiles_computed, again.tiles_computed, again.tiles_skipped) == (15, 0, 15)
     assert rect.tiles_computed == 20
     # Every tile was computed on a worker (its record names it), and both workers took part.
@@ -34,6 +36,7 @@ def test_local_cluster_two_workers_equals_in_process(tmp_path, net):
     for got, ref in zip(run.load(), local_sym, strict=True):
         assert torch.equal(got, ref)
     assert torch.equal(rect.load(), local_rect)
+    assert via_address.tiles_computed == 20 and torch.equal(via_address.load(), local_rect)
     assert torch.equal(local_sym[1], net.kernel(x1, get="ntk"))  # and both equal in-memory
 
 

@@ -62,17 +62,36 @@ def test_unreadable_and_foreign_stores(tmp_path, stored, net):
         wn.tiles.open(store)
 
 
+def test_a_second_concurrent_run_is_refused(stored, net):
+    import fcntl
+
+    store, x = stored
+    with open(store / ".lock", "a+") as held:  # another run holds the store
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(wn.tiles.TileStoreError, match="being computed by another run"):
+            wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    # Released (as when that run ends or is killed): the call goes through.
+    assert wn.tiles.compute(net, x, store=store, tile=8, get="ntk").tiles_skipped == 6
+
+
+def test_empty_directory_becomes_a_store(tmp_path, net):
+    (tmp_path / "empty").mkdir()
+    x = dyadic(5)
+    run = wn.tiles.compute(net, x, store=tmp_path / "empty", tile=4, get="nngp")
+    assert torch.equal(run.load(), net.kernel(x, get="nngp"))
+
+
 def test_disk_full_keeps_finished_tiles_and_resumes(tmp_path, net, monkeypatch):
     x = dyadic(20, seed=22)
     store = tmp_path / "d.zarr"
     real = task.write_tile
     calls = []
 
-    def full_disk(root, meta, i, j, blocks, *, seconds):
+    def full_disk(root, meta, i, j, blocks, **kw):
         calls.append((i, j))
         if len(calls) > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(root, meta, i, j, blocks, seconds=seconds)
+        real(root, meta, i, j, blocks, **kw)
 
     monkeypatch.setattr(task, "write_tile", full_disk)
     with pytest.raises(OSError, match="disk full.*3 of 6 tiles are finished and kept") as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiles_helpers import dyadic, relu_net
+from tiles_helpers import chunk, dyadic, relu_net
 
 import widenets as wn
 
@@ -78,8 +78,8 @@ def test_partial_chunk_without_record_is_recomputed(tmp_path, net):
     # Simulate a kill mid-write: tile (0, 1) has garbage data and no record, and a writer's
     # temporary file is left behind.
     (store / "done" / "0-1.json").unlink()
-    (store / "ntk" / "c" / "0" / "1").write_bytes(b"garbage")
-    (store / "ntk" / "c" / "0" / "1.abc.partial").write_bytes(b"half")
+    chunk(store, "ntk", 0, 1).write_bytes(b"garbage")
+    chunk(store, "ntk", 0, 1).with_name("1.abc.partial").write_bytes(b"half")
     with pytest.raises(wn.tiles.IncompleteStoreError, match="1 of 6 tiles are missing"):
         wn.tiles.open(store)
     assert wn.tiles.status(store)["missing"] == [(0, 1)]
@@ -96,7 +96,7 @@ def test_record_without_data_is_recomputed(tmp_path, net):
     x = dyadic(20, seed=13)
     store = tmp_path / "q.zarr"
     wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
-    (store / "ntk" / "c" / "1" / "2").unlink()
+    chunk(store, "ntk", 1, 2).unlink()
     with pytest.warns(RuntimeWarning, match=r"tile \(1, 2\) has a record but its data"):
         run = wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
     assert run.tiles_computed == 1
@@ -110,12 +110,15 @@ def test_verify_finds_and_repairs_damaged_tiles(tmp_path, net):
     assert wn.tiles.verify(store) == []
     rec = json.loads((store / "done" / "0-2.json").read_text())
     assert rec["rows"] == [0, 8] and rec["cols"] == [16, 20]
-    chunk = store / "ntk" / "c" / "0" / "2"
-    raw = bytearray(chunk.read_bytes())
+    path = chunk(store, "ntk", 0, 2)
+    raw = bytearray(path.read_bytes())
     raw[10] ^= 0xFF  # flip bits of one stored value
-    chunk.write_bytes(bytes(raw))
+    path.write_bytes(bytes(raw))
     assert wn.tiles.verify(store) == [(0, 2)]
-    assert wn.tiles.verify(store, repair=True) == [(0, 2)]
+    chunk(store, "ntk", 1, 1).write_bytes(b"truncated")  # an undecodable chunk
+    with pytest.raises(wn.tiles.TileStoreError, match=r"tile \(1, 1\).*unreadable.*verify"):
+        wn.tiles.load_kernel(store)
+    assert wn.tiles.verify(store, repair=True) == [(0, 2), (1, 1)]
     run = wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
-    assert run.tiles_computed == 1 and wn.tiles.verify(store) == []
+    assert run.tiles_computed == 2 and wn.tiles.verify(store) == []
     assert torch.equal(wn.tiles.load_kernel(store), net.kernel(x, get="ntk"))

@@ -26,3 +26,11 @@ def relu_net(depth: int = 3):
     for _ in range(depth):
         layers += [wn.Dense(512, w_std=1.5, b_std=0.05), wn.Relu()]
     return wn.serial(*layers, wn.Dense(1, w_std=1.5, b_std=0.05))
+
+
+def chunk(store, name: str, i: int, j: int):
+    """The file of tile (i, j) of kernel `name` in a store (its path depends on the format)."""
+    from widenets.tiles.store import read_metadata
+
+    lay, _ = read_metadata(store, func="test")
+    return lay.chunk(name, i, j)

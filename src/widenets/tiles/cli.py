@@ -99,11 +99,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _epilog() -> str:
+    from . import spec
+
+    return (spec.__doc__ or "").strip()
+
+
 def add_kernel_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `kernel` subcommand to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser(
         "kernel", help="compute a huge kernel tile by tile into a store (resumable)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__.split("\n\n")[1] if __doc__ else None, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=run_kernel)
@@ -167,6 +173,7 @@ def main(argv=None) -> int:
     """`python -m widenets.tiles --net SPEC --data FILE --out STORE ...`."""
     p = argparse.ArgumentParser(prog="python -m widenets.tiles",
                                 description=__doc__.split("\n\n")[1] if __doc__ else None,
+                                epilog=_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     return run_kernel(p.parse_args(argv))

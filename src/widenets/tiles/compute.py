@@ -31,6 +31,7 @@ from ..layers.base import Layer, _parse_get, as_input_tensor
 from .store import (
     FORMAT,
     StoreLayout,
+    StoreLock,
     _as_path,
     _bounds,
     check_metadata,
@@ -141,9 +142,10 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
             smaller. Symmetric kernels need square tiles. One tile of each kernel must fit in
             a worker's memory (a few times rows * cols * itemsize).
         get: "nngp", "ntk" or a tuple of them (one stored array each).
-        client: None to compute in this process with `threads` threads, or a
-            `dask.distributed.Client` whose workers compute the tiles (the store must be on a
-            file system they all see).
+        client: None to compute in this process with `threads` threads; or a
+            `dask.distributed.Client`, a cluster object (`LocalCluster`, dask-jobqueue's
+            `SLURMCluster`) or a scheduler address ("tcp://host:8786") whose workers compute
+            the tiles (the store must be on a file system they all see).
         dtype: dtype of the inputs handed to kernel_fn and of the stored kernel.
         description: what determines kernel_fn's values; required for plain callables
             (a layer's default is its repr). Stored and compared on resume.
@@ -172,6 +174,7 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
     gets = _parse_get(get, _FUNC)
     if len(set(gets)) != len(gets):
         raise ValueError(f"{_FUNC}: get lists a kernel twice: {get!r}")
+    gets = tuple(g for g in ("nngp", "ntk") if g in gets)  # one canonical order
     if dtype not in _DTYPES:
         raise TypeError(f"{_FUNC}: dtype must be torch.float64, float32 or float16 (the dtypes "
                         f"a zarr store holds), got {dtype!r}")
@@ -193,7 +196,7 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
               "dtype": _DTYPES[dtype], "symmetric": symmetric, "shape": list(shape),
               "tile": list(tile), "x1": fingerprint(x1), "x2": fingerprint(x2),
               "widenets_version": __version__}
-    if root.exists():
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):  # empty dir: new
         lay, meta = read_metadata(root, func=_FUNC)
         check_metadata(meta, wanted, root, func=_FUNC)
         if meta.get("widenets_version") != __version__:
@@ -201,12 +204,23 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
                           f"{meta.get('widenets_version')} and is continued by {__version__}; "
                           f"if the kernel formulas changed in between, start a new store",
                           RuntimeWarning, stacklevel=2)
+        lock = StoreLock(lay, func=_FUNC)
         lay.done.mkdir(exist_ok=True)
         clean_partial_files(lay)
     else:
         meta = dict(wanted, uuid=uuid.uuid4().hex, created=time.time())
         lay = init_store(root, meta, func=_FUNC)
+        lock = StoreLock(lay, func=_FUNC)
+    try:
+        return _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile,
+                                symmetric, client, threads, progress, check_space, start)
+    finally:
+        lock.release()
 
+
+def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile, symmetric,
+                     client, threads, progress, check_space, start) -> TileRun:
+    """Compute the tiles the store lacks (the store is locked by this process)."""
     tiles = tile_list(shape, tile, symmetric)
     done = done_tiles(lay, meta)
     todo = [t for t in tiles if t not in done]
@@ -221,7 +235,12 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
             if client is None:
                 _run_local(job, x1, x2, todo, threads, bar, lay, len(tiles))
             else:
-                _run_dask(client, job, x1, x2, todo, bar, lay, len(tiles))
+                client, own = _as_client(client)
+                try:
+                    _run_dask(client, job, x1, x2, todo, bar, lay, len(tiles))
+                finally:
+                    if own:
+                        client.close()
     finally:
         if bar is not None:
             bar.close()
@@ -298,6 +317,19 @@ def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
         raise KeyboardInterrupt(f"{_FUNC}: interrupted; {_stop_message(lay, n_total)}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_client(client):
+    """(a dask Client, whether this call created it) from a Client, cluster or address."""
+    from distributed import Client
+
+    if isinstance(client, Client):
+        return client, False
+    if isinstance(client, str) or hasattr(client, "scheduler_address"):
+        return Client(client), True
+    raise TypeError(f"{_FUNC}: client must be None, a dask.distributed.Client, a cluster "
+                    f"(LocalCluster, SLURMCluster, ...) or a scheduler address string, got "
+                    f"{type(client).__name__}")
 
 
 def _run_dask(client, job, x1, x2, todo, bar, lay, n_total) -> None:

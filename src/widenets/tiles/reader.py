@@ -17,6 +17,7 @@ from ..layers.base import _parse_get
 from .store import (
     IncompleteStoreError,
     StoreLayout,
+    TileStoreError,
     _array,
     done_tiles,
     read_block,
@@ -84,8 +85,8 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
 
     Returns:
         A `KernelArray` (a `dask.array.Array` of shape (n1, n2) with `.load()` -> tensor), or a
-        tuple of them when `get` is a tuple, or None and the store holds both kernels
-        (in ("nngp", "ntk") order).
+        tuple of them when `get` is a tuple (in that order), or when get is None and the store
+        holds both kernels (in ("nngp", "ntk") order).
 
     Raises:
         IncompleteStoreError: tiles are missing and allow_incomplete is False.
@@ -121,7 +122,13 @@ def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset()) -> np
     for i, j in tile_list((n1, n2), (b1, b2), meta["symmetric"]):
         if (i, j) in skip:
             continue
-        block = read_block(lay.root, name, meta, i, j)
+        try:
+            block = read_block(lay.root, name, meta, i, j)
+        except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
+            raise TileStoreError(
+                f"tiles: tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r} is unreadable "
+                f"({type(e).__name__}: {e}); run wn.tiles.verify(store, repair=True), then "
+                f"rerun the compute call to redo the damaged tiles") from e
         out[i * b1:i * b1 + block.shape[0], j * b2:j * b2 + block.shape[1]] = block
         if meta["symmetric"] and i < j:
             out[j * b2:j * b2 + block.shape[1], i * b1:i * b1 + block.shape[0]] = block.T

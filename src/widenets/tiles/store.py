@@ -1,16 +1,19 @@
 """The on-disk layout of a tiled kernel store, its metadata and its atomic tile records.
 
-A store is a directory (a zarr v3 group) that holds one chunked array per kernel and the
-bookkeeping that makes a run resumable:
+A store is a directory (a zarr group, format 3 with zarr 3, format 2 with zarr 2 on Python
+3.10) that holds one chunked array per kernel and the bookkeeping that makes a run resumable:
 
     STORE/
-      zarr.json            zarr group metadata; attributes["widenets"] = a copy of the metadata
-      nngp/, ntk/          zarr arrays of shape (n1, n2), one chunk per tile, no compression,
-                           fill value NaN (a tile never written reads as NaN, never as 0)
+      zarr.json            zarr group metadata (.zgroup/.zattrs in format 2);
+                           attributes["widenets"] = a copy of the metadata
+      nngp/, ntk/          zarr arrays of shape (n1, n2), one chunk per tile (chunk files
+                           nngp/c/I/J, or nngp/I/J in format 2), no compression, fill value NaN
+                           (a tile never written reads as NaN, never as 0)
       widenets.json        the metadata (authoritative): net description, inputs' fingerprints,
                            dtype, tile, shape, widenets version
       done/I-J.json        one record per finished tile: its row/column ranges and a CRC-32 of
                            each kernel's tile bytes
+      .lock                flock held by the process running `compute` (one run at a time)
 
 A tile counts as finished only when its record exists. Records are written after every kernel's
 chunk of that tile is on disk, by write-to-temporary-then-rename, so a run killed at any instant
@@ -43,7 +46,7 @@ __all__ = [
     "FORMAT", "TileStoreError", "StoreMismatchError", "IncompleteStoreError", "StoreLayout",
     "fingerprint", "describe_kernel_fn", "tile_ranges", "tile_list", "init_store",
     "read_metadata", "check_metadata", "done_tiles", "write_tile", "clean_partial_files",
-    "tile_record", "remove_record",
+    "tile_record", "remove_record", "StoreLock",
 ]
 
 FORMAT = "widenets-tiles/1"
@@ -131,11 +134,18 @@ def tile_list(shape: tuple[int, int], tile: tuple[int, int], symmetric: bool) ->
 
 
 # ------------------------------------------------------------------------------ layout
+def _zarr_major() -> int:
+    import zarr
+
+    return int(zarr.__version__.split(".")[0])
+
+
 @dataclass(frozen=True)
 class StoreLayout:
-    """Paths inside a store (a local directory)."""
+    """Paths inside a store (a local directory) of zarr format `zarr_format` (3 or 2)."""
 
     root: Path
+    zarr_format: int = 3
 
     @property
     def meta(self) -> Path:
@@ -149,8 +159,14 @@ class StoreLayout:
         return self.done / f"{i}-{j}.json"
 
     def chunk(self, name: str, i: int, j: int) -> Path:
-        # chunk_key_encoding {"name": "default", "separator": "/"} (set in init_store)
+        # Format 3: chunk_key_encoding {"name": "default", "separator": "/"}; format 2:
+        # dimension_separator "/" (both set in init_store).
+        if self.zarr_format == 2:
+            return self.root / name / str(i) / str(j)
         return self.root / name / "c" / str(i) / str(j)
+
+    def array_meta(self, name: str) -> Path:
+        return self.root / name / ("zarr.json" if self.zarr_format == 3 else ".zarray")
 
 
 def _as_path(store, func: str) -> Path:
@@ -169,21 +185,31 @@ def init_store(store, meta: dict, *, func: str) -> StoreLayout:
     """Create a new store atomically: build it in a temporary directory, then rename it.
 
     Args:
-        store: the directory to create (must not exist).
-        meta: metadata (see `compute`); needs "shape", "tile", "dtype" and "get".
+        store: the directory to create (must not exist, or be empty).
+        meta: metadata (see `compute`); needs "shape", "tile", "dtype" and "get". Its
+            "zarr_format" is set here.
     """
     import zarr
 
     root = _as_path(store, func)
+    meta["zarr_format"] = 3 if _zarr_major() >= 3 else 2
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.{uuid.uuid4().hex}.init")
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name in meta["get"]:
-            group.create_array(
-                name, shape=tuple(meta["shape"]), chunks=tuple(meta["tile"]),
-                dtype=meta["dtype"], fill_value=np.nan, compressors=None,
-                chunk_key_encoding={"name": "default", "separator": "/"})
+        if meta["zarr_format"] == 3:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name in meta["get"]:
+                group.create_array(
+                    name, shape=tuple(meta["shape"]), chunks=tuple(meta["tile"]),
+                    dtype=meta["dtype"], fill_value=np.nan, compressors=None,
+                    chunk_key_encoding={"name": "default", "separator": "/"})
+        else:  # zarr 2 (Python 3.10)
+            group = zarr.open_group(str(tmp), mode="w")
+            for name in meta["get"]:
+                group.create_dataset(
+                    name, shape=tuple(meta["shape"]), chunks=tuple(meta["tile"]),
+                    dtype=meta["dtype"], fill_value=np.nan, compressor=None,
+                    dimension_separator="/")
         group.attrs["widenets"] = meta
         (tmp / _DONE).mkdir()
         _atomic_write_text(tmp / _META, json.dumps(meta, indent=1))
@@ -191,7 +217,7 @@ def init_store(store, meta: dict, *, func: str) -> StoreLayout:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return StoreLayout(root)
+    return StoreLayout(root, meta["zarr_format"])
 
 
 def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
@@ -200,7 +226,7 @@ def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
     if not root.exists():
         raise FileNotFoundError(f"{func}: no tile store at {str(root)!r}; create it with "
                                 f"wn.tiles.compute(..., store={str(root)!r})")
-    lay = StoreLayout(root)
+    lay = StoreLayout(root)  # for the metadata path; the format is read below
     if not root.is_dir() or not lay.meta.exists():
         raise TileStoreError(f"{func}: {str(root)!r} exists but is not a widenets tile store "
                              f"(no {_META}); pass a new store path or remove it")
@@ -214,8 +240,13 @@ def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise TileStoreError(f"{func}: {str(lay.meta)!r} is not widenets tile metadata of format "
                              f"{FORMAT!r} (got format {got!r})")
+    lay = StoreLayout(root, meta.get("zarr_format", 3))
+    if lay.zarr_format == 3 and _zarr_major() < 3:
+        raise TileStoreError(f"{func}: the tile store {str(root)!r} is in zarr format 3, which "
+                             f"needs zarr >= 3 (Python >= 3.11); this environment has zarr "
+                             f"{_zarr_major()}")
     for name in meta["get"]:
-        if not (root / name / "zarr.json").exists():
+        if not lay.array_meta(name).exists():
             raise TileStoreError(f"{func}: the tile store {str(root)!r} lacks its {name!r} array; "
                                  f"the store is damaged: remove it and recompute")
     return lay, meta
@@ -295,6 +326,42 @@ def remove_record(lay: StoreLayout, i: int, j: int) -> None:
         lay.record(i, j).unlink()
 
 
+class StoreLock:
+    """An exclusive advisory lock (flock) on a store, held by the process running `compute`.
+
+    Two runs writing the same store at once would not corrupt it (writes are atomic and the
+    tiles identical) but would waste the work twice; the second run is refused instead. The
+    operating system releases the lock when the process dies, even by SIGKILL.
+    """
+
+    def __init__(self, lay: StoreLayout, *, func: str):
+        self.file = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        f = open(lay.root / ".lock", "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise TileStoreError(f"{func}: the store {str(lay.root)!r} is being computed by "
+                                 f"another run ({holder}); wait for it to finish or stop it. "
+                                 f"Two runs on one store would compute the same tiles twice"
+                                 ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the file releases the flock
+            self.file = None
+
+
 def clean_partial_files(lay: StoreLayout) -> int:
     """Remove temporary files left by writes that a kill interrupted; returns how many."""
     n = 0
@@ -317,7 +384,10 @@ def _array(root: Path, name: str, meta: dict, mode: str = "r+"):
     key = (str(root), name, meta["uuid"], mode)
     arr = _ARRAYS.get(key)
     if arr is None:
-        arr = zarr.open_array(str(root / name), mode=mode, zarr_format=3)
+        if meta.get("zarr_format", 3) == 3:
+            arr = zarr.open_array(str(root / name), mode=mode, zarr_format=3)
+        else:
+            arr = zarr.open_array(str(root / name), mode=mode)
         _ARRAYS[key] = arr
     return arr
 
