@@ -22,6 +22,7 @@ __all__ = ["FIGURES", "available", "load", "Result", "ConfigError", "make_config
 # parts exist are listed.
 FIGURES: dict[str, str] = {
     "kernel-regression": "widenets.experiments.kernel_regression",
+    "lee-fig1": "widenets.experiments.lee_fig1",
     "lee-fig2": "widenets.experiments.lee_fig2",
 }
 
