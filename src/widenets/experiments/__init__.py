@@ -24,6 +24,7 @@ FIGURES: dict[str, str] = {
     "kernel-regression": "widenets.experiments.kernel_regression",
     "lee-fig1": "widenets.experiments.lee_fig1",
     "lee-fig2": "widenets.experiments.lee_fig2",
+    "lee-fig3": "widenets.experiments.lee_fig3",
 }
 
 DEMO = "widenets.experiments.demo"
