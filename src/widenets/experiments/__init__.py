@@ -25,6 +25,7 @@ FIGURES: dict[str, str] = {
     "lee-fig1": "widenets.experiments.lee_fig1",
     "lee-fig2": "widenets.experiments.lee_fig2",
     "lee-fig3": "widenets.experiments.lee_fig3",
+    "blog-scaling": "widenets.experiments.blog_scaling",
 }
 
 DEMO = "widenets.experiments.demo"
