@@ -26,6 +26,7 @@ FIGURES: dict[str, str] = {
     "lee-fig2": "widenets.experiments.lee_fig2",
     "lee-fig3": "widenets.experiments.lee_fig3",
     "blog-scaling": "widenets.experiments.blog_scaling",
+    "blog-alpha": "widenets.experiments.blog_alpha",
     "hanin-nica": "widenets.experiments.hanin_nica",
 }
 
