@@ -28,6 +28,7 @@ FIGURES: dict[str, str] = {
     "blog-scaling": "widenets.experiments.blog_scaling",
     "blog-alpha": "widenets.experiments.blog_alpha",
     "hanin-nica": "widenets.experiments.hanin_nica",
+    "nth": "widenets.experiments.nth",
 }
 
 DEMO = "widenets.experiments.demo"
