@@ -49,15 +49,23 @@ def test_unwritable_out_exits_2(tmp_path, capsys):
     assert len(lines) == 1 and "cannot write to --out" in lines[0], lines
 
 
-def test_console_process_exit_codes(tmp_path):
-    """The real process (python -m widenets): usage errors exit 2, --list exits 0."""
+def test_console_process_exit_code(tmp_path):
+    """The real process (python -m widenets): a usage error exits 2 with one line."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     bad = subprocess.run([sys.executable, "-m", "widenets", "reproduce", "nope"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown figure" in bad.stderr
-    ok = subprocess.run([sys.executable, "-m", "widenets", "reproduce", "--list"], env=env,
-                        capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_list_shows_every_registered_figure(capsys):
+    from widenets import experiments
+
+    assert cli.main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    for fid in experiments.available():
+        assert fid in out
+    assert len(experiments.available()) == 8
 
 
 def test_parse_value_types():
