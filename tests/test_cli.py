@@ -30,6 +30,8 @@ def _err_lines(capsys) -> list[str]:
     (["demo", "--set", "widths=64,abc"], "expected an int"),
     (["demo", "--set", "steps"], "expected key=value"),
     (["demo", "--set", "lr_factor=3.0"], "lr_factor must be in (0, 1)"),
+    (["demo", "--set", "data=/no/such/file.npz"], "data must be 'digits' or an existing"),
+    (["reproduce", "all", "--set", "nonsense=1"], "no figure has this key"),
     (["kernel", "--net", "x"], "kernel"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, monkeypatch):

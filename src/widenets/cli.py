@@ -109,6 +109,8 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
     command = "widenets " + " ".join(shlex.quote(a) for a in argv)
     try:
         run_all(jobs, out, title=title, command=command, seed=args.seed)
+    except ConfigError as e:
+        return _fail(str(e))
     except OSError as e:
         if "--out" in str(e):
             return _fail(str(e))

@@ -21,7 +21,7 @@ from .plotting import pyplot, save
 
 ID = "blog-alpha"
 TITLE = "Output scale α: weight and NTK change against α, 2-point NTK ellipses (seed 001)"
-RUNTIME = "20 s"
+RUNTIME = "15 s"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .plotting import pyplot, save
 
 ID = "blog-scaling"
 TITLE = "Jacobian norm, Hessian norm and κ against width (seed 001)"
-RUNTIME = "30 s"
+RUNTIME = "40 s"
 
 QUANTITIES = {"jacobian_norm": ("‖∇f‖ (Jacobian)", 0.5), "hessian_norm": ("‖∇²f‖ (Hessian)", 0.0),
               "kappa": ("κ (inverse relative scale)", -1.0)}

@@ -27,7 +27,7 @@ from .plotting import pyplot, save
 
 ID = "demo"
 TITLE = "NTK-GP and NNGP predictions vs trained finite nets on digits"
-RUNTIME = "60-120 s"
+RUNTIME = "60 s"
 
 
 @dataclass
@@ -60,6 +60,9 @@ class Config:
     seed: int = 0
 
     def check(self) -> None:
+        if self.data != "digits" and not Path(self.data).is_file():
+            raise ValueError(f"data must be 'digits' or an existing .npz/.npy/.csv file, got "
+                             f"{self.data!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
                              f"got {self.activation!r}")

@@ -22,7 +22,7 @@ from .plotting import pyplot, save
 
 ID = "hanin-nica"
 TITLE = "NTK second moment ratio and first-step change against β = depth/width (seed 003)"
-RUNTIME = "60 s"
+RUNTIME = "30 s"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .plotting import pyplot, save
 
 ID = "kernel-regression"
 TITLE = "NTK / NNGP kernel regression on digits against depth vs an RBF baseline"
-RUNTIME = "15 s"
+RUNTIME = "10 s"
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .plotting import pyplot, save
 
 ID = "lee-fig2"
 TITLE = "Ensemble of trained nets vs NTK-GP vs NNGP between two training points (seed 002 Fig. 2)"
-RUNTIME = "60 s"
+RUNTIME = "30 s"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .plotting import pyplot, save
 
 ID = "lee-fig3"
 TITLE = "A finite net under gradient descent vs its linearization (seed 002 Fig. 3)"
-RUNTIME = "60 s"
+RUNTIME = "40 s"
 
 
 @dataclass

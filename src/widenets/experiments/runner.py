@@ -77,6 +77,9 @@ def run_all(jobs, out: Path, *, title: str, command: str, seed: int | None,
             key = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in list(result.metrics.items())[:4])
             log(f"[widenets] {module.ID}: done in {seconds:.1f} s; {key}")
+    except ConfigError:
+        report.finish("failed")
+        raise
     except KeyboardInterrupt:
         report.finish("interrupted")
         print(f"[widenets] interrupted; kept {len(report.entries)} finished figure(s) in "
