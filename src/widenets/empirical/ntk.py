@@ -88,22 +88,33 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
                      x_shape=x1.shape)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    if implementation == "auto":
+    auto = implementation == "auto"
+    if auto:
         blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
         implementation = choose_implementation(costs, budget)
-    if implementation == "jacobian":
-        engine = JacobianEngine(target, plan)
-    elif implementation == "ntvp":
-        engine = NtvpEngine(target, plan, budget=budget)
-    else:
-        engine = StructuredEngine(target, plan, budget=budget)
-    out = run_blocked(engine, x1, x2, mode, batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    try:
+        out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    except NotImplementedError:
+        if not (auto and implementation == "ntvp"):
+            raise
+        # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
+        out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
     if mode == "trace":
         out = out / plan.out_dim
     _check_finite(out, func)
     return out
+
+
+def _engine(implementation: str, target: Target, plan, budget: int):
+    if implementation == "jacobian":
+        return JacobianEngine(target, plan)
+    if implementation == "ntvp":
+        return NtvpEngine(target, plan, budget=budget)
+    return StructuredEngine(target, plan, budget=budget)
 
 
 def _transpose_block(blk: torch.Tensor, mode: str) -> torch.Tensor:
