@@ -154,6 +154,20 @@ def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         return k / o
 
 
+def auto_choice(model, x, mode: str) -> str:
+    """What implementation="auto" picks for these inputs (same estimate as empirical_ntk)."""
+    from widenets.empirical._target import resolve_target
+    from widenets.empirical.cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+    from widenets.empirical.structured import make_plan
+
+    target = resolve_target(model, None, func="benchmark")
+    plan = make_plan(target, x[:2], count_flops=True)
+    budget = DEFAULT_BUDGET_BYTES // x.element_size()
+    n = x.shape[0]
+    costs = estimate_costs(plan, n, n, mode, symmetric=True, blocks=(n, n), budget=budget)
+    return choose_implementation(costs, budget)
+
+
 # ------------------------------------------------------------------------------- sections
 def _fmt(t, mem, ref):
     return f"{t:.3f} | {mem:.0f} | {t / ref:.2f}x"
@@ -177,7 +191,8 @@ def section_mlp(args, device):
             continue
         res[name] = _once(lambda impl=impl, kwargs=kwargs: wn.empirical_ntk(
             model, x, implementation=impl, mode="trace", **kwargs), device)
-    print(f"\n### MLP 784-512-512-10, N={n}, mode='trace', float32, {device}\n")
+    print(f"\n### MLP 784-512-512-10, N={n}, mode='trace', float32, {device} (auto chose "
+          f"{auto_choice(model, x, 'trace')})\n")
     print("| implementation | median s | peak MB | vs hand-written | rel. diff |")
     print("|---|---|---|---|---|")
     for name, r in res.items():
@@ -204,7 +219,8 @@ def section_cnn(args, device):
                 model, x, implementation="ntvp", mode=mode), device)
         fastest = min(v[0] for k, v in res.items() if k != "auto")
         ref = res["jacobian"][2]
-        print(f"\n### torch.func tutorial CNN, N={n}, mode='{mode}', float32, {device}\n")
+        print(f"\n### torch.func tutorial CNN, N={n}, mode='{mode}', float32, {device} (auto "
+              f"chose {auto_choice(model, x, mode)})\n")
         print("| implementation | median s | peak MB | vs fastest of the three | rel. diff |")
         print("|---|---|---|---|---|")
         for impl in ("structured", "auto", "jacobian", "ntvp"):
