@@ -86,8 +86,12 @@ def measure_interleaved(fns: dict, *, repeats: int, device: str) -> dict:
             t, mem, results[name] = _once(fn, device)
             times[name].append(t)
             mems[name].append(mem)
+    _MINS.update({name: min(times[name]) for name in fns})
     return {name: (statistics.median(times[name]), max(mems[name]), results[name])
             for name in fns}
+
+
+_MINS: dict[str, float] = {}      # fastest run of each interleaved function (last section)
 
 
 def _once(fn, device):
@@ -154,9 +158,24 @@ def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         return k / o
 
 
+def auto_choice(model, x, mode: str) -> str:
+    """What implementation="auto" picks for these inputs (same estimate as empirical_ntk)."""
+    from widenets.empirical._target import resolve_target
+    from widenets.empirical.cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+    from widenets.empirical.structured import make_plan
+
+    target = resolve_target(model, None, func="benchmark")
+    plan = make_plan(target, x[:2], count_flops=True)
+    budget = DEFAULT_BUDGET_BYTES // x.element_size()
+    n = x.shape[0]
+    costs = estimate_costs(plan, n, n, mode, symmetric=True, blocks=(n, n), budget=budget)
+    return choose_implementation(costs, budget)
+
+
 # ------------------------------------------------------------------------------- sections
-def _fmt(t, mem, ref):
-    return f"{t:.3f} | {mem:.0f} | {t / ref:.2f}x"
+def _fmt(t, mem, ref, name=None):
+    best = f"{_MINS[name]:.3f}" if name in _MINS else "-"
+    return f"{t:.3f} | {best} | {mem:.0f} | {t / ref:.2f}x"
 
 
 def section_mlp(args, device):
@@ -177,16 +196,17 @@ def section_mlp(args, device):
             continue
         res[name] = _once(lambda impl=impl, kwargs=kwargs: wn.empirical_ntk(
             model, x, implementation=impl, mode="trace", **kwargs), device)
-    print(f"\n### MLP 784-512-512-10, N={n}, mode='trace', float32, {device}\n")
-    print("| implementation | median s | peak MB | vs hand-written | rel. diff |")
-    print("|---|---|---|---|---|")
+    print(f"\n### MLP 784-512-512-10, N={n}, mode='trace', float32, {device} (auto chose "
+          f"{auto_choice(model, x, 'trace')})\n")
+    print("| implementation | median s | min s | peak MB | median vs hand-written | rel. diff |")
+    print("|---|---|---|---|---|---|")
     for name, r in res.items():
         if r is None:
-            print(f"| {name} | skipped (--quick) | | | |")
+            print(f"| {name} | skipped (--quick) | | | | |")
             continue
         t, mem, k = r
         err = float((k - k_ref).norm() / k_ref.norm())
-        print(f"| {name} | {_fmt(t, mem, t_ref)} | {err:.1e} |")
+        print(f"| {name} | {_fmt(t, mem, t_ref, name)} | {err:.1e} |")
 
 
 def section_cnn(args, device):
@@ -204,16 +224,18 @@ def section_cnn(args, device):
                 model, x, implementation="ntvp", mode=mode), device)
         fastest = min(v[0] for k, v in res.items() if k != "auto")
         ref = res["jacobian"][2]
-        print(f"\n### torch.func tutorial CNN, N={n}, mode='{mode}', float32, {device}\n")
-        print("| implementation | median s | peak MB | vs fastest of the three | rel. diff |")
-        print("|---|---|---|---|---|")
+        print(f"\n### torch.func tutorial CNN, N={n}, mode='{mode}', float32, {device} (auto "
+              f"chose {auto_choice(model, x, mode)})\n")
+        print("| implementation | median s | min s | peak MB | median vs fastest of the three "
+              "| rel. diff |")
+        print("|---|---|---|---|---|---|")
         for impl in ("structured", "auto", "jacobian", "ntvp"):
             if impl not in res:
-                print(f"| {impl} | skipped (--quick) | | | |")
+                print(f"| {impl} | skipped (--quick) | | | | |")
                 continue
             t, mem, k = res[impl]
             err = float((k - ref).norm() / ref.norm())
-            print(f"| {impl} | {_fmt(t, mem, fastest)} | {err:.1e} |")
+            print(f"| {impl} | {_fmt(t, mem, fastest, impl)} | {err:.1e} |")
 
 
 def section_width(args, device):

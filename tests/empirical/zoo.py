@@ -129,6 +129,24 @@ class FunctionalUse(nn.Module):
         return h @ self.mid.weight[:2].T
 
 
+class Transformer(nn.Module):
+    """nn.TransformerEncoderLayer (train mode, dropout 0: the eval fast path is a fused kernel
+    without forward-mode AD) then a linear head on the mean over positions. Attention weights
+    are used through F.multi_head_attention_forward (generic path); seq-first layouts put the
+    positions on axis 0, which the structured path must detect and leave to autograd."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        self.batch_first = batch_first
+        self.enc = nn.TransformerEncoderLayer(4, 2, 6, dropout=0.0, batch_first=batch_first)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.enc(x if self.batch_first else x.transpose(0, 1))
+        h = h if self.batch_first else h.transpose(0, 1)
+        return self.head(h.mean(1))
+
+
 def _mlp():
     m = _init(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
                             nn.Linear(8, 3)), 0)
@@ -228,6 +246,13 @@ ZOO = {
     "partly_frozen": (_frozen, _x((5, 6), 23), _x((3, 6), 24),
                       {"0.bias", "2.weight", "2.bias", "4.weight"}),
     "function": (_function, _x((5, 4), 25), _x((3, 4), 26), set()),
+    "transformer": (lambda: (_init(Transformer(True), 10), None), _x((5, 3, 4), 28),
+                    _x((3, 3, 4), 29),
+                    {"enc.linear1.weight", "enc.linear1.bias", "enc.linear2.weight",
+                     "enc.linear2.bias", "enc.norm1.weight", "enc.norm1.bias",
+                     "enc.norm2.weight", "enc.norm2.bias", "head.weight", "head.bias"}),
+    "transformer_seq_first": (lambda: (_init(Transformer(False), 10), None), _x((5, 3, 4), 28),
+                              _x((3, 3, 4), 29), {"head.weight", "head.bias"}),
     "widenets_dense": (_widenets_dense, *X5,
                        {"0.weight", "0.bias", "3.branches.0.weight", "3.branches.1.weight",
                         "3.branches.1.bias", "6.weight", "6.bias"}),

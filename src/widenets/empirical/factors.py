@@ -22,7 +22,9 @@ evaluate it, with costs in multiply-adds (m = O² for mode "full", O for "trace"
 
 Dense layers (T = 1) are cheapest in "gram" form (the cost no longer has the product
 d_in d_out); convolutions with many positions (T² ≫ d_in d_out) in "jacobian" form.
-`choose_form` picks per layer with these formulas.
+`choose_form` picks per layer with these formulas. Elementwise-affine layers (normalization
+scales, kind "diag": ∂f_a/∂W[k] = s Σ_t C[a, i, t, k] z[i, t, k]) have only the Jacobian form,
+which is cheap: (n1 + n2) O T d + n1 n2 m d.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from .structure import LayerStructure
 
 __all__ = ["Factor", "factors_for_call", "concat_calls", "gram_contract", "jacobian_form",
-           "jacobian_contract", "choose_form", "input_dims"]
+           "jacobian_contract", "choose_form", "form_costs", "conv_patches"]
 
 
 @dataclass
@@ -108,13 +110,6 @@ def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
     g = st.groups
     x = x.reshape(n, g, c // g, p, k).permute(0, 1, 3, 2, 4)
     return x.reshape(n, g, p, (c // g) * k)
-
-
-def input_dims(st: LayerStructure, module) -> int:
-    """Spatial rank a conv module expects (1, 2, 3); 0 for other kinds."""
-    if st.kind != "conv":
-        return 0
-    return getattr(module, st.weight).ndim - 2
 
 
 def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor,

@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import jvp
 
 from ._target import resolve_target
+from .ntvp import math_attention
 
 __all__ = ["TaylorModel", "linearize", "taylor_expand"]
 
@@ -76,7 +77,15 @@ class TaylorModel(nn.Module):
 
             return g
 
-        return list(expand(self.degree)(p0))
+        try:
+            with math_attention():
+                return list(expand(self.degree)(p0))
+        except NotImplementedError as err:
+            raise NotImplementedError(
+                f"{type(self).__name__}: the expansion uses forward-mode AD (jvp), which an op "
+                f"of this model does not support ({err}); for fused kernels such as "
+                f"nn.TransformerEncoderLayer's eval fast path, keep the module in train mode "
+                f"with dropout=0") from err
 
     def forward(self, x: torch.Tensor, params=None) -> torch.Tensor:
         """Σ_k D^k f(x; p0)[δ^k] / k!; x as the model takes it."""
@@ -107,7 +116,8 @@ def linearize(model, *, params=None) -> TaylorModel:
     """The linearized model f_lin(x; p) = f(x; p0) + J(x; p0)(p - p0), via jvp.
 
     Args:
-        model: an nn.Module or a function f(params, x) (then params is required).
+        model: an nn.Module or a function f(params, x) (then params is required). As in
+            `empirical_ntk`, a BatchNorm in train mode or an active Dropout raises ValueError.
         params: None for the module's trainable parameters (p0 = their current values), or a
             dict giving p0.
 

@@ -56,9 +56,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             module, exactly its trainable parameter names) giving the point p0.
         implementation: "jacobian" (per-sample Jacobians, then contraction), "ntvp"
             (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram products for
-            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and widenets' DenseModule, autograd for
-            other parameters) or "auto" (the cheapest by the estimate in
-            `widenets.empirical.cost`). All are exact and agree to rounding.
+            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and widenets' DenseModule, cheap per-input
+            Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
+            autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
+            (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and
+            agree to rounding.
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
@@ -88,22 +90,33 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
                      x_shape=x1.shape)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    if implementation == "auto":
+    auto = implementation == "auto"
+    if auto:
         blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
         implementation = choose_implementation(costs, budget)
-    if implementation == "jacobian":
-        engine = JacobianEngine(target, plan)
-    elif implementation == "ntvp":
-        engine = NtvpEngine(target, plan, budget=budget)
-    else:
-        engine = StructuredEngine(target, plan, budget=budget)
-    out = run_blocked(engine, x1, x2, mode, batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    try:
+        out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    except NotImplementedError:
+        if not (auto and implementation == "ntvp"):
+            raise
+        # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
+        out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
     if mode == "trace":
         out = out / plan.out_dim
     _check_finite(out, func)
     return out
+
+
+def _engine(implementation: str, target: Target, plan, budget: int):
+    if implementation == "jacobian":
+        return JacobianEngine(target, plan)
+    if implementation == "ntvp":
+        return NtvpEngine(target, plan, budget=budget)
+    return StructuredEngine(target, plan, budget=budget)
 
 
 def _transpose_block(blk: torch.Tensor, mode: str) -> torch.Tensor:

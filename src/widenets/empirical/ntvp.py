@@ -17,7 +17,15 @@ from torch.func import jvp, vjp, vmap
 
 from ._target import Target
 
-__all__ = ["NtvpEngine"]
+__all__ = ["NtvpEngine", "math_attention"]
+
+
+def math_attention():
+    """Context: scaled_dot_product_attention on its math backend (the fused CPU/CUDA kernels
+    have no forward-mode AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class NtvpEngine:
@@ -38,6 +46,16 @@ class NtvpEngine:
         return state.numel() * state.element_size()
 
     def contract(self, x1: torch.Tensor, x2: torch.Tensor, mode: str) -> torch.Tensor:
+        try:
+            with math_attention():
+                return self._contract(x1, x2, mode)
+        except NotImplementedError as err:
+            raise NotImplementedError(
+                f"{self.target.func}: implementation='ntvp' needs forward-mode AD, which an op "
+                f"of this model does not support ({err}); use implementation='structured' or "
+                f"'jacobian'") from err
+
+    def _contract(self, x1: torch.Tensor, x2: torch.Tensor, mode: str) -> torch.Tensor:
         target, params, o = self.target, self.target.params, self.out_dim
         n1, n2 = x1.shape[0], x2.shape[0]
         eye = torch.eye(o, dtype=next(iter(params.values())).dtype, device=x1.device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -225,6 +226,11 @@ def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-8, torch.float32: 1e-3}.get(dtype, 3e-2)
 
 
+# Forward multiply-adds per input do not depend on the parameter values: counted once per
+# module and probe shape (FlopCounterMode costs a little on every op).
+_FLOPS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
               seed: int = 0, x_shape=None) -> Plan:
     """Run the model on a small probe batch: output size, verified known layers, FLOPs.
@@ -246,7 +252,11 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
 
     p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
     counter = contextlib.nullcontext()
-    if count_flops:
+    cache_key = (tuple(x_probe.shape), x_probe.dtype, str(x_probe.device))
+    cached = None
+    if count_flops and target.module is not None:
+        cached = _FLOPS_CACHE.get(target.module, {}).get(cache_key)
+    if count_flops and cached is None:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
@@ -258,7 +268,11 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
-    flops = counter.get_total_flops() / 2 / k if count_flops else None
+    flops = None
+    if count_flops:
+        flops = cached if cached is not None else counter.get_total_flops() / 2 / k
+        if target.module is not None:
+            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = flops
     o = out.shape[1]
     n_params = sum(v.numel() for v in target.params.values())
 
