@@ -131,11 +131,12 @@ class EnsemblePredictor:
             else:
                 k_td, nngp_td = kt, kt
             nngp_tt = self._kernel(x_test, None, "nngp") if compute_cov else None
-        b = k_td @ eig.eigenvectors                          # Θ(x, X) V: (m, n)
         # eq. 14: μ_t(x) = Θ(x, X) V diag(gain_t) Vᵀ Y.
-        mean = restore_targets_shape(MSEPredictor._apply(b, gain, vty), self._vector)
+        mean = restore_targets_shape(MSEPredictor._apply(k_td, gain, vty, eig.eigenvectors),
+                                     self._vector)
         cov = None
         if compute_cov:
+            b = k_td @ eig.eigenvectors                      # Θ(x, X) V: (m, n)
             bg = b[None] * gain[:, None, :]                  # Θ(x, X) G_t V: (T, m, n)
             cross = bg @ (eig.eigenvectors.T @ nngp_td.T)    # Θ(x, X) G_t K(X, x): (T, m, m)
             # eq. 15: K(x,x) + Θ(x,X) G K G Θ(X,x) - (Θ(x,X) G K(X,x) + h.c.)
