@@ -200,7 +200,7 @@ class ODEPredictor:
         if t_end == 0.0:
             states = state0.cpu().numpy()[:, None].repeat(len(times), axis=1)
         else:
-            from scipy.integrate import solve_ivp   # imported on first use (import time)
+            from scipy.integrate import solve_ivp  # imported on first use (import time)
 
             sol = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=self.method,
                             t_eval=times, rtol=self.rtol, atol=self.atol)
