@@ -191,10 +191,14 @@ def _check_symmetric(k: torch.Tensor, *, func: str, arg: str) -> torch.Tensor:
 
 
 def _not_pd_message(func: str, arg: str, lam_min: float, lam_max: float, what: str) -> str:
+    if lam_min < -1e-6 * max(abs(lam_max), 1e-300):
+        hint = (f"pass diag_reg (absolute) > {-lam_min:.3g} to shift it, but a kernel this "
+                f"indefinite is usually a bug (a test-train block, or a float32 kernel)")
+    else:
+        hint = ("pass diag_reg > 0 (e.g. diag_reg=1e-6, relative to the mean diagonal) to "
+                "regularize it, or check that the training inputs have no duplicates")
     return (f"{func}: {arg} is not {what} (smallest eigenvalue {lam_min:.3g}, largest "
-            f"{lam_max:.3g}); pass diag_reg > 0 (e.g. diag_reg=1e-6, relative to the mean "
-            f"diagonal) to regularize it, or check that the training inputs have no "
-            f"duplicates")
+            f"{lam_max:.3g}); {hint}")
 
 
 class SymmetricEig:

@@ -131,11 +131,12 @@ class EnsemblePredictor:
             else:
                 k_td, nngp_td = kt, kt
             nngp_tt = self._kernel(x_test, None, "nngp") if compute_cov else None
-        b = k_td @ eig.eigenvectors                          # Θ(x, X) V: (m, n)
         # eq. 14: μ_t(x) = Θ(x, X) V diag(gain_t) Vᵀ Y.
-        mean = restore_targets_shape(MSEPredictor._apply(b, gain, vty), self._vector)
+        mean = restore_targets_shape(MSEPredictor._apply(k_td, gain, vty, eig.eigenvectors),
+                                     self._vector)
         cov = None
         if compute_cov:
+            b = k_td @ eig.eigenvectors                      # Θ(x, X) V: (m, n)
             bg = b[None] * gain[:, None, :]                  # Θ(x, X) G_t V: (T, m, n)
             cross = bg @ (eig.eigenvectors.T @ nngp_td.T)    # Θ(x, X) G_t K(X, x): (T, m, m)
             # eq. 15: K(x,x) + Θ(x,X) G K G Θ(X,x) - (Θ(x,X) G K(X,x) + h.c.)
@@ -161,9 +162,13 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, *, learning_rate: float
         y_train: (n,) or (n, k) targets.
         learning_rate: η (total loss ½ Σ ||f - y||²).
         diag_reg: ρ added to the diagonal of the kernel that drives training, relative by
-            default (ρ = diag_reg · mean diagonal).
+            default (ρ = diag_reg · mean diagonal). The prior covariance K in eq. 15 stays
+            unregularized, so with kernel="nngp" and ρ > 0 the t = ∞ covariance is that of the
+            ensemble trained with the regularized kernel, not the noisy-observation posterior
+            (`gp_inference(kernel="nngp", diag_reg=...)` gives that).
         diag_reg_absolute: True to add diag_reg itself.
-        discrete: True for whole gradient-descent steps, (I - ηΘ)^t instead of e^{-ηΘt}.
+        discrete: True for whole gradient-descent steps, (I - ηΘ)^t instead of e^{-ηΘt}
+            (an extension: the seed's eqs. 14-15 are for gradient flow).
 
     Returns:
         An `EnsemblePredictor` ens with `ens(t=None, x_test=None, *, kernel="ntk",

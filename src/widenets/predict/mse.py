@@ -85,15 +85,24 @@ class MSEPredictor:
         return as_times(t, func=self._func, discrete=self.discrete)
 
     @staticmethod
-    def _apply(left: torch.Tensor, factors: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-        """left @ diag(factors[s]) @ proj for every time s, as one matrix product.
+    def _apply(left: torch.Tensor, factors: torch.Tensor, proj: torch.Tensor,
+               vec: torch.Tensor | None = None) -> torch.Tensor:
+        """left @ [vec] @ diag(factors[s]) @ proj for every time s, as one matrix product.
 
-        left: (m, n); factors: (T, n); proj: (n, k). Returns (T, m, k).
+        left: (m, n); factors: (T, n); proj: (n, k); vec: optional (n, n). Returns (T, m, k).
+        With vec, the cheaper order is chosen: left @ (vec @ X) costs n²Tk + mnTk,
+        (left @ vec) @ X costs mn² + mnTk; the first wins when T·k < m (e.g. one time).
         """
         n_t, n = factors.shape
         k = proj.shape[1]
+        m = left.shape[0]
         scaled = (factors.T[:, :, None] * proj[:, None, :]).reshape(n, n_t * k)
-        return (left @ scaled).reshape(left.shape[0], n_t, k).permute(1, 0, 2)
+        if vec is not None:
+            if n_t * k < m:
+                scaled = vec @ scaled
+            else:
+                left = left @ vec
+        return (left @ scaled).reshape(m, n_t, k).permute(1, 0, 2)
 
     # ------------------------------------------------------------------ public
     def __call__(self, t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
@@ -135,7 +144,7 @@ class MSEPredictor:
                              arg="fx_test_0", shape=(m, k), vector=self._vector,
                              dtype=vec.dtype, device=vec.device)
         # Lee et al. 2019, eqs. 10-11: f_t(x) = f_0(x) - Θ(x,X) V diag(gain) Vᵀ (f_0(X) - Y).
-        test = f0_test - self._apply(ktx @ vec, gain, proj)
+        test = f0_test - self._apply(ktx, gain, proj, vec)
         test = restore_targets_shape(test, self._vector)
         if scalar:
             return train[0], test[0]

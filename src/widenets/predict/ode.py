@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from ._linalg import (
     _describe,
@@ -201,6 +200,8 @@ class ODEPredictor:
         if t_end == 0.0:
             states = state0.cpu().numpy()[:, None].repeat(len(times), axis=1)
         else:
+            from scipy.integrate import solve_ivp  # imported on first use (import time)
+
             sol = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=self.method,
                             t_eval=times, rtol=self.rtol, atol=self.atol)
             if sol.status != 0:
