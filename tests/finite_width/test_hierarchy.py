@@ -134,7 +134,7 @@ def test_truncated_nth_beats_frozen_kernel_and_improves_with_width(data16):
         errs[width] = acc
     table = "; ".join(f"m={w}: " + ", ".join(f"p{o}={e:.2e}" for o, e in a.items())
                       for w, a in errs.items())
-    for w, a in errs.items():
+    for a in errs.values():
         assert a[3] < a[2] and a[4] < a[3], f"order 4 < order 3 < order 2 fails: {table}"
     for o in (2, 3):
         assert errs[64][o] > errs[256][o] > errs[1024][o], f"errors must shrink: {table}"

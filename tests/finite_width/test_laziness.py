@@ -28,7 +28,7 @@ def _dense_parts(model, x):
     names = list(params)
 
     def f(*flat):
-        return functional_call(model, dict(zip(names, flat)), (x,)).reshape(-1)
+        return functional_call(model, dict(zip(names, flat, strict=True)), (x,)).reshape(-1)
 
     flat = tuple(params[k] for k in names)
     jac = torch.cat([j.reshape(x.shape[0], -1) for j in jacrev(f, argnums=tuple(range(

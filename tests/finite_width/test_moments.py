@@ -53,7 +53,7 @@ def test_batched_kernel_and_sgd_change_match_autograd(parameterization):
     ws = _random_nets(dims, 3, seed=0)
     scales = [math.sqrt(2 / dims[i]) for i in range(3)]
     if parameterization == "standard":
-        ws = [s * w for s, w in zip(scales, ws)]
+        ws = [s * w for s, w in zip(scales, ws, strict=True)]
         fwd, coef = [1.0] * 3, [1.0] * 3
     else:
         fwd, coef = scales, [s * s for s in scales]

@@ -73,9 +73,9 @@ def test_gd_step_and_conventions(data16):
     loss = 0.5 * ((model(x)[:, 0] - y) ** 2).mean()
     grads = torch.autograd.grad(loss, params)
     with torch.no_grad():
-        expect = [p - 0.3 * g for p, g in zip(params, grads)]
+        expect = [p - 0.3 * g for p, g in zip(params, grads, strict=True)]
     fw.train(model, x, y, learning_rate=0.3, steps=1, record=())
-    for p, e in zip(model.parameters(), expect):
+    for p, e in zip(model.parameters(), expect, strict=True):
         assert torch.allclose(p, e, rtol=1e-13, atol=1e-14)
     a = net.module((4,), seed=0, dtype=torch.float64)
     b = net.module((4,), seed=0, dtype=torch.float64)

@@ -70,23 +70,25 @@ def _k3(model: nn.Module, params: dict, x: torch.Tensor, x_extra: torch.Tensor |
     n = x.shape[0]
     z = x if x_extra is None else torch.cat([x, x_extra])
     jz = _core.jacobian(model, params, z)                       # dict (nz, *shape)
-    jz_flat = _flat(jz, 1)                                       # (nz, P)
-    jx_flat = jz_flat[:n]
+    jz = {k: v.reshape(v.shape[0], -1) for k, v in jz.items()}   # per tensor (nz, P_k)
 
-    def rows_hvp(v):                                             # rows H_a v for a in z
-        return jvp(lambda p: _core.jacobian(model, p, z), (params,), (v,))[1]
+    def hvp_rows(v):
+        v = {k: t.reshape(params[k].shape) for k, t in v.items()}
+        out = jvp(lambda p: _core.jacobian(model, p, z), (params,), (v,))[1]
+        return {k: t.reshape(t.shape[0], -1) for k, t in out.items()}
 
     m = n if chunk is None else chunk
     out = []
     for s in range(0, n, m):
         dirs = {k: v[s:s + m] for k, v in jz.items()}            # g_c for c in the chunk
-        hd = _flat(vmap(rows_hvp)(dirs), 2)                      # (mc, nz, P): H_a g_c
-        a1 = torch.einsum("caP,bP->abc", hd, jx_flat)            # (H_a g_c)·g_b
+        hd = vmap(hvp_rows)(dirs)                                # per tensor (mc, nz, P_k)
+        # Contract tensor by tensor (no concatenated copy of the (mc, nz, P) block).
+        a1 = sum(torch.einsum("caP,bP->abc", hd[k], jz[k][:n]) for k in hd)  # (H_a g_c)·g_b
         if x_extra is None:
             out.append(a1 + a1.transpose(0, 1))
         else:
-            a2 = torch.einsum("aP,cbP->abc", jz_flat, hd[:, :n])  # g_a·(H_b g_c)
-            out.append(a1 + a2)
+            a2 = sum(torch.einsum("aP,cbP->abc", jz[k], hd[k][:, :n]) for k in hd)
+            out.append(a1 + a2)                                  # + g_a·(H_b g_c)
     return torch.cat(out, dim=2)
 
 
@@ -120,7 +122,7 @@ def _check_scalar_output(model, x, func):
 
 
 def _chunk_for(params: dict, rows: int, dtype: torch.dtype, budget: int, n: int) -> int:
-    per = 2 * rows * _n_params(params) * torch.finfo(dtype).bits // 8   # hd and its flat copy
+    per = 2 * rows * _n_params(params) * torch.finfo(dtype).bits // 8   # hd and its tangent
     return int(max(1, min(n, budget // max(per, 1))))
 
 
