@@ -108,4 +108,7 @@ def k3_mlp(plan, params: dict, x: torch.Tensor, x_extra: torch.Tensor | None,
     out = []
     for s in range(0, n, m):
         out.append(vmap(along)({k: v[s:s + m] for k, v in g.items()}))   # (mc, nz, n)
-    return torch.cat(out).permute(1, 2, 0)
+    k3 = torch.cat(out).permute(1, 2, 0)
+    # Exact symmetry in the first two slots (the formula is symmetric up to rounding).
+    sq = 0.5 * (k3[:n] + k3[:n].transpose(0, 1))
+    return sq if x_extra is None else torch.cat([sq, k3[n:]])
