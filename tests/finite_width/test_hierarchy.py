@@ -34,12 +34,13 @@ def _grad_directions(model, x):
     return _core.jacobian(model, _core.params_of(model), x)
 
 
-def test_k3_is_central_difference_of_k2(small):
+@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+def test_k3_is_central_difference_of_k2(small, implementation):
     """K3(a,b,c) = d/dε K2(θ + ε ∇f(x_c)) at ε=0 (seed 000 eq. 10). K2 of the shifted models
     comes from plain autograd Jacobians, independent of the HVP path. Central differences with
     h = 1e-4 have error ~h² ≈ 1e-8 relative, so 1e-6 rejects any wrong factor or index."""
     model, x = small
-    k3 = fw.higher_order_kernel(model, x, order=3)
+    k3 = fw.higher_order_kernel(model, x, order=3, implementation=implementation)
     dirs = _grad_directions(model, x)
     h = 1e-4
     fd = []
@@ -54,18 +55,21 @@ def test_k3_is_central_difference_of_k2(small):
     assert torch.equal(k3, k3.transpose(0, 1)), "K3 must be symmetric in its first two slots"
 
 
-def test_k4_is_central_difference_of_k3(small):
-    """K4(a,b,c,d) = d/dε K3(θ + ε ∇f(x_d)) (seed 000 eq. 10, next level); same tolerance."""
+@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+def test_k4_is_central_difference_of_k3(small, implementation):
+    """K4(a,b,c,d) = d/dε K3(θ + ε ∇f(x_d)) (seed 000 eq. 10, next level); same tolerance.
+    The shifted K3 use the other implementation, so each path is checked against both."""
     model, x = small
     x = x[:4]
-    k4 = fw.higher_order_kernel(model, x, order=4)
+    other = "mlp" if implementation == "hvp" else "hvp"
+    k4 = fw.higher_order_kernel(model, x, order=4, implementation=implementation)
     dirs = _grad_directions(model, x)
     h = 1e-4
     fd = []
     for d in range(x.shape[0]):
         dd = {k: v[d] for k, v in dirs.items()}
-        kp = fw.higher_order_kernel(_shifted(model, dd, h), x, order=3)
-        km = fw.higher_order_kernel(_shifted(model, dd, -h), x, order=3)
+        kp = fw.higher_order_kernel(_shifted(model, dd, h), x, order=3, implementation=other)
+        km = fw.higher_order_kernel(_shifted(model, dd, -h), x, order=3, implementation=other)
         fd.append((kp - km) / (2 * h))
     fd = torch.stack(fd, dim=-1)
     rel = float((fd - k4).norm() / k4.norm())
@@ -73,16 +77,21 @@ def test_k4_is_central_difference_of_k3(small):
     assert torch.allclose(k4, k4.transpose(0, 1), rtol=1e-12, atol=1e-14)
 
 
-def test_test_slot_and_chunking_agree_with_the_square_kernels(small):
+@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+def test_test_slot_and_chunking_agree_with_the_square_kernels(small, implementation):
     model, x = small
     xt = x[:2] + 0.3
-    full3 = fw.higher_order_kernel(model, torch.cat([x, xt]), order=3)
-    part3 = fw.higher_order_kernel(model, x, order=3, x_first=xt)
+    full3 = fw.higher_order_kernel(model, torch.cat([x, xt]), order=3,
+                                   implementation=implementation)
+    part3 = fw.higher_order_kernel(model, x, order=3, x_first=xt, implementation=implementation)
     assert torch.allclose(part3, full3[5:, :5, :5], rtol=1e-12, atol=1e-14)
-    chunked = fw.higher_order_kernel(model, x, order=3, chunk_size=2)
+    chunked = fw.higher_order_kernel(model, x, order=3, chunk_size=2,
+                                     implementation=implementation)
     assert torch.allclose(chunked, full3[:5, :5, :5], rtol=1e-12, atol=1e-14)
-    part4 = fw.higher_order_kernel(model, x[:3], order=4, x_first=xt)
-    full4 = fw.higher_order_kernel(model, torch.cat([x[:3], xt]), order=4)
+    part4 = fw.higher_order_kernel(model, x[:3], order=4, x_first=xt,
+                                   implementation=implementation)
+    full4 = fw.higher_order_kernel(model, torch.cat([x[:3], xt]), order=4,
+                                   implementation=implementation)
     assert torch.allclose(part4, full4[3:, :3, :3, :3], rtol=1e-12, atol=1e-14)
     assert fw.k3_hvp_count(64) == 64 * 64
 
@@ -134,7 +143,7 @@ def test_truncated_nth_beats_frozen_kernel_and_improves_with_width(data16):
         errs[width] = acc
     table = "; ".join(f"m={w}: " + ", ".join(f"p{o}={e:.2e}" for o, e in a.items())
                       for w, a in errs.items())
-    for w, a in errs.items():
+    for a in errs.values():
         assert a[3] < a[2] and a[4] < a[3], f"order 4 < order 3 < order 2 fails: {table}"
     for o in (2, 3):
         assert errs[64][o] > errs[256][o] > errs[1024][o], f"errors must shrink: {table}"
@@ -147,6 +156,9 @@ def test_bad_inputs_are_named():
         fw.higher_order_kernel(model, x)
     with pytest.raises(ValueError, match="order must be 2, 3 or 4"):
         fw.higher_order_kernel(model, x, order=5)
+    with pytest.raises(ValueError, match="implementation='mlp' needs a widenets serial MLP"):
+        fw.higher_order_kernel(torch.nn.Sequential(torch.nn.Linear(3, 1)), x, order=3,
+                               implementation="mlp")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fw.higher_order_kernel("net", x)
     one = wn.serial(wn.Dense(4), wn.Erf(), wn.Dense(1)).module((3,), seed=0)

@@ -33,11 +33,11 @@ from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import jvp, vmap
 
-from . import _core
+from . import _core, _mlp
 from ._core import check_convention, check_model, check_positive, check_x, flow_rate
 
-__all__ = ["higher_order_kernel", "nth_kernels", "truncated_nth", "NTHKernels", "NTHResult",
-           "k3_hvp_count"]
+__all__ = ["IMPLEMENTATIONS", "higher_order_kernel", "nth_kernels", "truncated_nth",
+           "NTHKernels", "NTHResult", "k3_hvp_count"]
 
 _DEFAULT_BUDGET = 512 * 2 ** 20   # bytes for the (chunk, n, P) block of Hessian-vector products
 
@@ -61,37 +61,49 @@ def k3_hvp_count(n: int, n_extra: int = 0) -> int:
 
 
 def _k3(model: nn.Module, params: dict, x: torch.Tensor, x_extra: torch.Tensor | None,
-        chunk: int | None) -> torch.Tensor:
+        chunk: int | None, implementation: str = "auto") -> torch.Tensor:
     """K3(a, b, c), a over [x; x_extra], b and c over x: (n + n_extra, n, n).
 
+    "mlp" (chosen by "auto" for widenets serial MLPs): forward derivative of the structured
+    NTK formula along each g_c (see `_mlp`). "hvp" (any module):
     A[a, b, c] = (H_a g_c)·g_b, computed chunk by chunk over the directions c; then
     K3 = A + (g_a·H_b g_c) (seed 000, eq. 10 with r = 2).
     """
     n = x.shape[0]
+    rows = n + (0 if x_extra is None else x_extra.shape[0])
+    itemsize = torch.finfo(x.dtype).bits // 8
+    if implementation != "hvp":
+        plan = _mlp.mlp_plan(model)
+        if plan is not None:   # memory per direction: the direction and its tangents, ~4 P
+            m = chunk or max(1, min(n, _DEFAULT_BUDGET // (4 * _n_params(params) * itemsize)))
+            return _mlp.k3_mlp(plan, params, x, x_extra, m)
+    chunk = chunk or _chunk_for(params, rows, x.dtype, _DEFAULT_BUDGET, n)
     z = x if x_extra is None else torch.cat([x, x_extra])
     jz = _core.jacobian(model, params, z)                       # dict (nz, *shape)
-    jz_flat = _flat(jz, 1)                                       # (nz, P)
-    jx_flat = jz_flat[:n]
+    jz = {k: v.reshape(v.shape[0], -1) for k, v in jz.items()}   # per tensor (nz, P_k)
 
-    def rows_hvp(v):                                             # rows H_a v for a in z
-        return jvp(lambda p: _core.jacobian(model, p, z), (params,), (v,))[1]
+    def hvp_rows(v):
+        v = {k: t.reshape(params[k].shape) for k, t in v.items()}
+        out = jvp(lambda p: _core.jacobian(model, p, z), (params,), (v,))[1]
+        return {k: t.reshape(t.shape[0], -1) for k, t in out.items()}
 
     m = n if chunk is None else chunk
     out = []
     for s in range(0, n, m):
         dirs = {k: v[s:s + m] for k, v in jz.items()}            # g_c for c in the chunk
-        hd = _flat(vmap(rows_hvp)(dirs), 2)                      # (mc, nz, P): H_a g_c
-        a1 = torch.einsum("caP,bP->abc", hd, jx_flat)            # (H_a g_c)·g_b
+        hd = vmap(hvp_rows)(dirs)                                # per tensor (mc, nz, P_k)
+        # Contract tensor by tensor (no concatenated copy of the (mc, nz, P) block).
+        a1 = sum(torch.einsum("caP,bP->abc", hd[k], jz[k][:n]) for k in hd)  # (H_a g_c)·g_b
         if x_extra is None:
             out.append(a1 + a1.transpose(0, 1))
         else:
-            a2 = torch.einsum("aP,cbP->abc", jz_flat, hd[:, :n])  # g_a·(H_b g_c)
-            out.append(a1 + a2)
+            a2 = sum(torch.einsum("aP,cbP->abc", jz[k], hd[k][:, :n]) for k in hd)
+            out.append(a1 + a2)                                  # + g_a·(H_b g_c)
     return torch.cat(out, dim=2)
 
 
 def _k4(model: nn.Module, params: dict, x: torch.Tensor, x_extra: torch.Tensor | None,
-        chunk: int | None) -> torch.Tensor:
+        chunk: int | None, implementation: str = "auto") -> torch.Tensor:
     """K4(a, b, c, d) = ⟨∇θ K3(a, b, c), ∇θ f(x_d)⟩: forward derivative of K3 along g_d.
 
     (n + n_extra, n, n, n); a over [x; x_extra], b, c, d over x.
@@ -100,7 +112,8 @@ def _k4(model: nn.Module, params: dict, x: torch.Tensor, x_extra: torch.Tensor |
     jx = _core.jacobian(model, params, x)
 
     def k3_along(v):
-        return jvp(lambda p: _k3(model, p, x, x_extra, None), (params,), (v,))[1]
+        return jvp(lambda p: _k3(model, p, x, x_extra, None, implementation), (params,),
+                   (v,))[1]
 
     m = n if chunk is None else chunk
     out = []
@@ -120,12 +133,16 @@ def _check_scalar_output(model, x, func):
 
 
 def _chunk_for(params: dict, rows: int, dtype: torch.dtype, budget: int, n: int) -> int:
-    per = 2 * rows * _n_params(params) * torch.finfo(dtype).bits // 8   # hd and its flat copy
+    per = 2 * rows * _n_params(params) * torch.finfo(dtype).bits // 8   # hd and its tangent
     return int(max(1, min(n, budget // max(per, 1))))
 
 
+IMPLEMENTATIONS = ("auto", "hvp", "mlp")
+
+
 def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
-                        chunk_size: int | None = None) -> torch.Tensor:
+                        chunk_size: int | None = None,
+                        implementation: str = "auto") -> torch.Tensor:
     """Higher-order kernels of the Neural Tangent Hierarchy (seed 000, eq. 10).
 
     K2(a, b) = ⟨g_a, g_b⟩ (the empirical NTK), K3(a, b, c) = ⟨∇θ K2(a, b), g_c⟩,
@@ -140,6 +157,10 @@ def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
         x_first: optional (n1, *in_shape) inputs for the first slot only (test points, seed 000
             eq. 22); the other slots stay on xs.
         chunk_size: directions per batched HVP block; None picks one for a ~512 MB block.
+        implementation: "hvp" works for any module: (n + n1)·n per-example HVPs plus a
+            2·(n + n1)·n²·P contraction (`k3_hvp_count`). "mlp" is for widenets serial MLPs
+            (Dense, activation, ..., Dense(1)): one forward-mode pass of the structured NTK
+            formula per direction, O(n²·P) in all. "auto" takes "mlp" when it applies.
 
     Returns:
         (n, n), (n, n, n) or (n, n, n, n) for order 2, 3, 4; with x_first the first axis has
@@ -157,15 +178,19 @@ def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
         raise ValueError(f"{func}: x_first must have the feature shape of xs "
                          f"{tuple(x.shape[1:])}, got {tuple(xf.shape)}")
     _check_scalar_output(model, x, func)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"{func}: implementation must be one of {IMPLEMENTATIONS}, got "
+                         f"{implementation!r}")
+    if implementation == "mlp" and _mlp.mlp_plan(model) is None:
+        raise ValueError(f"{func}: implementation='mlp' needs a widenets serial MLP (Dense, "
+                         f"activation, ..., Dense(1), all parameters trainable); use 'hvp'")
     if order == 2:
         return _core.ntk(model, x if xf is None else xf, x)
     params = _core.params_of(model)
     if order == 3:
-        rows = x.shape[0] + (0 if xf is None else xf.shape[0])
-        chunk = chunk_size or _chunk_for(params, rows, x.dtype, _DEFAULT_BUDGET, x.shape[0])
-        k = _k3(model, params, x, xf, chunk)
+        k = _k3(model, params, x, xf, chunk_size, implementation)
     else:
-        k = _k4(model, params, x, xf, chunk_size)
+        k = _k4(model, params, x, xf, chunk_size, implementation)
     if xf is not None:
         k = k[x.shape[0]:]
     _check_finite(k, func)
@@ -225,9 +250,7 @@ def nth_kernels(model: nn.Module, x, *, order: int = 3, x_test=None,
     k2t = None if xt is None else _core.ntk(model, xt, x).double()
     k3 = k3t = k4 = k4t = None
     if order >= 3:
-        rows = n + (0 if xt is None else xt.shape[0])
-        chunk = chunk_size or _chunk_for(params, rows, x.dtype, _DEFAULT_BUDGET, n)
-        k3all = _k3(model, params, x, xt, chunk).double()
+        k3all = _k3(model, params, x, xt, chunk_size).double()
         k3, k3t = k3all[:n], (None if xt is None else k3all[n:])
     if order >= 4:
         k4all = _k4(model, params, x, xt, chunk_size).double()

@@ -192,7 +192,7 @@ def ntk_moments(depth: int, width: int | Sequence[int], x, *, n_samples: int,
         ws = [torch.randn(s, dims[i + 1], dims[i], generator=gen, dtype=dtype)
               for i in range(depth + 1)]
         if parameterization == "standard":     # trainable variables are the weights themselves
-            ws = [sc * w for sc, w in zip(scales, ws)]
+            ws = [sc * w for sc, w in zip(scales, ws, strict=True)]
         xb = xt.expand(s, d)
         k, f, grads = _k_and_grads(ws, xb, phi, dphi, wscale, coef)
         # One SGD step on (1/2)(f - y)²: θ ← θ - η (f - y) ∂f/∂θ   (seed 003, Thm. 2)
