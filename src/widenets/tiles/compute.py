@@ -131,7 +131,8 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
 
     Args:
         kernel_fn: a widenets net (`wn.Layer`; its `.kernel(x1, x2, get=..., dtype=...)` is
-            used and its `repr` describes it), or any callable `kernel_fn(x1, x2, get=...)`
+            used; its `repr`, plus a hash of any Python function it holds such as
+            Elementwise's, describes it), or any callable `kernel_fn(x1, x2, get=...)`
             returning one (n1, n2) tensor per requested kernel (an empirical-NTK closure, a
             Monte Carlo kernel); x2=None asks it for the symmetric kernel of x1 with itself.
         x1: (n1, ...) inputs (torch tensor or numpy array).
