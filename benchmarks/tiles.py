@@ -182,6 +182,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    own_dir = args.dir is None
     args.dir = args.dir or tempfile.mkdtemp(prefix="widenets-tiles-bench-")
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -220,6 +221,8 @@ def main() -> None:
     print("| measurement | value | target |\n| --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if own_dir and not args.keep:
+        shutil.rmtree(args.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A tiled kernel equals the in-memory kernel: symmetric and rectangular, non-dividing tiles."""
 
+import numpy as np
 import pytest
 import torch
 from tiles_helpers import chunk, dyadic, relu_net
@@ -33,6 +34,14 @@ def test_rectangular_tiles_equal_in_memory_exactly(tmp_path, net):
     assert torch.equal(got.load(), ref)
     assert torch.equal(torch.from_numpy(got.compute()), ref)
     assert torch.equal(wn.tiles.load_kernel(tmp_path / "r.zarr"), ref)
+
+
+def test_several_threads_and_numpy_inputs(tmp_path, net):
+    x1, x2 = dyadic(19, seed=9), dyadic(14, seed=10)
+    run = wn.tiles.compute(net, x1.numpy(), x2.numpy(), store=tmp_path / "t.zarr",
+                           tile=(np.int64(4), 3), get="nngp", threads=3)
+    assert run.tiles_computed == 5 * 5
+    assert torch.equal(run.load(), net.kernel(x1, x2, get="nngp"))
 
 
 def test_tile_larger_than_kernel_and_single_row(tmp_path, net):

@@ -47,6 +47,20 @@ def test_mismatched_call_is_refused(stored, net, change, field):
     assert sorted(p.name for p in (store / "done").iterdir()) == before  # nothing touched
 
 
+def test_nets_differing_only_in_a_function_are_told_apart(tmp_path):
+    # Elementwise(fn) shows only fn's name in repr; two lambdas must still differ.
+    x = dyadic(6)
+    mk = lambda fn: wn.serial(wn.Dense(8), wn.Elementwise(fn, degree=8), wn.Dense(1))  # noqa: E731
+    wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", tile=4,
+                     get="nngp")
+    with pytest.raises(wn.tiles.StoreMismatchError, match="net"):
+        wn.tiles.compute(mk(lambda t: torch.sin(t)), x, store=tmp_path / "f.zarr", tile=4,
+                         get="nngp")
+    again = wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", tile=4,
+                             get="nngp")
+    assert again.tiles_computed == 0
+
+
 def test_unreadable_and_foreign_stores(tmp_path, stored, net):
     store, x = stored
     (tmp_path / "other").mkdir()

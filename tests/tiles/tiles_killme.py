@@ -3,6 +3,7 @@
 Usage: python tiles_killme.py STORE. Prints READY, then computes 15 tiles at >= 0.15 s each.
 """
 
+import signal
 import sys
 import time
 
@@ -19,6 +20,9 @@ def slow_kernel(a, b, get):
 
 
 if __name__ == "__main__":
+    # Ctrl-C raises KeyboardInterrupt even when this process inherited SIGINT ignored (as
+    # background jobs of a non-interactive shell do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("READY", flush=True)
     wn.tiles.compute(slow_kernel, dyadic(40, seed=11), store=sys.argv[1], tile=8,
                      description="killme: relu_net(3).kernel")

@@ -17,6 +17,7 @@ error that says how many tiles are kept. Rerunning the same call continues where
 from __future__ import annotations
 
 import errno
+import operator
 import shutil
 import time
 import uuid
@@ -87,9 +88,21 @@ class TileRun:
 
 
 # ------------------------------------------------------------------------------ checks
+def _as_int(b):
+    """b as a Python int when it is an integer (int, numpy integer), else None."""
+    if isinstance(b, bool):
+        return None
+    try:
+        return operator.index(b)
+    except TypeError:
+        return None
+
+
 def _check_tile(tile, shape: tuple[int, int], symmetric: bool) -> tuple[int, int]:
-    if isinstance(tile, int) and not isinstance(tile, bool):
+    if _as_int(tile) is not None:
         tile = (tile, tile)
+    if isinstance(tile, (tuple, list)) and len(tile) == 2:
+        tile = tuple(_as_int(b) if _as_int(b) is not None else b for b in tile)
     if not isinstance(tile, (tuple, list)) or len(tile) != 2 or not all(
             isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in tile):
         raise ValueError(f"{_FUNC}: tile must be a positive int or a pair (b1, b2) of positive "
@@ -131,7 +144,8 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
 
     Args:
         kernel_fn: a widenets net (`wn.Layer`; its `.kernel(x1, x2, get=..., dtype=...)` is
-            used and its `repr` describes it), or any callable `kernel_fn(x1, x2, get=...)`
+            used; its `repr`, plus a hash of any Python function it holds such as
+            Elementwise's, describes it), or any callable `kernel_fn(x1, x2, get=...)`
             returning one (n1, n2) tensor per requested kernel (an empirical-NTK closure, a
             Monte Carlo kernel); x2=None asks it for the symmetric kernel of x1 with itself.
         x1: (n1, ...) inputs (torch tensor or numpy array).

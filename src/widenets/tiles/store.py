@@ -109,8 +109,12 @@ def describe_kernel_fn(kernel_fn, description: str | None, *, func: str) -> tupl
     if description is not None and (not isinstance(description, str) or not description.strip()):
         raise TypeError(f"{func}: description must be a non-empty str, got {description!r}")
     if isinstance(kernel_fn, Layer):
-        desc = description if description is not None else repr(kernel_fn)
-        return "layer", _ADDRESS.sub("", desc)
+        if description is None:
+            description = repr(kernel_fn)
+            funcs = _function_fingerprints(kernel_fn)
+            if funcs:  # e.g. Elementwise(fn): its repr shows only the function's name
+                description += " with functions " + ", ".join(funcs)
+        return "layer", _ADDRESS.sub("", description)
     if not callable(kernel_fn):
         raise TypeError(f"{func}: kernel_fn must be a widenets net (wn.Layer) or a callable "
                         f"kernel_fn(x1, x2, get=...), got {type(kernel_fn).__name__}")
@@ -120,6 +124,33 @@ def describe_kernel_fn(kernel_fn, description: str | None, *, func: str) -> tupl
                         f"its values (model, seed, width, n_samples), e.g. "
                         f"description='empirical NTK of resnet18, seed 0'")
     return "callable", _ADDRESS.sub("", description)
+
+
+def _function_fingerprints(obj, seen=None) -> list[str]:
+    """name@hash of every Python function among a layer's attributes (recursively).
+
+    Two different functions with one name (two lambdas) must not describe the same net: the
+    hash covers the bytecode, the constants and the values captured in closures.
+    """
+    from ..layers.base import Layer
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    out = []
+    values = list(vars(obj).values()) if isinstance(obj, Layer) else \
+        list(obj) if isinstance(obj, (list, tuple)) else []
+    for v in values:
+        if isinstance(v, (Layer, list, tuple)):
+            out += _function_fingerprints(v, seen)
+        elif callable(v) and hasattr(v, "__code__"):
+            code = v.__code__
+            cells = [repr(c.cell_contents) for c in (v.__closure__ or ())]
+            text = repr((code.co_code, code.co_consts, code.co_names, cells))
+            digest = hashlib.sha256(_ADDRESS.sub("", text).encode()).hexdigest()[:12]
+            out.append(f"{getattr(v, '__qualname__', '?')}@{digest}")
+    return out
 
 
 def tile_ranges(n: int, b: int) -> list[tuple[int, int]]:
