@@ -249,7 +249,6 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
     if len(widths) > 1:
         ref = [rm[0] * (w / widths[0]) ** -0.5 for w in widths]
         axes[1].loglog(widths, ref, "k--", lw=1, label="∝ width^(-1/2)")
-    axes[1].yaxis.set_minor_formatter(plt.NullFormatter())
     axes[1].set_xlabel("width")
     axes[1].set_ylabel("RMSE of test outputs vs NTK-GP mean")
     axes[1].set_title("finite nets approach the prediction")
