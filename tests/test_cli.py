@@ -123,3 +123,15 @@ def test_interrupt_keeps_finished_figures(tmp_path):
     assert (tmp_path / "first.png").exists()
     html = (tmp_path / "index.html").read_text()
     assert "first.png" in html and "did not finish" in html
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from widenets.experiments import base
+
+    items = [1, 2, 3]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert base.progress(items, desc="x") is items
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = base.progress(items, desc="x")
+    assert type(bar).__name__ == "tqdm" or "tqdm" in type(bar).__module__
+    assert list(bar) == items

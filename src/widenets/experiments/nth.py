@@ -43,7 +43,7 @@ class Config:
     n_train: int = 16
     d: int = 4
     widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
     horizon: float = 3.0
     n_times: int = 7
     b_std: float = 0.1
