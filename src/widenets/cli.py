@@ -82,11 +82,17 @@ def _fail(message: str) -> int:
 
 
 def _list_figures() -> int:
+    import dataclasses
+
     from . import experiments
 
-    for fid in experiments.available():
+    for fid in ["demo", *experiments.available()]:
         mod = experiments.load(fid)
-        print(f"{fid:20s} {mod.TITLE}  [default ~{mod.RUNTIME}]")
+        name = "(widenets demo)" if fid == "demo" else fid
+        print(f"{name:20s} {mod.TITLE}  [default ~{mod.RUNTIME}]")
+        keys = ", ".join(f"{f.name}={getattr(mod.Config(), f.name)!r}"
+                         for f in dataclasses.fields(mod.Config))
+        print(f"{'':20s} --set keys: {keys}")
     return 0
 
 
@@ -103,8 +109,10 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
         if args.threads < 1:
             return _fail(f"--threads must be >= 1, got {args.threads}")
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)     # numpy/scipy BLAS too, for the rest of the run
     out = args.out if args.out is not None else Path(default_out)
     command = "widenets " + " ".join(shlex.quote(a) for a in argv)
     try:
