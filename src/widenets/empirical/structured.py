@@ -148,7 +148,8 @@ def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
     tol = 1e-8 if out.dtype == torch.float64 else 1e-3
     for g, r, x in zip(grads, ref, inputs, strict=True):
         r = torch.zeros_like(x) if r is None else r
-        got = (v.T.reshape(*v.T.shape, *([1] * (g.ndim - 2))) * g).sum(0)
+        got = torch.bmm(g.reshape(g.shape[0], g.shape[1], -1).permute(1, 2, 0),
+                        v[:, :, None]).reshape(r.shape)
         if not float((got - r).norm()) <= tol * float(r.norm()) + 1e-30:
             return False
     return True
