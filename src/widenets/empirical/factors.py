@@ -233,16 +233,20 @@ def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) 
     n1, n2 = f1.n, f2.n
     m = o * o if mode == "full" else o
     rows = max(1, budget // max(1, g * t1 * n2 * t2 * (m + 1)))
-    # (O, n, G, T, d) -> the batched-matmul layouts used below
+    # (O, n, G, T, d) -> the batched-matmul layouts used below (one copy when x2 is x1)
+    same = f1.c is f2.c
     if mode == "diagonal":
         c1 = f1.c.permute(2, 0, 1, 3, 4).reshape(g * o, n1, t1, d)
-        c2 = f2.c.permute(2, 0, 1, 3, 4).reshape(g * o, n2 * t2, d)
+        c2 = c1.reshape(g * o, n1 * t1, d) if same else \
+            f2.c.permute(2, 0, 1, 3, 4).reshape(g * o, n2 * t2, d)
     elif mode == "trace":
         c1 = f1.c.permute(2, 1, 3, 0, 4).reshape(g, n1, t1, o * d)
-        c2 = f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2, o * d)
+        c2 = c1.reshape(g, n1 * t1, o * d) if same else \
+            f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2, o * d)
     else:
         c1 = f1.c.permute(2, 1, 3, 0, 4).reshape(g, n1, t1 * o, d)
-        c2 = f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2 * o, d)
+        c2 = c1.reshape(g, n1 * t1 * o, d) if same else \
+            f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2 * o, d)
     c2t = c2.transpose(1, 2)
     inner = o * d if mode == "trace" else d
     parts = []

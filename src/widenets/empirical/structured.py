@@ -141,15 +141,21 @@ def _fill(grads, inputs, o: int) -> list[torch.Tensor]:
 
 def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
                         grads: list[torch.Tensor], seed: int = 0) -> bool:
-    """Σ_a v[:, a] grads[a] must equal one plain backward pass with cotangent v (random)."""
+    """Check the batched cotangents against one plain backward pass: with random v (n, O) and
+    w (features), Σ_a v[i, a] ⟨grads[a][i], w⟩ must equal ⟨∂(Σ v·out)/∂input[i], w⟩ for every
+    row i. Rows attributed to the wrong input or output fail it with probability 1."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     ref = torch.autograd.grad(out, inputs, v, allow_unused=True, retain_graph=True)
     tol = 1e-8 if out.dtype == torch.float64 else 1e-3
     for g, r, x in zip(grads, ref, inputs, strict=True):
-        r = torch.zeros_like(x) if r is None else r
-        got = (v.T.reshape(*v.T.shape, *([1] * (g.ndim - 2))) * g).sum(0)
-        if not float((got - r).norm()) <= tol * float(r.norm()) + 1e-30:
+        o, n = g.shape[:2]
+        w = torch.randn(x[0].numel(), generator=gen, dtype=torch.float64).to(out)
+        got = ((g.reshape(o, n, -1) @ w) * v.T).sum(0)                   # (n,)
+        want = torch.zeros(n, dtype=out.dtype, device=out.device) if r is None \
+            else r.reshape(n, -1) @ w
+        scale = float(want.norm()) + float((g.reshape(o, n, -1) @ w).norm()) * 1e-6
+        if not float((got - want).norm()) <= tol * scale + 1e-30:
             return False
     return True
 
