@@ -1,4 +1,4 @@
-"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, with the bookkeeping layers need.
+"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, and the bookkeeping layers need.
 
 A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.replace`.
 Conventions (Lee et al. 2019, seed 002, §2.1):
@@ -43,6 +43,8 @@ class Kernel:
             next weight layer. Standard parameterization and FanInConcat need it.
         sources: identifiers of the fresh weight layers whose randomness makes these outputs
             Gaussian; FanInSum uses them to refuse sums of correlated branches.
+        row_offset: for a block of rows r0:r0+n1 of a symmetric kernel (see `row_block`), r0:
+            its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
     """
 
     nngp: torch.Tensor
@@ -54,6 +56,7 @@ class Kernel:
     is_input: bool
     channels: int
     sources: frozenset = field(default_factory=frozenset, repr=False, compare=False)
+    row_offset: int = 0
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -84,13 +87,31 @@ class Kernel:
         c = K12 / sqrt(K11 K22), which at c = 1 loses half the digits, while the diagonal is
         known exactly from the variances.
         """
-        t.diagonal(dim1=0, dim2=1).movedim(-1, 0).copy_(values)
+        t.narrow(1, self.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0) \
+            .copy_(values)
         return t
 
     def symmetrize(self, t: torch.Tensor) -> torch.Tensor:
         """(t + tᵀ)/2 over the two batch axes: exact symmetry for x1_is_x2 kernels whose
         formula is not evaluated symmetrically (quadrature, float rounding of x xᵀ)."""
+        if t.shape[0] != t.shape[1]:
+            raise RuntimeError("Kernel.symmetrize needs the whole symmetric kernel, got a row "
+                               "block; layers with symmetric_formula=False disable row blocks")
         return 0.5 * (t + t.transpose(0, 1))
+
+    def row_block(self, start: int, stop: int) -> Kernel:
+        """The kernel of rows start:stop of x1 against all of x2.
+
+        Every layer map acts on each pair (x1_i, x2_j) separately given the variances, so a
+        network's kernel can be computed block by block (bounded memory, cache-sized work).
+        For a symmetric kernel the block keeps x1_is_x2 with `row_offset` marking its
+        diagonal, and carries the full variances in cov2.
+        """
+        cov2 = self.cov1 if self.cov2 is None else self.cov2
+        return self.replace(nngp=self.nngp[start:stop],
+                            ntk=None if self.ntk is None else self.ntk[start:stop],
+                            cov1=self.cov1[start:stop], cov2=cov2,
+                            row_offset=self.row_offset + start if self.x1_is_x2 else 0)
 
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""

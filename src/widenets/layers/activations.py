@@ -98,7 +98,7 @@ class Activation(Layer):
             k.set_batch_diagonal(nngp, cov1)
             if tdot is not None:
                 k.set_batch_diagonal(tdot, self.tdot_diag(k.cov1))
-        ntk = None if k.ntk is None else tdot * k.ntk
+        ntk = None if k.ntk is None else tdot.mul_(k.ntk)      # Θ' = Tdot(K) Θ
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                          is_gaussian=k.is_gaussian and not self.needs_gaussian
                          and self._keeps_gaussian(),
@@ -144,15 +144,24 @@ class ABRelu(Activation):
         a, b = self.a, self.b
         if a == b:
             return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
-        c, prod = _cos_angle(k11, k22, k12)
+        # Written with in-place ops on fresh temporaries: each line is one pass over the
+        # block (the kernel is memory bound; see benchmarks/analytic_fc.py).
+        scale = torch.mul(k11, k22).clamp_(min=_TINY).sqrt_()      # √(K11 K22)
+        c = torch.div(k12, scale).clamp_(-1.0, 1.0)                 # cos θ, guarded for arccos
         theta = torch.arccos(c)
-        sin = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
+        sin = torch.addcmul(torch.ones((), dtype=c.dtype), c, c, value=-1.0)
+        sin = sin.clamp_(min=0.0).sqrt_()                          # sin θ = √(1 - c²)
+        pi_minus = torch.rsub(theta, math.pi)                        # π - θ
         s2 = a * a + b * b
-        t = prod * (s2 * (sin + (math.pi - theta) * c) - 2 * a * b * (sin - theta * c)) \
-            / (2 * math.pi)
+        t = torch.addcmul(sin, pi_minus, c)                          # sin θ + (π-θ) cos θ
+        if a != 0.0:                                                 # - 2ab/(a²+b²)(sin θ - θ c)
+            t.sub_(torch.addcmul(sin, theta, c, value=-1.0), alpha=2 * a * b / s2)
+        t.mul_(scale).mul_(s2 / (2 * math.pi))
         tdot = None
-        if want_tdot:
-            tdot = (s2 * (math.pi - theta) + 2 * a * b * theta) / (2 * math.pi)
+        if want_tdot:                                # ((a²+b²)(π-θ) + 2abθ) / (2π)
+            tdot = pi_minus.mul_(s2 / (2 * math.pi))
+            if a != 0.0:
+                tdot.add_(theta, alpha=2 * a * b / (2 * math.pi))
         return t, tdot
 
     def t(self, k11, k22, k12):
