@@ -87,12 +87,11 @@ class Activation(Layer):
                              f"Dense or Conv before it")
         k11, k22 = k.broadcast_variances()
         nngp, tdot = self.t_and_tdot(k11, k22, k.nngp, k.ntk is not None)
-        cov1 = self.t_diag(k.cov1)
-        cov2 = None if k.cov2 is None else self.t_diag(k.cov2)
+        cov1, cov2 = k.map_variances(self.t_diag, self.t)
         if k.x1_is_x2:  # exact diagonal (c = 1), see Kernel.set_batch_diagonal
             k.set_batch_diagonal(nngp, cov1)
             if tdot is not None:
-                k.set_batch_diagonal(tdot, self.tdot_diag(k.cov1))
+                k.set_batch_diagonal(tdot, k.map_variances(self.tdot_diag, self.tdot)[0])
         ntk = None if k.ntk is None else tdot * k.ntk
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                          is_gaussian=k.is_gaussian and not self.needs_gaussian
