@@ -138,6 +138,8 @@ class ABRelu(Activation):
         a, b = self.a, self.b
         if a == b:
             return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
+        if k12.ndim > 2:   # spatial position pairs: same formulas in fewer in-place passes
+            return _abrelu_pairs(a, b, k11, k22, k12, want_tdot)
         c, prod = _cos_angle(k11, k22, k12)
         theta = torch.arccos(c)
         sin = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
@@ -163,6 +165,25 @@ class ABRelu(Activation):
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
+
+
+def _abrelu_pairs(a, b, k11, k22, k12, want_tdot):
+    """ABRelu's T and Tdot for large position-pair tensors, memory-bandwidth lean: the
+    variance factors stay small until broadcast, sin θ = sin(arccos c), and with
+    2π Tdot = (a²+b²)(π - θ) + 2abθ the NNGP is T = √(K11K22) (c·2πTdot + (a-b)² sin θ)/(2π)."""
+    s2, ab2 = a * a + b * b, 2 * a * b
+    r1 = torch.rsqrt(torch.clamp(k11, min=_TINY))
+    r2 = torch.rsqrt(torch.clamp(k22, min=_TINY))
+    c = k12 * r1
+    c.mul_(r2).clamp_(-1.0, 1.0)
+    theta = torch.arccos(c)
+    sin = torch.sin(theta)
+    theta.mul_(ab2 - s2).add_(s2 * math.pi)            # 2π Tdot
+    t = c.mul_(theta).add_(sin, alpha=s2 - ab2)
+    t.mul_(torch.sqrt(torch.clamp(k11, min=0.0)) / (2 * math.pi))
+    t.mul_(torch.sqrt(torch.clamp(k22, min=0.0)))
+    tdot = theta.mul_(1 / (2 * math.pi)) if want_tdot else None
+    return t, tdot
 
 
 class Relu(ABRelu):

@@ -168,17 +168,22 @@ class Conv(Layer):
         b2 = (self.b_std or 0.0) ** 2
         # MATH.md §2: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
         sum_k = conv_sum(k.nngp, 2)
-        nngp = sum_k * (w2 / n_off) + b2
+        nngp = sum_k * (w2 / n_off)
+        nngp += b2
         cov1 = conv_sum(k.cov1, 1) * (w2 / n_off) + b2
         cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1) * (w2 / n_off) + b2
         ntk = None
         if k.ntk is not None:
-            sum_t = conv_sum(k.ntk, 2)
-            if self.parameterization == "ntk":
-                ntk = nngp + sum_t * (w2 / n_off)                      # Θ' = K' + σw²/|D| ΣΘ
-            else:
-                bias_term = 0.0 if self.b_std is None else 1.0       # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
-                ntk = sum_k * k.channels + bias_term + sum_t * (w2 / n_off)
+            # the raw input has Θ = 0: skip its offset sum
+            sum_t = None if k.is_input else conv_sum(k.ntk, 2)
+            if self.parameterization == "ntk":                       # Θ' = K' + σw²/|D| ΣΘ
+                ntk = nngp.clone() if sum_t is None else torch.add(nngp, sum_t,
+                                                                   alpha=w2 / n_off)
+            else:                                                    # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
+                ntk = sum_k * k.channels
+                ntk += 0.0 if self.b_std is None else 1.0
+                if sum_t is not None:
+                    ntk.add_(sum_t, alpha=w2 / n_off)
         out = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
                         is_input=False, channels=self.out_channels, sources=new_source())
         if k.x1_is_x2:
