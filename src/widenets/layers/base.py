@@ -115,6 +115,11 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     return k
 
 
+#: inputs with at most this many channels get their kernel by elementwise passes (exact
+#: agreement of the layouts); wider inputs by matrix products
+_LOOP_CHANNELS = 32
+
+
 def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kernel:
     if x1.ndim > 5 or layout not in ("diagonal", "full"):
         raise ValueError(f"kernel: inputs must be (n, features) or channels-first (n, C, L), "
@@ -125,19 +130,36 @@ def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kern
     a = x1.reshape(n1, c, p)
     b = a if x2 is None else x2.reshape(x2.shape[0], c, p)
     n2 = b.shape[0]
-    if layout == "diagonal":
-        # K(p, p) = Σ_c x_c(p) x'_c(p) / C, batched over positions: (P, n1, C) @ (P, C, n2)
-        nngp = torch.bmm(a.permute(2, 0, 1), b.permute(2, 1, 0)).permute(1, 2, 0) / c
-        nngp = nngp.contiguous().reshape(n1, n2, *spatial)
-        var = lambda x: (x * x).sum(1).reshape(x.shape[0], *spatial) / c  # noqa: E731
+    full = layout == "full"
+    if c <= _LOOP_CHANNELS:
+        # Σ_c as c elementwise passes, in the same order in both layouts, so that the diagonal
+        # layout is exactly the diagonal of the full one
+        def pairs(u, v, batch):
+            shape_u = (u.shape[0], 1, p, 1) if (batch and full) else \
+                (u.shape[0], 1, p) if batch else (u.shape[0], p, 1) if full else (u.shape[0], p)
+            shape_v = (1, v.shape[0], 1, p) if (batch and full) else \
+                (1, v.shape[0], p) if batch else (v.shape[0], 1, p) if full else (v.shape[0], p)
+            acc = None
+            for ch in range(c):
+                term = u[:, ch].reshape(shape_u) * v[:, ch].reshape(shape_v)
+                acc = term if acc is None else acc.add_(term)
+            return acc / c
     else:
-        # K(p, p') = Σ_c x_c(p) x'_c(p') / C: (n1 P, C) @ (C, n2 P)
-        at = a.transpose(1, 2).reshape(n1 * p, c)
-        bt = at if x2 is None else b.transpose(1, 2).reshape(n2 * p, c)
-        nngp = (at @ bt.T / c).reshape(n1, p, n2, p).transpose(1, 2).contiguous()
-        nngp = nngp.reshape(n1, n2, *spatial, *spatial)
-        var = lambda x: (torch.bmm(x.transpose(1, 2), x) / c).reshape(  # noqa: E731
-            x.shape[0], *spatial, *spatial)
+        def pairs(u, v, batch):
+            if full and not batch:      # self pairs (n, P, P)
+                return torch.bmm(u.transpose(1, 2), v) / c
+            if full:        # K(p, p') = Σ_c x_c(p) x'_c(p') / C: (n1 P, C) @ (C, n2 P)
+                ut = u.transpose(1, 2).reshape(-1, c)
+                vt = v.transpose(1, 2).reshape(-1, c)
+                out = (ut @ vt.T / c).reshape(u.shape[0], p, v.shape[0], p)
+                return out.transpose(1, 2).contiguous()
+            if batch:       # K(p, p) batched over positions: (P, n1, C) @ (P, C, n2)
+                return (torch.bmm(u.permute(2, 0, 1), v.permute(2, 1, 0)) / c).permute(
+                    1, 2, 0).contiguous()
+            return (u * v).sum(1) / c
+    tail = (*spatial, *spatial) if full else spatial
+    nngp = pairs(a, b, True).reshape(n1, n2, *tail)
+    var = lambda x: pairs(x, x, False).reshape(x.shape[0], *tail)  # noqa: E731
     cov1 = var(a)
     cov2 = None if x2 is None else var(b)
     k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
