@@ -31,6 +31,7 @@ from .layers import (
     parallel,
     serial,
 )
+from .lift import Lifted, lift
 
 __version__ = "0.1.0"
 
@@ -38,5 +39,5 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "monte_carlo_kernel", "__version__",
-    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm",
+    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
 ]
