@@ -12,21 +12,27 @@ from .kernel import Kernel
 from .layers import (
     ABRelu,
     Abs,
+    AvgPool,
+    Conv,
     Dense,
     Elementwise,
     Erf,
     FanInConcat,
     FanInSum,
     FanOut,
+    Flatten,
     Gelu,
+    GlobalAvgPool,
     Identity,
     Layer,
+    LayerNorm,
     LeakyRelu,
     Relu,
     Sin,
     parallel,
     serial,
 )
+from .lift import Lifted, lift
 
 __version__ = "0.1.0"
 
@@ -34,4 +40,5 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "monte_carlo_kernel", "__version__",
+    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
 ]

@@ -90,6 +90,11 @@ class Serial(Layer):
             k = lay.apply_kernel(k)
         return k
 
+    def layout_need(self, need):
+        for lay in reversed(self.layers):
+            need = lay.layout_need(need)
+        return need
+
     def build(self, in_shape, generator, dtype):
         mods = []
         for lay in self.layers:
@@ -125,6 +130,10 @@ class Parallel(Layer):
         self._check_branches(ks, "", "kernel")
         return [lay.apply_kernel(k) for lay, k in zip(self.layers, ks)]
 
+    def layout_need(self, need):
+        needs = need if isinstance(need, list) else [need] * len(self.layers)
+        return [lay.layout_need(n) for lay, n in zip(self.layers, needs)]
+
     def build(self, in_shapes, generator, dtype):
         self._check_branches(in_shapes, f"{in_shapes!r}", "module")
         built = [lay.build(s, generator, dtype) for lay, s in zip(self.layers, in_shapes)]
@@ -151,6 +160,9 @@ class FanOut(Layer):
         if isinstance(k, list):
             raise ValueError(f"FanOut.kernel: expected one input, got {len(k)} branches")
         return [k] * self.n
+
+    def layout_need(self, need):
+        return max(need) if isinstance(need, list) else need
 
     def build(self, in_shape, generator, dtype):
         return FanOutModule(self.n), [in_shape] * self.n
