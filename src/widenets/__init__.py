@@ -6,7 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import empirical  # noqa: F401  (wn.empirical subpackage)
+from . import empirical, tiles
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
@@ -39,6 +39,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "monte_carlo_kernel", "__version__",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
+    "monte_carlo_kernel", "empirical", "tiles", "__version__",
 ]
