@@ -6,7 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import empirical, tiles
+from . import empirical, predict, tiles
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
@@ -40,5 +40,14 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
-    "monte_carlo_kernel", "empirical", "tiles", "__version__",
+    "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
 ]
+
+
+def __getattr__(name):
+    # `wn.sklearn` imports scikit-learn only when first used.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
