@@ -6,33 +6,49 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import finite_width
+from . import empirical, finite_width, predict, tiles
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
     ABRelu,
     Abs,
+    AvgPool,
+    Conv,
     Dense,
     Elementwise,
     Erf,
     FanInConcat,
     FanInSum,
     FanOut,
+    Flatten,
     Gelu,
+    GlobalAvgPool,
     Identity,
     Layer,
+    LayerNorm,
     LeakyRelu,
     Relu,
     Sin,
     parallel,
     serial,
 )
+from .lift import Lifted, lift
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "monte_carlo_kernel", "__version__",
+    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
+    "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
     "finite_width",
 ]
+
+
+def __getattr__(name):
+    # `wn.sklearn` imports scikit-learn only when first used.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
