@@ -117,6 +117,23 @@ def test_order2_is_the_frozen_ntk_closed_form(small):
         assert torch.equal(res.ntk[1], k.k2)
 
 
+def test_order2_matches_wn_predict(small):
+    """The frozen-NTK path agrees with `wn.predict.gradient_descent_mse` (eigendecomposition,
+    seed 002 eqs. 9-11): same time convention (t = GD steps), "sum" loss at η, "mean" at η/n."""
+    model, x = small
+    y = torch.cos(x.sum(1))
+    xt = x[:2] * 0.7
+    k = fw.nth_kernels(model, x, order=2, x_test=xt)
+    times = torch.tensor([0.0, 0.5, 2.0, 7.0], dtype=torch.float64)
+    for conv, lr in (("sum", 0.5), ("mean", 0.5 / 5)):
+        res = fw.truncated_nth(None, y=y, order=2, times=times, kernels=k, learning_rate=0.5,
+                               convention=conv)
+        pred = wn.predict.gradient_descent_mse(k.k2, y, learning_rate=lr)
+        tr, te = pred(times, k.f0, k.f0_test, k.k2_test)
+        assert torch.allclose(res.outputs, tr, atol=1e-9), conv
+        assert torch.allclose(res.test_outputs, te, atol=1e-9), conv
+
+
 @pytest.mark.slow
 def test_truncated_nth_beats_frozen_kernel_and_improves_with_width(data16):
     """Seed 000 Thm. 2.6 on n = 16, 1-hidden-layer erf nets, widths 64/256/1024, 2 seeds:
