@@ -331,16 +331,16 @@ def truncated_nth(model: nn.Module | None, x=None, y=None, *, order: int = 3, ti
     n = kernels.f0.shape[0]
     if y is None:
         raise ValueError(f"{func}: y (the (n,) training targets) is required")
-    yv = _core.check_y(y, func, n, 1, torch.float64)[:, 0].numpy()
+    yv = _np(_core.check_y(y, func, n, 1, torch.float64)[:, 0])
     c = flow_rate(convention, eta, n)
-    k2 = kernels.k2.numpy()
-    k3 = None if order < 3 else kernels.k3.reshape(n * n, n).numpy()
-    k4 = None if order < 4 else kernels.k4.reshape(n * n, n * n).numpy()
+    k2 = _np(kernels.k2)
+    k3 = None if order < 3 else _np(kernels.k3).reshape(n * n, n)
+    k4 = None if order < 4 else _np(kernels.k4).reshape(n * n, n * n)
     has_test = kernels.f0_test is not None
     m = kernels.f0_test.shape[0] if has_test else 0
-    k2t = kernels.k2_test.numpy() if has_test else None
-    k3t = kernels.k3_test.reshape(m * n, n).numpy() if has_test and order >= 3 else None
-    k4t = kernels.k4_test.reshape(m * n, n * n).numpy() if has_test and order >= 4 else None
+    k2t = _np(kernels.k2_test) if has_test else None
+    k3t = _np(kernels.k3_test).reshape(m * n, n) if has_test and order >= 3 else None
+    k4t = _np(kernels.k4_test).reshape(m * n, n * n) if has_test and order >= 4 else None
 
     def kernels_at(big_r, s):
         """K2_t on train and test-train from R(t) and S(t) (module docstring)."""
@@ -374,9 +374,9 @@ def truncated_nth(model: nn.Module | None, x=None, y=None, *, order: int = 3, ti
             parts.append(-c * (ktt @ r))                         # eq. 22: test outputs
         return np.concatenate(parts)
 
-    r0 = kernels.f0.numpy() - yv
+    r0 = _np(kernels.f0) - yv
     z0 = np.concatenate([r0, np.zeros(sizes[1] + sizes[2]),
-                         kernels.f0_test.numpy() if has_test else np.zeros(0)])
+                         _np(kernels.f0_test) if has_test else np.zeros(0)])
     t_end = float(t_eval[-1])
     if t_end > 0:
         sol = solve_ivp(rhs, (0.0, t_end), z0, method=method, t_eval=t_eval, rtol=rtol,
@@ -405,6 +405,11 @@ def truncated_nth(model: nn.Module | None, x=None, y=None, *, order: int = 3, ti
                      test_outputs=as_t(np.stack(touts)) if has_test else None,
                      ntk_test=as_t(np.stack(tntks)) if has_test else None,
                      order=order, convention=convention, learning_rate=eta, n_evaluations=nfev)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """float64 numpy copy on the CPU (the ODE runs in scipy)."""
+    return t.detach().to("cpu", torch.float64).numpy()
 
 
 def _check_times(times, func: str) -> np.ndarray:

@@ -169,7 +169,7 @@ def ntk_moments(depth: int, width: int | Sequence[int], x, *, n_samples: int,
     xt = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if xt.ndim == 1:
         xt = xt[None]
-    xt = as_input_tensor(xt, func=func, arg="x", dtype=dtype)
+    xt = as_input_tensor(xt, func=func, arg="x", dtype=dtype).cpu()   # weights drawn on CPU
     if xt.shape[0] != 1 or xt.ndim != 2:
         raise ValueError(f"{func}: x must be one input of shape (d,) or (1, d), got "
                          f"{tuple(xt.shape)}")

@@ -16,6 +16,7 @@ way:
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 
 import numpy as np
@@ -66,7 +67,9 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
 
     Args:
         k: a `wn.Kernel` (its `which` field is used), any object with `nngp`/`ntk` attributes,
-            a torch tensor or a numpy array.
+            a torch tensor, a numpy array, or a tile store written by `wn.tiles.compute` (its
+            directory path, or the lazy array `wn.tiles.open` returns), loaded into memory if
+            it fits (else `wn.tiles.KernelTooLargeError` says so).
         func, arg: names for error messages.
         which: "nngp" or "ntk": the field taken from a Kernel.
         shape: the expected (n1, n2); an entry None matches any size.
@@ -76,7 +79,14 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
         TypeError: not a kernel, a matrix or floating point.
         ValueError: wrong rank or shape, a Kernel lacking the field, non-finite entries.
     """
-    if isinstance(k, Kernel) or (hasattr(k, "nngp") and hasattr(k, "ntk")):
+    if isinstance(k, (str, os.PathLike)) or hasattr(k, "_widenets_source"):
+        # A tile store: the store format lives in wn.tiles (imported only here, when used).
+        from ..tiles import load_kernel
+
+        store = k if isinstance(k, (str, os.PathLike)) else k.store
+        k = load_kernel(store, get=which)
+        arg = f"{arg} (the {which!r} kernel of tile store {os.fspath(store)!r})"
+    elif isinstance(k, Kernel) or (hasattr(k, "nngp") and hasattr(k, "ntk")):
         mat = getattr(k, which)
         if mat is None:
             raise ValueError(f"{func}: {arg} is a Kernel without its {which!r} field (it was "
