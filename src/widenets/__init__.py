@@ -6,7 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import empirical, predict, tiles
+from . import empirical, finite_width, predict, tiles
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (
@@ -41,6 +41,7 @@ __all__ = [
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
     "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
+    "finite_width",
 ]
 
 
