@@ -79,7 +79,8 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
         TypeError: not a kernel, a matrix or floating point.
         ValueError: wrong rank or shape, a Kernel lacking the field, non-finite entries.
     """
-    if isinstance(k, (str, os.PathLike)) or hasattr(k, "_widenets_source"):
+    if (isinstance(k, (str, os.PathLike)) and os.path.isdir(k)) \
+            or hasattr(k, "_widenets_source"):
         # A tile store: the store format lives in wn.tiles (imported only here, when used).
         from ..tiles import load_kernel
 
@@ -95,7 +96,8 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
         k = mat
         arg = f"{arg}.{which}"
     k = _to_tensor(k, func=func, arg=arg,
-                   what="a wn.Kernel, a torch tensor or a numpy array (a kernel matrix)")
+                   what="a wn.Kernel, a torch tensor or a numpy array (a kernel matrix), or "
+                        "the directory of a wn.tiles store")
     if k.ndim != 2:
         raise ValueError(f"{func}: {arg} must be a kernel matrix of shape (n1, n2), got shape "
                          f"{tuple(k.shape)}" + ("; kernels with spatial axes are not supported, "
