@@ -135,3 +135,13 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     bar = base.progress(items, desc="x")
     assert type(bar).__name__ == "tqdm" or "tqdm" in type(bar).__module__
     assert list(bar) == items
+
+
+def test_kernel_subcommand_is_wired_to_tiles(capsys):
+    """`widenets kernel` is the tiles CLI when widenets.tiles is importable."""
+    if cli._kernel_cli() is None:
+        pytest.skip("widenets.tiles.cli is not in this build")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["kernel", "--help"])
+    assert exc.value.code == 0
+    assert "--net" in capsys.readouterr().out
