@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "kernel":
         return int(_kernel_cli()[1](args) or 0)
     if args.command == "demo":
-        return _run(args, ["demo"], "out/demo", "widenets demo: digits", argv)
+        return _run(args, ["demo"], "out/demo", "widenets demo", argv)
     # reproduce
     from . import experiments
 
