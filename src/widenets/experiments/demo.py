@@ -197,7 +197,8 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
     images = []
 
     panels = ["accuracy", "loss"] if d["classify"] else ["loss"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4), squeeze=False,
+                             layout="constrained")
     for ax, what in zip(axes[0], panels, strict=True):
         ax.plot(steps, d["curves"]["ntk_gp"][what], "k-", lw=2.2, label="NTK-GP (eq. 14)")
         ax.plot(steps, d["curves"]["nngp_readout"][what], "--", color="tab:red", lw=1.6,
@@ -207,18 +208,22 @@ def plot_all(result: Result, out: Path) -> list[tuple[Path, str]]:
         ax.axhline(d["ntk_inf"][what], color="k", ls=":", lw=1.3, label="NTK-GP, t = ∞")
         for c, (w, cur) in zip(colors, d["finite"].items(), strict=True):
             ax.plot(steps, cur[what], "o-", ms=3, lw=1, color=c, label=f"trained net, width {w}")
+        if what == "accuracy" and len(steps) > 2:   # zoom on training; step 0 is chance
+            later = [v for cur in (d["curves"]["ntk_gp"], *d["finite"].values())
+                     for v in cur["accuracy"][1:]]
+            ax.set_ylim(max(0.0, min(later) - 0.03), 1.0)
         ax.set_xscale("log")
         ax.set_xlabel("gradient-descent step")
         ax.set_ylabel(f"test {what}" + (" (½ MSE)" if what == "loss" else ""))
         if what == "loss":
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"test {what} over training")
     axes[0][0].legend(loc="best")
     path = save(fig, out / "demo_training.png")
     images.append((path, "Test accuracy and loss over training: the NTK-GP prediction (black), "
                          "readout-only training / NNGP (red), and finite nets of several widths "
-                         "trained in torch (colors)."))
+                         "trained in torch (colors). The accuracy axis starts above the chance "
+                         "level of step 0."))
 
     fig, ax = plt.subplots(figsize=(5.2, 4))
     for key, label, c in (("eig_ntk", "NTK Θ", "k"), ("eig_nngp", "NNGP K", "tab:red")):
