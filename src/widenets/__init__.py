@@ -6,7 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import empirical, finite_width, predict, tiles
+from . import data, empirical, finite_width, predict, tiles
 from .empirical import (
     LayerStructure,
     TaylorModel,
@@ -50,7 +50,7 @@ __all__ = [
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
     "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
-    "finite_width",
+    "finite_width", "data",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
 ]
