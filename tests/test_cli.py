@@ -145,3 +145,22 @@ def test_kernel_subcommand_is_wired_to_tiles(capsys):
         cli.main(["kernel", "--help"])
     assert exc.value.code == 0
     assert "--net" in capsys.readouterr().out
+
+
+def test_reproduce_writes_typed_config_seed_and_report(tmp_path):
+    """A real figure through the command line: --set and --seed reach the config, result.json
+    has config/versions/seed/metrics/timings, index.html shows the PNG and the key numbers."""
+    out = tmp_path / "kr"
+    argv = ["reproduce", "kernel-regression", "--quick", "--seed", "4", "--out", str(out),
+            "--set", "depths=1,3", "--set", "n_train=150", "--set", "n_test=100"]
+    assert cli.main(argv) == 0
+    res = json.loads((out / "result.json").read_text())
+    fig = res["figures"]["kernel-regression"]
+    assert fig["config"]["depths"] == [1, 3] and fig["config"]["seed"] == 4
+    assert res["seed"] == 4 and res["status"] == "complete"
+    assert {"torch", "numpy", "widenets", "python"} <= set(res["versions"])
+    assert fig["timings"]["total_s"] > 0
+    assert set(fig["metrics"]["ntk_test_accuracy_by_depth"]) == {"1", "3"}
+    html = (out / "index.html").read_text()
+    assert "src='kernel-regression.png'" in html and "ntk_best_test_accuracy" in html
+    assert (out / "kernel-regression.png").stat().st_size > 10_000
