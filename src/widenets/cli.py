@@ -98,6 +98,7 @@ def _list_figures() -> int:
 
 def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
     from .experiments.base import ConfigError, split_sets
+    from .experiments.report import OutputError
     from .experiments.runner import prepare, run_all
 
     try:
@@ -119,10 +120,8 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
         run_all(jobs, out, title=title, command=command, seed=args.seed)
     except ConfigError as e:
         return _fail(str(e))
-    except OSError as e:
-        if "--out" in str(e):
-            return _fail(str(e))
-        raise
+    except OutputError as e:
+        return _fail(str(e))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from .base import Result, to_jsonable
 
-__all__ = ["Report", "versions", "check_writable"]
+__all__ = ["Report", "OutputError", "versions", "check_writable"]
+
+
+class OutputError(OSError):
+    """The output folder cannot be created or written."""
 
 
 def versions() -> dict[str, str]:
@@ -45,7 +49,7 @@ def check_writable(out: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise OSError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
 
 
 def _atomic_write(path: Path, text: str) -> None:
