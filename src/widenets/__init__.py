@@ -6,6 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
+from . import data, empirical, finite_width, predict, tiles
 from .empirical import (
     LayerStructure,
     TaylorModel,
@@ -20,28 +21,45 @@ from .kernel import Kernel
 from .layers import (
     ABRelu,
     Abs,
+    AvgPool,
+    Conv,
     Dense,
     Elementwise,
     Erf,
     FanInConcat,
     FanInSum,
     FanOut,
+    Flatten,
     Gelu,
+    GlobalAvgPool,
     Identity,
     Layer,
+    LayerNorm,
     LeakyRelu,
     Relu,
     Sin,
     parallel,
     serial,
 )
+from .lift import Lifted, lift
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "monte_carlo_kernel", "__version__",
+    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
+    "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
+    "finite_width", "data",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
 ]
+
+
+def __getattr__(name):
+    # `wn.sklearn` imports scikit-learn only when first used.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

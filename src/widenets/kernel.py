@@ -1,4 +1,4 @@
-"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, with the bookkeeping layers need.
+"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, and the bookkeeping layers need.
 
 A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.replace`.
 Conventions (Lee et al. 2019, seed 002, §2.1):
@@ -10,8 +10,19 @@ Conventions (Lee et al. 2019, seed 002, §2.1):
 * `cov1[i]` = E[h(x1_i)^2] and `cov2[j]` = E[h(x2_j)^2] are the per-input variances the
   activation formulas need (T(K) depends on K(x, x), K(x', x') and K(x, x')).
 
-Spatial layouts (convolutions) append position axes to these tensors; `broadcast_variances`
-is the one place that knows how to line up the variances with the cross-covariance.
+Spatial layouts (convolutions, MATH.md §2) append position axes to these tensors, for inputs
+with s spatial axes S = (S_1, ..., S_s) (images: S = (H, W)):
+
+* diagonal layout (`diagonal_spatial=True`): nngp/ntk are (n1, n2, *S), the pairs (p, p) of
+  equal positions only, and cov1 is (n1, *S), the variance at each position. Enough for
+  networks read out by `Flatten` (cost linear in pixels).
+* full layout (`diagonal_spatial=False` with spatial axes): nngp/ntk are (n1, n2, *S, *S), all
+  position pairs (p, p'), first the positions of x1, then those of x2; cov1 is (n1, *S, *S),
+  each input's kernel with itself (pooling mixes positions, so later variances need the
+  off-diagonal self pairs). Needed by pooling (cost quadratic in pixels).
+
+`broadcast_variances`, `map_variances` and `set_batch_diagonal` are the one place that knows
+how to line up the variances with the cross-covariance, so activations work on every layout.
 """
 
 from __future__ import annotations
@@ -29,10 +40,12 @@ class Kernel:
     """Infinite-width kernels of one layer's outputs for inputs x1 (n1 of them) and x2 (n2).
 
     Attributes:
-        nngp: (n1, n2) second moments E[h(x1) h(x2)] (the NNGP kernel K).
-        ntk: (n1, n2) neural tangent kernel Θ, or None when only the NNGP was asked for.
-        cov1: (n1,) variances K(x1_i, x1_i).
-        cov2: (n2,) variances K(x2_j, x2_j); None when `x1_is_x2` (then `cov1` serves both).
+        nngp: (n1, n2) second moments E[h(x1) h(x2)] (the NNGP kernel K); (n1, n2, *S) or
+            (n1, n2, *S, *S) in the spatial layouts.
+        ntk: neural tangent kernel Θ shaped like nngp, or None when only the NNGP was asked for.
+        cov1: (n1,) variances K(x1_i, x1_i); (n1, *S) per position in the diagonal layout;
+            (n1, *S, *S) self-pair kernels K(x1_i, x1_i)(p, p') in the full layout.
+        cov2: the same for x2; None when `x1_is_x2` (then `cov1` serves both).
         x1_is_x2: True when the kernel was asked for a single input set, x2 = x1; then nngp and
             ntk are symmetric and their diagonals equal cov1 (kept exact, not recomputed).
         is_gaussian: True when the outputs are zero-mean Gaussian processes at infinite width
@@ -43,6 +56,10 @@ class Kernel:
             next weight layer. Standard parameterization and FanInConcat need it.
         sources: identifiers of the fresh weight layers whose randomness makes these outputs
             Gaussian; FanInSum uses them to refuse sums of correlated branches.
+        row_offset: for a block of rows r0:r0+n1 of a symmetric kernel (see `row_block`), r0:
+            its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
+        diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
+            irrelevant (False) for flat features.
     """
 
     nngp: torch.Tensor
@@ -54,6 +71,8 @@ class Kernel:
     is_input: bool
     channels: int
     sources: frozenset = field(default_factory=frozenset, repr=False, compare=False)
+    diagonal_spatial: bool = False
+    row_offset: int = 0
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -68,10 +87,68 @@ class Kernel:
     def dtype(self) -> torch.dtype:
         return self.nngp.dtype
 
-    def broadcast_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """K(x1, x1) and K(x2, x2), shaped to broadcast against `nngp`: (n1, 1) and (1, n2)."""
+    @property
+    def spatial_ndim(self) -> int:
+        """s, the number of spatial axes (0 for flat features)."""
+        extra = self.cov1.ndim - 1
+        return extra if self.diagonal_spatial else extra // 2
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """S, the positions of one input ((), for flat features)."""
+        return tuple(self.cov1.shape[1:1 + self.spatial_ndim])
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.cov1.ndim > 1
+
+    @property
+    def is_full_spatial(self) -> bool:
+        """True for the full layout (all position pairs)."""
+        return self.is_spatial and not self.diagonal_spatial
+
+    def position_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K(x1, x1)(p, p) and K(x2, x2)(p, p): (n1, *S) and (n2, *S) (views in the full
+        layout; cov1 and cov2 themselves otherwise)."""
         cov2 = self.cov1 if self.cov2 is None else self.cov2
-        return self.cov1[:, None], cov2[None, :]
+        if not self.is_full_spatial:
+            return self.cov1, cov2
+        return _pair_diagonal(self.cov1, 1), _pair_diagonal(cov2, 1)
+
+    def broadcast_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K(x1, x1) and K(x2, x2) at each position, shaped to broadcast against `nngp`.
+
+        Flat: (n1, 1) and (1, n2). Diagonal layout: (n1, 1, *S) and (1, n2, *S). Full layout:
+        (n1, 1, *S, 1, ..., 1) and (1, n2, 1, ..., 1, *S).
+        """
+        if not self.is_full_spatial:
+            cov2 = self.cov1 if self.cov2 is None else self.cov2
+            return self.cov1[:, None], cov2[None, :]
+        v1, v2 = self.position_variances()
+        one = (1,) * self.spatial_ndim
+        return (v1.reshape(v1.shape[0], 1, *v1.shape[1:], *one),
+                v2.reshape(1, v2.shape[0], *one, *v2.shape[1:]))
+
+    def map_variances(self, f_diag, f) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Apply a pointwise kernel map to (cov1, cov2): the activation bookkeeping of the
+        per-input second moments.
+
+        Flat and diagonal layouts: `f_diag(cov)` (cov holds variances only). Full layout:
+        cov is the self-pair kernel K(x, x)(p, p') and maps to f(v(p), v(p'), cov(p, p')),
+        with the exact `f_diag(v(p))` written on p = p'.
+        """
+        if not self.is_full_spatial:
+            return f_diag(self.cov1), (None if self.cov2 is None else f_diag(self.cov2))
+        s = self.spatial_ndim
+        one = (1,) * s
+
+        def full(cov):
+            v = _pair_diagonal(cov, 1)
+            out = f(v.reshape(*v.shape, *one), v.reshape(v.shape[0], *one, *v.shape[1:]), cov)
+            _pair_diagonal(out, 1).copy_(f_diag(v))
+            return out
+
+        return full(self.cov1), (None if self.cov2 is None else full(self.cov2))
 
     def replace(self, **changes) -> Kernel:
         """A copy with some fields changed (`dataclasses.replace`)."""
@@ -82,18 +159,54 @@ class Kernel:
 
         Used when x1_is_x2: the off-diagonal formulas evaluate arccos/sqrt at
         c = K12 / sqrt(K11 K22), which at c = 1 loses half the digits, while the diagonal is
-        known exactly from the variances.
+        known exactly from the variances. Spatial layouts: t[i, i] is the self-pair kernel of
+        input i, which is what cov1 holds in both layouts ((n, *S) or (n, *S, *S)).
         """
-        t.diagonal(dim1=0, dim2=1).movedim(-1, 0).copy_(values)
+        t.narrow(1, self.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0) \
+            .copy_(values)
         return t
 
     def symmetrize(self, t: torch.Tensor) -> torch.Tensor:
         """(t + tᵀ)/2 over the two batch axes: exact symmetry for x1_is_x2 kernels whose
         formula is not evaluated symmetrically (quadrature, float rounding of x xᵀ)."""
-        return 0.5 * (t + t.transpose(0, 1))
+        if t.shape[0] != t.shape[1]:
+            raise RuntimeError("Kernel.symmetrize needs the whole symmetric kernel, got a row "
+                               "block; layers with symmetric_formula=False disable row blocks")
+        return 0.5 * (t + self.swap_inputs(t))
+
+    def swap_inputs(self, t: torch.Tensor) -> torch.Tensor:
+        """K(x2, x1) from K(x1, x2): swap the batch axes (and the position halves if full)."""
+        t = t.transpose(0, 1)
+        if self.is_full_spatial:
+            s = self.spatial_ndim
+            t = t.permute(0, 1, *range(2 + s, 2 + 2 * s), *range(2, 2 + s))
+        return t
+
+    def row_block(self, start: int, stop: int) -> Kernel:
+        """The kernel of rows start:stop of x1 against all of x2.
+
+        Every layer map acts on each pair (x1_i, x2_j) separately given the variances, so a
+        network's kernel can be computed block by block (bounded memory, cache-sized work).
+        For a symmetric kernel the block keeps x1_is_x2 with `row_offset` marking its
+        diagonal, and carries the full variances in cov2.
+        """
+        cov2 = self.cov1 if self.cov2 is None else self.cov2
+        return self.replace(nngp=self.nngp[start:stop],
+                            ntk=None if self.ntk is None else self.ntk[start:stop],
+                            cov1=self.cov1[start:stop], cov2=cov2,
+                            row_offset=self.row_offset + start if self.x1_is_x2 else 0)
 
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         return self.replace(nngp=cast(self.nngp), ntk=cast(self.ntk), cov1=cast(self.cov1),
                             cov2=cast(self.cov2))
+
+
+def _pair_diagonal(t: torch.Tensor, n_batch: int) -> torch.Tensor:
+    """The p = p' entries of a full-layout tensor (*batch, *S, *S) -> (*batch, *S), a view."""
+    r = (t.ndim - n_batch) // 2
+    for _ in range(r):                      # each step appends the diagonal of one axis pair
+        t = t.diagonal(dim1=n_batch, dim2=n_batch + r)
+        r -= 1
+    return t

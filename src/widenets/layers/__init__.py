@@ -14,10 +14,13 @@ from .activations import (
 )
 from .base import Layer
 from .combinators import FanInConcat, FanInSum, FanOut, Parallel, Serial, parallel, serial
+from .conv import Conv
 from .dense import Dense
+from .normalization import LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool
 
 __all__ = [
     "Layer", "Dense", "Activation", "ABRelu", "Abs", "Elementwise", "Erf", "Gelu", "Identity",
     "LeakyRelu", "Relu", "Sin", "serial", "parallel", "Serial", "Parallel", "FanOut",
-    "FanInSum", "FanInConcat",
+    "FanInSum", "FanInConcat", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm",
 ]

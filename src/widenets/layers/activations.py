@@ -89,16 +89,15 @@ class Activation(Layer):
                              f"Dense or Conv before it")
         k11, k22 = k.broadcast_variances()
         nngp, tdot = self.t_and_tdot(k11, k22, k.nngp, k.ntk is not None)
-        cov1 = self.t_diag(k.cov1)
-        cov2 = None if k.cov2 is None else self.t_diag(k.cov2)
+        cov1, cov2 = k.map_variances(self.t_diag, self.t)
         if k.x1_is_x2:  # exact symmetry and diagonal (c = 1), see Kernel.set_batch_diagonal
             if not self.symmetric_formula:
                 nngp = k.symmetrize(nngp)
                 tdot = None if tdot is None else k.symmetrize(tdot)
             k.set_batch_diagonal(nngp, cov1)
             if tdot is not None:
-                k.set_batch_diagonal(tdot, self.tdot_diag(k.cov1))
-        ntk = None if k.ntk is None else tdot * k.ntk
+                k.set_batch_diagonal(tdot, k.map_variances(self.tdot_diag, self.tdot)[0])
+        ntk = None if k.ntk is None else tdot.mul_(k.ntk)      # Θ' = Tdot(K) Θ
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                          is_gaussian=k.is_gaussian and not self.needs_gaussian
                          and self._keeps_gaussian(),
@@ -144,15 +143,23 @@ class ABRelu(Activation):
         a, b = self.a, self.b
         if a == b:
             return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
-        c, prod = _cos_angle(k11, k22, k12)
+        # Memory-bound: each line below is one pass over the (block of the) kernel, in place
+        # on fresh temporaries. With 2π Tdot = (a²+b²)(π - θ) + 2abθ the NNGP is
+        # T = √(K11 K22) (c · Tdot + (a - b)² sin θ / (2π)). The variance factors are
+        # outer products of small tensors, evaluated symmetrically in (x1, x2).
+        s2, ab2 = a * a + b * b, 2 * a * b
+        c = torch.mul(torch.rsqrt(torch.clamp(k11, min=_TINY)),
+                      torch.rsqrt(torch.clamp(k22, min=_TINY)))
+        c = c.mul_(k12) if c.shape == k12.shape else c * k12
+        c.clamp_(-1.0, 1.0)                                 # cos θ, guarded for arccos
         theta = torch.arccos(c)
-        sin = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
-        s2 = a * a + b * b
-        t = prod * (s2 * (sin + (math.pi - theta) * c) - 2 * a * b * (sin - theta * c)) \
-            / (2 * math.pi)
-        tdot = None
-        if want_tdot:
-            tdot = (s2 * (math.pi - theta) + 2 * a * b * theta) / (2 * math.pi)
+        sin = torch.sin(theta)
+        tdot = theta.mul_((ab2 - s2) / (2 * math.pi)).add_(s2 / 2)   # Tdot, in place of θ
+        t = c.mul_(tdot).add_(sin, alpha=(s2 - ab2) / (2 * math.pi))
+        t.mul_(torch.mul(torch.sqrt(torch.clamp(k11, min=0.0)),
+                         torch.sqrt(torch.clamp(k22, min=0.0))))
+        if not want_tdot:
+            tdot = None
         return t, tdot
 
     def t(self, k11, k22, k12):

@@ -22,9 +22,12 @@ from torch import nn
 from ..kernel import Kernel
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
-           "PARAMETERIZATIONS"]
+           "PARAMETERIZATIONS", "LAYOUTS", "DIAGONAL", "FULL"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
+LAYOUTS = ("auto", "diagonal", "full")
+#: spatial layout needs (see `Layer.layout_need`), ordered: FULL serves DIAGONAL too
+DIAGONAL, FULL = 1, 2
 _GET = ("nngp", "ntk")
 
 
@@ -83,16 +86,19 @@ def check_parameterization(value, *, func: str) -> str:
     return value
 
 
-def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool) -> Kernel:
+def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
+                 layout: str | None = None) -> Kernel:
     """The kernel of the raw inputs: second moments averaged over features (channels).
 
     For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
     K¹ = σw² ⟨x, x'⟩ / n0 + σb² (MATH.md §2). The input NTK is zero (no parameters yet).
+
+    For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
+    C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout
+    asked for: "diagonal" (n1, n2, *S), or "full" (n1, n2, *S, *S) (see `widenets.kernel`).
     """
     if x1.ndim != 2:
-        raise ValueError(f"kernel: inputs of shape (n, features) are supported by the "
-                         f"fully connected layers, got {tuple(x1.shape)}; use Flatten() or "
-                         f"reshape to (n, -1) first")
+        return _spatial_input_kernel(x1, x2, want_ntk=want_ntk, layout=layout)
     d = x1.shape[1]
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
@@ -105,6 +111,61 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool) -
     k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
                cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=d,
                sources=frozenset())
+    if x2 is None:
+        k.set_batch_diagonal(nngp, cov1)
+    return k
+
+
+#: inputs with at most this many channels get their kernel by elementwise passes (exact
+#: agreement of the layouts); wider inputs by matrix products
+_LOOP_CHANNELS = 32
+
+
+def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kernel:
+    if x1.ndim > 5 or layout not in ("diagonal", "full"):
+        raise ValueError(f"kernel: inputs must be (n, features) or channels-first (n, C, L), "
+                         f"(n, C, H, W), (n, C, D, H, W), got shape {tuple(x1.shape)}")
+    n1, c = x1.shape[:2]
+    spatial = tuple(x1.shape[2:])
+    p = math.prod(spatial)
+    a = x1.reshape(n1, c, p)
+    b = a if x2 is None else x2.reshape(x2.shape[0], c, p)
+    n2 = b.shape[0]
+    full = layout == "full"
+    if c <= _LOOP_CHANNELS:
+        # Σ_c as c elementwise passes, in the same order in both layouts, so that the diagonal
+        # layout is exactly the diagonal of the full one
+        def pairs(u, v, batch):
+            shape_u = (u.shape[0], 1, p, 1) if (batch and full) else \
+                (u.shape[0], 1, p) if batch else (u.shape[0], p, 1) if full else (u.shape[0], p)
+            shape_v = (1, v.shape[0], 1, p) if (batch and full) else \
+                (1, v.shape[0], p) if batch else (v.shape[0], 1, p) if full else (v.shape[0], p)
+            acc = None
+            for ch in range(c):
+                term = u[:, ch].reshape(shape_u) * v[:, ch].reshape(shape_v)
+                acc = term if acc is None else acc.add_(term)
+            return acc / c
+    else:
+        def pairs(u, v, batch):
+            if full and not batch:      # self pairs (n, P, P)
+                return torch.bmm(u.transpose(1, 2), v) / c
+            if full:        # K(p, p') = Σ_c x_c(p) x'_c(p') / C: (n1 P, C) @ (C, n2 P)
+                ut = u.transpose(1, 2).reshape(-1, c)
+                vt = v.transpose(1, 2).reshape(-1, c)
+                out = (ut @ vt.T / c).reshape(u.shape[0], p, v.shape[0], p)
+                return out.transpose(1, 2).contiguous()
+            if batch:       # K(p, p) batched over positions: (P, n1, C) @ (P, C, n2)
+                return (torch.bmm(u.permute(2, 0, 1), v.permute(2, 1, 0)) / c).permute(
+                    1, 2, 0).contiguous()
+            return (u * v).sum(1) / c
+    tail = (*spatial, *spatial) if full else spatial
+    nngp = pairs(a, b, True).reshape(n1, n2, *tail)
+    var = lambda x: pairs(x, x, False).reshape(x.shape[0], *tail)  # noqa: E731
+    cov1 = var(a)
+    cov2 = None if x2 is None else var(b)
+    k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
+               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=c,
+               sources=frozenset(), diagonal_spatial=layout == "diagonal")
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
     return k
@@ -131,21 +192,35 @@ class Layer:
         """Return (module, out_shape) of the finite network; shapes exclude the batch axis."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def layout_need(self, need):
+        """The spatial layout this layer needs from its input, given what its output must
+        provide (`DIAGONAL` or `FULL`; lists for branches). Pointwise-in-position layers pass
+        `need` through; pooling asks for FULL, Flatten for DIAGONAL."""
+        return need
+
     # ------------------------------------------------------------------ public
     @property
     def name(self) -> str:
         return type(self).__name__
 
     def kernel(self, x1, x2=None, *, get: str | Sequence[str] | None = None,
-               dtype: torch.dtype = torch.float64):
+               dtype: torch.dtype = torch.float64, layout: str = "auto",
+               batch_size: int | None = None):
         """Exact infinite-width NNGP and NTK of this network.
 
         Args:
-            x1: (n1, d) inputs.
-            x2: (n2, d) inputs, or None for x2 = x1 (symmetric kernel, exact diagonal).
+            x1: (n1, d) inputs, or channels-first (n1, C, L), (n1, C, H, W), (n1, C, D, H, W).
+            x2: inputs shaped like x1, or None for x2 = x1 (symmetric kernel, exact diagonal).
             get: None for the whole `Kernel`; "nngp" or "ntk" for that (n1, n2) tensor only
                 ("nngp" skips all NTK work); a tuple of both for a tuple of tensors.
             dtype: precision of the computation (float64 by default).
+            layout: spatial inputs only. "auto" keeps only the position pairs the network needs:
+                the diagonal (n1, n2, *S) where it is read out by Flatten (cost linear in
+                pixels), all pairs (n1, n2, *S, *S) where pooling needs them (quadratic); a
+                spatial output comes in the full layout. "diagonal" returns a spatial output in
+                the diagonal layout; "full" keeps all pairs everywhere.
+            batch_size: full layout only: compute blocks of batch_size x batch_size input
+                pairs at a time (None: chosen from the free memory).
 
         Returns:
             A `Kernel`, a tensor or a tuple of tensors, as `get` asks (lists of these when the
@@ -154,6 +229,12 @@ class Layer:
         fname = f"{self.name}.kernel"
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"{fname}: dtype must be a torch floating dtype, got {dtype!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"{fname}: layout must be one of {LAYOUTS}, got {layout!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, int) or batch_size < 1):
+            raise ValueError(f"{fname}: batch_size must be a positive int or None, got "
+                             f"{batch_size!r}")
         gets = _parse_get(get, fname)
         x1 = as_input_tensor(x1, func=fname, arg="x1", dtype=dtype)
         if x2 is not None:
@@ -164,7 +245,13 @@ class Layer:
             if x2.device != x1.device:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
-        k = self.apply_kernel(input_kernel(x1, x2, want_ntk="ntk" in gets))
+        if x1.ndim == 2:
+            k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets))
+        else:
+            from ._blocks import spatial_kernel
+
+            k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
+                               batch_size=batch_size, fname=fname)
         for kk in k if isinstance(k, list) else [k]:
             _check_finite(kk, fname)
         if get is None:
@@ -192,6 +279,54 @@ class Layer:
             generator = torch.Generator().manual_seed(int(seed))
         mod, _ = self.build(tuple(in_shape), generator, dtype)
         return mod
+
+    #: entries (x1_i, x2_j pairs) per row block in `kernel`: 2^16 keeps a block's float32
+    #: temporaries in cache (see benchmarks/analytic_fc.py); every layer map acts pair by pair
+    block_entries: int = 1 << 16
+
+    def sublayers(self) -> tuple[Layer, ...]:
+        """The layers this one is made of (combinators override)."""
+        return ()
+
+    def walk(self):
+        """This layer and all its sublayers, depth first."""
+        yield self
+        for lay in self.sublayers():
+            yield from lay.walk()
+
+    def _apply_in_row_blocks(self, k0: Kernel):
+        """apply_kernel over row blocks of x1, assembled into one result.
+
+        Layer maps act on each pair (x1_i, x2_j) given the variances, so blocks are exact and
+        the result is bitwise the same as one pass; blocks keep the temporaries cache-sized.
+        Networks that symmetrize whole kernels (quadrature activations) on x1 = x2 run in one
+        pass.
+        """
+        n1 = k0.n1
+        per_row = max(1, k0.nngp[0].numel())
+        rows = max(1, self.block_entries // per_row)
+        whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
+                                    for lay in self.walk())
+        if rows >= n1 or whole:
+            return self.apply_kernel(k0)
+        outs, first = None, None
+        for r0 in range(0, n1, rows):
+            r1 = min(n1, r0 + rows)
+            kb = self.apply_kernel(k0.row_block(r0, r1))
+            blocks = kb if isinstance(kb, list) else [kb]
+            if outs is None:
+                first = blocks
+                outs = [{f: None if getattr(b, f) is None else
+                         getattr(b, f).new_empty((n1, *getattr(b, f).shape[1:]))
+                         for f in ("nngp", "ntk", "cov1")} for b in blocks]
+            for out, b in zip(outs, blocks):
+                for f, t in out.items():
+                    if t is not None:
+                        t[r0:r1] = getattr(b, f)
+        done = [b.replace(nngp=o["nngp"], ntk=o["ntk"], cov1=o["cov1"],
+                          cov2=None if k0.x1_is_x2 else b.cov2, row_offset=0)
+                for b, o in zip(first, outs)]
+        return done if isinstance(kb, list) else done[0]
 
     def __rshift__(self, other: Layer) -> Layer:
         from .combinators import serial

@@ -82,10 +82,18 @@ class Serial(Layer):
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "serial")
 
+    def sublayers(self):
+        return self.layers
+
     def apply_kernel(self, k):
         for lay in self.layers:
             k = lay.apply_kernel(k)
         return k
+
+    def layout_need(self, need):
+        for lay in reversed(self.layers):
+            need = lay.layout_need(need)
+        return need
 
     def build(self, in_shape, generator, dtype):
         mods = []
@@ -109,6 +117,9 @@ class Parallel(Layer):
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "parallel")
 
+    def sublayers(self):
+        return self.layers
+
     def _check_branches(self, xs, what: str, func: str):
         if not isinstance(xs, list) or len(xs) != len(self.layers):
             got = f"{len(xs)} branches" if isinstance(xs, list) else "a single input"
@@ -118,6 +129,10 @@ class Parallel(Layer):
     def apply_kernel(self, ks):
         self._check_branches(ks, "", "kernel")
         return [lay.apply_kernel(k) for lay, k in zip(self.layers, ks)]
+
+    def layout_need(self, need):
+        needs = need if isinstance(need, list) else [need] * len(self.layers)
+        return [lay.layout_need(n) for lay, n in zip(self.layers, needs)]
 
     def build(self, in_shapes, generator, dtype):
         self._check_branches(in_shapes, f"{in_shapes!r}", "module")
@@ -145,6 +160,9 @@ class FanOut(Layer):
         if isinstance(k, list):
             raise ValueError(f"FanOut.kernel: expected one input, got {len(k)} branches")
         return [k] * self.n
+
+    def layout_need(self, need):
+        return max(need) if isinstance(need, list) else need
 
     def build(self, in_shape, generator, dtype):
         return FanOutModule(self.n), [in_shape] * self.n

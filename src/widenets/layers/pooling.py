@@ -1,0 +1,198 @@
+"""Average pooling, global average pooling and flattening of channels-first inputs.
+
+Kernels (Novak et al. 2019; Arora et al. 2019; MATH.md §2), with window W (|W| offsets):
+
+    AvgPool:        K'(o, o') = 1/|W|² Σ_{d, d' in W} K(s·o + d, s·o' + d')      (all pairs)
+    GlobalAvgPool:  K' = 1/|S|² Σ_{p, p'} K(p, p')                                 (all pairs)
+    Flatten:        K' = 1/|S| Σ_p K(p, p)                                        (diagonal)
+
+and the same linear maps for the NTK (no parameters). Zero padding counts the padded zeros in
+the average (torch's count_include_pad=True). Pooling needs the full layout; Flatten only the
+diagonal, so a network read out by Flatten never builds the position pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernel import Kernel, _pair_diagonal
+from . import _spatial as sp
+from .base import DIAGONAL, FULL, Layer
+from .conv import pad_input, spatial_padding
+
+__all__ = ["AvgPool", "GlobalAvgPool", "Flatten", "AvgPoolModule", "GlobalAvgPoolModule",
+           "FlattenModule"]
+
+_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _single(k, func: str) -> Kernel:
+    if isinstance(k, list):
+        raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them with "
+                         f"FanInSum() or FanInConcat() first")
+    return k
+
+
+def _need_spatial(k: Kernel, func: str, full: bool) -> None:
+    if not k.is_spatial:
+        raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, H, W) "
+                         f"or (n, C, L); got flat features")
+    if full and not k.is_full_spatial:
+        raise ValueError(f"{func}: pooling needs all position pairs but got the diagonal "
+                         f"layout; call net.kernel(..., layout='auto') or layout='full'")
+
+
+class AvgPoolModule(nn.Module):
+    """Average over windows (after explicit padding, zeros counted)."""
+
+    def __init__(self, window, stride, pads, circular: bool):
+        super().__init__()
+        self.window, self.stride, self.pads, self.circular = window, stride, pads, circular
+
+    def forward(self, x):
+        x = pad_input(x, self.pads, self.circular)
+        return _POOL[len(self.window)](x, self.window, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, stride={self.stride}, pads={self.pads}"
+
+
+class AvgPool(Layer):
+    """Average pooling over 1 to 3 spatial axes.
+
+    Args:
+        window: pooling window, an int or a tuple (one per spatial axis).
+        stride: an int or tuple; None (default) for the window.
+        padding: "VALID" (default, as torch), "SAME" (zeros, counted in the average),
+            "CIRCULAR", or an int / tuple of ints (zeros on both sides, as torch's padding=p
+            with count_include_pad=True).
+    """
+
+    def __init__(self, window, *, stride=None, padding="VALID"):
+        self.window = window
+        self.stride = stride
+        self.padding = padding
+        self._window = sp.check_spatial_arg(window, func="AvgPool", arg="window")
+        self._stride = self._window if stride is None else sp.check_spatial_arg(
+            stride, func="AvgPool", arg="stride")
+        self._padding = sp.check_padding(padding, func="AvgPool")
+
+    def layout_need(self, need):
+        return FULL
+
+    def _geometry(self, spatial, func):
+        s = len(spatial)
+        for arg, v in (("window", self._window), ("stride", self._stride)) + (
+                () if isinstance(self._padding, str) else (("padding", self._padding),)):
+            if len(v) not in (1, s):
+                raise ValueError(f"{func}: {arg} has {len(v)} entries but the input has {s} "
+                                 f"spatial axes {tuple(spatial)}")
+        window, stride = sp.expand(self._window, s), sp.expand(self._stride, s)
+        return window, stride, spatial_padding(spatial, window, stride, self._padding, func)
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "AvgPool.kernel"
+        k = _single(k, func)
+        _need_spatial(k, func, full=True)
+        s = k.spatial_ndim
+        window, stride, pads = self._geometry(k.spatial_shape, func)
+        circular = self._padding == "CIRCULAR"
+        scale = 1.0 / math.prod(window) ** 2
+
+        def pool(t, n_batch):                   # 1/|W|² Σ_{d, d'}, every spatial axis
+            if t is None:
+                return None
+            for i in range(s):
+                left, right, out = pads[i]
+                t = sp.window_sum(t, sp.pair_axes(s, True, i, n_batch), window=window[i],
+                                  stride=stride[i], left=left, right=right, out_size=out,
+                                  circular=circular, joint=False)
+            return t * scale
+
+        out = k.replace(nngp=pool(k.nngp, 2), ntk=pool(k.ntk, 2), cov1=pool(k.cov1, 1),
+                        cov2=pool(k.cov2, 1), is_input=False)
+        if k.x1_is_x2:
+            out.set_batch_diagonal(out.nngp, out.cov1)
+        return out
+
+    def build(self, in_shape, generator, dtype):
+        func = "AvgPool.module"
+        if isinstance(in_shape, list) or not 2 <= len(in_shape) <= 4:
+            raise ValueError(f"{func}: in_shape must be (C, *spatial) with 1 to 3 spatial axes, "
+                             f"got {in_shape!r}")
+        window, stride, pads = self._geometry(tuple(in_shape[1:]), func)
+        return (AvgPoolModule(window, stride, pads, self._padding == "CIRCULAR"),
+                (in_shape[0], *(p[2] for p in pads)))
+
+
+class GlobalAvgPoolModule(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+
+class GlobalAvgPool(Layer):
+    """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs."""
+
+    def layout_need(self, need):
+        return FULL
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "GlobalAvgPool.kernel"
+        k = _single(k, func)
+        _need_spatial(k, func, full=True)
+        mean = lambda t, nb: None if t is None else t.mean(  # noqa: E731
+            dim=tuple(range(nb, t.ndim)))
+        out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),
+                        cov2=mean(k.cov2, 1), is_input=False, diagonal_spatial=False)
+        if k.x1_is_x2:
+            out.set_batch_diagonal(out.nngp, out.cov1)
+        return out
+
+    def build(self, in_shape, generator, dtype):
+        if isinstance(in_shape, list) or len(in_shape) < 2:
+            raise ValueError(f"GlobalAvgPool.module: in_shape must be (C, *spatial), got "
+                             f"{in_shape!r}")
+        return GlobalAvgPoolModule(), (in_shape[0],)
+
+
+class FlattenModule(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class Flatten(Layer):
+    """(n, C, *S) -> (n, C·|S|), channels first as torch's x.flatten(1). Needs only the
+    diagonal of the position pairs: K' = mean_p K(p, p)."""
+
+    def layout_need(self, need):
+        return DIAGONAL
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "Flatten.kernel"
+        k = _single(k, func)
+        if not k.is_spatial:
+            return k
+        full = k.is_full_spatial
+
+        def mean(t, nb):
+            if t is None:
+                return None
+            if full:
+                t = _pair_diagonal(t, nb)
+            return t.contiguous().mean(dim=tuple(range(nb, t.ndim)))
+
+        out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),
+                        cov2=mean(k.cov2, 1), diagonal_spatial=False,
+                        channels=k.channels * math.prod(k.spatial_shape))
+        if k.x1_is_x2:
+            out.set_batch_diagonal(out.nngp, out.cov1)
+        return out
+
+    def build(self, in_shape, generator, dtype):
+        if isinstance(in_shape, list):
+            raise ValueError(f"Flatten.module: expected one input, got {len(in_shape)} branches")
+        return FlattenModule(), (math.prod(in_shape),)
+
