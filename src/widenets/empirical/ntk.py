@@ -56,7 +56,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             module, exactly its trainable parameter names) giving the point p0.
         implementation: "jacobian" (per-sample Jacobians, then contraction), "ntvp"
             (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram products for
-            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and widenets' DenseModule, cheap per-input
+            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, widenets' Dense/Conv modules, cheap per-input
             Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
             autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
             (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and

@@ -11,7 +11,7 @@ known ways (`LayerStructure.kind`):
                nn.LayerNorm, nn.GroupNorm, nn.BatchNorm in eval mode, nn.InstanceNorm)
 
 `s_w`, `s_b` are forward multipliers (1 for torch layers; σw/√n and σb for widenets' own
-`DenseModule` in the NTK parameterization). A module type joins with
+`DenseModule` and `ConvModule` in the NTK parameterization). A module type joins with
 
     register_structured_layer(MyConv, lambda m: LayerStructure("conv", ...))
 
