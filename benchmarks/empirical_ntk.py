@@ -188,9 +188,8 @@ def section_mlp(args, device):
                                                         mode="trace")
     res = measure_interleaved(fast, repeats=args.repeats, device=device)
     t_ref, _, k_ref = res["hand-written layer-wise contraction"]
-    for impl, kwargs in (("jacobian", {"batch_size": 64}), ("ntvp", {})):
-        name = impl + (" (batch_size=64: unblocked needs n O P floats = 6.9 GB)" if kwargs
-                       else "")
+    for impl, kwargs in (("jacobian", {}), ("ntvp", {})):
+        name = impl
         if args.quick:
             res[name] = None
             continue
@@ -244,6 +243,11 @@ def section_width(args, device):
     x = torch.randn(n, 784, device=device)
     table = {}
     too_slow = set()
+    print(f"\n### Width scaling: MLP 784-w-w-10, N={n}, mode='trace', float32, {device} "
+          f"(seconds; '-' = skipped after a run over {args.cap:.0f} s)\n")
+    cols = ("hand-written", "structured", "auto", "jacobian", "ntvp")
+    print("| width | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|", flush=True)
     for w in widths:
         model = mlp(w, device)
         fast = {"hand-written": lambda model=model: hand_written_mlp_ntk(model, x)}
@@ -261,14 +265,8 @@ def section_width(args, device):
             table[(w, impl)] = t
             if t > args.cap:
                 too_slow.add(impl)
-    print(f"\n### Width scaling: MLP 784-w-w-10, N={n}, mode='trace', float32, {device} "
-          f"(seconds; '-' = skipped after a run over {args.cap:.0f} s)\n")
-    cols = ("hand-written", "structured", "auto", "jacobian", "ntvp")
-    print("| width | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
-    for w in widths:
         cells = [f"{table[(w, c)]:.3f}" if (w, c) in table else "-" for c in cols]
-        print(f"| {w} | " + " | ".join(cells) + " |")
+        print(f"| {w} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
@@ -284,7 +282,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"medians of {args.repeats} runs")
+          f"medians of {args.repeats} runs", flush=True)
     sections = args.sections.split(",")
     if "mlp" in sections:
         section_mlp(args, args.device)

@@ -210,6 +210,15 @@ def _widenets_dense():
     return net.module((5,), seed=0, dtype=DT), None
 
 
+def _widenets_conv():
+    net = wn.serial(wn.Conv(4, (3, 2), stride=(2, 1), padding="SAME", w_std=1.3, b_std=0.2),
+                    wn.Relu(), wn.LayerNorm(affine=True),
+                    wn.Conv(3, 2, padding="CIRCULAR", w_std=1.1, b_std=None,
+                            parameterization="standard"),
+                    wn.Erf(), wn.Flatten(), wn.Dense(2, w_std=1.0, b_std=0.1))
+    return net.module((2, 5, 4), seed=0, dtype=DT), None
+
+
 def _tokens():
     return _init(Tokens(), 4), None
 
@@ -253,6 +262,9 @@ ZOO = {
                      "enc.norm2.weight", "enc.norm2.bias", "head.weight", "head.bias"}),
     "transformer_seq_first": (lambda: (_init(Transformer(False), 10), None), _x((5, 3, 4), 28),
                               _x((3, 3, 4), 29), {"head.weight", "head.bias"}),
+    "widenets_conv_layernorm": (_widenets_conv, _x((5, 2, 5, 4), 30), _x((3, 2, 5, 4), 31),
+                                {"0.weight", "0.bias", "2.weight", "2.bias", "3.weight",
+                                 "6.weight", "6.bias"}),
     "widenets_dense": (_widenets_dense, *X5,
                        {"0.weight", "0.bias", "3.branches.0.weight", "3.branches.1.weight",
                         "3.branches.1.bias", "6.weight", "6.bias"}),

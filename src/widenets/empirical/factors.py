@@ -86,7 +86,7 @@ def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
             total = d * (k - 1)               # as torch's _ConvNd: extra padding on the right
             out.append((total // 2, total - total // 2))
         return out
-    return [(p, p) for p in st.padding]
+    return [tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in st.padding]
 
 
 def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:

@@ -56,7 +56,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             module, exactly its trainable parameter names) giving the point p0.
         implementation: "jacobian" (per-sample Jacobians, then contraction), "ntvp"
             (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram products for
-            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and widenets' DenseModule, cheap per-input
+            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, widenets' Dense/Conv modules, cheap per-input
             Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
             autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
             (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and
@@ -64,8 +64,10 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
-        batch_size: None for one block; else compute in blocks of at most batch_size rows of
-            x1 and of x2 so memory stays bounded (results identical to rounding).
+        batch_size: compute in blocks of at most batch_size rows of x1 and of x2 so memory
+            stays bounded (results identical to rounding). None: one block, except that the
+            per-input Jacobians ("jacobian", and the autograd part of "structured") are blocked
+            to stay within `widenets.empirical.cost.DEFAULT_BUDGET_BYTES`.
 
     Returns:
         The kernel in the model's dtype and on its device, shaped as `mode` says.
@@ -96,6 +98,8 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
         implementation = choose_implementation(costs, budget)
+    if batch_size is None and implementation in ("jacobian", "structured"):
+        batch_size = _auto_block(implementation, plan, n1, n2, budget)
     try:
         out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
                           batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
@@ -109,6 +113,17 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         out = out / plan.out_dim
     _check_finite(out, func)
     return out
+
+
+def _auto_block(implementation: str, plan, n1: int, n2: int, budget: int) -> int | None:
+    """batch_size=None: one block, unless the per-input Jacobians of two blocks (O P elements
+    per input; O P_u for the structured path's autograd part) would exceed the budget."""
+    per_input = plan.out_dim * (plan.n_params if implementation == "jacobian"
+                                else plan.fallback_params)
+    if per_input == 0:
+        return None
+    b = max(1, budget // (2 * per_input))
+    return None if b >= max(n1, n2) else b
 
 
 def _engine(implementation: str, target: Target, plan, budget: int):

@@ -11,7 +11,7 @@ known ways (`LayerStructure.kind`):
                nn.LayerNorm, nn.GroupNorm, nn.BatchNorm in eval mode, nn.InstanceNorm)
 
 `s_w`, `s_b` are forward multipliers (1 for torch layers; σw/√n and σb for widenets' own
-`DenseModule` in the NTK parameterization). A module type joins with
+`DenseModule` and `ConvModule` in the NTK parameterization). A module type joins with
 
     register_structured_layer(MyConv, lambda m: LayerStructure("conv", ...))
 
@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.conv import ConvModule
 from ..layers.dense import DenseModule
+from ..layers.normalization import LayerNormModule
 
 __all__ = ["LayerStructure", "register_structured_layer", "describe_module", "KINDS"]
 
@@ -48,7 +50,8 @@ class LayerStructure:
         weight_scale: s_w, multiplier applied to the weight's contribution in forward.
         bias_scale: s_b, multiplier applied to the bias in forward.
         stride, dilation: per spatial axis (conv only).
-        padding: per spatial axis ints, or "same" / "valid" (conv only).
+        padding: per spatial axis ints or (left, right) pairs, or "same" / "valid" (conv
+            only).
         padding_mode: "zeros", "reflect", "replicate" or "circular" (conv only).
         groups: conv groups.
         padding_idx: embedding row that receives no gradient (embedding only).
@@ -177,6 +180,27 @@ def _dense_module(m: DenseModule) -> LayerStructure:
                           weight_scale=float(m.w_scale), bias_scale=float(m.b_scale))
 
 
+def _widenets_conv(m: ConvModule) -> LayerStructure:
+    # ConvModule.forward: pad (zeros or circular, (left, right) per axis), conv with stride,
+    # times w_scale, plus b * b_scale.
+    return LayerStructure("conv", bias="bias" if m.bias is not None else None,
+                          weight_scale=float(m.w_scale), bias_scale=float(m.b_scale),
+                          stride=tuple(m.stride), dilation=(1,) * len(m.kernel_size),
+                          padding=tuple((left, right) for left, right, _ in m.pads),
+                          padding_mode="circular" if m.circular else "zeros")
+
+
+def _widenets_layer_norm(m: LayerNormModule) -> LayerStructure | None:
+    if not m.affine:
+        return None
+
+    def normalize(x, m=m):
+        v = x.var(1, unbiased=False, keepdim=True)
+        return (x - x.mean(1, keepdim=True)) / (v + m.eps).sqrt()
+
+    return LayerStructure("affine", transform=normalize)
+
+
 register_structured_layer(nn.Linear, _linear)
 register_structured_layer(nn.Conv1d, _conv)
 register_structured_layer(nn.Conv2d, _conv)
@@ -187,3 +211,5 @@ register_structured_layer(nn.GroupNorm, _group_norm)
 register_structured_layer(nn.modules.batchnorm._BatchNorm, _batch_norm)
 register_structured_layer(nn.modules.instancenorm._InstanceNorm, _instance_norm)
 register_structured_layer(DenseModule, _dense_module)
+register_structured_layer(ConvModule, _widenets_conv)
+register_structured_layer(LayerNormModule, _widenets_layer_norm)
