@@ -122,13 +122,16 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
     for a in axes:
         shape[a] = out_size
     out = None
+    ranges = []
     for d in range(window):
         start = d - left                      # input index of output 0
         # outputs o with 0 <= stride·o + start < size
         o_lo = max(0, -(start // stride))     # ceil(-start / stride)
         o_hi = min(out_size - 1, (size - 1 - start) // stride)
-        if o_hi < o_lo:
-            continue
+        if o_hi >= o_lo:
+            ranges.append((o_hi - o_lo < out_size - 1, start, o_lo, o_hi))
+    # offsets that cover every output first: the sum starts from a copy, not from zeros
+    for _, start, o_lo, o_hi in sorted(ranges, key=lambda r: r[0]):
         i_lo = stride * o_lo + start
         src = t[_slc(nd, axes, slice(i_lo, i_lo + stride * (o_hi - o_lo) + 1, stride))]
         if o_lo == 0 and o_hi == out_size - 1:
