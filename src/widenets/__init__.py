@@ -6,6 +6,7 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
+from . import empirical  # noqa: F401  (wn.empirical subpackage)
 from .empirical import monte_carlo_kernel
 from .kernel import Kernel
 from .layers import (

@@ -1,4 +1,4 @@
-"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, with the bookkeeping layers need.
+"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, and the bookkeeping layers need.
 
 A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.replace`.
 Conventions (Lee et al. 2019, seed 002, §2.1):
@@ -58,6 +58,8 @@ class Kernel:
             Gaussian; FanInSum uses them to refuse sums of correlated branches.
         diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
             irrelevant (False) for flat features.
+        row_offset: for a block of rows r0:r0+n1 of a symmetric kernel (see `row_block`), r0:
+            its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
     """
 
     nngp: torch.Tensor
@@ -70,6 +72,7 @@ class Kernel:
     channels: int
     sources: frozenset = field(default_factory=frozenset, repr=False, compare=False)
     diagonal_spatial: bool = False
+    row_offset: int = 0
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -159,8 +162,40 @@ class Kernel:
         known exactly from the variances. Spatial layouts: t[i, i] is the self-pair kernel of
         input i, which is what cov1 holds in both layouts ((n, *S) or (n, *S, *S)).
         """
-        t.diagonal(dim1=0, dim2=1).movedim(-1, 0).copy_(values)
+        t.narrow(1, self.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0) \
+            .copy_(values)
         return t
+
+    def symmetrize(self, t: torch.Tensor) -> torch.Tensor:
+        """(t + tᵀ)/2 over the two batch axes: exact symmetry for x1_is_x2 kernels whose
+        formula is not evaluated symmetrically (quadrature, float rounding of x xᵀ)."""
+        if t.shape[0] != t.shape[1]:
+            raise RuntimeError("Kernel.symmetrize needs the whole symmetric kernel, got a row "
+                               "block; layers with symmetric_formula=False disable row blocks")
+        return 0.5 * (t + self.transpose_pairs(t))
+
+    def transpose_pairs(self, t: torch.Tensor) -> torch.Tensor:
+        """The kernel of (x2, x1) from that of (x1, x2): swap the batch axes, and in the full
+        spatial layout also the position halves, t[j, i](p', p)."""
+        t = t.transpose(0, 1)
+        if self.is_full_spatial:
+            s = self.spatial_ndim
+            t = t.permute(0, 1, *range(2 + s, 2 + 2 * s), *range(2, 2 + s))
+        return t
+
+    def row_block(self, start: int, stop: int) -> Kernel:
+        """The kernel of rows start:stop of x1 against all of x2.
+
+        Every layer map acts on each pair (x1_i, x2_j) separately given the variances, so a
+        network's kernel can be computed block by block (bounded memory, cache-sized work).
+        For a symmetric kernel the block keeps x1_is_x2 with `row_offset` marking its
+        diagonal, and carries the full variances in cov2.
+        """
+        cov2 = self.cov1 if self.cov2 is None else self.cov2
+        return self.replace(nngp=self.nngp[start:stop],
+                            ntk=None if self.ntk is None else self.ntk[start:stop],
+                            cov1=self.cov1[start:stop], cov2=cov2,
+                            row_offset=self.row_offset + start if self.x1_is_x2 else 0)
 
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""

@@ -65,7 +65,8 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         if isinstance(need, list):            # a network that starts with FanOut
             need = max(need)
     if need == DIAGONAL:
-        return layer.apply_kernel(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"))
+        return layer._apply_in_row_blocks(
+            input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"))
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -117,15 +118,6 @@ def _blocked(layer, x1, x2, b: int, want_ntk: bool):
     return _assemble(blocks, rows, cols, x2 is None)
 
 
-def _transpose_pair(t: torch.Tensor, k: Kernel) -> torch.Tensor:
-    """K(x2, x1) from K(x1, x2): swap the batch axes (and the position halves if full)."""
-    t = t.transpose(0, 1)
-    if k.is_full_spatial:
-        s = k.spatial_ndim
-        t = t.permute(0, 1, *range(2 + s, 2 + 2 * s), *range(2, 2 + s))
-    return t
-
-
 def _assemble(blocks: dict, rows, cols, symmetric: bool) -> Kernel:
     first = blocks[0, 0]
     n1, n2 = rows[-1][1], cols[-1][1]
@@ -139,7 +131,7 @@ def _assemble(blocks: dict, rows, cols, symmetric: bool) -> Kernel:
             (r0, r1), (c0, c1) = rows[bi], cols[bj]
             out[r0:r1, c0:c1] = getattr(k, name)
             if symmetric and bi != bj:
-                out[c0:c1, r0:r1] = _transpose_pair(getattr(k, name), k)
+                out[c0:c1, r0:r1] = k.transpose_pairs(getattr(k, name))
         return out
 
     cov1 = torch.cat([blocks[i, i if symmetric else 0].cov1 for i in range(len(rows))])

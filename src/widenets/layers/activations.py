@@ -55,6 +55,8 @@ class Activation(Layer):
 
     #: whether the closed form needs Gaussian inputs (False only for linear maps)
     needs_gaussian: bool = True
+    #: whether t/tdot evaluate exactly symmetrically in (K11, K22) (quadrature does not)
+    symmetric_formula: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -88,11 +90,14 @@ class Activation(Layer):
         k11, k22 = k.broadcast_variances()
         nngp, tdot = self.t_and_tdot(k11, k22, k.nngp, k.ntk is not None)
         cov1, cov2 = k.map_variances(self.t_diag, self.t)
-        if k.x1_is_x2:  # exact diagonal (c = 1), see Kernel.set_batch_diagonal
+        if k.x1_is_x2:  # exact symmetry and diagonal (c = 1), see Kernel.set_batch_diagonal
+            if not self.symmetric_formula:
+                nngp = k.symmetrize(nngp)
+                tdot = None if tdot is None else k.symmetrize(tdot)
             k.set_batch_diagonal(nngp, cov1)
             if tdot is not None:
                 k.set_batch_diagonal(tdot, k.map_variances(self.tdot_diag, self.tdot)[0])
-        ntk = None if k.ntk is None else tdot * k.ntk
+        ntk = None if k.ntk is None else tdot.mul_(k.ntk)      # Θ' = Tdot(K) Θ
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                          is_gaussian=k.is_gaussian and not self.needs_gaussian
                          and self._keeps_gaussian(),
@@ -140,15 +145,24 @@ class ABRelu(Activation):
             return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
         if k12.ndim > 2:   # spatial position pairs: same formulas in fewer in-place passes
             return _abrelu_pairs(a, b, k11, k22, k12, want_tdot)
-        c, prod = _cos_angle(k11, k22, k12)
+        # Written with in-place ops on fresh temporaries: each line is one pass over the
+        # block (the kernel is memory bound; see benchmarks/analytic_fc.py).
+        scale = torch.mul(k11, k22).clamp_(min=_TINY).sqrt_()      # √(K11 K22)
+        c = torch.div(k12, scale).clamp_(-1.0, 1.0)                 # cos θ, guarded for arccos
         theta = torch.arccos(c)
-        sin = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
+        sin = torch.addcmul(torch.ones((), dtype=c.dtype), c, c, value=-1.0)
+        sin = sin.clamp_(min=0.0).sqrt_()                          # sin θ = √(1 - c²)
+        pi_minus = torch.rsub(theta, math.pi)                        # π - θ
         s2 = a * a + b * b
-        t = prod * (s2 * (sin + (math.pi - theta) * c) - 2 * a * b * (sin - theta * c)) \
-            / (2 * math.pi)
+        t = torch.addcmul(sin, pi_minus, c)                          # sin θ + (π-θ) cos θ
+        if a != 0.0:                                                 # - 2ab/(a²+b²)(sin θ - θ c)
+            t.sub_(torch.addcmul(sin, theta, c, value=-1.0), alpha=2 * a * b / s2)
+        t.mul_(scale).mul_(s2 / (2 * math.pi))
         tdot = None
-        if want_tdot:
-            tdot = (s2 * (math.pi - theta) + 2 * a * b * theta) / (2 * math.pi)
+        if want_tdot:                                # ((a²+b²)(π-θ) + 2abθ) / (2π)
+            tdot = pi_minus.mul_(s2 / (2 * math.pi))
+            if a != 0.0:
+                tdot.add_(theta, alpha=2 * a * b / (2 * math.pi))
         return t, tdot
 
     def t(self, k11, k22, k12):
@@ -287,7 +301,8 @@ class Gelu(Activation):
         t = 0.25 * k12 + 0.25 * (k12 * f + d * (k11 * k22 + k12 * k12 * (1 - k11 * k22) / p))
         tdot = None
         if want_tdot:
-            tdot = 0.25 * (1 + f + k12 * d / (1 + k11) + k12 * d / (1 + k22)
+            # (1/(1+K11) + 1/(1+K22)) grouped so that the formula is exactly symmetric
+            tdot = 0.25 * (1 + f + k12 * d * (1 / (1 + k11) + 1 / (1 + k22))
                            + (2 / math.pi) * k12 / det ** 1.5)
         return t, tdot
 
@@ -336,8 +351,9 @@ class Elementwise(Activation):
     With u = √K11 z1, v = √K22 (c z1 + √(1-c²) z2), z ~ N(0, I):
         E[φ(u) φ(v)] ≈ Σ_i Σ_j w_i w_j φ(u_i) φ(v_ij),
     exact when φ(u)φ(v) is a polynomial of degree < 2·degree in each variable. Smooth
-    activations converge fast (degree 32 gives ~1e-10 for erf); kinks converge slowly
-    (ReLU: ~2e-3 at degree 32), so prefer a closed form where one exists.
+    activations converge fast once the nodes resolve φ(√K z): at variances K ≈ 3, degree 64
+    gives ~1e-8 for erf and ~1e-6 for tanh (degree 24: ~1e-3). Kinks converge like 1/degree
+    (ReLU: ~1.5e-3 at degree 128), so prefer a closed form where one exists.
 
     Args:
         fn: the activation, a torch function applied elementwise.
@@ -346,8 +362,10 @@ class Elementwise(Activation):
         name: shown in errors and repr.
     """
 
+    symmetric_formula = False
+
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *,
-                 dfn: Callable[[torch.Tensor], torch.Tensor] | None = None, degree: int = 32,
+                 dfn: Callable[[torch.Tensor], torch.Tensor] | None = None, degree: int = 64,
                  name: str | None = None):
         if not callable(fn):
             raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")

@@ -103,6 +103,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
         nngp = x1 @ x1.T / d
+        nngp = 0.5 * (nngp + nngp.T)   # BLAS need not return an exactly symmetric Gram
         cov2 = None
     else:
         nngp = x1 @ x2.T / d
@@ -245,7 +246,7 @@ class Layer:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
         if x1.ndim == 2:
-            k = self.apply_kernel(input_kernel(x1, x2, want_ntk="ntk" in gets))
+            k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets))
         else:
             from ._blocks import spatial_kernel
 
@@ -278,6 +279,54 @@ class Layer:
             generator = torch.Generator().manual_seed(int(seed))
         mod, _ = self.build(tuple(in_shape), generator, dtype)
         return mod
+
+    #: entries (x1_i, x2_j pairs) per row block in `kernel`: 2^16 keeps a block's float32
+    #: temporaries in cache (see benchmarks/analytic_fc.py); every layer map acts pair by pair
+    block_entries: int = 1 << 16
+
+    def sublayers(self) -> tuple[Layer, ...]:
+        """The layers this one is made of (combinators override)."""
+        return ()
+
+    def walk(self):
+        """This layer and all its sublayers, depth first."""
+        yield self
+        for lay in self.sublayers():
+            yield from lay.walk()
+
+    def _apply_in_row_blocks(self, k0: Kernel):
+        """apply_kernel over row blocks of x1, assembled into one result.
+
+        Layer maps act on each pair (x1_i, x2_j) given the variances, so blocks are exact and
+        the result is bitwise the same as one pass; blocks keep the temporaries cache-sized.
+        Networks that symmetrize whole kernels (quadrature activations) on x1 = x2 run in one
+        pass.
+        """
+        n1 = k0.n1
+        per_row = max(1, k0.nngp[0].numel())
+        rows = max(1, self.block_entries // per_row)
+        whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
+                                    for lay in self.walk())
+        if rows >= n1 or whole:
+            return self.apply_kernel(k0)
+        outs, first = None, None
+        for r0 in range(0, n1, rows):
+            r1 = min(n1, r0 + rows)
+            kb = self.apply_kernel(k0.row_block(r0, r1))
+            blocks = kb if isinstance(kb, list) else [kb]
+            if outs is None:
+                first = blocks
+                outs = [{f: None if getattr(b, f) is None else
+                         getattr(b, f).new_empty((n1, *getattr(b, f).shape[1:]))
+                         for f in ("nngp", "ntk", "cov1")} for b in blocks]
+            for out, b in zip(outs, blocks):
+                for f, t in out.items():
+                    if t is not None:
+                        t[r0:r1] = getattr(b, f)
+        done = [b.replace(nngp=o["nngp"], ntk=o["ntk"], cov1=o["cov1"],
+                          cov2=None if k0.x1_is_x2 else b.cov2, row_offset=0)
+                for b, o in zip(first, outs)]
+        return done if isinstance(kb, list) else done[0]
 
     def __rshift__(self, other: Layer) -> Layer:
         from .combinators import serial

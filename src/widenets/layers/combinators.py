@@ -82,6 +82,9 @@ class Serial(Layer):
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "serial")
 
+    def sublayers(self):
+        return self.layers
+
     def apply_kernel(self, k):
         for lay in self.layers:
             k = lay.apply_kernel(k)
@@ -113,6 +116,9 @@ class Parallel(Layer):
 
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "parallel")
+
+    def sublayers(self):
+        return self.layers
 
     def _check_branches(self, xs, what: str, func: str):
         if not isinstance(xs, list) or len(xs) != len(self.layers):

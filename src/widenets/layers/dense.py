@@ -96,16 +96,17 @@ class Dense(Layer):
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
         # MATH.md §2: K' = σw² K + σb² (both parameterizations).
-        nngp = w2 * k.nngp + b2
+        nngp = torch.mul(k.nngp, w2).add_(b2)
         cov1 = w2 * k.cov1 + b2
         cov2 = None if k.cov2 is None else w2 * k.cov2 + b2
         ntk = None
         if k.ntk is not None:
             if self.parameterization == "ntk":
-                ntk = nngp + w2 * k.ntk                       # Θ' = K' + σw² Θ
+                ntk = torch.add(nngp, k.ntk, alpha=w2)        # Θ' = K' + σw² Θ
             else:
                 bias_term = 0.0 if self.b_std is None else 1.0
-                ntk = k.channels * k.nngp + bias_term + w2 * k.ntk   # Θ' = n K + 1 + σw² Θ
+                # Θ' = n K + 1 + σw² Θ
+                ntk = torch.mul(k.nngp, k.channels).add_(bias_term).add_(k.ntk, alpha=w2)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
                          is_input=False, channels=self.out, sources=new_source())
 

@@ -1,0 +1,40 @@
+"""A registry of every layer and combinator, each inside a small network, for invariant tests."""
+
+import torch
+
+import widenets as wn
+
+D = wn.Dense
+
+
+def _res_block(width, act):
+    return wn.serial(wn.FanOut(2),
+                     wn.parallel(wn.serial(act, D(width, w_std=1.3, b_std=0.1)), wn.Identity()),
+                     wn.FanInSum())
+
+
+def nets(width=16, parameterization="ntk"):
+    """name -> network; widths are irrelevant to the analytic kernel except in standard param."""
+    def d(out=width, w=1.4, b=0.2):
+        return D(out, w_std=w, b_std=b, parameterization=parameterization)
+
+    acts = {
+        "relu": wn.Relu(), "leaky_relu": wn.LeakyRelu(0.1), "abrelu": wn.ABRelu(-0.4, 1.2),
+        "abs": wn.Abs(), "identity": wn.Identity(), "erf": wn.Erf(), "gelu": wn.Gelu(),
+        "sin": wn.Sin(1.1, 0.9, 0.3),
+        "elementwise_tanh": wn.Elementwise(torch.tanh, degree=96, name="tanh"),
+    }
+    out = {f"dense_{name}": wn.serial(d(), act, d(3)) for name, act in acts.items()}
+    out["dense_only"] = wn.serial(d(3))
+    out["dense_no_bias"] = wn.serial(D(width, w_std=1.2, b_std=None,
+                                       parameterization=parameterization), wn.Relu(), d(3))
+    out["deep_relu"] = wn.serial(*[m for _ in range(4) for m in (d(), wn.Relu())], d(3))
+    out["residual"] = wn.serial(d(), _res_block(width, wn.Relu()), _res_block(width, wn.Erf()),
+                                wn.Relu(), d(3))
+    out["concat"] = wn.serial(d(), wn.FanOut(2), wn.parallel(wn.serial(wn.Relu(), d(width)),
+                                                             wn.serial(wn.Erf(), d(2 * width))),
+                              wn.FanInConcat(), wn.Gelu(), d(3))
+    out["parallel_sum_of_denses"] = wn.serial(d(), wn.Relu(), wn.FanOut(3),
+                                              wn.parallel(d(), d(), d()), wn.FanInSum(),
+                                              wn.Relu(), d(3))
+    return out
