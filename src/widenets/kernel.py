@@ -56,10 +56,10 @@ class Kernel:
             next weight layer. Standard parameterization and FanInConcat need it.
         sources: identifiers of the fresh weight layers whose randomness makes these outputs
             Gaussian; FanInSum uses them to refuse sums of correlated branches.
-        diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
-            irrelevant (False) for flat features.
         row_offset: for a block of rows r0:r0+n1 of a symmetric kernel (see `row_block`), r0:
             its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
+        diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
+            irrelevant (False) for flat features.
     """
 
     nngp: torch.Tensor
@@ -172,11 +172,10 @@ class Kernel:
         if t.shape[0] != t.shape[1]:
             raise RuntimeError("Kernel.symmetrize needs the whole symmetric kernel, got a row "
                                "block; layers with symmetric_formula=False disable row blocks")
-        return 0.5 * (t + self.transpose_pairs(t))
+        return 0.5 * (t + self.swap_inputs(t))
 
-    def transpose_pairs(self, t: torch.Tensor) -> torch.Tensor:
-        """The kernel of (x2, x1) from that of (x1, x2): swap the batch axes, and in the full
-        spatial layout also the position halves, t[j, i](p', p)."""
+    def swap_inputs(self, t: torch.Tensor) -> torch.Tensor:
+        """K(x2, x1) from K(x1, x2): swap the batch axes (and the position halves if full)."""
         t = t.transpose(0, 1)
         if self.is_full_spatial:
             s = self.spatial_ndim

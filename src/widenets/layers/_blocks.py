@@ -131,7 +131,7 @@ def _assemble(blocks: dict, rows, cols, symmetric: bool) -> Kernel:
             (r0, r1), (c0, c1) = rows[bi], cols[bj]
             out[r0:r1, c0:c1] = getattr(k, name)
             if symmetric and bi != bj:
-                out[c0:c1, r0:r1] = k.transpose_pairs(getattr(k, name))
+                out[c0:c1, r0:r1] = k.swap_inputs(getattr(k, name))
         return out
 
     cov1 = torch.cat([blocks[i, i if symmetric else 0].cov1 for i in range(len(rows))])

@@ -143,26 +143,23 @@ class ABRelu(Activation):
         a, b = self.a, self.b
         if a == b:
             return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
-        if k12.ndim > 2:   # spatial position pairs: same formulas in fewer in-place passes
-            return _abrelu_pairs(a, b, k11, k22, k12, want_tdot)
-        # Written with in-place ops on fresh temporaries: each line is one pass over the
-        # block (the kernel is memory bound; see benchmarks/analytic_fc.py).
-        scale = torch.mul(k11, k22).clamp_(min=_TINY).sqrt_()      # √(K11 K22)
-        c = torch.div(k12, scale).clamp_(-1.0, 1.0)                 # cos θ, guarded for arccos
+        # Memory-bound: each line below is one pass over the (block of the) kernel, in place
+        # on fresh temporaries. With 2π Tdot = (a²+b²)(π - θ) + 2abθ the NNGP is
+        # T = √(K11 K22) (c · Tdot + (a - b)² sin θ / (2π)). The variance factors are
+        # outer products of small tensors, evaluated symmetrically in (x1, x2).
+        s2, ab2 = a * a + b * b, 2 * a * b
+        c = torch.mul(torch.rsqrt(torch.clamp(k11, min=_TINY)),
+                      torch.rsqrt(torch.clamp(k22, min=_TINY)))
+        c = c.mul_(k12) if c.shape == k12.shape else c * k12
+        c.clamp_(-1.0, 1.0)                                 # cos θ, guarded for arccos
         theta = torch.arccos(c)
-        sin = torch.addcmul(torch.ones((), dtype=c.dtype), c, c, value=-1.0)
-        sin = sin.clamp_(min=0.0).sqrt_()                          # sin θ = √(1 - c²)
-        pi_minus = torch.rsub(theta, math.pi)                        # π - θ
-        s2 = a * a + b * b
-        t = torch.addcmul(sin, pi_minus, c)                          # sin θ + (π-θ) cos θ
-        if a != 0.0:                                                 # - 2ab/(a²+b²)(sin θ - θ c)
-            t.sub_(torch.addcmul(sin, theta, c, value=-1.0), alpha=2 * a * b / s2)
-        t.mul_(scale).mul_(s2 / (2 * math.pi))
-        tdot = None
-        if want_tdot:                                # ((a²+b²)(π-θ) + 2abθ) / (2π)
-            tdot = pi_minus.mul_(s2 / (2 * math.pi))
-            if a != 0.0:
-                tdot.add_(theta, alpha=2 * a * b / (2 * math.pi))
+        sin = torch.sin(theta)
+        tdot = theta.mul_((ab2 - s2) / (2 * math.pi)).add_(s2 / 2)   # Tdot, in place of θ
+        t = c.mul_(tdot).add_(sin, alpha=(s2 - ab2) / (2 * math.pi))
+        t.mul_(torch.mul(torch.sqrt(torch.clamp(k11, min=0.0)),
+                         torch.sqrt(torch.clamp(k22, min=0.0))))
+        if not want_tdot:
+            tdot = None
         return t, tdot
 
     def t(self, k11, k22, k12):
@@ -179,25 +176,6 @@ class ABRelu(Activation):
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
-
-
-def _abrelu_pairs(a, b, k11, k22, k12, want_tdot):
-    """ABRelu's T and Tdot for large position-pair tensors, memory-bandwidth lean: the
-    variance factors stay small until broadcast, sin θ = sin(arccos c), and with
-    2π Tdot = (a²+b²)(π - θ) + 2abθ the NNGP is T = √(K11K22) (c·2πTdot + (a-b)² sin θ)/(2π)."""
-    s2, ab2 = a * a + b * b, 2 * a * b
-    r1 = torch.rsqrt(torch.clamp(k11, min=_TINY))
-    r2 = torch.rsqrt(torch.clamp(k22, min=_TINY))
-    c = k12 * r1
-    c.mul_(r2).clamp_(-1.0, 1.0)
-    theta = torch.arccos(c)
-    sin = torch.sin(theta)
-    theta.mul_(ab2 - s2).add_(s2 * math.pi)            # 2π Tdot
-    t = c.mul_(theta).add_(sin, alpha=s2 - ab2)
-    t.mul_(torch.sqrt(torch.clamp(k11, min=0.0)) / (2 * math.pi))
-    t.mul_(torch.sqrt(torch.clamp(k22, min=0.0)))
-    tdot = theta.mul_(1 / (2 * math.pi)) if want_tdot else None
-    return t, tdot
 
 
 class Relu(ABRelu):
