@@ -13,8 +13,9 @@ took, on the 2-core development machine, 5.1 s / 20.8 s (N = 64 / 128) in float3
 
 Memory traffic: the torch profiler records every op with its input shapes; the bytes read and
 written by the ops on position-pair tensors (>= 2^16 elements), divided by the copy bandwidth
-measured in the same run (a large tensor clone, read + write), give the time a purely
-bandwidth-bound implementation of the same passes would need.
+measured in the same run (best of 7 clones of 256 MiB, read + write), give the time the same
+passes would need if each ran at copy speed; their ratio to the measured time says how close to
+the memory-bandwidth limit the implementation runs (on a shared machine both are noisy).
 
     python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle]
 """
@@ -30,14 +31,16 @@ from torch.profiler import ProfilerActivity, profile
 import widenets as wn
 
 
-def median_time(fn, repeats):
+def times_of(fn, repeats):
+    """(median, min) of `repeats` timed runs after a warm-up. On a shared machine the minimum
+    is the best estimate of the uncontended time."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def nets():
@@ -50,10 +53,10 @@ def nets():
     return gap, flat, myrtle
 
 
-def copy_bandwidth(dtype) -> float:
-    """Bytes per second of a large clone (read + write), median of 5."""
-    a = torch.ones(64 << 20, dtype=torch.float32).to(dtype)
-    t = median_time(lambda: a.clone(), 5)
+def copy_bandwidth() -> float:
+    """Bytes per second of a 256 MiB clone (read + write), best of 7."""
+    a = torch.ones(64 << 20, dtype=torch.float32)
+    _, t = times_of(lambda: a.clone(), 7)
     return 2 * a.numel() * a.element_size() / t
 
 
@@ -85,11 +88,13 @@ def main():
     ref = {(torch.float32, 64): 5.1, (torch.float32, 128): 20.8,
            (torch.float64, 64): 1.3, (torch.float64, 128): 5.4}
     best_ref = {n: min(ref[torch.float32, n], ref[torch.float64, n]) for n in (64, 128)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| network | N | dtype | nngp+ntk (s) | JAX reference (s) | speed-up vs reference "
-          "(same dtype / best) | pair-tensor traffic (GB) | bandwidth-bound time (s) | "
-          "of bandwidth limit |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    bandwidth = copy_bandwidth()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s (best of 7)")
+    print("| network | N | dtype | nngp+ntk median (s) | min (s) | JAX reference (s) | "
+          "speed-up of min vs reference (same dtype / best) | pair-tensor traffic (GB) | "
+          "bandwidth-bound time (s) | bandwidth-bound / min |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     cases = [("gap", gap, n, (1, 8, 8)) for n in (64, 128)]
     cases += [("flatten", flat, n, (1, 8, 8)) for n in (64, 128)]
     if not args.skip_myrtle:
@@ -99,15 +104,15 @@ def main():
             x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
             run = lambda: net.kernel(x, dtype=dtype)  # noqa: B023, E731
             reps = 1 if name == "myrtle5" else args.repeats
-            t = median_time(run, reps)
+            med, best = times_of(run, reps)
             item = torch.empty((), dtype=dtype).element_size()
             traffic = pair_tensor_bytes(run) * item
-            bound = traffic / copy_bandwidth(dtype)
+            bound = traffic / bandwidth
             r = ref.get((dtype, n)) if name == "gap" else None
-            speed = f"{r / t:.1f}x / {best_ref[n] / t:.1f}x" if r else "-"
-            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {t:.3f} | "
-                  f"{r if r else '-'} | {speed} | {traffic / 1e9:.2f} | {bound:.3f} | "
-                  f"{bound / t:.0%} |", flush=True)
+            speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
+            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {med:.3f} | "
+                  f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
+                  f"{bound:.3f} | {bound / best:.0%} |", flush=True)
 
 
 if __name__ == "__main__":
