@@ -13,7 +13,7 @@ took, on the 2-core development machine, 5.1 s / 20.8 s (N = 64 / 128) in float3
 
 Memory traffic: the torch profiler records every op with its input shapes; the bytes read and
 written by the ops on position-pair tensors (>= 2^16 elements), divided by the copy bandwidth
-measured in the same run (best of 7 clones of 256 MiB, read + write), give the time the same
+measured in the same run (best of 7 copies of 256 MiB, read + write), give the time the same
 passes would need if each ran at copy speed; their ratio to the measured time says how close to
 the memory-bandwidth limit the implementation runs (on a shared machine both are noisy).
 
@@ -54,9 +54,10 @@ def nets():
 
 
 def copy_bandwidth() -> float:
-    """Bytes per second of a 256 MiB clone (read + write), best of 7."""
+    """Bytes per second of a 256 MiB copy into allocated memory (read + write), best of 7."""
     a = torch.ones(64 << 20, dtype=torch.float32)
-    _, t = times_of(lambda: a.clone(), 7)
+    b = torch.zeros_like(a)
+    _, t = times_of(lambda: b.copy_(a), 7)
     return 2 * a.numel() * a.element_size() / t
 
 
