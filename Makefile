@@ -20,13 +20,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) scripts/demo.py
+	$(VENV)/bin/widenets demo --out out/demo
 
 test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: install
 	$(PY) benchmarks/analytic_fc.py

@@ -6,8 +6,17 @@
     model = net.module((784,), seed=0)  # the finite torch network it describes
 """
 
-from . import empirical  # noqa: F401  (wn.empirical subpackage)
-from .empirical import monte_carlo_kernel
+from . import data, empirical, finite_width, predict, tiles
+from .empirical import (
+    LayerStructure,
+    TaylorModel,
+    empirical_nngp,
+    empirical_ntk,
+    linearize,
+    monte_carlo_kernel,
+    register_structured_layer,
+    taylor_expand,
+)
 from .kernel import Kernel
 from .layers import (
     ABRelu,
@@ -39,6 +48,18 @@ __version__ = "0.1.0"
 __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "monte_carlo_kernel", "__version__",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
+    "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
+    "finite_width", "data",
+    "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
+    "LayerStructure", "register_structured_layer",
 ]
+
+
+def __getattr__(name):
+    # `wn.sklearn` imports scikit-learn only when first used.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

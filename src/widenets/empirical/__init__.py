@@ -1,6 +1,17 @@
-"""Empirical (finite-width) kernels of torch modules and Monte Carlo estimates of the analytic ones."""
+"""Empirical (finite-width) kernels of any torch model, linearization, Monte Carlo kernels.
+
+* `empirical_ntk`, `empirical_nngp`: Θ = J Jᵀ and K = f fᵀ of a finite model, with three exact
+  implementations ("jacobian", "ntvp", "structured") and "auto" (cost.py).
+* `linearize`, `taylor_expand`: the model expanded in its parameters around p0 (jvp).
+* `register_structured_layer`, `LayerStructure`: teach the structured NTK a new layer type.
+* `monte_carlo_kernel`: averages over random finite networks of a widenets layer.
+"""
 
 from .jacobian import jacobian_ntk
+from .linearize import TaylorModel, linearize, taylor_expand
 from .monte_carlo import monte_carlo_kernel
+from .ntk import empirical_nngp, empirical_ntk
+from .structure import LayerStructure, register_structured_layer
 
-__all__ = ["jacobian_ntk", "monte_carlo_kernel"]
+__all__ = ["empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
+           "LayerStructure", "register_structured_layer", "jacobian_ntk", "monte_carlo_kernel"]

@@ -2,7 +2,8 @@
 
 Each sample draws a fresh `net.module(in_shape, seed=seed + s)`; the NNGP estimate averages
 the output second moments f(x1) f(x2)ᵀ / O and the NTK estimate averages the empirical NTK
-(mean over the O outputs). Both converge to `net.kernel` as the widths and n_samples grow.
+(mean over the O outputs), computed by the "structured" implementation of `empirical_ntk`.
+Both converge to `net.kernel` as the widths and n_samples grow.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 
 from ..kernel import Kernel
 from ..layers.base import Layer, _parse_get, _select, as_input_tensor
-from .jacobian import jacobian_ntk
+from .ntk import empirical_ntk
 
 __all__ = ["monte_carlo_kernel"]
 
@@ -61,7 +62,8 @@ def monte_carlo_kernel(net: Layer, x1, x2=None, *, in_shape, n_samples: int, see
         if cov2 is not None:
             cov2 += (f2 * f2).sum(1) / n_out
         if ntk is not None:
-            ntk += jacobian_ntk(model, x1, x2t)
+            # Structured path: the Dense layers' contributions are Gram products (ntk.py).
+            ntk += empirical_ntk(model, x1, x2t, implementation="structured", mode="trace")
     nngp /= n_samples
     cov1 /= n_samples
     if cov2 is not None:

@@ -1,0 +1,360 @@
+"""Layer-wise factors of the NTK and the two exact ways to contract them.
+
+For a parameter W of a layer that is linear in W, the derivative of output a at input i is
+
+    ∂f_a(x_i)/∂W[g, o, k] = s Σ_t C[a, i, g, t, o] A[i, g, t, k]                        (1)
+
+with A the layer's input features at position t (the input vector of a dense layer, the patch
+of a convolution, the one-hot token of an embedding, the constant 1 of a bias), C the cotangent
+∂f_a/∂y at the layer's output position t, g the group (conv groups) and s the forward
+multiplier. Hence the layer's NTK contribution
+
+    Θ_W[i, j, a, b] = s s' Σ_g Σ_{t,t'} (A_i,g,t · A'_j,g,t') (C_a,i,g,t · C'_b,j,g,t')    (2)
+
+is a product of the Gram matrix of the inputs and the Gram matrix of the cotangents (Novak et
+al. 2022, "Fast finite width neural tangent kernel", structured derivatives). Two exact ways to
+evaluate it, with costs in multiply-adds (m = O² for mode "full", O for "trace"/"diagonal"):
+
+* "gram" (eq. 2):      n1 n2 G T1 T2 (d_in + m d_out)  (a layer's weight and bias share
+                       the cotangent Gram, paid once)
+* "jacobian" (eq. 1):  (n1 + n2) O G T d_in d_out to form the per-sample Jacobians,
+                       plus n1 n2 m G d_in d_out to contract them.
+
+Dense layers (T = 1) are cheapest in "gram" form (the cost no longer has the product
+d_in d_out); convolutions with many positions (T² ≫ d_in d_out) in "jacobian" form.
+`choose_form` picks per layer with these formulas. Elementwise-affine layers (normalization
+scales, kind "diag": ∂f_a/∂W[k] = s Σ_t C[a, i, t, k] z[i, t, k]) have only the Jacobian form,
+which is cheap: (n1 + n2) O T d + n1 n2 m d.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .structure import LayerStructure
+
+__all__ = ["Factor", "factors_for_call", "concat_calls", "gram_contract", "jacobian_form",
+           "jacobian_contract", "choose_form", "form_costs", "conv_patches"]
+
+
+@dataclass
+class Factor:
+    """One parameter's factors for a batch of n inputs (eq. 1).
+
+    Attributes:
+        kind: "dense" (a holds features), "ones" (bias: a is the constant 1), "index"
+            (embedding: a holds token ids, -1 where no gradient flows), "diag" (elementwise
+            affine: ∂f_a/∂W[k] = s Σ_t C[a, i, 0, t, k] z[i, t, k]; Jacobian form only).
+        a: dense: (n, G, T, d_in); index: (n, T) int64; diag: (n, T, d_out); ones: None.
+        c: (O, n, G, T, d_out) output cotangents.
+        scale: forward multiplier s.
+        d_in: feature size (1 for ones, the vocabulary size for index).
+    """
+
+    kind: str
+    a: torch.Tensor | None
+    c: torch.Tensor
+    scale: float
+    d_in: int
+
+    @property
+    def n(self) -> int:
+        return self.c.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(O, G, T, d_out)."""
+        o, _, g, t, d = self.c.shape
+        return o, g, t, d
+
+    def nbytes(self) -> int:
+        extra = 0 if self.a is None else self.a.numel() * self.a.element_size()
+        return extra + self.c.numel() * self.c.element_size()
+
+
+# ------------------------------------------------------------------------- factor extraction
+def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
+    if st.padding == "valid":
+        return [(0, 0)] * nd
+    if st.padding == "same":
+        out = []
+        for d, k in zip(st.dilation, ksize, strict=True):
+            total = d * (k - 1)               # as torch's _ConvNd: extra padding on the right
+            out.append((total // 2, total - total // 2))
+        return out
+    return [(p, p) for p in st.padding]
+
+
+def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
+    """(n, C_in, *spatial) -> patches (n, G, P, C_in/G · prod(ksize)), ordered as the weight."""
+    nd = len(ksize)
+    pads = _conv_pads(st, ksize, nd)
+    if any(p for pair in pads for p in pair):
+        flat = [p for pair in reversed(pads) for p in pair]   # F.pad wants the last axis first
+        if st.padding_mode == "zeros":
+            x = F.pad(x, flat)
+        else:
+            x = F.pad(x, flat, mode=st.padding_mode)
+    for d in range(nd):
+        span = st.dilation[d] * (ksize[d] - 1) + 1
+        x = x.unfold(2 + d, span, st.stride[d])
+        if st.dilation[d] > 1:
+            x = x[..., ::st.dilation[d]]
+    n, c = x.shape[:2]
+    p = math.prod(x.shape[2:2 + nd])
+    k = math.prod(ksize)
+    g = st.groups
+    x = x.reshape(n, g, c // g, p, k).permute(0, 1, 3, 2, 4)
+    return x.reshape(n, g, p, (c // g) * k)
+
+
+def factors_for_call(st: LayerStructure, roles: tuple[str, ...], x: torch.Tensor,
+                     grad: torch.Tensor, *, ksize=None, vocab: int = 0) -> dict[str, Factor]:
+    """Factors of one call of a layer.
+
+    Args:
+        st: the layer's description.
+        roles: which of "weight" / "bias" are trainable.
+        x: the layer's input, batch axis first, (n, ...).
+        grad: (O, n, *output_shape) cotangents at the layer's output.
+        ksize: conv kernel size (conv); the parameter's shape (affine).
+        vocab: number of embedding rows (embedding only).
+    """
+    o, n = grad.shape[:2]
+    out: dict[str, Factor] = {}
+    if st.kind == "linear":
+        d_out = grad.shape[-1]
+        c = grad.reshape(o, n, 1, -1, d_out)
+        if "weight" in roles:
+            a = x.reshape(n, 1, -1, x.shape[-1])
+            out["weight"] = Factor("dense", a, c, st.weight_scale, a.shape[-1])
+        if "bias" in roles:
+            out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
+    elif st.kind == "conv":
+        g = st.groups
+        c_out = grad.shape[2]
+        cg = grad.reshape(o, n, c_out, -1)                  # (O, n, C_out, P)
+        if "weight" in roles:
+            a = conv_patches(x, st, ksize)
+            c = cg.reshape(o, n, g, c_out // g, -1).transpose(3, 4)
+            out["weight"] = Factor("dense", a, c, st.weight_scale, a.shape[-1])
+        if "bias" in roles:
+            c = cg.reshape(o, n, 1, c_out, -1).transpose(3, 4)
+            out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
+    elif st.kind == "affine":
+        d = math.prod(ksize)                     # ksize: the parameter's shape
+        if st.param_layout == "channel":         # parameters index axis 1
+            c = grad.movedim(2, -1).reshape(o, n, 1, -1, d)
+        else:                                    # parameters cover the trailing axes
+            c = grad.reshape(o, n, 1, -1, d)
+        if "weight" in roles:
+            z = st.transform(x)
+            z = z.movedim(1, -1) if st.param_layout == "channel" else z
+            out["weight"] = Factor("diag", z.reshape(n, -1, d), c, st.weight_scale, 1)
+        if "bias" in roles:
+            out["bias"] = Factor("ones", None, c, st.bias_scale, 1)
+    elif st.kind == "embedding":
+        idx = x.reshape(n, -1).long()
+        if st.padding_idx is not None:
+            idx = torch.where(idx == st.padding_idx, torch.full_like(idx, -1), idx)
+        c = grad.reshape(o, n, 1, idx.shape[1], -1)
+        out["weight"] = Factor("index", idx, c, st.weight_scale, vocab)
+    else:  # pragma: no cover - LayerStructure validates kind
+        raise ValueError(f"unknown layer kind {st.kind!r}")
+    return out
+
+
+def concat_calls(factors: list[Factor]) -> Factor:
+    """A module called several times: its calls are extra positions t (eq. 1 sums over them)."""
+    f0 = factors[0]
+    if len(factors) == 1:
+        out = f0
+    else:
+        c = torch.cat([f.c for f in factors], dim=3)
+        if f0.kind == "dense":
+            a = torch.cat([f.a for f in factors], dim=2)
+        elif f0.kind in ("index", "diag"):
+            a = torch.cat([f.a for f in factors], dim=1)
+        else:
+            a = None
+        out = Factor(f0.kind, a, c, f0.scale, f0.d_in)
+    return out
+
+
+# ---------------------------------------------------------------------------- contractions
+def _input_gram(f1: Factor, f2: Factor, rows: slice) -> torch.Tensor | None:
+    """(G, r, T1, n2, T2) Gram matrix of the input features of rows `rows` of f1 with all of
+    f2, times s s'; None for ones x ones (a constant)."""
+    if f1.kind == "dense":
+        a1 = f1.a[rows]
+        g, r, t1, t2 = a1.shape[1], a1.shape[0], a1.shape[2], f2.a.shape[2]
+        a1 = a1.transpose(0, 1).reshape(g, -1, a1.shape[-1])
+        a2 = f2.a.transpose(0, 1).reshape(g, -1, f2.a.shape[-1])
+        k = torch.bmm(a1, a2.transpose(1, 2)).reshape(g, r, t1, f2.n, t2)
+        s = f1.scale * f2.scale
+        return k if s == 1.0 else k * s
+    if f1.kind == "index":
+        a1 = f1.a[rows]
+        valid = (a1 >= 0)[:, :, None, None]
+        eq = (a1[:, :, None, None] == f2.a[None, None, :, :]) & valid
+        return (eq.to(f1.c.dtype) * (f1.scale * f2.scale))[None]
+    return None
+
+
+def _group_input_gram(f1s: list[Factor], f2s: list[Factor], rows: slice):
+    """Σ over a group's parameters of their input Grams (rows `rows` of x1): a
+    (G, r, T1, n2, T2) tensor, or a float when all members are bias-like ("ones")."""
+    kx, scalar = None, 0.0
+    for f1, f2 in zip(f1s, f2s, strict=True):
+        k = _input_gram(f1, f2, rows)
+        if k is None:
+            scalar += f1.scale * f2.scale
+        else:
+            kx = k if kx is None else kx + k
+    if kx is None:
+        return scalar
+    return kx + scalar if scalar else kx
+
+
+def gram_contract(f1s: list[Factor], f2s: list[Factor], mode: str, budget: int) -> torch.Tensor:
+    """Eq. 2 for a group of parameters sharing one cotangent (a layer's weight and bias): the
+    cotangent Gram is formed once and multiplied by the sum of the input Grams.
+
+    Returns (n1, n2, O, O) for full, (n1, n2) summed over outputs for trace, (n1, n2, O) for
+    diagonal. Works in blocks of rows of x1 so intermediates stay under `budget` elements.
+    """
+    f1, f2 = f1s[0], f2s[0]
+    o, g, t1, d = f1.shape
+    t2 = f2.shape[2]
+    n1, n2 = f1.n, f2.n
+    m = o * o if mode == "full" else o
+    rows = max(1, budget // max(1, g * t1 * n2 * t2 * (m + 1)))
+    # (O, n, G, T, d) -> the batched-matmul layouts used below (one copy when x2 is x1)
+    same = f1.c is f2.c
+    if mode == "diagonal":
+        c1 = f1.c.permute(2, 0, 1, 3, 4).reshape(g * o, n1, t1, d)
+        c2 = c1.reshape(g * o, n1 * t1, d) if same else \
+            f2.c.permute(2, 0, 1, 3, 4).reshape(g * o, n2 * t2, d)
+    elif mode == "trace":
+        c1 = f1.c.permute(2, 1, 3, 0, 4).reshape(g, n1, t1, o * d)
+        c2 = c1.reshape(g, n1 * t1, o * d) if same else \
+            f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2, o * d)
+    else:
+        c1 = f1.c.permute(2, 1, 3, 0, 4).reshape(g, n1, t1 * o, d)
+        c2 = c1.reshape(g, n1 * t1 * o, d) if same else \
+            f2.c.permute(2, 1, 3, 0, 4).reshape(g, n2 * t2 * o, d)
+    c2t = c2.transpose(1, 2)
+    inner = o * d if mode == "trace" else d
+    parts = []
+    for start in range(0, n1, rows):
+        stop = min(n1, start + rows)
+        r = stop - start
+        kx = _group_input_gram(f1s, f2s, slice(start, stop))
+        const = not isinstance(kx, torch.Tensor)
+        kc = torch.matmul(c1[:, start:stop].reshape(c1.shape[0], -1, inner), c2t)
+        if mode == "trace":
+            kc = kc.reshape(g, r, t1, n2, t2)
+            if const:
+                part = kc.sum(dim=(0, 2, 4)) * kx
+            elif g == 1 and t1 == 1 and t2 == 1:
+                part = kc.reshape(r, n2).mul_(kx.reshape(r, n2))
+            else:
+                part = (kc * kx).sum(dim=(0, 2, 4))
+        elif mode == "diagonal":
+            kc = kc.reshape(g, o, r, t1, n2, t2)
+            if const:
+                part = kc.sum(dim=(0, 3, 5)) * kx
+            else:
+                part = (kc * kx[:, None]).sum(dim=(0, 3, 5))
+            part = part.permute(1, 2, 0)
+        else:
+            kc = kc.reshape(g, r, t1, o, n2, t2, o)
+            if const:
+                part = kc.sum(dim=(0, 2, 5)) * kx
+            else:
+                part = (kc * kx[:, :, :, None, :, :, None]).sum(dim=(0, 2, 5))
+            part = part.permute(0, 2, 1, 3)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def jacobian_form(f: Factor) -> torch.Tensor:
+    """Eq. 1: per-sample Jacobian (n, O, P), P in the parameter's own memory layout."""
+    o, g, t, d = f.shape
+    n = f.n
+    if f.kind == "dense":
+        j = torch.einsum("aigto,igtk->iagok", f.c, f.a)
+        j = j.reshape(n, o, -1)
+    elif f.kind == "ones":
+        j = f.c.sum(dim=3).permute(1, 0, 2, 3).reshape(n, o, -1)
+    elif f.kind == "diag":
+        j = torch.einsum("aitk,itk->iak", f.c[:, :, 0], f.a)
+    else:
+        v = f.d_in
+        valid = f.a >= 0
+        rows = (torch.arange(n, device=f.a.device)[:, None] * v + f.a.clamp(min=0))[valid]
+        src = f.c[:, :, 0][:, valid]                            # (O, n_valid, d)
+        j = torch.zeros(o, n * v, d, dtype=f.c.dtype, device=f.c.device)
+        j.index_add_(1, rows, src)
+        j = j.reshape(o, n, v * d).transpose(0, 1)
+    return j if f.scale == 1.0 else j * f.scale
+
+
+def jacobian_contract(j1: torch.Tensor, j2: torch.Tensor, mode: str) -> torch.Tensor:
+    """Θ from per-sample Jacobians (n1, O, P), (n2, O, P); trace is the sum over outputs."""
+    n1, o, p = j1.shape
+    n2 = j2.shape[0]
+    if mode == "trace":
+        return j1.reshape(n1, o * p) @ j2.reshape(n2, o * p).T
+    if mode == "diagonal":
+        return torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)).permute(1, 2, 0)
+    return (j1.reshape(n1 * o, p) @ j2.reshape(n2 * o, p).T).reshape(n1, o, n2, o) \
+        .permute(0, 2, 1, 3)
+
+
+def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str,
+               symmetric: bool) -> tuple[float, float, float, float]:
+    """Costs of one parameter's factor pair, in multiply-adds and elements.
+
+    shape1/shape2: (O, G, T, d_out) of the factors; see the module docstring for the formulas.
+
+    Returns:
+        (input-Gram MACs, cotangent-Gram MACs, jacobian-form MACs, jacobian-form elements).
+        A group of parameters sharing a cotangent pays the cotangent Gram once.
+    """
+    o, g, t1, d = shape1
+    t2 = shape2[2]
+    m = o * o if mode == "full" else o
+    if kind == "diag":                         # no Gram form: Jacobian (n, O, d_out) only
+        jac = (n1 + (0 if symmetric else n2)) * o * t1 * d + n1 * n2 * m * d
+        return math.inf, 0.0, float(jac), float((n1 + (0 if symmetric else n2)) * o * d)
+    din_gram = {"dense": d_in, "index": 1, "ones": 0}[kind]
+    kx = n1 * n2 * g * t1 * t2 * din_gram
+    kc = n1 * n2 * g * t1 * t2 * (m * d + m)
+    p = g * d_in * d
+    form_din = d_in if kind == "dense" else 1
+    form = n1 * o * g * t1 * form_din * d + (0 if symmetric else n2 * o * g * t2 * form_din * d)
+    if kind == "index":
+        form += (n1 + (0 if symmetric else n2)) * o * p    # zero-filling the sparse Jacobian
+    jac = form + n1 * n2 * m * p
+    mem = (n1 + (0 if symmetric else n2)) * o * p
+    return float(kx), float(kc), float(jac), float(mem)
+
+
+def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool,
+                budget: int) -> str:
+    """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
+    multiply-adds (the jacobian form only within `budget` elements)."""
+    gram = jac = mem = 0.0
+    for f1, f2 in zip(f1s, f2s, strict=True):
+        kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
+                                   symmetric)
+        gram, jac, mem = gram + kx, jac + j, mem + mm
+    gram += kc
+    if any(f.kind == "diag" for f in f1s):
+        return "jacobian"
+    return "jacobian" if jac < gram and mem <= budget else "gram"

@@ -1,0 +1,218 @@
+"""Public entry points: `empirical_ntk` and `empirical_nngp` of any torch model.
+
+Θ(x, x')[a, b] = Σ_p ∂f_a(x)/∂θ_p ∂f_b(x')/∂θ_p          (Jacot et al. 2018; Lee et al. 2019,
+                                                            seed 002, eq. 6 at finite width)
+K(x, x')[a, b] = f_a(x) f_b(x')
+
+Three exact implementations (jacobian.py, ntvp.py, structured.py) share this driver, which checks
+the inputs, probes the model once, picks the implementation ("auto": cost.py), and computes the
+kernel in blocks of x1 x x2 rows when `batch_size` is set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._target import (
+    IMPLEMENTATIONS,
+    MODES,
+    Target,
+    check_batch_size,
+    check_choice,
+    check_inputs,
+    resolve_target,
+)
+from .cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+from .jacobian import JacobianEngine
+from .ntvp import NtvpEngine
+from .structured import StructuredEngine, make_plan
+
+__all__ = ["empirical_ntk", "empirical_nngp"]
+
+
+def _probe_batch(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
+    if x1.shape[0] >= 2:
+        return x1[:2]
+    if x2 is not None:
+        return torch.cat([x1[:1], x2[:1]])
+    return x1[:1]
+
+
+def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "auto",
+                  mode: str = "trace", batch_size: int | None = None) -> torch.Tensor:
+    """Empirical neural tangent kernel Θ = J(x1) J(x2)ᵀ of a finite model.
+
+    Args:
+        model: a `torch.nn.Module` (called as model(x), evaluated with
+            `torch.func.functional_call`), or a function f(params, x) with params a dict of
+            tensors. Outputs (n, ...) are flattened to (n, O). Module parameters with
+            requires_grad=False are held fixed; buffers are used as they are. A BatchNorm in
+            train mode (batch statistics) or an active Dropout raises ValueError: the output for
+            one input then depends on its batch or on chance, so the NTK is undefined; call
+            model.eval().
+        x1: (n1, *input_shape) inputs (any dtype the model accepts, e.g. token ids).
+        x2: (n2, *input_shape) inputs, or None for x1 (the symmetric kernel, computed once).
+        params: None for the module's trainable parameters; or a dict name -> tensor (for a
+            module, exactly its trainable parameter names) giving the point p0.
+        implementation: "jacobian" (per-sample Jacobians, then contraction), "ntvp"
+            (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram products for
+            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and widenets' DenseModule, cheap per-input
+            Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
+            autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
+            (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and
+            agree to rounding.
+        mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
+            analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
+            "diagonal": (n1, n2, O), the entries Θ[a, a].
+        batch_size: None for one block; else compute in blocks of at most batch_size rows of
+            x1 and of x2 so memory stays bounded (results identical to rounding).
+
+    Returns:
+        The kernel in the model's dtype and on its device, shaped as `mode` says.
+
+    Raises:
+        ValueError: bad mode, implementation or batch_size; inputs the model rejects (with its
+            own message); no trainable parameters; params keys that do not match the model;
+            BatchNorm in train mode; a non-finite result.
+        TypeError: model or params of the wrong type.
+    """
+    func = "empirical_ntk"
+    check_choice(mode, MODES, func=func, arg="mode")
+    check_choice(implementation, IMPLEMENTATIONS, func=func, arg="implementation")
+    batch_size = check_batch_size(batch_size, func=func)
+    target = resolve_target(model, params, func=func)
+    x1, x2 = check_inputs(x1, x2, func=func)
+    if x2 is not None:
+        target.call_checked(x2[:1], "x2", x2.shape)
+    itemsize = torch.empty((), dtype=target.dtype).element_size()
+    budget = DEFAULT_BUDGET_BYTES // itemsize
+    plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
+                     x_shape=x1.shape)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    auto = implementation == "auto"
+    if auto:
+        blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
+        costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
+                               budget=budget)
+        implementation = choose_implementation(costs, budget)
+    try:
+        out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    except NotImplementedError:
+        if not (auto and implementation == "ntvp"):
+            raise
+        # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
+        out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
+                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+    if mode == "trace":
+        out = out / plan.out_dim
+    _check_finite(out, func)
+    return out
+
+
+def _engine(implementation: str, target: Target, plan, budget: int):
+    if implementation == "jacobian":
+        return JacobianEngine(target, plan)
+    if implementation == "ntvp":
+        return NtvpEngine(target, plan, budget=budget)
+    return StructuredEngine(target, plan, budget=budget)
+
+
+def _transpose_block(blk: torch.Tensor, mode: str) -> torch.Tensor:
+    """Θ(x2, x1) from Θ(x1, x2): swap the input axes and the output axes."""
+    if mode == "full":
+        return blk.permute(1, 0, 3, 2)
+    if mode == "diagonal":
+        return blk.permute(1, 0, 2)
+    return blk.T
+
+
+def run_blocked(engine, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
+                batch_size: int | None, *, budget_bytes: int) -> torch.Tensor:
+    """Θ over x1 x x2 in blocks. States of x2 blocks are kept while they fit in budget_bytes,
+    else recomputed; with x2 None only blocks on and above the diagonal are computed."""
+    symmetric = x2 is None
+    xs2 = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    if batch_size is None or (batch_size >= n1 and batch_size >= n2):
+        s1 = engine.prepare(x1)
+        s2 = s1 if symmetric else engine.prepare(xs2)
+        return engine.contract(s1, s2, mode)
+    b = batch_size
+    spans1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
+    spans2 = spans1 if symmetric else [(j, min(j + b, n2)) for j in range(0, n2, b)]
+    out = None
+    cache: dict[int, object] = {}
+    cache_ok = True
+
+    def state2(j):
+        nonlocal cache_ok
+        if j in cache:
+            return cache[j]
+        s = engine.prepare(xs2[spans2[j][0]:spans2[j][1]])
+        if cache_ok and engine.state_bytes(s) * len(spans2) <= budget_bytes:
+            cache[j] = s
+        else:
+            cache_ok = False
+            cache.clear()
+        return s
+
+    for i, (a0, a1) in enumerate(spans1):
+        s1 = state2(i) if symmetric else engine.prepare(x1[a0:a1])
+        for j, (c0, c1) in enumerate(spans2):
+            if symmetric and j < i:
+                continue
+            s2 = s1 if (symmetric and j == i) else state2(j)
+            blk = engine.contract(s1, s2, mode)
+            if out is None:
+                out = torch.empty((n1, n2, *blk.shape[2:]), dtype=blk.dtype, device=blk.device)
+            out[a0:a1, c0:c1] = blk
+            if symmetric and j > i:
+                out[c0:c1, a0:a1] = _transpose_block(blk, mode)
+    return out
+
+
+def _check_finite(out: torch.Tensor, func: str) -> None:
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).sum())
+        raise FloatingPointError(f"{func}: the kernel has {bad} non-finite entries (the model "
+                                 f"produced NaN/inf gradients or overflowed in {out.dtype}); "
+                                 f"check the model on these inputs or use float64")
+
+
+def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
+                   batch_size: int | None = None) -> torch.Tensor:
+    """Empirical output covariance K = f(x1) f(x2)ᵀ of a finite model (one network, no average).
+
+    Args:
+        model, x1, x2, params, batch_size: as in `empirical_ntk` (the forward passes run in
+            blocks of batch_size inputs).
+        mode: "trace": (n1, n2), the mean over outputs Σ_a f_a(x) f_a(x') / O; "full":
+            (n1, n2, O, O); "diagonal": (n1, n2, O).
+
+    Returns:
+        The kernel in the model's dtype and device.
+    """
+    func = "empirical_nngp"
+    check_choice(mode, MODES, func=func, arg="mode")
+    batch_size = check_batch_size(batch_size, func=func)
+    target = resolve_target(model, params, func=func)
+    x1, x2 = check_inputs(x1, x2, func=func)
+    f1 = _outputs(target, x1, batch_size, "x1")
+    f2 = f1 if x2 is None else _outputs(target, x2, batch_size, "x2")
+    if mode == "trace":
+        out = f1 @ f2.T / f1.shape[1]
+    elif mode == "diagonal":
+        out = f1[:, None, :] * f2[None, :, :]
+    else:
+        out = f1[:, None, :, None] * f2[None, :, None, :]
+    _check_finite(out, func)
+    return out
+
+
+def _outputs(target: Target, x: torch.Tensor, batch_size: int | None, arg: str) -> torch.Tensor:
+    b = batch_size or x.shape[0]
+    with torch.no_grad():
+        return torch.cat([target.call_checked(x[i:i + b], arg, x.shape)
+                          for i in range(0, x.shape[0], b)])

@@ -1,0 +1,396 @@
+"""The "structured" implementation: layer-wise Gram products for known layers, autograd for
+the rest.
+
+One batched forward pass records, for every known layer (see `structure.py`), its input; a zero
+tensor δ added to its output makes the cotangents ∂f_a/∂y available as ∂f_a/∂δ, for all O
+outputs at once (a backward pass per output, batched over the output basis). Inputs are
+processed independently by the model (checked: BatchNorm must be in eval mode), so row i of the
+batched cotangent belongs to input i. Each known parameter's contribution is then contracted in
+the cheaper of the two exact forms of `factors.py`; the parameters of other modules get
+per-sample autograd Jacobians (of those parameters only).
+
+`make_plan` decides once per call which modules are known, and verifies each description: on a
+probe of two inputs it rebuilds Σ_{i,a} v_ia ∂f_a(x_i)/∂W from the factors (eq. 1 of
+`factors.py`) and compares with autograd's gradient for a random v. A description that does not
+match (a weight also used outside its module, a batch axis that is not the first, a subclass with
+another forward) sends that parameter to the autograd path instead of giving a wrong kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._target import Target
+from .factors import (
+    Factor,
+    choose_form,
+    concat_calls,
+    factors_for_call,
+    gram_contract,
+    jacobian_contract,
+    jacobian_form,
+)
+from .jacobian import per_sample_jacobians
+from .structure import LayerStructure, describe_module
+
+__all__ = ["KnownLayer", "Plan", "make_plan", "StructuredEngine", "output_basis_grads"]
+
+
+@dataclass
+class KnownLayer:
+    """A module the structured path accelerates.
+
+    Attributes:
+        name: module path in the model ("" for the model itself).
+        module: the module.
+        structure: its description.
+        roles: "weight"/"bias" -> trainable parameter name.
+        ksize: conv kernel size (affine: the parameter's shape); vocab: embedding rows.
+    """
+
+    name: str
+    module: nn.Module
+    structure: LayerStructure
+    roles: dict[str, str]
+    ksize: tuple[int, ...] = ()
+    vocab: int = 0
+    # per-input factor shapes from the probe: param name -> (kind, d_in, (O, G, T, d_out))
+    shapes: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What the probe found out about the model.
+
+    Attributes:
+        known: verified known layers.
+        fallback: parameter names handled by autograd Jacobians.
+        out_dim: O, outputs per input (flattened).
+        n_params: total trainable parameter count; fallback_params: of the fallback ones.
+        flops: forward multiply-adds per input (None when not counted).
+        act: output elements of all leaf modules per input (an activation-memory estimate).
+    """
+
+    known: list[KnownLayer]
+    fallback: list[str]
+    out_dim: int
+    n_params: int
+    fallback_params: int
+    flops: float | None = None
+    act: float = 0.0
+
+
+# ----------------------------------------------------------------------------- capturing
+@contextlib.contextmanager
+def _capture(layers: list[KnownLayer], records: list[list]):
+    """Forward hooks: record each call's input and add a zero δ (requires grad) to its output."""
+    handles = []
+
+    def make_hook(idx):
+        def hook(mod, args, out):
+            if not args or not isinstance(args[0], torch.Tensor) \
+                    or not isinstance(out, torch.Tensor):
+                records[idx].append(None)
+                return None
+            delta = torch.zeros_like(out, requires_grad=True)
+            records[idx].append((args[0].detach(), delta))
+            return out + delta
+        return hook
+
+    try:
+        for i, layer in enumerate(layers):
+            handles.append(layer.module.register_forward_hook(make_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O)."""
+    n, o = out.shape
+    basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
+                                        allow_unused=True, retain_graph=True)
+        grads = _fill(grads, inputs, o)
+        if not _projection_matches(out, inputs, grads):
+            grads = None            # a batching rule that runs but is wrong
+    except RuntimeError:            # an op without a batching rule
+        grads = None
+    if grads is None:               # one backward pass per output instead
+        per = [torch.autograd.grad(out, inputs, basis[a], allow_unused=True, retain_graph=True)
+               for a in range(o)]
+        grads = _fill([None if per[0][k] is None else torch.stack([p[k] for p in per])
+                       for k in range(len(inputs))], inputs, o)
+    return grads
+
+
+def _fill(grads, inputs, o: int) -> list[torch.Tensor]:
+    return [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+            for g, x in zip(grads, inputs, strict=True)]
+
+
+def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
+                        grads: list[torch.Tensor], seed: int = 0) -> bool:
+    """Check the batched cotangents against one plain backward pass: with random v (n, O) and
+    w (features), Σ_a v[i, a] ⟨grads[a][i], w⟩ must equal ⟨∂(Σ v·out)/∂input[i], w⟩ for every
+    row i. Rows attributed to the wrong input or output fail it with probability 1."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    ref = torch.autograd.grad(out, inputs, v, allow_unused=True, retain_graph=True)
+    tol = 1e-8 if out.dtype == torch.float64 else 1e-3
+    for g, r, x in zip(grads, ref, inputs, strict=True):
+        o, n = g.shape[:2]
+        w = torch.randn(x[0].numel(), generator=gen, dtype=torch.float64).to(out)
+        got = ((g.reshape(o, n, -1) @ w) * v.T).sum(0)                   # (n,)
+        want = torch.zeros(n, dtype=out.dtype, device=out.device) if r is None \
+            else r.reshape(n, -1) @ w
+        scale = float(want.norm()) + float((g.reshape(o, n, -1) @ w).norm()) * 1e-6
+        if not float((got - want).norm()) <= tol * scale + 1e-30:
+            return False
+    return True
+
+
+def _tied_names(module: nn.Module) -> set[str]:
+    """Names of parameters registered under more than one name (tied weights)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return {name for names in by_id.values() if len(names) > 1 for name in names}
+
+
+def _candidates(target: Target) -> list[KnownLayer]:
+    module = target.module
+    if module is None:
+        return []
+    tied = _tied_names(module)
+    out = []
+    for mname, mod in module.named_modules():
+        st = describe_module(mod)
+        if st is None:
+            continue
+        roles = {}
+        for role, attr in st.param_attrs():
+            pname = f"{mname}.{attr}" if mname else attr
+            if pname in target.params and pname not in tied:
+                roles[role] = pname
+        if not roles:
+            continue
+        w = getattr(mod, st.weight)
+        ksize = tuple(w.shape[2:]) if st.kind == "conv" else ()
+        ksize = tuple(w.shape) if st.kind == "affine" else ksize
+        vocab = w.shape[0] if st.kind == "embedding" else 0
+        out.append(KnownLayer(mname, mod, st, roles, ksize, vocab))
+    return out
+
+
+def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | None:
+    """Factors of all calls of a layer (calls are extra positions), or None if unusable."""
+    per_role: dict[str, list[Factor]] = {r: [] for r in layer.roles}
+    for (xin, _), g in zip(rec, grads, strict=True):
+        if xin.shape[0] != n or g.shape[1] != n:
+            return None
+        if layer.structure.kind == "conv" and xin.ndim != 2 + len(layer.ksize):
+            return None
+        fs = factors_for_call(layer.structure, tuple(layer.roles), xin, g, ksize=layer.ksize,
+                              vocab=layer.vocab)
+        for role, f in fs.items():
+            per_role[role].append(f)
+    out = {}
+    for role, pname in layer.roles.items():
+        fs = per_role[role]
+        if fs[0].kind == "dense" and len({f.a.shape[-1] for f in fs}) > 1:
+            return None
+        if len({f.c.shape[-1] for f in fs}) > 1 or len({f.c.shape[2] for f in fs}) > 1:
+            return None
+        out[pname] = concat_calls(fs)
+    if len(out) == 2:
+        w, b = out.values()
+        if w.c.shape == b.c.shape:          # linear, or conv with groups=1: share one cotangent
+            b.c = w.c
+    return out
+
+
+def _groups(factors: dict[str, Factor]) -> list[list[str]]:
+    """Parameter names grouped by shared cotangent tensor (a layer's weight and bias)."""
+    by_c: dict[int, list[str]] = {}
+    for name, f in factors.items():
+        by_c.setdefault(id(f.c), []).append(name)
+    return list(by_c.values())
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-8, torch.float32: 1e-3}.get(dtype, 3e-2)
+
+
+# Forward multiply-adds per input do not depend on the parameter values: counted once per
+# module and probe shape (FlopCounterMode costs a little on every op).
+_FLOPS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
+              seed: int = 0, x_shape=None) -> Plan:
+    """Run the model on a small probe batch: output size, verified known layers, FLOPs.
+
+    Args:
+        target: the model.
+        x_probe: (k, ...) a few inputs (2 are enough to detect batch-axis mix-ups).
+        count_flops: also count forward multiply-adds per input (for implementation="auto").
+        seed: seed of the random cotangent used to verify the layer descriptions.
+        x_shape: shape of the user's x1, for error messages.
+    """
+    layers = _candidates(target)
+    records: list[list] = [[] for _ in layers]
+    act = [0]
+
+    def count_act(mod, args, out):
+        if isinstance(out, torch.Tensor) and not list(mod.children()):
+            act[0] += out.numel()
+
+    p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
+    counter = contextlib.nullcontext()
+    cache_key = (tuple(x_probe.shape), x_probe.dtype, str(x_probe.device))
+    cached = None
+    if count_flops and target.module is not None:
+        cached = _FLOPS_CACHE.get(target.module, {}).get(cache_key)
+    if count_flops and cached is None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+    act_handle = nn.modules.module.register_module_forward_hook(count_act)
+    try:
+        with torch.enable_grad(), _capture(layers, records), counter:
+            probe = Target(p_req, target.module, target.fn, target.func)
+            out = probe.call_checked(x_probe, "x1", x_shape)
+    finally:
+        act_handle.remove()
+    k = x_probe.shape[0]
+    flops = None
+    if count_flops:
+        flops = cached if cached is not None else counter.get_total_flops() / 2 / k
+        if target.module is not None:
+            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = flops
+    o = out.shape[1]
+    n_params = sum(v.numel() for v in target.params.values())
+
+    verified: list[KnownLayer] = []
+    usable = [i for i, rec in enumerate(records) if rec and all(r is not None for r in rec)]
+    if usable:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+        deltas = [d for i in usable for (_, d) in records[i]]
+        names = list(p_req)
+        grads = torch.autograd.grad(out, [p_req[n] for n in names] + deltas, v,
+                                    allow_unused=True)
+        true = dict(zip(names, grads[:len(names)], strict=True))
+        dgrads = list(grads[len(names):])
+        tol = _tolerance(out.dtype)
+        pos = 0
+        for i in usable:
+            layer, rec = layers[i], records[i]
+            gs = [(torch.zeros_like(d) if g is None else g)[None]
+                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec, strict=True)]
+            pos += len(rec)
+            fs = _call_factors(layer, rec, gs, k)
+            if fs is None:
+                continue
+            for role, pname in list(layer.roles.items()):
+                f = fs[pname]
+                ref = true[pname]
+                ref = torch.zeros_like(p_req[pname]) if ref is None else ref
+                rebuilt = jacobian_form(f).sum(0).reshape(ref.shape)
+                err = float((rebuilt - ref).norm())
+                if err <= tol * float(ref.norm()) + 1e-30:
+                    layer.shapes[pname] = (f.kind, f.d_in, f.shape)
+                else:                       # used elsewhere too, or described wrongly
+                    del layer.roles[role]
+            if layer.roles:
+                verified.append(layer)
+    known_names = {p for layer in verified for p in layer.roles.values()}
+    fallback = [name for name in target.params if name not in known_names]
+    return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
+                fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
+                act=act[0] / k)
+
+
+# ------------------------------------------------------------------------------- engine
+@dataclass
+class StructuredState:
+    """Factors of one block of inputs (and lazily their Jacobian forms)."""
+
+    n: int
+    factors: dict[str, Factor]
+    fallback: list[torch.Tensor]
+    jac: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def jacobian(self, name: str) -> torch.Tensor:
+        if name not in self.jac:
+            self.jac[name] = jacobian_form(self.factors[name])
+        return self.jac[name]
+
+
+class StructuredEngine:
+    """prepare(x) -> StructuredState; contract(s1, s2, mode) -> Θ block (trace: sum)."""
+
+    def __init__(self, target: Target, plan: Plan, *, budget: int):
+        self.target = target
+        self.plan = plan
+        self.budget = budget        # elements per intermediate
+        self.params = target.params
+
+    def prepare(self, x: torch.Tensor) -> StructuredState:
+        n = x.shape[0]
+        layers = self.plan.known
+        factors: dict[str, Factor] = {}
+        if layers:
+            records: list[list] = [[] for _ in layers]
+            with torch.enable_grad(), _capture(layers, records):
+                out = self.target(self.params, x)
+            deltas = [d for rec in records for (_, d) in rec]
+            grads = output_basis_grads(out, deltas)
+            del out
+            pos = 0
+            for layer, rec in zip(layers, records, strict=True):
+                fs = _call_factors(layer, rec, grads[pos:pos + len(rec)], n)
+                pos += len(rec)
+                if fs is None:
+                    raise RuntimeError(
+                        f"{self.target.func}: layer '{layer.name}' changed how it is called "
+                        f"between the probe and the batch of {n}; use implementation="
+                        f"'jacobian'")
+                factors.update(fs)
+        fallback = []
+        if self.plan.fallback:
+            fallback = per_sample_jacobians(self.target, self.plan.fallback, x)
+        return StructuredState(n, factors, fallback)
+
+    def contract(self, s1: StructuredState, s2: StructuredState, mode: str) -> torch.Tensor:
+        symmetric = s1 is s2
+        out = None
+        for names in _groups(s1.factors):
+            f1s = [s1.factors[k] for k in names]
+            f2s = [s2.factors[k] for k in names]
+            if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
+                parts = [gram_contract(f1s, f2s, mode, self.budget)]
+            else:
+                parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
+            for part in parts:
+                out = part if out is None else out.add_(part)
+        for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):
+            part = jacobian_contract(j1, j2, mode)
+            out = part if out is None else out.add_(part)
+        return out
+
+    @staticmethod
+    def state_bytes(state: StructuredState) -> int:
+        return (sum(f.nbytes() for f in state.factors.values())
+                + sum(j.numel() * j.element_size() for j in state.fallback))

@@ -1,0 +1,153 @@
+"""`lee-fig1`: relative change of weights, of the empirical NTK Θ and of the NNGP K during
+training, against width (Lee et al. 2019, seed 002, Fig. 1; MATH.md §5).
+
+The paper: 3 hidden-layer ReLU nets, η = 1.0, |D| = 128 MNIST images, T = 2¹⁷ steps; input and
+output weights move like 1/√n, intermediate weights like 1/n, Θ and K between 1/√n and 1/n
+(closer to 1/n). Here: 128 scikit-learn digits, η at half the largest stable rate of the
+analytic NTK, a few hundred full-batch steps, slopes with 95% intervals from several seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import finite_width as fw
+from .. import predict
+from ..data import load_digits
+from ..empirical import empirical_ntk
+from .base import ACTIVATION_HELP, Result, progress
+from .common import ACTIVATIONS, fc_net
+from .plotting import pyplot, save
+
+ID = "lee-fig1"
+TITLE = "Relative change of weights, NTK and NNGP during training against width (seed 002 Fig. 1)"
+RUNTIME = "2 min"
+
+QUANTITIES = ("input weights", "hidden weights", "output weights", "NTK Θ", "NNGP K")
+
+
+@dataclass
+class Config:
+    """Options (`--set key=value`).
+
+    Attributes:
+        n_train: digits used for training (the paper: 128).
+        depth, activation, w_std, b_std: the network (3 hidden ReLU layers, σw² = 2, σb² = 0.1
+            is close to the paper's).
+        widths: widths of the sweep; seeds: initializations per width (slope intervals).
+        steps: full-batch GD steps; lr_factor: η as a fraction of 2/λmax(Θ/n).
+        seed: data split seed.
+    """
+
+    n_train: int = 128
+    depth: int = 3
+    activation: str = "relu"
+    w_std: float = 2 ** 0.5
+    b_std: float = 0.1 ** 0.5
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    lr_factor: float = 0.5
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(ACTIVATION_HELP.format(self.activation))
+        if len(self.widths) < 2 or min(self.widths) < 2:
+            raise ValueError(f"widths needs at least two widths >= 2, got {self.widths}")
+        if self.depth < 2:
+            raise ValueError("depth must be >= 2 (hidden weights need a hidden-to-hidden layer)")
+        if not 0 < self.lr_factor < 1 or self.steps < 1 or not self.seeds:
+            raise ValueError("lr_factor in (0, 1), steps >= 1 and at least one seed")
+
+
+QUICK = dict(depth=2, widths=(32, 64, 128, 256), seeds=(0, 1), steps=40, n_train=32)
+
+
+def run(config: Config) -> Result:
+    ds = load_digits(n_train=config.n_train, n_test=10, seed=config.seed)
+    x, y = ds.x_train, ds.y_train
+    n, k_out = x.shape[0], y.shape[1]
+
+    def build(width: int, seed: int):
+        net = fc_net(width, config.depth, activation=config.activation, w_std=config.w_std,
+                     b_std=config.b_std, out=k_out)
+        return net.module((ds.in_dim,), seed=seed, dtype=torch.float64)
+
+    theta = fc_net(1, config.depth, activation=config.activation, w_std=config.w_std,
+                   b_std=config.b_std).kernel(x, get="ntk")
+    eta = config.lr_factor * n * predict.max_learning_rate(theta)   # loss (1/2n) Σ ||r||²
+    names = [k for k, _ in build(2, 0).named_parameters() if k.endswith("weight")]
+    bar = iter(progress(range(len(config.widths) * len(config.seeds)), desc="widths x seeds",
+                        total=len(config.widths) * len(config.seeds)))
+
+    def measure(model) -> dict:
+        # Θ by wn.empirical_ntk ("auto": layer-wise Gram products, no Jacobian in memory)
+        theta0 = empirical_ntk(model, x).detach()
+        rec = fw.train(model, x, y, learning_rate=eta, steps=config.steps,
+                       record_every=config.steps, record=("weights", "nngp", "loss"),
+                       convention="mean")
+        theta_t = empirical_ntk(model, x).detach()
+        rc = fw.relative_change(rec)
+        next(bar, None)
+        hidden = [float(rc.weights[k][-1]) for k in names[1:-1]]
+        return {"input weights": float(rc.weights[names[0]][-1]),
+                "hidden weights": float(np.mean(hidden)),
+                "output weights": float(rc.weights[names[-1]][-1]),
+                "NTK Θ": float((theta_t - theta0).norm() / theta0.norm()),
+                "NNGP K": float(rc.nngp[-1]),
+                "final loss": float(rec.loss[-1])}
+
+    t0 = time.perf_counter()
+    sweep = fw.width_sweep(build, config.widths, measure=measure, seeds=config.seeds)
+    t_sweep = time.perf_counter() - t0
+    metrics = {"learning_rate": eta}
+    for q in QUANTITIES:
+        metrics[f"slope {q}"] = sweep.slope[q]
+        metrics[f"slope {q} 95% CI"] = tuple(float(c) for c in sweep.ci[q])
+    metrics["final loss (widest)"] = float(sweep.values["final loss"][:, -1].mean())
+    caption = (f"{config.depth}-hidden-layer {config.activation} nets trained by full-batch GD "
+               f"(η={eta:.3g}, {config.steps} steps) on {n} digits. Relative Frobenius change "
+               f"‖W_T − W_0‖/‖W_0‖ and ‖Θ_T − Θ_0‖/‖Θ_0‖ against width, mean over "
+               f"{len(config.seeds)} seeds, with fitted log-log slopes. The paper: input/output "
+               f"weights ~ n^-1/2, hidden weights ~ n^-1, Θ and K in between, closer to n^-1.")
+    data = {"widths": list(config.widths),
+            "values": {q: sweep.values[q] for q in (*QUANTITIES, "final loss")},
+            "slope": {q: sweep.slope[q] for q in QUANTITIES}}
+    return Result(figure=ID, config=config, data=data, metrics=metrics, caption=caption,
+                  timings={"sweep_s": round(t_sweep, 3)})
+
+
+def plot(result: Result, path) -> None:
+    plt = pyplot()
+    d = result.data
+    w = np.asarray(d["widths"], dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    styles = {"input weights": ("tab:blue", "o"), "hidden weights": ("tab:green", "s"),
+              "output weights": ("tab:orange", "^"), "NTK Θ": ("k", "D"),
+              "NNGP K": ("tab:red", "v")}
+    for ax, group in ((axes[0], QUANTITIES[:3]), (axes[1], QUANTITIES[3:])):
+        for q in group:
+            vals = np.asarray(d["values"][q], dtype=float)          # (S, W)
+            mean = vals.mean(0)
+            color, marker = styles[q]
+            ax.loglog(w, mean, marker=marker, color=color, lw=1.5,
+                      label=f"{q} (slope {d['slope'][q]:.2f})")
+            if vals.shape[0] > 1:
+                ax.fill_between(w, vals.min(0), vals.max(0), color=color, alpha=0.15)
+        top = max(np.asarray(d["values"][q], dtype=float).mean(0)[0] for q in group)
+        ax.loglog(w, top * (w / w[0]) ** -0.5, "k--", lw=0.9, label="∝ n^(-1/2)")
+        ax.loglog(w, top * (w / w[0]) ** -1.0, "k:", lw=1.1, label="∝ n^(-1)")
+        ax.set_xlabel("width n")
+        ax.legend(fontsize=8)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xticks(w, [str(int(v)) for v in w])
+    axes[0].set_ylabel("‖W_T − W_0‖_F / ‖W_0‖_F")
+    axes[0].set_title("weights")
+    axes[1].set_ylabel("relative Frobenius change")
+    axes[1].set_title("empirical kernels")
+    save(fig, path)

@@ -1,0 +1,25 @@
+"""Predict training without training (Lee et al. 2019, seed 002, §2.2-2.4; MATH.md §3-4).
+
+* `gradient_descent_mse`: MSE gradient descent / flow in closed form at any times (eqs. 8-11),
+  `weight_change` the parameter displacement (eq. 8).
+* `gradient_descent`: any differentiable loss, optional momentum, as a function-space ODE.
+* `gp_inference`: NNGP posterior (eq. 13) and NTK-GP at infinite time (eq. 16).
+* `gradient_descent_mse_ensemble`: the infinite ensemble of trained infinitely wide networks at
+  any time (eqs. 14-15).
+* `max_learning_rate`: the largest stable and the critical learning rates (§2.4).
+
+Kernel arguments are tensors, numpy arrays or `wn.Kernel` objects; `diag_reg` is relative to
+the mean diagonal unless `diag_reg_absolute=True`.
+"""
+
+from .ensemble import EnsemblePredictor, gradient_descent_mse_ensemble
+from .gp import Gaussian, gp_inference
+from .mse import MSEPredictor, gradient_descent_mse, weight_change
+from .ode import ODEPredictor, cross_entropy_loss, gradient_descent, mse_loss
+from .rates import max_learning_rate
+
+__all__ = [
+    "gradient_descent_mse", "weight_change", "gradient_descent", "gp_inference",
+    "gradient_descent_mse_ensemble", "max_learning_rate", "Gaussian", "MSEPredictor",
+    "ODEPredictor", "EnsemblePredictor", "mse_loss", "cross_entropy_loss",
+]

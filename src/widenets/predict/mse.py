@@ -1,0 +1,230 @@
+"""Closed-form gradient descent on the MSE loss (Lee et al. 2019, seed 002, §2.2, eqs. 8-11).
+
+Training the linearized network f_lin(x) = f_0(x) + J_0(x) ω with the total loss
+L = ½ Σ_i ||f(x_i) - y_i||² and learning rate η gives, with Θ = Θ_0(X, X):
+
+    f_t(X)  = Y + e^{-ηΘt} (f_0(X) - Y)                                       (eq. 9)
+    f_t(x)  = f_0(x) + Θ(x, X) Θ⁻¹ (I - e^{-ηΘt}) (Y - f_0(X))                (eqs. 10 + 11)
+    ω_t     = -J_0(X)ᵀ Θ⁻¹ (I - e^{-ηΘt}) (f_0(X) - Y)                        (eq. 8)
+
+and discrete gradient descent replaces e^{-ηΘt} by (I - ηΘ)^t, t the number of steps. The
+eigendecomposition Θ = V diag(λ) Vᵀ is computed once; each call then costs one product with V
+per set of outputs, for any number of times.
+
+Several output columns are trained independently with the same kernel: the full NTK is taken to
+be Θ ⊗ I (exact at infinite width; `widenets.empirical.jacobian_ntk` returns the mean over
+outputs, which is this Θ).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._linalg import (
+    SymmetricEig,
+    as_kernel_matrix,
+    as_outputs,
+    as_targets,
+    as_times,
+    check_diag_reg,
+    check_positive,
+    restore_targets_shape,
+    time_factors,
+)
+
+__all__ = ["gradient_descent_mse", "weight_change", "MSEPredictor"]
+
+
+class MSEPredictor:
+    """Outputs of MSE gradient descent at any time, from one eigendecomposition of Θ.
+
+    Made by `gradient_descent_mse`; call it as `predictor(t, fx_train_0, fx_test_0,
+    k_test_train)`.
+
+    Attributes:
+        eig: the `SymmetricEig` of the (regularized) train-train kernel.
+        y_train: (n, k) targets (a vector target is kept as one column internally).
+        learning_rate, discrete: as given.
+    """
+
+    _func = "gradient_descent_mse"
+
+    def __init__(self, k_train_train, y_train, *, learning_rate: float = 1.0,
+                 diag_reg: float = 0.0, diag_reg_absolute: bool = False,
+                 discrete: bool = False):
+        func = self._func
+        k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train", which="ntk")
+        self.learning_rate = check_positive(learning_rate, func=func, arg="learning_rate")
+        diag_reg = check_diag_reg(diag_reg, func=func)
+        if not isinstance(discrete, bool):
+            raise TypeError(f"{func}: discrete must be True or False, got {discrete!r}")
+        self.discrete = discrete
+        self.y_train, self._vector = as_targets(y_train, func=func, n=k.shape[0],
+                                                dtype=k.dtype, device=k.device)
+        self.eig = SymmetricEig(k, diag_reg=diag_reg, absolute=diag_reg_absolute, func=func,
+                                arg="k_train_train")
+        # Vᵀ (f_0 - Y) for the default f_0 = 0, reused by every call that keeps the default.
+        self._proj_default = -(self.eig.eigenvectors.T @ self.y_train)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_train(self) -> int:
+        return self.y_train.shape[0]
+
+    def _residual_projection(self, fx_train_0) -> torch.Tensor:
+        """Vᵀ (f_0(X) - Y): (n, k)."""
+        if isinstance(fx_train_0, (int, float)) and not isinstance(fx_train_0, bool) and \
+                fx_train_0 == 0:
+            return self._proj_default
+        f0 = as_outputs(fx_train_0, func=self._func, arg="fx_train_0",
+                        shape=tuple(self.y_train.shape), vector=self._vector,
+                        dtype=self.y_train.dtype, device=self.y_train.device)
+        return self.eig.eigenvectors.T @ (f0 - self.y_train)
+
+    def _times(self, t):
+        return as_times(t, func=self._func, discrete=self.discrete)
+
+    @staticmethod
+    def _apply(left: torch.Tensor, factors: torch.Tensor, proj: torch.Tensor,
+               vec: torch.Tensor | None = None) -> torch.Tensor:
+        """left @ [vec] @ diag(factors[s]) @ proj for every time s, as one matrix product.
+
+        left: (m, n); factors: (T, n); proj: (n, k); vec: optional (n, n). Returns (T, m, k).
+        With vec, the cheaper order is chosen: left @ (vec @ X) costs n²Tk + mnTk,
+        (left @ vec) @ X costs mn² + mnTk; the first wins when T·k < m (e.g. one time).
+        """
+        n_t, n = factors.shape
+        k = proj.shape[1]
+        m = left.shape[0]
+        scaled = (factors.T[:, :, None] * proj[:, None, :]).reshape(n, n_t * k)
+        if vec is not None:
+            if n_t * k < m:
+                scaled = vec @ scaled
+            else:
+                left = left @ vec
+        return (left @ scaled).reshape(m, n_t, k).permute(1, 0, 2)
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
+        """Train (and test) outputs after training for time t.
+
+        Args:
+            t: a number or a 1-D tensor of times (steps when discrete); None means t = ∞.
+                Continuous time t corresponds to t steps of gradient descent at the learning
+                rate (the flow runs for time η t).
+            fx_train_0: (n,) or (n, k) network outputs on the training set at t = 0, or a
+                number (0 by default: a centered network).
+            fx_test_0: (m,) or (m, k) outputs on the test set at t = 0, or a number; None is 0.
+            k_test_train: (m, n) NTK Θ(x_test, X) (or a `wn.Kernel`, its `ntk` is used); None
+                for training-set outputs only.
+
+        Returns:
+            fx_train_t: shaped like y_train, with a leading time axis (T, ...) when t is 1-D.
+            With k_test_train, the tuple (fx_train_t, fx_test_t), fx_test_t of shape (m, k)
+            (or (m,) for vector targets), likewise with a time axis.
+        """
+        func = self._func
+        tt, scalar = self._times(t)
+        decay, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
+                                   discrete=self.discrete)
+        proj = self._residual_projection(fx_train_0)
+        vec = self.eig.eigenvectors
+        # Lee et al. 2019, eq. 9: f_t(X) = Y + V diag(decay) Vᵀ (f_0 - Y).
+        train = self.y_train + self._apply(vec, decay, proj)
+        train = restore_targets_shape(train, self._vector)
+        if k_test_train is None:
+            if fx_test_0 is not None:
+                raise ValueError(f"{func}: fx_test_0 was given without k_test_train; pass the "
+                                 f"(m, n) test-train NTK to get test outputs")
+            return train[0] if scalar else train
+        ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train", which="ntk",
+                               shape=(None, self.n_train)).to(vec.device)
+        m, k = ktx.shape[0], self.y_train.shape[1]
+        f0_test = as_outputs(0.0 if fx_test_0 is None else fx_test_0, func=func,
+                             arg="fx_test_0", shape=(m, k), vector=self._vector,
+                             dtype=vec.dtype, device=vec.device)
+        # Lee et al. 2019, eqs. 10-11: f_t(x) = f_0(x) - Θ(x,X) V diag(gain) Vᵀ (f_0(X) - Y).
+        test = f0_test - self._apply(ktx, gain, proj, vec)
+        test = restore_targets_shape(test, self._vector)
+        if scalar:
+            return train[0], test[0]
+        return train, test
+
+    def weight_change(self, t=None, fx_train_0=0.0) -> torch.Tensor:
+        """||θ_t - θ_0||, the parameter displacement of the linearized network (eq. 8).
+
+        ||ω_t||² = Σ_c r_cᵀ (I - e^{-ηΘt}) Θ⁻¹ J Jᵀ Θ⁻¹ (I - e^{-ηΘt}) r_c with r = f_0(X) - Y
+        and J Jᵀ = Θ - ρ I (the unregularized kernel; ρ the diag_reg added). With several
+        outputs J Jᵀ = Θ ⊗ I is assumed (exact for one output and at infinite width).
+
+        Args:
+            t: as in `__call__`.
+            fx_train_0: as in `__call__`.
+
+        Returns:
+            A scalar tensor, or (T,) for a 1-D t.
+        """
+        tt, scalar = self._times(t)
+        _, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
+                               discrete=self.discrete)
+        proj = self._residual_projection(fx_train_0)
+        jjt = torch.clamp(self.eig.eigenvalues - self.eig.reg, min=0.0)
+        sq = (gain ** 2 * jjt) @ (proj ** 2).sum(1)
+        out = torch.sqrt(sq)
+        return out[0] if scalar else out
+
+
+def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
+                         diag_reg: float = 0.0, diag_reg_absolute: bool = False,
+                         discrete: bool = False) -> MSEPredictor:
+    """Predict MSE gradient descent in closed form (Lee et al. 2019, eqs. 8-11).
+
+    Example:
+        >>> predict = wn.predict.gradient_descent_mse(k_train.ntk, y_train, learning_rate=1.0)
+        >>> fx_train_t, fx_test_t = predict(t, fx_train_0, fx_test_0, k_test_train.ntk)
+
+    Args:
+        k_train_train: (n, n) NTK on the training inputs (a tensor, a numpy array or a
+            `wn.Kernel`, whose `ntk` is used); the empirical NTK of a finite network predicts
+            that network's linearization, the analytic NTK the infinite-width limit.
+        y_train: (n,) or (n, k) targets; each column trains independently.
+        learning_rate: η. The loss is the total ½ Σ ||f - y||² (not the mean over samples).
+        diag_reg: ρ added to the diagonal of k_train_train. Relative by default: ρ =
+            diag_reg · mean(diag k_train_train). Needed when the kernel is singular and t = ∞.
+        diag_reg_absolute: True to add diag_reg itself.
+        discrete: True for gradient descent with whole steps, (I - ηΘ)^t; False for gradient
+            flow e^{-ηΘt} (t then counts steps of size η as well).
+
+    Returns:
+        An `MSEPredictor` p with `p(t=None, fx_train_0=0.0, fx_test_0=None,
+        k_test_train=None)` and `p.weight_change(t, fx_train_0)`.
+
+    Raises:
+        ValueError: a kernel that is not positive semi-definite (suggests diag_reg), wrong
+            shapes, non-finite values.
+    """
+    return MSEPredictor(k_train_train, y_train, learning_rate=learning_rate, diag_reg=diag_reg,
+                        diag_reg_absolute=diag_reg_absolute, discrete=discrete)
+
+
+def weight_change(k_train_train, y_train, t=None, fx_train_0=0.0, *, learning_rate: float = 1.0,
+                  diag_reg: float = 0.0, diag_reg_absolute: bool = False,
+                  discrete: bool = False) -> torch.Tensor:
+    """||θ_t - θ_0|| of the linearized network trained on MSE (Lee et al. 2019, eq. 8).
+
+    A shortcut for `gradient_descent_mse(...).weight_change(t, fx_train_0)`; keep the
+    predictor instead when asking for several t (one eigendecomposition serves all).
+
+    Args:
+        k_train_train, y_train, learning_rate, diag_reg, diag_reg_absolute, discrete: as in
+            `gradient_descent_mse`.
+        t: a number or 1-D tensor of times; None is t = ∞.
+        fx_train_0: (n,) or (n, k) outputs at t = 0, or a number.
+
+    Returns:
+        A scalar tensor, or (T,) for a 1-D t.
+    """
+    predictor = MSEPredictor(k_train_train, y_train, learning_rate=learning_rate,
+                             diag_reg=diag_reg, diag_reg_absolute=diag_reg_absolute,
+                             discrete=discrete)
+    return predictor.weight_change(t, fx_train_0)

@@ -1,0 +1,224 @@
+"""scikit-learn estimators from infinitely wide networks (`wn.sklearn`, imported lazily).
+
+* `NTKRegressor`: the mean of the infinite ensemble of infinitely wide `net`s trained by MSE
+  gradient descent for time t (t=None: to convergence; Lee et al. 2019, eqs. 14-16), with
+  `return_std` / `return_cov` from the ensemble's covariance (eq. 15).
+* `NNGPRegressor`: the NNGP posterior (t=None, eq. 13), or training only the readout for time t.
+* `NTKClassifier`: one-hot regression with the NTK ensemble mean, prediction by argmax.
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    model = make_pipeline(StandardScaler(), wn.sklearn.NTKRegressor(net, t=None))
+    model.fit(X_train, y_train).score(X_test, y_test)
+
+Constructors store their arguments verbatim (scikit-learn convention); `fit` checks them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .layers import Dense, Relu, serial
+from .layers.base import Layer
+from .predict.ensemble import EnsemblePredictor
+from .predict.gp import gp_inference
+
+__all__ = ["NTKRegressor", "NNGPRegressor", "NTKClassifier", "default_net"]
+
+
+def default_net() -> Layer:
+    """The network used when `net=None`: Dense(w_std=1.5, b_std=0.05) → ReLU → Dense readout.
+
+    Only the infinite-width kernels are used, so the width (512) does not matter.
+    """
+    return serial(Dense(512, w_std=1.5, b_std=0.05), Relu(), Dense(1, w_std=1.5, b_std=0.05))
+
+
+class _WideNetEstimator(BaseEstimator):
+    """Shared fit/predict of the estimators; `_kernel` is "ntk" or "nngp"."""
+
+    _kernel = "ntk"
+
+    def __init__(self, net=None, *, t=None, learning_rate=1.0, diag_reg=1e-6,
+                 diag_reg_absolute=False):
+        self.net = net
+        self.t = t
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+        self.diag_reg_absolute = diag_reg_absolute
+
+    def _resolved_net(self) -> Layer:
+        net = default_net() if self.net is None else self.net
+        if not isinstance(net, Layer):
+            raise TypeError(f"{type(self).__name__}.fit: net must be a widenets network "
+                            f"(e.g. wn.serial(...)) or None, got {type(net).__name__}")
+        return net
+
+    def _check_t(self):
+        t = self.t
+        if t is None:
+            return None
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
+                or not (t >= 0):
+            raise ValueError(f"{type(self).__name__}.fit: t must be None (trained to "
+                             f"convergence) or a number >= 0, got {t!r}")
+        return float(t)
+
+    def _fit_targets(self, X, targets: np.ndarray):
+        self._t = self._check_t()
+        self.predictor_ = EnsemblePredictor(
+            self._resolved_net(), torch.tensor(X, dtype=torch.float64),
+            torch.tensor(targets, dtype=torch.float64),
+            learning_rate=self.learning_rate, diag_reg=self.diag_reg,
+            diag_reg_absolute=self.diag_reg_absolute)
+        # Factorize now so that a kernel that is not positive definite fails in fit.
+        eig = self.predictor_.eig(self._kernel)
+        if self._t is None:
+            eig.require_definite("t=None (trained to convergence)")
+        return self
+
+    def _predict_gaussian(self, X, compute_cov: bool):
+        check_is_fitted(self, "predictor_")
+        X = torch.tensor(validate_data(self, X, reset=False, dtype=np.float64))
+        ens = self.predictor_
+        if self._kernel == "nngp" and self._t is None:
+            # The Bayesian posterior (eq. 13), diag_reg as observation noise.
+            net = self._resolved_net()
+            return gp_inference(ens.k_train, ens.targets, net.kernel(X, ens.x_train, get="nngp"),
+                                net.kernel(X, get="nngp") if compute_cov else None,
+                                kernel="nngp", diag_reg=self.diag_reg,
+                                diag_reg_absolute=self.diag_reg_absolute)
+        return ens(self._t, X, kernel=self._kernel, compute_cov=compute_cov)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class _WideNetRegressor(RegressorMixin, _WideNetEstimator):
+
+    def fit(self, X, y):
+        """Compute the training kernels and their eigendecomposition.
+
+        Args:
+            X: (n, d) training inputs.
+            y: (n,) or (n, k) targets.
+
+        Returns:
+            self.
+        """
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        return self._fit_targets(X, np.asarray(y, dtype=np.float64))
+
+    def predict(self, X, return_std=False, return_cov=False):
+        """Mean prediction, optionally with its standard deviation or covariance.
+
+        Args:
+            X: (m, d) inputs.
+            return_std: also return the (m,) standard deviations ((m, k) for k targets, equal
+                across targets).
+            return_cov: also return the (m, m) covariance ((m, m, k) for k targets).
+
+        Returns:
+            mean (m,) or (m, k); with return_std or return_cov the tuple (mean, std or cov).
+        """
+        if return_std and return_cov:
+            raise ValueError(f"{type(self).__name__}.predict: ask for at most one of "
+                             f"return_std and return_cov")
+        g = self._predict_gaussian(X, compute_cov=return_std or return_cov)
+        mean = g.mean.numpy()
+        if not (return_std or return_cov):
+            return mean
+        cov = g.covariance.numpy()
+        if return_std:
+            extra = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        else:
+            extra = cov
+        if mean.ndim == 2:
+            extra = np.repeat(extra[..., None], mean.shape[1], axis=-1)
+        return mean, extra
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class NTKRegressor(_WideNetRegressor):
+    """The infinite ensemble of infinitely wide networks trained by MSE gradient descent.
+
+    Args:
+        net: a widenets network (None: `default_net()`). Only its analytic kernels are used.
+        t: training time in steps of size `learning_rate` (gradient flow); None trains to
+            convergence (eq. 16: the NTK-GP mean Θ(x, X) Θ⁻¹ Y).
+        learning_rate: η (only t · η matters for gradient flow).
+        diag_reg: ρ added to the diagonal of the train-train NTK, relative to its mean diagonal
+            (1e-6 by default, so that duplicated training points are harmless).
+        diag_reg_absolute: True to add diag_reg itself.
+
+    Attributes (after fit):
+        predictor_: the `wn.predict.EnsemblePredictor`; n_features_in_.
+    """
+
+    _kernel = "ntk"
+
+
+class NNGPRegressor(_WideNetRegressor):
+    """Bayesian inference with the NNGP kernel (t=None), or readout-only training for time t.
+
+    Args:
+        net: a widenets network (None: `default_net()`).
+        t: None for the exact NNGP posterior (eq. 13); a number for the ensemble of networks
+            whose readout layer alone was trained for t steps.
+        learning_rate: η.
+        diag_reg: ρ added to the diagonal of the train-train NNGP, relative to its mean
+            diagonal: Gaussian observation noise of variance ρ in the posterior (1e-6 default).
+        diag_reg_absolute: True to add diag_reg itself.
+    """
+
+    _kernel = "nngp"
+
+
+class NTKClassifier(ClassifierMixin, _WideNetEstimator):
+    """Classification by NTK regression on one-hot targets, prediction by argmax.
+
+    Args: as `NTKRegressor`.
+
+    Attributes (after fit):
+        classes_: the class labels; predictor_; n_features_in_.
+    """
+
+    _kernel = "ntk"
+
+    def fit(self, X, y):
+        """Fit on (n, d) inputs X and (n,) class labels y; returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        codes = encoder.transform(y)
+        onehot = np.zeros((len(codes), len(self.classes_)))
+        onehot[np.arange(len(codes)), codes] = 1.0
+        return self._fit_targets(X, onehot)
+
+    def _outputs(self, X) -> np.ndarray:
+        return self._predict_gaussian(X, compute_cov=False).mean.numpy()
+
+    def decision_function(self, X):
+        """(m, classes) regression outputs; (m,) output difference for two classes."""
+        out = self._outputs(X)
+        if len(self.classes_) == 2:
+            return out[:, 1] - out[:, 0]
+        return out
+
+    def predict(self, X):
+        """(m,) predicted labels: the class with the largest regression output."""
+        check_is_fitted(self, "classes_")
+        return self.classes_[np.argmax(self._outputs(X), axis=1)]

@@ -1,0 +1,179 @@
+"""The `widenets kernel` command (also `python -m widenets.tiles`).
+
+    widenets kernel --net SPEC --data X.npy [--x2 X2.npy] --out STORE [--tile 2048]
+                    [--scheduler ADDRESS|local[:N]] [--get ntk] [--dtype float32]
+
+computes the net's infinite-width kernel(s) tile by tile into STORE with a progress bar and an
+ETA; rerunning the same command resumes. SPEC is described in `widenets.tiles.spec`. Data
+files: .npy (one array), .npz (its only array, or FILE.npz:KEY), .csv (numbers, comma
+separated, an optional header line). Inputs are (n, features...).
+
+`add_kernel_parser(subparsers)` adds the subcommand to a parent argparse parser and
+`run_kernel(args)` runs it (returns the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_kernel_parser", "run_kernel", "load_data", "main"]
+
+_DTYPES = ("float64", "float32", "float16")
+
+
+def load_data(spec: str) -> np.ndarray:
+    """An input array from FILE.npy, FILE.npz[:KEY] or FILE.csv.
+
+    Raises:
+        ValueError: unknown extension, missing key, or not a numeric array.
+        FileNotFoundError: the file does not exist.
+    """
+    key = None
+    path = spec
+    if ".npz:" in spec:
+        path, key = spec.rsplit(":", 1)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"widenets kernel: data file {path!r} does not exist")
+    ext = p.suffix.lower()
+    if ext == ".npy":
+        arr = np.load(p, allow_pickle=False)
+    elif ext == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            names = list(z.keys())
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"widenets kernel: {path!r} holds arrays {names}; name one "
+                                     f"as {path}:KEY")
+                key = names[0]
+            if key not in names:
+                raise ValueError(f"widenets kernel: {path!r} has no array {key!r}; it holds "
+                                 f"{names}")
+            arr = z[key]
+    elif ext in (".csv", ".txt"):
+        try:
+            arr = np.loadtxt(p, delimiter=",", ndmin=2)
+        except ValueError:
+            arr = np.loadtxt(p, delimiter=",", ndmin=2, skiprows=1)  # a header line
+    else:
+        raise ValueError(f"widenets kernel: data file {path!r} must be .npy, .npz or .csv, "
+                         f"got {ext or 'no extension'!r}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"widenets kernel: {path!r} must hold real numbers, got dtype "
+                         f"{arr.dtype}")
+    if arr.ndim < 2:
+        raise ValueError(f"widenets kernel: {path!r} must be (n, features...), got shape "
+                         f"{arr.shape}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--net", required=True, metavar="SPEC",
+                   help="net description, e.g. \"[dense(512, w_std=1.5, b_std=0.05) relu]*3 "
+                        "dense(1)\" or JSON or a .json file (grammar: widenets.tiles.spec)")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="inputs x1: FILE.npy, FILE.npz[:KEY] or FILE.csv, shape (n, features)")
+    p.add_argument("--x2", metavar="FILE", default=None,
+                   help="second inputs (rectangular kernel); default: the symmetric kernel of "
+                        "--data")
+    p.add_argument("--out", required=True, metavar="STORE",
+                   help="store directory (created, or resumed when it holds the same call)")
+    p.add_argument("--tile", type=int, default=2048, help="tile size (rows = columns); "
+                   "default 2048")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a dask scheduler address (tcp://host:8786), or 'local' / 'local:N' for "
+                        "a LocalCluster of N workers; default: threads in this process")
+    p.add_argument("--get", default="ntk", choices=["ntk", "nngp", "both"],
+                   help="kernel(s) to compute (default ntk)")
+    p.add_argument("--dtype", default="float64", choices=_DTYPES,
+                   help="dtype of the computation and the store (default float64)")
+    p.add_argument("--device", default="cpu", help="torch device on every worker (cuda for GPUs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="in-process threads (without --scheduler); default 1")
+    p.add_argument("--flatten", action="store_true",
+                   help="reshape inputs to (n, -1) first (images for a fully connected net)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _epilog() -> str:
+    from . import spec
+
+    return (spec.__doc__ or "").strip()
+
+
+def add_kernel_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `kernel` subcommand to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "kernel", help="compute a huge kernel tile by tile into a store (resumable)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None, epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run_kernel)
+    return p
+
+
+def _client(address: str):
+    from distributed import Client, LocalCluster
+
+    if address == "local" or address.startswith("local:"):
+        n = int(address.split(":", 1)[1]) if ":" in address else 2
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
+        return Client(cluster), cluster
+    return Client(address), None
+
+
+def run_kernel(args: argparse.Namespace) -> int:
+    """Run `widenets kernel` with parsed arguments; returns the exit status (0 on success)."""
+    import torch
+
+    from .compute import compute
+    from .spec import parse_spec
+
+    err = sys.stderr
+    try:
+        net = parse_spec(args.net)
+        x1 = load_data(args.data)
+        x2 = None if args.x2 is None else load_data(args.x2)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=err)
+        return 2
+    if args.flatten:
+        x1 = x1.reshape(len(x1), -1)
+        x2 = None if x2 is None else x2.reshape(len(x2), -1)
+    get = ("nngp", "ntk") if args.get == "both" else args.get
+    client = cluster = None
+    try:
+        if args.scheduler:
+            client, cluster = _client(args.scheduler)
+        run = compute(net, torch.from_numpy(x1), None if x2 is None else torch.from_numpy(x2),
+                      store=args.out, tile=args.tile, get=get, client=client,
+                      dtype=getattr(torch, args.dtype), device=args.device,
+                      threads=args.threads, progress=not args.no_progress)
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}", file=err)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=err)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    print(f"{run.store}: {run.tiles_total} tiles ({run.tiles_computed} computed, "
+          f"{run.tiles_skipped} already done) in {run.seconds:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m widenets.tiles --net SPEC --data FILE --out STORE ...`."""
+    p = argparse.ArgumentParser(prog="python -m widenets.tiles",
+                                description=__doc__.split("\n\n")[1] if __doc__ else None,
+                                epilog=_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    return run_kernel(p.parse_args(argv))

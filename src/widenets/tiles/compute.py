@@ -1,0 +1,387 @@
+"""`compute`: a kernel tile by tile into a store, resumable, in-process or on a Dask cluster.
+
+Scheduling: the tiles still missing from the store are handed out one at a time, either to a
+pool of threads in this process (the default) or, with `client=`, to the workers of a
+`dask.distributed.Client` (a `LocalCluster` or a scheduler address; GPU workers with
+`device="cuda"`). The inputs and the kernel function are shipped to each worker once
+(`Client.scatter(..., broadcast=True)`); a tile task carries only its indices. Every worker
+writes its finished tiles straight into the store, so the store must be on a file system all
+workers see (a shared file system on a cluster).
+
+Faults: a tile is finished only when its record is written (store.py); a worker that dies
+mid-tile leaves no record and Dask reruns the task elsewhere; Ctrl-C cancels the tiles not yet
+started and lets the running ones finish; a full disk or a failing tile stops the run with an
+error that says how many tiles are kept. Rerunning the same call continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import shutil
+import time
+import uuid
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..layers.base import Layer, _parse_get, as_input_tensor
+from .store import (
+    FORMAT,
+    StoreLayout,
+    StoreLock,
+    _as_path,
+    _bounds,
+    check_metadata,
+    clean_partial_files,
+    describe_kernel_fn,
+    done_tiles,
+    fingerprint,
+    init_store,
+    read_metadata,
+    tile_list,
+)
+from .task import TileJob, run_tile
+
+__all__ = ["compute", "TileRun", "TileError"]
+
+_FUNC = "tiles.compute"
+_DTYPES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+
+
+class TileError(RuntimeError):
+    """A tile failed; the finished tiles are kept and a rerun resumes."""
+
+
+@dataclass(frozen=True)
+class TileRun:
+    """What a `compute` call did.
+
+    Attributes:
+        store: the store directory.
+        tiles_total: tiles of the kernel (upper triangle only when symmetric).
+        tiles_skipped: tiles already finished before this call (not recomputed).
+        tiles_computed: tiles this call computed.
+        seconds: wall-clock time of the call.
+    """
+
+    store: Path
+    tiles_total: int
+    tiles_skipped: int
+    tiles_computed: int
+    seconds: float
+
+    def open(self, get=None, **kwargs):
+        """`wn.tiles.open(self.store, get=get, ...)`: the lazy (dask) kernel array(s)."""
+        from .reader import open as open_store
+
+        return open_store(self.store, get=get, **kwargs)
+
+    def load(self, get=None, **kwargs):
+        """`wn.tiles.load_kernel(self.store, get=get, ...)`: the kernel(s) as tensors."""
+        from .reader import load_kernel
+
+        return load_kernel(self.store, get=get, **kwargs)
+
+
+# ------------------------------------------------------------------------------ checks
+def _as_int(b):
+    """b as a Python int when it is an integer (int, numpy integer), else None."""
+    if isinstance(b, bool):
+        return None
+    try:
+        return operator.index(b)
+    except TypeError:
+        return None
+
+
+def _check_tile(tile, shape: tuple[int, int], symmetric: bool) -> tuple[int, int]:
+    if _as_int(tile) is not None:
+        tile = (tile, tile)
+    if isinstance(tile, (tuple, list)) and len(tile) == 2:
+        tile = tuple(_as_int(b) if _as_int(b) is not None else b for b in tile)
+    if not isinstance(tile, (tuple, list)) or len(tile) != 2 or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in tile):
+        raise ValueError(f"{_FUNC}: tile must be a positive int or a pair (b1, b2) of positive "
+                         f"ints (rows, columns of one tile), got {tile!r}")
+    if symmetric and tile[0] != tile[1]:
+        raise ValueError(f"{_FUNC}: a symmetric kernel (x2=None) is stored as the upper "
+                         f"triangle of square tiles, got tile={tuple(tile)!r}; use "
+                         f"tile={tile[0]} (or pass x2 explicitly for a rectangular layout)")
+    # A tile larger than the kernel is the whole kernel (tiles at the edges may be smaller).
+    return min(tile[0], shape[0]), min(tile[1], shape[1])
+
+
+def _check_int(value, arg: str, *, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{_FUNC}: {arg} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_device(device) -> str:
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{_FUNC}: device must name a torch device ('cpu', 'cuda', 'cuda:1'), "
+                         f"got {device!r}") from e
+
+
+def _gigabytes(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+# ------------------------------------------------------------------------------ public
+def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), client=None,
+            dtype: torch.dtype = torch.float64, description: str | None = None,
+            device="cpu", threads: int | None = None, progress: bool = False,
+            check_space: bool = True) -> TileRun:
+    """Compute a kernel tile by tile into an on-disk store (zarr); rerunning resumes.
+
+    Args:
+        kernel_fn: a widenets net (`wn.Layer`; its `.kernel(x1, x2, get=..., dtype=...)` is
+            used; its `repr`, plus a hash of any Python function it holds such as
+            Elementwise's, describes it), or any callable `kernel_fn(x1, x2, get=...)`
+            returning one (n1, n2) tensor per requested kernel (an empirical-NTK closure, a
+            Monte Carlo kernel); x2=None asks it for the symmetric kernel of x1 with itself.
+        x1: (n1, ...) inputs (torch tensor or numpy array).
+        x2: (n2, ...) inputs, or None for the symmetric kernel of x1 (then only the upper
+            triangle of tiles is computed; the reader mirrors it).
+        store: a directory path; created if missing, continued if it holds the same call.
+        tile: rows and columns of one tile, an int (square) or (b1, b2); the last tiles may be
+            smaller. Symmetric kernels need square tiles. One tile of each kernel must fit in
+            a worker's memory (a few times rows * cols * itemsize).
+        get: "nngp", "ntk" or a tuple of them (one stored array each).
+        client: None to compute in this process with `threads` threads; or a
+            `dask.distributed.Client`, a cluster object (`LocalCluster`, dask-jobqueue's
+            `SLURMCluster`) or a scheduler address ("tcp://host:8786") whose workers compute
+            the tiles (the store must be on a file system they all see).
+        dtype: dtype of the inputs handed to kernel_fn and of the stored kernel.
+        description: what determines kernel_fn's values; required for plain callables
+            (a layer's default is its repr). Stored and compared on resume.
+        device: torch device kernel_fn runs on, on every worker ("cuda" for GPU workers).
+        threads: in-process threads (default 1: torch already uses every core per tile).
+        progress: show a progress bar over tiles with an ETA (tqdm).
+        check_space: refuse to start when the free disk space is smaller than the missing
+            tiles need.
+
+    Returns:
+        A `TileRun` (tiles computed / skipped; `.open()` and `.load()` read the result).
+
+    Raises:
+        StoreMismatchError: the store holds a kernel of a different net, inputs, dtype, tile or
+            get.
+        TileStoreError: the path is not a readable widenets tile store.
+        TileError: a tile failed (finished tiles are kept; a rerun resumes). TypeError,
+            ValueError and FloatingPointError from a tile (kernel_fn returned the wrong
+            shape, or NaN) keep their type.
+        OSError: the disk is full (ENOSPC); finished tiles are kept.
+        KeyboardInterrupt: Ctrl-C; finished tiles are kept.
+    """
+    from .. import __version__
+
+    start = time.perf_counter()
+    gets = _parse_get(get, _FUNC)
+    if len(set(gets)) != len(gets):
+        raise ValueError(f"{_FUNC}: get lists a kernel twice: {get!r}")
+    gets = tuple(g for g in ("nngp", "ntk") if g in gets)  # one canonical order
+    if dtype not in _DTYPES:
+        raise TypeError(f"{_FUNC}: dtype must be torch.float64, float32 or float16 (the dtypes "
+                        f"a zarr store holds), got {dtype!r}")
+    kind, desc = describe_kernel_fn(kernel_fn, description, func=_FUNC)
+    threads = _check_int(threads, "threads") or 1
+    device = _check_device(device)
+    x1 = as_input_tensor(x1, func=_FUNC, arg="x1", dtype=dtype).cpu().contiguous()
+    if x2 is not None:
+        x2 = as_input_tensor(x2, func=_FUNC, arg="x2", dtype=dtype).cpu().contiguous()
+        if x2.shape[1:] != x1.shape[1:]:
+            raise ValueError(f"{_FUNC}: x1 and x2 must have the same shape after the batch "
+                             f"axis, got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}")
+    symmetric = x2 is None
+    shape = (x1.shape[0], (x1 if symmetric else x2).shape[0])
+    tile = _check_tile(tile, shape, symmetric)
+    root = _as_path(store, _FUNC)
+
+    wanted = {"format": FORMAT, "kind": kind, "description": desc, "get": list(gets),
+              "dtype": _DTYPES[dtype], "symmetric": symmetric, "shape": list(shape),
+              "tile": list(tile), "x1": fingerprint(x1), "x2": fingerprint(x2),
+              "widenets_version": __version__}
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):  # empty dir: new
+        lay, meta = read_metadata(root, func=_FUNC)
+        check_metadata(meta, wanted, root, func=_FUNC)
+        if meta.get("widenets_version") != __version__:
+            warnings.warn(f"{_FUNC}: the store {str(root)!r} was started by widenets "
+                          f"{meta.get('widenets_version')} and is continued by {__version__}; "
+                          f"if the kernel formulas changed in between, start a new store",
+                          RuntimeWarning, stacklevel=2)
+        lock = StoreLock(lay, func=_FUNC)
+        lay.done.mkdir(exist_ok=True)
+        clean_partial_files(lay)
+    else:
+        meta = dict(wanted, uuid=uuid.uuid4().hex, created=time.time())
+        lay = init_store(root, meta, func=_FUNC)
+        lock = StoreLock(lay, func=_FUNC)
+    try:
+        return _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile,
+                                symmetric, client, threads, progress, check_space, start)
+    finally:
+        lock.release()
+
+
+def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile, symmetric,
+                     client, threads, progress, check_space, start) -> TileRun:
+    """Compute the tiles the store lacks (the store is locked by this process)."""
+    tiles = tile_list(shape, tile, symmetric)
+    done = done_tiles(lay, meta)
+    todo = [t for t in tiles if t not in done]
+    if check_space and todo:
+        _check_space(lay, meta, todo, dtype)
+
+    job = TileJob(kernel_fn=kernel_fn, is_layer=isinstance(kernel_fn, Layer), get=gets,
+                  dtype=dtype, device=device, root=lay.root, meta=meta)
+    bar = _progress_bar(progress, len(tiles), len(tiles) - len(todo), lay.root)
+    try:
+        if todo:
+            if client is None:
+                _run_local(job, x1, x2, todo, threads, bar, lay, len(tiles))
+            else:
+                client, own = _as_client(client)
+                try:
+                    _run_dask(client, job, x1, x2, todo, bar, lay, len(tiles))
+                finally:
+                    if own:
+                        client.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    return TileRun(store=lay.root, tiles_total=len(tiles), tiles_skipped=len(tiles) - len(todo),
+                   tiles_computed=len(todo), seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _progress_bar(progress: bool, total: int, initial: int, root: Path):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tile", desc=f"tiles -> {root.name}",
+                smoothing=0.1)
+
+
+def _tile_bytes(meta: dict, t: tuple[int, int], dtype: torch.dtype) -> int:
+    (r0, r1), (c0, c1) = _bounds(meta, *t)
+    return (r1 - r0) * (c1 - c0) * torch.empty((), dtype=dtype).element_size()
+
+
+def _check_space(lay: StoreLayout, meta: dict, todo, dtype) -> None:
+    need = sum(_tile_bytes(meta, t, dtype) for t in todo) * len(meta["get"])
+    free = shutil.disk_usage(lay.root).free
+    if need > free:
+        raise OSError(errno.ENOSPC,
+                      f"{_FUNC}: the {len(todo)} missing tiles need {_gigabytes(need)} but "
+                      f"only {_gigabytes(free)} are free under {str(lay.root)!r}; free space or "
+                      f"use a store on a larger disk (check_space=False skips this check)")
+
+
+def _stop_message(lay: StoreLayout, n_total: int) -> str:
+    n_done = len(list(lay.done.glob("*-*.json")))
+    return (f"{n_done} of {n_total} tiles are finished and kept in {str(lay.root)!r}; "
+            f"rerun the same call to compute the rest")
+
+
+def _failure(exc: BaseException, t, lay: StoreLayout, n_total: int) -> BaseException:
+    """The error to raise when tile t failed with exc."""
+    kept = _stop_message(lay, n_total)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return OSError(exc.errno, f"{_FUNC}: disk full while writing tile {t} ({exc}); "
+                                  f"the unfinished tile was not recorded. {kept} after "
+                                  f"freeing space")
+    if type(exc) in (TypeError, ValueError, FloatingPointError):
+        # A misuse (kernel_fn's contract, bad values): keep the type users can catch.
+        return type(exc)(f"{exc} (tile {t}). {kept}")
+    return TileError(f"{_FUNC}: tile {t} failed with {type(exc).__name__}: {exc}. {kept}")
+
+
+def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="widenets-tile")
+    pending = {}
+    queue = list(reversed(todo))
+    try:
+        while queue or pending:
+            # Keep at most `threads` tiles in flight: Ctrl-C then waits for those only.
+            while queue and len(pending) < threads:
+                t = queue.pop()
+                pending[pool.submit(run_tile, job, x1, x2, *t)] = t
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for f in finished:
+                t = pending.pop(f)
+                exc = f.exception()
+                if exc is not None:
+                    wait(pending)  # let the running tiles finish and record themselves
+                    pending.clear()
+                    raise _failure(exc, t, lay, n_total) from exc
+                if bar is not None:
+                    bar.update(1)
+    except KeyboardInterrupt:
+        wait(pending)
+        raise KeyboardInterrupt(f"{_FUNC}: interrupted; {_stop_message(lay, n_total)}") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_client(client):
+    """(a dask Client, whether this call created it) from a Client, cluster or address."""
+    from distributed import Client
+
+    if isinstance(client, Client):
+        return client, False
+    if isinstance(client, str) or hasattr(client, "scheduler_address"):
+        return Client(client), True
+    raise TypeError(f"{_FUNC}: client must be None, a dask.distributed.Client, a cluster "
+                    f"(LocalCluster, SLURMCluster, ...) or a scheduler address string, got "
+                    f"{type(client).__name__}")
+
+
+def _run_dask(client, job, x1, x2, todo, bar, lay, n_total) -> None:
+    try:
+        from distributed import as_completed
+    except ImportError as e:  # pragma: no cover - dask[distributed] is a dependency
+        raise ImportError(f"{_FUNC}: client= needs dask.distributed; pip install "
+                          f"'dask[distributed]'") from e
+    seen = client.run(_store_visible, str(lay.root))
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise ValueError(f"{_FUNC}: the store {str(lay.root)!r} is not visible on worker(s) "
+                         f"{', '.join(blind)}; workers write tiles directly, so put the store "
+                         f"on a file system every worker mounts at the same path")
+    # Ship the inputs and the job to every worker once; tile tasks carry only indices.
+    [job_f, x1_f] = client.scatter([job, x1], broadcast=True, hash=False)
+    x2_f = None if x2 is None else client.scatter([x2], broadcast=True, hash=False)[0]
+    token = uuid.uuid4().hex[:8]
+    futures = {}
+    for t in todo:
+        f = client.submit(run_tile, job_f, x1_f, x2_f, *t, pure=False,
+                          key=f"widenets-tile-{token}-{t[0]}-{t[1]}")
+        futures[f] = t
+    try:
+        for f in as_completed(list(futures)):
+            if f.status != "finished":
+                exc = f.exception()
+                client.cancel(list(futures))
+                raise _failure(exc, futures[f], lay, n_total) from exc
+            if bar is not None:
+                bar.update(1)
+            f.release()
+    except KeyboardInterrupt:
+        client.cancel(list(futures))
+        raise KeyboardInterrupt(f"{_FUNC}: interrupted; {_stop_message(lay, n_total)}") from None
+    finally:
+        client.cancel([job_f, x1_f] + ([] if x2_f is None else [x2_f]))
+
+
+def _store_visible(path: str) -> bool:
+    return Path(path, "widenets.json").exists()

@@ -1,0 +1,233 @@
+"""Reading a tile store back: lazily (dask), whole (a tensor, when it fits), or checked.
+
+For symmetric kernels only the upper triangle of tiles is stored; every reader here mirrors it:
+block (i, j) with i > j is the transpose of the stored block (j, i). Diagonal tiles are stored
+whole, made exactly symmetric from their upper triangle when computed, so the whole kernel read
+back is exactly symmetric.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from ..layers.base import _parse_get
+from .store import (
+    IncompleteStoreError,
+    StoreLayout,
+    TileStoreError,
+    _array,
+    done_tiles,
+    read_block,
+    read_metadata,
+    remove_record,
+    tile_list,
+    tile_record,
+)
+
+__all__ = ["open", "load_kernel", "status", "verify", "KernelTooLargeError"]
+
+
+class KernelTooLargeError(ValueError):
+    """The stored kernel does not fit in the memory allowed for loading it."""
+
+
+def _make_kernel_array(arr, lay: StoreLayout, meta: dict, name: str):
+    from ._kernel_array import KernelArray
+
+    out = KernelArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+    out._widenets_source = (lay, meta, name)
+    out.metadata = meta
+    out.store = lay.root
+    return out
+
+
+def _select_gets(meta: dict, get, func: str) -> tuple[tuple[str, ...], bool]:
+    stored = tuple(meta["get"])
+    if get is None:
+        return stored, len(stored) == 1
+    gets = _parse_get(get, func)
+    missing = [g for g in gets if g not in stored]
+    if missing:
+        raise ValueError(f"{func}: the store holds {', '.join(stored)} but {missing[0]!r} was "
+                         f"asked for; compute it into a new store with get={missing[0]!r}")
+    return gets, isinstance(get, str)
+
+
+def _missing(lay: StoreLayout, meta: dict) -> list[tuple[int, int]]:
+    done = done_tiles(lay, meta, repair=False)
+    return [t for t in tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
+            if t not in done]
+
+
+def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: bool) -> list:
+    """The missing tiles; an error when there are any and allow_incomplete is False."""
+    missing = _missing(lay, meta)
+    if missing and not allow_incomplete:
+        total = len(tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"]))
+        raise IncompleteStoreError(
+            f"{func}: the store {str(lay.root)!r} is incomplete: {len(missing)} of {total} tiles "
+            f"are missing (e.g. tile {missing[0]}), a run was interrupted. Rerun the same "
+            f"wn.tiles.compute call to finish it, or pass allow_incomplete=True to read missing "
+            f"tiles as NaN")
+    return missing
+
+
+def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - public name
+    """The kernel(s) of a tile store as lazy dask arrays, mirrored when symmetric.
+
+    Args:
+        store: a store directory written by `wn.tiles.compute`.
+        get: None for every stored kernel; "nngp" or "ntk" for one; a tuple for several.
+        allow_incomplete: read an interrupted store anyway (missing tiles read as NaN).
+
+    Returns:
+        A `KernelArray` (a `dask.array.Array` of shape (n1, n2) with `.load()` -> tensor), or a
+        tuple of them when `get` is a tuple (in that order), or when get is None and the store
+        holds both kernels (in ("nngp", "ntk") order).
+
+    Raises:
+        IncompleteStoreError: tiles are missing and allow_incomplete is False.
+    """
+    import dask.array as da
+
+    func = "tiles.open"
+    lay, meta = read_metadata(store, func=func)
+    gets, single = _select_gets(meta, get, func)
+    missing = set(_check_complete(lay, meta, func, allow_incomplete))
+    out = []
+    for name in gets:
+        stored = da.from_zarr(_array(lay.root, name, meta, mode="r"), name=False)
+        if meta["symmetric"] or missing:
+            # Unfinished tiles read as NaN even where a killed write left data behind.
+            def block(i, j, stored=stored):
+                if (i, j) in missing:
+                    return da.full(stored.blocks[i, j].shape, np.nan, dtype=stored.dtype)
+                return stored.blocks[i, j]
+
+            n1, n2 = stored.numblocks
+            stored = da.block([[block(i, j) if i <= j or not meta["symmetric"] else block(j, i).T
+                                for j in range(n2)] for i in range(n1)])
+        out.append(_make_kernel_array(stored, lay, meta, name))
+    return out[0] if single else tuple(out)
+
+
+def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset()) -> np.ndarray:
+    """The (n1, n2) kernel, read tile by tile (tiles in `skip` stay NaN), mirrored."""
+    n1, n2 = meta["shape"]
+    out = np.full((n1, n2), np.nan, dtype=np.dtype(meta["dtype"]))
+    b1, b2 = meta["tile"]
+    for i, j in tile_list((n1, n2), (b1, b2), meta["symmetric"]):
+        if (i, j) in skip:
+            continue
+        try:
+            block = read_block(lay.root, name, meta, i, j)
+        except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
+            raise TileStoreError(
+                f"tiles: tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r} is unreadable "
+                f"({type(e).__name__}: {e}); run wn.tiles.verify(store, repair=True), then "
+                f"rerun the compute call to redo the damaged tiles") from e
+        out[i * b1:i * b1 + block.shape[0], j * b2:j * b2 + block.shape[1]] = block
+        if meta["symmetric"] and i < j:
+            out[j * b2:j * b2 + block.shape[1], i * b1:i * b1 + block.shape[0]] = block.T
+    return out
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
+    """Load a stored kernel into memory as torch tensor(s), if it fits.
+
+    Args:
+        store: a store directory written by `wn.tiles.compute`.
+        get: as in `open`.
+        max_bytes: the most bytes the loaded kernels may take; default half of the memory
+            available now.
+        device: where to put the tensors (default CPU).
+
+    Returns:
+        An (n1, n2) tensor of the store's dtype, or a tuple of them (as `open`).
+
+    Raises:
+        KernelTooLargeError: the kernels need more than max_bytes; use `wn.tiles.open` for
+            lazy, tile by tile access instead.
+        IncompleteStoreError: tiles are missing.
+    """
+    func = "tiles.load_kernel"
+    lay, meta = read_metadata(store, func=func)
+    gets, single = _select_gets(meta, get, func)
+    if max_bytes is not None and (isinstance(max_bytes, bool)
+                                  or not isinstance(max_bytes, (int, float))
+                                  or not max_bytes >= 0):
+        raise ValueError(f"{func}: max_bytes must be a number of bytes >= 0 or None, got "
+                         f"{max_bytes!r}")
+    n1, n2 = meta["shape"]
+    need = n1 * n2 * np.dtype(meta["dtype"]).itemsize * len(gets)
+    limit = _available_memory() // 2 if max_bytes is None else max_bytes
+    if need > limit:
+        what = "half of the memory available now" if max_bytes is None else "max_bytes"
+        raise KernelTooLargeError(
+            f"{func}: the {' and '.join(gets)} kernel{'s' if len(gets) > 1 else ''} in "
+            f"{str(lay.root)!r} ({n1} x {n2} {meta['dtype']}) need {need / 1e9:.2f} GB in "
+            f"memory, more than {what} ({limit / 1e9:.2f} GB); read it lazily with "
+            f"wn.tiles.open(store) (a dask array), use a machine with more memory, or raise "
+            f"max_bytes")
+    _check_complete(lay, meta, func, allow_incomplete=False)
+    out = []
+    for name in gets:
+        t = torch.from_numpy(_read_whole(lay, meta, name))
+        out.append(t if device is None else t.to(device))
+    return out[0] if single else tuple(out)
+
+
+def status(store) -> dict:
+    """How far a store is: {"tiles_total", "tiles_done", "missing": [(i, j), ...], "metadata"}."""
+    lay, meta = read_metadata(store, func="tiles.status")
+    tiles = tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
+    missing = _missing(lay, meta)
+    return {"tiles_total": len(tiles), "tiles_done": len(tiles) - len(missing),
+            "missing": missing, "metadata": meta}
+
+
+def verify(store, *, repair: bool = False) -> list[tuple[int, int]]:
+    """Check every finished tile's data against the CRC-32 in its record.
+
+    Args:
+        store: a store directory.
+        repair: drop the records of damaged tiles, so that the next `compute` redoes them.
+
+    Returns:
+        The damaged tiles (i, j) (empty when the store is intact).
+    """
+    lay, meta = read_metadata(store, func="tiles.verify")
+    bad = []
+    for i, j in sorted(done_tiles(lay, meta, repair=False)):
+        rec = tile_record(lay, i, j)
+        ok = rec is not None
+        for name in meta["get"]:
+            if not ok:
+                break
+            try:
+                block = np.ascontiguousarray(read_block(lay.root, name, meta, i, j))
+            except Exception:  # noqa: BLE001 - any unreadable chunk is damage
+                ok = False
+                break
+            crc = zlib.crc32(block.view(np.uint8).reshape(-1).data)
+            ok = crc == rec.get("crc32", {}).get(name)
+        if not ok:
+            bad.append((i, j))
+            if repair:
+                remove_record(lay, i, j)
+    return bad
+

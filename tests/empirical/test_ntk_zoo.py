@@ -1,0 +1,137 @@
+"""All empirical-NTK implementations agree with an independent autograd reference on a zoo.
+
+Tolerance 1e-10 relative in float64: the implementations differ only in summation order
+(rounding ~1e-15); any missing term, factor or transposition is O(1) relative.
+"""
+
+import pytest
+import torch
+
+import widenets as wn
+from widenets.empirical._target import resolve_target
+from widenets.empirical.structured import make_plan
+
+from .zoo import ZOO, reference_ntk
+
+IMPLS = ["jacobian", "ntvp", "structured", "auto"]
+TOL = 1e-10
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def references():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            make, x1, x2, _ = ZOO[name]
+            model, params = make()
+            cache[name] = (model, params, x1, x2, reference_ntk(model, params, x1, x2))
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(ZOO))
+def test_implementations_match_reference(name, impl, references):
+    model, params, x1, x2, ref = references(name)
+    full = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode="full")
+    assert full.shape == ref.shape and full.dtype == torch.float64
+    assert rel(full, ref) < TOL
+    # "trace" is the mean over outputs of the diagonal, "diagonal" the diagonal, of "full"
+    trace = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode="trace")
+    diag = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode="diagonal")
+    ref_diag = ref.diagonal(dim1=2, dim2=3)
+    assert rel(diag, ref_diag) < TOL
+    assert rel(trace, ref_diag.mean(-1)) < TOL
+    assert rel(diag, full.diagonal(dim1=2, dim2=3)) < TOL
+    assert rel(trace, full.diagonal(dim1=2, dim2=3).mean(-1)) < TOL
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "ntvp", "structured"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_blocked_and_symmetric(name, impl, references):
+    model, params, x1, x2, _ = references(name)
+    for mode in ("full", "diagonal", "trace"):
+        one = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode=mode)
+        blocked = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode=mode,
+                                   batch_size=2)
+        assert rel(blocked, one) < TOL
+    # x2=None (upper blocks computed, lower ones mirrored) equals passing x1 twice
+    twice = wn.empirical_ntk(model, x1, x1, params=params, implementation=impl, mode="full")
+    for bs in (None, 2):
+        sym = wn.empirical_ntk(model, x1, params=params, implementation=impl, mode="full",
+                               batch_size=bs)
+        assert rel(sym, twice) < TOL
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_structured_accelerates_the_known_layers(name):
+    """The structured path must really use its layer rules (else agreement proves nothing):
+    exactly the expected parameters are handled by Gram products, the rest by autograd."""
+    make, x1, _, expected = ZOO[name]
+    model, params = make()
+    target = resolve_target(model, params, func="test")
+    plan = make_plan(target, x1[:2])
+    accelerated = {p for layer in plan.known for p in layer.roles.values()}
+    assert accelerated == expected
+    assert set(plan.fallback) == set(target.params) - expected
+
+
+@pytest.mark.parametrize("form", ["gram", "jacobian"])
+@pytest.mark.parametrize("name", ["grouped_dilated_conv", "embedding", "shared_multi_output"])
+def test_gram_and_jacobian_forms_agree(name, form, references, monkeypatch):
+    """Force each per-layer form: both must give the reference (the automatic choice picks one
+    form per layer, so this covers the other)."""
+    import widenets.empirical.structured as st
+
+    monkeypatch.setattr(st, "choose_form", lambda *a, **k: form)
+    model, params, x1, x2, ref = references(name)
+    for mode in ("full", "trace", "diagonal"):
+        out = wn.empirical_ntk(model, x1, x2, params=params, implementation="structured",
+                               mode=mode)
+        want = ref if mode == "full" else ref.diagonal(dim1=2, dim2=3)
+        want = want.mean(-1) if mode == "trace" else want
+        assert rel(out, want) < TOL
+
+
+@pytest.mark.parametrize("name", ["cnn_pool_stride", "embedding", "shared_multi_output",
+                                  "layernorm_batchnorm_eval"])
+def test_tiny_memory_budget_chunks_but_agrees(name, references, monkeypatch):
+    """With a budget of a few hundred elements every intermediate is chunked (one row of x1 at a
+    time in the Gram products, one column at a time in ntvp, no cached blocks)."""
+    import widenets.empirical.ntk as ntk
+
+    monkeypatch.setattr(ntk, "DEFAULT_BUDGET_BYTES", 800 * 8)
+    model, params, x1, x2, ref = references(name)
+    for impl in ("structured", "ntvp"):
+        out = wn.empirical_ntk(model, x1, x2, params=params, implementation=impl, mode="full",
+                               batch_size=2)
+        assert rel(out, ref) < TOL
+
+
+def test_float32_agrees_with_float64():
+    """float32 runs every implementation; agreement to float32 rounding (1e-4 relative; a wrong
+    term would be O(1))."""
+    make, x1, x2, _ = ZOO["cnn_pool_stride"]
+    model, _ = make()
+    ref = wn.empirical_ntk(model, x1, x2, implementation="jacobian", mode="full")
+    model32 = model.float()
+    for impl in IMPLS:
+        out = wn.empirical_ntk(model32, x1.float(), x2.float(), implementation=impl, mode="full")
+        assert out.dtype == torch.float32
+        assert rel(out.double(), ref) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(references):
+    model, params, x1, x2, ref = references("cnn_pool_stride")
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    for impl in IMPLS:
+        out = wn.empirical_ntk(model, x1.to(dev), x2.to(dev), implementation=impl, mode="full")
+        assert out.device.type == "cuda"
+        assert rel(out.cpu(), ref) < TOL

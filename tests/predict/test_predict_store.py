@@ -1,0 +1,43 @@
+"""wn.predict reads kernels from a tile store (wn.tiles) when they fit in memory."""
+
+import pytest
+import torch
+
+import widenets as wn
+
+
+@pytest.fixture
+def problem(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(13, 5, generator=g, dtype=torch.float64)
+    xt = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(13, 2, generator=g, dtype=torch.float64)
+    net = wn.serial(wn.Dense(64, w_std=1.4, b_std=0.1), wn.Relu(), wn.Dense(1, w_std=1.4))
+    wn.tiles.compute(net, x, store=tmp_path / "train.zarr", tile=5)
+    wn.tiles.compute(net, xt, x, store=tmp_path / "test.zarr", tile=3)
+    return net, x, xt, y, tmp_path
+
+
+def test_store_paths_and_lazy_arrays_equal_in_memory_kernels(problem):
+    net, x, xt, y, tmp = problem
+    k, kt = net.kernel(x), net.kernel(xt, x)
+    ref = wn.predict.gradient_descent_mse(k.ntk, y)(2.0, 0.0, 0.0, kt.ntk)
+    for train, test in [(tmp / "train.zarr", tmp / "test.zarr"),
+                        (wn.tiles.open(tmp / "train.zarr", get="ntk"),
+                         wn.tiles.open(tmp / "test.zarr", get="ntk"))]:
+        got = wn.predict.gradient_descent_mse(train, y)(2.0, 0.0, 0.0, test)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    gp = wn.predict.gp_inference(str(tmp / "train.zarr"), y, str(tmp / "test.zarr"),
+                                 kernel="nngp", diag_reg=1e-6)
+    gp_ref = wn.predict.gp_inference(k, y, kt, kernel="nngp", diag_reg=1e-6)
+    torch.testing.assert_close(gp.mean, gp_ref.mean, rtol=1e-12, atol=1e-12)
+
+
+def test_store_too_large_is_a_clear_error(problem, monkeypatch):
+    _, _, _, y, tmp = problem
+    import widenets.tiles.reader as reader
+
+    monkeypatch.setattr(reader, "_available_memory", lambda: 100)
+    with pytest.raises(wn.tiles.KernelTooLargeError, match="tiles.open"):
+        wn.predict.gradient_descent_mse(tmp / "train.zarr", y)
