@@ -49,14 +49,24 @@ class _Res(nn.Module):
         return self.fc(torch.flatten(self.pool(torch.tanh(h)), 1))
 
 
+def _seq1d():
+    return nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, padding_mode="circular"),
+                         nn.LeakyReLU(0.1), nn.AvgPool1d(3, stride=1, padding=1),
+                         nn.Conv1d(4, 4, 2, stride=2), nn.Softplus(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(4, 2)).double()
+
+
 @pytest.mark.parametrize("param", ["standard", "ntk"])
-@pytest.mark.parametrize("make,shape", [(_seq, (1, 7, 7)), (lambda: _Res().double(), (2, 5, 5))])
+@pytest.mark.parametrize("make,shape", [(_seq, (1, 7, 7)), (lambda: _Res().double(), (2, 3, 3)),
+                                        (_seq1d, (2, 6))])
 def test_lifted_finite_forward_equals_original(make, shape, param):
     model = make()
     lifted = wn.lift(model, shape, parameterization=param)
     twin = lifted.module_from(model)
     x = _x(4, *shape)
     torch.testing.assert_close(twin(x), model(x), rtol=1e-12, atol=1e-12)
+    k = lifted.kernel(x)                     # and the lifted graph has a finite kernel
+    assert k.ntk.shape == (4, 4) and torch.isfinite(k.ntk).all()
 
 
 @pytest.mark.slow

@@ -105,6 +105,9 @@ class Lifted(Layer):
         """The layers in execution order (a residual sum appears as FanInSum)."""
         return [n.layer for n in self.nodes]
 
+    def sublayers(self) -> tuple[Layer, ...]:
+        return tuple(n.layer for n in self.nodes)
+
     def apply_kernel(self, k):
         env = {self._input: k}
         for n in self.nodes:

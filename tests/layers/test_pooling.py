@@ -134,3 +134,37 @@ def test_input_kernel_both_channel_paths_match_definition(layout):
             ref1 = (x * x).sum(1) / c
         torch.testing.assert_close(k.nngp, ref, rtol=1e-13, atol=1e-14)
         torch.testing.assert_close(k.cov1, ref1, rtol=1e-13, atol=1e-14)
+
+
+def _spatial_nets():
+    return {
+        "gap": wn.serial(wn.Conv(4, 3, w_std=1.3, b_std=0.1), wn.Relu(),
+                         wn.Conv(4, 3, stride=2), wn.Gelu(), wn.GlobalAvgPool(), wn.Dense(2)),
+        "flatten_1d": wn.serial(wn.Conv(4, 3, padding="CIRCULAR"), wn.Erf(),
+                                wn.Conv(4, 2, padding="VALID"), wn.Relu(), wn.Flatten(),
+                                wn.Dense(2)),
+        "pool_tanh": wn.serial(wn.Conv(4, 3), wn.Elementwise(torch.tanh, degree=16,
+                                                             name="tanh"),
+                               wn.AvgPool(2, stride=1, padding="SAME"), wn.Conv(4, 3),
+                               wn.LayerNorm(), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_spatial_nets()))
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_spatial_invariants(name, batch_size):
+    """k(x) is exactly symmetric, equals k(x, x) (which runs the asymmetric code path) and is
+    positive semi-definite; blocks do not change that. k(x, x) evaluates arccos at c ~ 1 on
+    its diagonal, which loses half the digits (sqrt(eps) ~ 1.5e-8), hence rtol 1e-7 there."""
+    net = _spatial_nets()[name]
+    shape = {"flatten_1d": (2, 6), "gap": (2, 5, 5), "pool_tanh": (2, 3, 4)}[name]
+    x = _x(5, *shape)
+    k = net.kernel(x, batch_size=batch_size)
+    k2 = net.kernel(x, x.clone(), batch_size=batch_size)
+    for t, t2 in ((k.nngp, k2.nngp), (k.ntk, k2.ntk)):
+        assert torch.equal(t, t.T)
+        # quadrature (degree 16, kept low for speed) is accurate to ~1e-4 and not symmetric
+        # in (x1, x2); k(x) symmetrizes it, k(x, x) does not
+        rtol = 1e-3 if name == "pool_tanh" else 1e-7
+        torch.testing.assert_close(t2, t, rtol=rtol, atol=1e-12)
+        assert torch.linalg.eigvalsh(t).min() > -1e-10 * t.diagonal().max()

@@ -24,9 +24,11 @@ __all__ = ["spatial_kernel", "full_layout_bytes_per_pair", "available_memory"]
 #: temporaries: cosine, angle, sine, T, Tdot, products), measured on Conv + Relu; with NNGP only.
 _LIVE_TENSORS_NTK = 12
 _LIVE_TENSORS_NNGP = 8
-#: target bytes of one (b1, b2, *S, *S) tensor: blocks that stay near the last-level cache run
-#: the memory-bound elementwise passes faster than one huge batch (see benchmarks/analytic_conv.py)
-_TARGET_BLOCK_BYTES = 8 << 20
+#: target bytes of one (b1, b2, *S, *S) tensor per block. Blocks give the symmetric case its
+#: factor ~2 (only blocks I <= J run) and bound memory; much smaller blocks lose to per-op
+#: overheads (measured on the 2-core machine with benchmarks/analytic_conv.py: 8x8 images,
+#: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128)
+_TARGET_BLOCK_BYTES = 32 << 20
 _MIN_BLOCK = 8
 
 
@@ -65,7 +67,8 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         if isinstance(need, list):            # a network that starts with FanOut
             need = max(need)
     if need == DIAGONAL:
-        return layer.apply_kernel(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"))
+        return layer._apply_in_row_blocks(
+            input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"))
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]

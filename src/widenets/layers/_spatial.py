@@ -97,21 +97,23 @@ def _slc(ndim: int, axes, s: slice) -> tuple:
 
 def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: int,
                left: int, right: int, out_size: int, circular: bool,
-               joint: bool) -> torch.Tensor:
+               joint: bool, scale: float = 1.0) -> torch.Tensor:
     """Σ over window offsets d of t at input positions stride·o + d - left, along `axes`.
 
     joint=True shares the offset between all `axes` (a convolution on the position pairs of
     one spatial axis); joint=False sums each axis independently (pooling), i.e. applies the
     one-axis window sum to each axis in turn. Zero padding adds nothing outside the input;
-    circular padding wraps around.
+    circular padding wraps around. The result is multiplied by `scale` (folded into the
+    passes, no extra one).
     """
     if not joint and len(axes) > 1:
-        for a in axes:
+        for i, a in enumerate(axes):
             t = window_sum(t, (a,), window=window, stride=stride, left=left, right=right,
-                           out_size=out_size, circular=circular, joint=True)
+                           out_size=out_size, circular=circular, joint=True,
+                           scale=scale if i == 0 else 1.0)
         return t
     if window == 1 and stride == 1 and left == 0 and right == 0:
-        return t
+        return t * scale                      # a new tensor: callers update it in place
     size = t.shape[axes[0]]
     nd = t.ndim
     if circular and (left or right):
@@ -122,24 +124,28 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
     for a in axes:
         shape[a] = out_size
     out = None
+    ranges = []
     for d in range(window):
         start = d - left                      # input index of output 0
         # outputs o with 0 <= stride·o + start < size
         o_lo = max(0, -(start // stride))     # ceil(-start / stride)
         o_hi = min(out_size - 1, (size - 1 - start) // stride)
-        if o_hi < o_lo:
-            continue
+        if o_hi >= o_lo:
+            ranges.append((o_hi - o_lo < out_size - 1, start, o_lo, o_hi))
+    # offsets that cover every output first: the sum starts from a copy, not from zeros
+    for _, start, o_lo, o_hi in sorted(ranges, key=lambda r: r[0]):
         i_lo = stride * o_lo + start
         src = t[_slc(nd, axes, slice(i_lo, i_lo + stride * (o_hi - o_lo) + 1, stride))]
         if o_lo == 0 and o_hi == out_size - 1:
             if out is None:
-                out = src.clone(memory_format=torch.contiguous_format)
+                out = src.clone(memory_format=torch.contiguous_format) if scale == 1.0 \
+                    else torch.mul(src, scale)
             else:
-                out += src
+                out.add_(src, alpha=scale)
         else:
             if out is None:
                 out = t.new_zeros(shape)
-            out[_slc(nd, axes, slice(o_lo, o_hi + 1))] += src
+            out[_slc(nd, axes, slice(o_lo, o_hi + 1))].add_(src, alpha=scale)
     if out is None:
         out = t.new_zeros(shape)
     return out

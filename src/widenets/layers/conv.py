@@ -155,35 +155,39 @@ class Conv(Layer):
         circular = self._padding == "CIRCULAR"
         full = k.is_full_spatial
 
-        def conv_sum(t, n_batch):               # Σ_d over filter offsets, every spatial axis
+        def conv_sum(t, n_batch, scale=1.0):     # scale · Σ_d over offsets, every spatial axis
             for i in range(s):
                 left, right, out = pads[i]
                 t = sp.window_sum(t, sp.pair_axes(s, full, i, n_batch), window=window[i],
                                   stride=stride[i], left=left, right=right, out_size=out,
-                                  circular=circular, joint=True)
+                                  circular=circular, joint=True,
+                                  scale=scale if i == 0 else 1.0)
             return t
 
         n_off = math.prod(window)
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
+        standard = self.parameterization == "standard"
         # MATH.md §2: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
-        sum_k = conv_sum(k.nngp, 2)
-        nngp = sum_k * (w2 / n_off)
+        if standard:                              # keeps Σ_d K for the C Σ_d K term
+            sum_k = conv_sum(k.nngp, 2)
+            nngp = sum_k * (w2 / n_off)
+        else:
+            nngp = conv_sum(k.nngp, 2, w2 / n_off)
         nngp += b2
-        cov1 = conv_sum(k.cov1, 1) * (w2 / n_off) + b2
-        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1) * (w2 / n_off) + b2
+        cov1 = conv_sum(k.cov1, 1, w2 / n_off) + b2
+        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w2 / n_off) + b2
         ntk = None
         if k.ntk is not None:
             # the raw input has Θ = 0: skip its offset sum
-            sum_t = None if k.is_input else conv_sum(k.ntk, 2)
-            if self.parameterization == "ntk":                       # Θ' = K' + σw²/|D| ΣΘ
-                ntk = nngp.clone() if sum_t is None else torch.add(nngp, sum_t,
-                                                                   alpha=w2 / n_off)
-            else:                                                    # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
-                ntk = sum_k * k.channels
+            sum_t = None if k.is_input else conv_sum(k.ntk, 2, w2 / n_off)    # σw²/|D| ΣΘ
+            if not standard:                                        # Θ' = K' + σw²/|D| ΣΘ
+                ntk = nngp.clone() if sum_t is None else sum_t.add_(nngp)
+            else:                                                   # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
+                ntk = sum_k.mul_(k.channels)
                 ntk += 0.0 if self.b_std is None else 1.0
                 if sum_t is not None:
-                    ntk.add_(sum_t, alpha=w2 / n_off)
+                    ntk.add_(sum_t)
         out = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
                         is_input=False, channels=self.out_channels, sources=new_source())
         if k.x1_is_x2:

@@ -45,6 +45,19 @@ def _need_spatial(k: Kernel, func: str, full: bool) -> None:
                          f"layout; call net.kernel(..., layout='auto') or layout='full'")
 
 
+def _exact_symmetric(k: Kernel) -> Kernel:
+    """Pooling sums the positions of x1 and of x2 in different orders, so K(x_i, x_j) and
+    K(x_j, x_i) differ in the last bit; for x2 = x1 restore exact symmetry and the exact
+    diagonal (whole square kernels only: row blocks of the diagonal layout never pool)."""
+    if not k.x1_is_x2:
+        return k
+    if k.nngp.shape[0] == k.nngp.shape[1] and k.row_offset == 0:
+        k = k.replace(nngp=k.symmetrize(k.nngp),
+                      ntk=None if k.ntk is None else k.symmetrize(k.ntk))
+    k.set_batch_diagonal(k.nngp, k.cov1)
+    return k
+
+
 class AvgPoolModule(nn.Module):
     """Average over windows (after explicit padding, zeros counted)."""
 
@@ -114,9 +127,7 @@ class AvgPool(Layer):
 
         out = k.replace(nngp=pool(k.nngp, 2), ntk=pool(k.ntk, 2), cov1=pool(k.cov1, 1),
                         cov2=pool(k.cov2, 1), is_input=False)
-        if k.x1_is_x2:
-            out.set_batch_diagonal(out.nngp, out.cov1)
-        return out
+        return _exact_symmetric(out)
 
     def build(self, in_shape, generator, dtype):
         func = "AvgPool.module"
@@ -147,9 +158,7 @@ class GlobalAvgPool(Layer):
             dim=tuple(range(nb, t.ndim)))
         out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),
                         cov2=mean(k.cov2, 1), is_input=False, diagonal_spatial=False)
-        if k.x1_is_x2:
-            out.set_batch_diagonal(out.nngp, out.cov1)
-        return out
+        return _exact_symmetric(out)
 
     def build(self, in_shape, generator, dtype):
         if isinstance(in_shape, list) or len(in_shape) < 2:

@@ -1,0 +1,120 @@
+"""Analytic NNGP + NTK of small convolutional networks (issue 5), with a memory-traffic count.
+
+Networks (channels do not matter for the kernel):
+* gap:     two 3x3 SAME Conv + ReLU, GlobalAvgPool, Dense; 8x8x1 images, N in {64, 128}
+           (all position pairs: (N, N, 8, 8, 8, 8) tensors);
+* flatten: the same with Flatten instead of pooling (diagonal layout: (N, N, 8, 8));
+* myrtle5: Myrtle-5-like on 3x16x16 images, N = 64: Conv+ReLU x2, AvgPool 2, Conv+ReLU,
+           AvgPool 2, Conv+ReLU, GlobalAvgPool, Dense.
+
+Reference: the archived JAX neural-tangents (cannot run on current JAX, so not measured here)
+took, on the 2-core development machine, 5.1 s / 20.8 s (N = 64 / 128) in float32 and 1.3 s /
+5.4 s in float64 for `gap`. Targets: float32 at N = 128 <= 5.4 / 4 = 1.35 s, float64 <= 2.7 s.
+
+Memory traffic: the torch profiler records every op with its input shapes; the bytes read and
+written by the ops on position-pair tensors (>= 2^16 elements), divided by the copy bandwidth
+measured in the same run (best of 7 copies of 256 MiB, read + write), give the time the same
+passes would need if each ran at copy speed; their ratio to the measured time says how close to
+the memory-bandwidth limit the implementation runs (on a shared machine both are noisy).
+
+    python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle]
+"""
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import widenets as wn
+
+
+def times_of(fn, repeats):
+    """(median, min) of `repeats` timed runs after a warm-up. On a shared machine the minimum
+    is the best estimate of the uncontended time."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def nets():
+    conv = lambda: wn.Conv(1, 3, padding="SAME", w_std=1.4, b_std=0.1)  # noqa: E731
+    gap = wn.serial(conv(), wn.Relu(), conv(), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+    flat = wn.serial(conv(), wn.Relu(), conv(), wn.Relu(), wn.Flatten(), wn.Dense(1))
+    myrtle = wn.serial(conv(), wn.Relu(), conv(), wn.Relu(), wn.AvgPool(2),
+                       conv(), wn.Relu(), wn.AvgPool(2), conv(), wn.Relu(),
+                       wn.GlobalAvgPool(), wn.Dense(1))
+    return gap, flat, myrtle
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 256 MiB copy into allocated memory (read + write), best of 7."""
+    a = torch.ones(64 << 20, dtype=torch.float32)
+    b = torch.zeros_like(a)
+    _, t = times_of(lambda: b.copy_(a), 7)
+    return 2 * a.numel() * a.element_size() / t
+
+
+def pair_tensor_bytes(fn) -> int:
+    """Bytes read + written by the ops on large tensors while fn runs (profiler shapes)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    total = 0
+    for ev in prof.events():
+        shapes = [s for s in (ev.input_shapes or []) if s]
+        sizes = [math.prod(s) for s in shapes]
+        if not sizes or max(sizes) < (1 << 16) or ev.cpu_parent is not None:
+            continue
+        if ev.name in ("aten::empty", "aten::empty_like", "aten::as_strided", "aten::slice",
+                       "aten::view", "aten::reshape", "aten::diagonal", "aten::permute",
+                       "aten::transpose", "aten::expand", "aten::select", "aten::narrow",
+                       "aten::movedim", "aten::detach", "aten::alias"):
+            continue
+        total += (sum(sizes) + max(sizes))            # inputs read + output written
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-myrtle", action="store_true")
+    args = ap.parse_args()
+    gap, flat, myrtle = nets()
+    ref = {(torch.float32, 64): 5.1, (torch.float32, 128): 20.8,
+           (torch.float64, 64): 1.3, (torch.float64, 128): 5.4}
+    best_ref = {n: min(ref[torch.float32, n], ref[torch.float64, n]) for n in (64, 128)}
+    bandwidth = copy_bandwidth()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s (best of 7)")
+    print("| network | N | dtype | nngp+ntk median (s) | min (s) | JAX reference (s) | "
+          "speed-up of min vs reference (same dtype / best) | pair-tensor traffic (GB) | "
+          "bandwidth-bound time (s) | bandwidth-bound / min |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cases = [("gap", gap, n, (1, 8, 8)) for n in (64, 128)]
+    cases += [("flatten", flat, n, (1, 8, 8)) for n in (64, 128)]
+    if not args.skip_myrtle:
+        cases += [("myrtle5", myrtle, 64, (3, 16, 16))]
+    for name, net, n, shape in cases:
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+            run = lambda: net.kernel(x, dtype=dtype)  # noqa: B023, E731
+            reps = 1 if name == "myrtle5" else args.repeats
+            med, best = times_of(run, reps)
+            item = torch.empty((), dtype=dtype).element_size()
+            traffic = pair_tensor_bytes(run) * item
+            bound = traffic / bandwidth
+            r = ref.get((dtype, n)) if name == "gap" else None
+            speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
+            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {med:.3f} | "
+                  f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
+                  f"{bound:.3f} | {bound / best:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
