@@ -102,13 +102,15 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     d = x1.shape[1]
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
-        nngp = x1 @ x1.T / d
-        nngp = 0.5 * (nngp + nngp.T)   # BLAS need not return an exactly symmetric Gram
+        nngp = (x1 / d) @ x1.T
+        nngp = torch.add(nngp, nngp.T).mul_(0.5)   # BLAS need not return a symmetric Gram
         cov2 = None
     else:
-        nngp = x1 @ x2.T / d
+        nngp = (x1 / d) @ x2.T
         cov2 = (x2 * x2).sum(1) / d
-    k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
+    # the input NTK is zero: a broadcast view (layers only read it), no memory pass
+    zero = torch.zeros((), dtype=nngp.dtype, device=nngp.device).expand(nngp.shape)
+    k = Kernel(nngp=nngp, ntk=zero if want_ntk else None, cov1=cov1,
                cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=d,
                sources=frozenset())
     if x2 is None:
@@ -246,14 +248,14 @@ class Layer:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
         if x1.ndim == 2:
-            k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets))
+            k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets), fname)
         else:
             from ._blocks import spatial_kernel
 
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
                                batch_size=batch_size, fname=fname)
-        for kk in k if isinstance(k, list) else [k]:
-            _check_finite(kk, fname)
+            for kk in k if isinstance(k, list) else [k]:
+                _check_finite(kk, fname)
         if get is None:
             return k
         return _select(k, gets, single=isinstance(get, str))
@@ -280,9 +282,10 @@ class Layer:
         mod, _ = self.build(tuple(in_shape), generator, dtype)
         return mod
 
-    #: entries (x1_i, x2_j pairs) per row block in `kernel`: 2^16 keeps a block's float32
-    #: temporaries in cache (see benchmarks/analytic_fc.py); every layer map acts pair by pair
-    block_entries: int = 1 << 16
+    #: entries (x1_i, x2_j pairs) per row block in `kernel`: 2^18 keeps a block's temporaries
+    #: near the cache (measured best of 2^14..2^20 with benchmarks/analytic_fc.py; one block
+    #: for the whole kernel is 1.8x slower at N = 4000); every layer map acts pair by pair
+    block_entries: int = 1 << 18
 
     def sublayers(self) -> tuple[Layer, ...]:
         """The layers this one is made of (combinators override)."""
@@ -294,11 +297,12 @@ class Layer:
         for lay in self.sublayers():
             yield from lay.walk()
 
-    def _apply_in_row_blocks(self, k0: Kernel):
+    def _apply_in_row_blocks(self, k0: Kernel, fname: str):
         """apply_kernel over row blocks of x1, assembled into one result.
 
         Layer maps act on each pair (x1_i, x2_j) given the variances, so blocks are exact and
-        the result is bitwise the same as one pass; blocks keep the temporaries cache-sized.
+        the result is bitwise the same as one pass; blocks keep the temporaries cache-sized,
+        and each block is checked for non-finite entries while it is in cache.
         Networks that symmetrize whole kernels (quadrature activations) on x1 = x2 run in one
         pass.
         """
@@ -308,12 +312,17 @@ class Layer:
         whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
                                     for lay in self.walk())
         if rows >= n1 or whole:
-            return self.apply_kernel(k0)
+            k = self.apply_kernel(k0)
+            for kk in k if isinstance(k, list) else [k]:
+                _check_finite(kk, fname)
+            return k
         outs, first = None, None
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
             kb = self.apply_kernel(k0.row_block(r0, r1))
             blocks = kb if isinstance(kb, list) else [kb]
+            for b in blocks:
+                _check_finite(b, fname)
             if outs is None:
                 first = blocks
                 outs = [{f: None if getattr(b, f) is None else
