@@ -68,7 +68,7 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
             need = max(need)
     if need == DIAGONAL:
         return layer._apply_in_row_blocks(
-            input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"))
+            input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), fname)
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
