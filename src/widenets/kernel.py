@@ -1,4 +1,4 @@
-"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, and the bookkeeping layers need.
+"""The `Kernel`: infinite-width NNGP and NTK of a network's outputs, and their bookkeeping.
 
 A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.replace`.
 Conventions (Lee et al. 2019, seed 002, §2.1):
