@@ -44,7 +44,7 @@ from .store import (
     read_metadata,
     tile_list,
 )
-from .task import TileJob, run_tile
+from .task import TileJob, compute_tile, run_tile, store_tile
 
 __all__ = ["compute", "TileRun", "TileError"]
 
@@ -306,7 +306,49 @@ def _failure(exc: BaseException, t, lay: StoreLayout, n_total: int) -> BaseExcep
     return TileError(f"{_FUNC}: tile {t} failed with {type(exc).__name__}: {exc}. {kept}")
 
 
+def _run_here(job, x1, x2, todo, bar, lay, n_total) -> None:
+    """Tiles computed one by one in this thread, each written by a writer thread while the
+    next one computes. torch's intra-op (OpenMP) parallelism is ~1.5x slower when driven from
+    a pool thread (measured on the 2-core machine), and writing overlaps computing. Ctrl-C
+    stops the tile in flight (not recorded, so a rerun redoes it) and lets the write of the
+    last computed tile finish."""
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="widenets-tile-writer")
+    pending = None                                   # (future of a write, its tile)
+
+    def finish():
+        fut, t = pending
+        exc = fut.exception()
+        if exc is not None:
+            raise _failure(exc, t, lay, n_total) from exc
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        for t in todo:
+            try:
+                blocks, seconds = compute_tile(job, x1, x2, *t)
+            except Exception as exc:
+                if pending is not None:
+                    wait([pending[0]])
+                raise _failure(exc, t, lay, n_total) from exc
+            if pending is not None:
+                finish()
+            pending = (writer.submit(store_tile, job, *t, blocks, seconds), t)
+        if pending is not None:
+            finish()
+    except KeyboardInterrupt:
+        if pending is not None:
+            wait([pending[0]])
+        raise KeyboardInterrupt(f"{_FUNC}: interrupted; {_stop_message(lay, n_total)}") \
+            from None
+    finally:
+        writer.shutdown(wait=True)
+
+
 def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
+    if threads == 1:
+        _run_here(job, x1, x2, todo, bar, lay, n_total)
+        return
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="widenets-tile")
     pending = {}
     queue = list(reversed(todo))

@@ -91,6 +91,13 @@ def run_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int, j:
     Returns:
         {"tile": (i, j), "seconds": compute seconds}.
     """
+    blocks, seconds = compute_tile(job, x1, x2, i, j)
+    return store_tile(job, i, j, blocks, seconds)
+
+
+def compute_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int,
+                 j: int) -> tuple[dict, float]:
+    """The blocks of tile (i, j) as contiguous numpy arrays, and the compute seconds."""
     (r0, r1), (c0, c1) = _bounds(job.meta, i, j)
     start = time.perf_counter()
     if x2 is None:
@@ -103,9 +110,12 @@ def run_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int, j:
     else:
         blocks = evaluate(job, x1[r0:r1], x2[c0:c1])
     seconds = time.perf_counter() - start
-    write_tile(job.root, job.meta, i, j,
-               {k: np.ascontiguousarray(v.numpy()) for k, v in blocks.items()}, seconds=seconds,
-               worker=_worker_address())
+    return {k: np.ascontiguousarray(v.numpy()) for k, v in blocks.items()}, seconds
+
+
+def store_tile(job: TileJob, i: int, j: int, blocks: dict, seconds: float) -> dict:
+    """Write a computed tile (data, then its record) into the store."""
+    write_tile(job.root, job.meta, i, j, blocks, seconds=seconds, worker=_worker_address())
     return {"tile": (i, j), "seconds": seconds}
 
 
