@@ -22,25 +22,12 @@ the memory-bandwidth limit the implementation runs (on a shared machine both are
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
+from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
 from torch.profiler import ProfilerActivity, profile
 
 import widenets as wn
-
-
-def times_of(fn, repeats):
-    """(median, min) of `repeats` timed runs after a warm-up. On a shared machine the minimum
-    is the best estimate of the uncontended time."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def nets():

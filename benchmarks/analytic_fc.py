@@ -8,22 +8,11 @@ Target (issue 2): N=4000 float32 under 0.8 s on the 2-core machine and at most 3
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
 
 import widenets as wn
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
@@ -41,8 +30,8 @@ def main():
     for n in args.sizes:
         for dtype in (torch.float32, torch.float64):
             x = torch.randn(n, 784, generator=torch.Generator().manual_seed(0)).to(dtype)
-            t_k = median_time(lambda: net.kernel(x, dtype=dtype), args.repeats)
-            t_g = median_time(lambda: x @ x.T, args.repeats)
+            t_k = times_of(lambda: net.kernel(x, dtype=dtype), args.repeats)[0]
+            t_g = times_of(lambda: x @ x.T, args.repeats)[0]
             name = str(dtype).replace("torch.", "")
             print(f"| {n} | {name} | {t_k:.3f} | {t_g:.3f} | {t_k / t_g:.2f} |", flush=True)
 
