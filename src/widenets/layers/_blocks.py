@@ -11,12 +11,12 @@ blocks I <= J are computed; the others are their transposes.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from .._memory import available_memory
 from ..kernel import Kernel
-from .base import DIAGONAL, FULL, input_kernel
+from .base import DIAGONAL, FULL, check_finite, input_kernel
 
 __all__ = ["spatial_kernel", "full_layout_bytes_per_pair", "available_memory"]
 
@@ -30,21 +30,6 @@ _LIVE_TENSORS_NNGP = 8
 #: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128)
 _TARGET_BLOCK_BYTES = 32 << 20
 _MIN_BLOCK = 8
-
-
-def available_memory() -> int:
-    """Bytes of memory available to this process (MemAvailable on Linux; 4 GiB otherwise)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
 
 def full_layout_bytes_per_pair(spatial, dtype: torch.dtype, want_ntk: bool) -> int:
@@ -93,8 +78,11 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         speed = math.isqrt(max(_TARGET_BLOCK_BYTES // (math.prod(spatial) ** 2 * itemsize), 1))
         b = min(fits, max(speed, _MIN_BLOCK))
     if b >= n1 and b >= n2:
-        return layer.apply_kernel(input_kernel(x1, x2, want_ntk=want_ntk, layout="full"))
-    return _blocked(layer, x1, x2, b, want_ntk)
+        k = layer.apply_kernel(input_kernel(x1, x2, want_ntk=want_ntk, layout="full"))
+    else:
+        k = _blocked(layer, x1, x2, b, want_ntk)
+    check_finite(k, fname)
+    return k
 
 
 def _blocked(layer, x1, x2, b: int, want_ntk: bool):

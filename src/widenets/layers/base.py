@@ -254,8 +254,6 @@ class Layer:
 
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
                                batch_size=batch_size, fname=fname)
-            for kk in k if isinstance(k, list) else [k]:
-                _check_finite(kk, fname)
         if get is None:
             return k
         return _select(k, gets, single=isinstance(get, str))
@@ -313,16 +311,14 @@ class Layer:
                                     for lay in self.walk())
         if rows >= n1 or whole:
             k = self.apply_kernel(k0)
-            for kk in k if isinstance(k, list) else [k]:
-                _check_finite(kk, fname)
+            check_finite(k, fname)
             return k
         outs, first = None, None
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
             kb = self.apply_kernel(k0.row_block(r0, r1))
+            check_finite(kb, fname)
             blocks = kb if isinstance(kb, list) else [kb]
-            for b in blocks:
-                _check_finite(b, fname)
             if outs is None:
                 first = blocks
                 outs = [{f: None if getattr(b, f) is None else
@@ -355,6 +351,12 @@ def _parse_get(get, fname: str) -> tuple[str, ...]:
         raise ValueError(f"{fname}: get must be None, 'nngp', 'ntk' or a tuple of them, "
                          f"got {get!r}")
     return gets
+
+
+def check_finite(k, fname: str) -> None:
+    """Raise FloatingPointError if a Kernel (or list of them, one per branch) has NaN/inf."""
+    for kk in k if isinstance(k, list) else [k]:
+        _check_finite(kk, fname)
 
 
 def _check_finite(k: Kernel, fname: str) -> None:

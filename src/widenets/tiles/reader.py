@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import torch
 
+from .._memory import available_memory as _available_memory
 from ..layers.base import _parse_get
 from .store import (
     IncompleteStoreError,
@@ -133,17 +134,6 @@ def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset()) -> np
         if meta["symmetric"] and i < j:
             out[j * b2:j * b2 + block.shape[1], i * b1:i * b1 + block.shape[0]] = block.T
     return out
-
-
-def _available_memory() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
-        import os
-
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
