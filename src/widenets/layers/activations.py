@@ -35,6 +35,14 @@ def _cos_angle(k11, k22, k12):
     return torch.clamp(k12 / prod, -1.0, 1.0), prod
 
 
+def _finite_numbers(func: str, **values) -> tuple[float, ...]:
+    """The activation's parameters as floats; each must be a finite real number."""
+    for arg, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{func}: {arg} must be a finite number, got {v!r}")
+    return tuple(float(v) for v in values.values())
+
+
 class ActivationModule(nn.Module):
     """The finite view of an activation: applies its torch function elementwise."""
 
@@ -61,11 +69,13 @@ class Activation(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def t(self, k11, k22, k12):  # pragma: no cover - abstract
-        raise NotImplementedError
+    # A subclass overrides either t_and_tdot (closed forms sharing intermediate results) or
+    # t and tdot (separate computations); each pair has a default in terms of the other.
+    def t(self, k11, k22, k12):
+        return self.t_and_tdot(k11, k22, k12, False)[0]
 
-    def tdot(self, k11, k22, k12):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def tdot(self, k11, k22, k12):
+        return self.t_and_tdot(k11, k22, k12, True)[1]
 
     def t_diag(self, k):
         """T at K11 = K22 = K12 = k (the variance of φ(u))."""
@@ -75,7 +85,7 @@ class Activation(Layer):
         return self.tdot(k, k, k)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot: bool):
-        """Both formulas at once; override to share intermediate results."""
+        """T and (if want_tdot) Tdot at once."""
         return self.t(k11, k22, k12), (self.tdot(k11, k22, k12) if want_tdot else None)
 
     # ------------------------------------------------------------- bookkeeping
@@ -123,11 +133,7 @@ class ABRelu(Activation):
     """
 
     def __init__(self, a: float = 0.0, b: float = 1.0):
-        for arg, v in (("a", a), ("b", b)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{type(self).__name__}: {arg} must be a finite number, "
-                                 f"got {v!r}")
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = _finite_numbers(type(self).__name__, a=a, b=b)
 
     @property
     def needs_gaussian(self) -> bool:  # a linear map is exact on any input
@@ -161,12 +167,6 @@ class ABRelu(Activation):
         if not want_tdot:
             tdot = None
         return t, tdot
-
-    def t(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, False)[0]
-
-    def tdot(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, True)[1]
 
     def t_diag(self, k):  # θ = 0: T = (a²+b²) k / 2
         return 0.5 * (self.a ** 2 + self.b ** 2) * k
@@ -253,12 +253,6 @@ class Erf(Activation):
         f, d, _, _ = _erf_scaled(2 * k11, 2 * k22, 2 * k12)
         return f, (2 * d if want_tdot else None)   # φ'(x) = √2 s'(√2 x)
 
-    def t(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, False)[0]
-
-    def tdot(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, True)[1]
-
 
 class Gelu(Activation):
     """φ(x) = x Φ(x) (exact GELU, torch's default), closed form.
@@ -284,12 +278,6 @@ class Gelu(Activation):
                            + (2 / math.pi) * k12 / det ** 1.5)
         return t, tdot
 
-    def t(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, False)[0]
-
-    def tdot(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, True)[1]
-
 
 class Sin(Activation):
     """φ(x) = a sin(b x + c). With S = K11 + K22:
@@ -298,10 +286,7 @@ class Sin(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        for arg, v in (("a", a), ("b", b), ("c", c)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"Sin: {arg} must be a finite number, got {v!r}")
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = _finite_numbers("Sin", a=a, b=b, c=c)
 
     def forward(self, x):
         return self.a * torch.sin(self.b * x + self.c)
@@ -314,12 +299,6 @@ class Sin(Activation):
         t = 0.5 * self.a ** 2 * (minus - plus)
         tdot = 0.5 * self.a ** 2 * b2 * (minus + plus) if want_tdot else None
         return t, tdot
-
-    def t(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, False)[0]
-
-    def tdot(self, k11, k22, k12):
-        return self.t_and_tdot(k11, k22, k12, True)[1]
 
 
 # --------------------------------------------------------------------------- any φ by quadrature
