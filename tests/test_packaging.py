@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest.importorskip("build", reason="python -m build comes with the dev extra")
+
 
 
 def _run(cmd, **kw):

@@ -1,4 +1,4 @@
-"""The Neural Tangent Hierarchy (Huang & Yau 2020, seed 000; MATH.md §6).
+"""The Neural Tangent Hierarchy (Huang & Yau 2020, seed 000; docs/math.md §nth).
 
 With r = f(X) - Y and gradient flow dθ/dt = -η ∇θ L (time t counts gradient-descent steps of
 learning rate η, as in Lee et al. 2019), the outputs and kernels obey (seed 000, eqs. 9-10)

@@ -3,7 +3,7 @@
 * `relative_change(record)`: ||W_t - W_0|| / ||W_0|| per parameter tensor, and the relative
   Frobenius change of the recorded NTK and NNGP.
 * `kappa(model, x, y)`: the inverse relative scale κ = ||y(w0) - ȳ|| ||∇²y|| / ||∇y||²
-  (MATH.md §5) with operator norms from Hessian- and Jacobian-vector products only.
+  (docs/math.md §laziness) with operator norms from Hessian- and Jacobian-vector products only.
 * `scaled(model, alpha)`: α (f(x; w) - f(x; w0)); trained with the loss divided by α², it goes
   lazy as α grows.
 * `width_sweep(build, widths, measure=...)`: log-log slopes against width, with confidence
@@ -75,7 +75,7 @@ def relative_change(record: TrainRecord) -> RelativeChange:
 # ----------------------------------------------------------------------------------- kappa
 @dataclass(frozen=True)
 class KappaResult:
-    """The inverse relative scale of Chizat & Bach (MATH.md §5) and its parts (floats).
+    """The inverse relative scale of Chizat & Bach (docs/math.md §laziness) and its parts (floats).
 
     Fields:
         kappa: ||y(w0) - ȳ|| · hessian_norm / jacobian_norm².
@@ -122,7 +122,9 @@ def _top_eig(matvec, p: int, tol: float, seed: int, maxiter: int, v0=None):
 
 def kappa(model: nn.Module, x, y, *, tol: float = 1e-6, max_outer: int = 20,
           maxiter: int = 1000, seed: int = 0) -> KappaResult:
-    """Inverse relative scale κ(w0) = ||y(w0) - ȳ|| ||∇²y(w0)|| / ||∇y(w0)||² (MATH.md §5).
+    """Inverse relative scale κ(w0) = ||y(w0) - ȳ|| ||∇²y(w0)|| / ||∇y(w0)||² (§laziness).
+
+    docs/math.md §laziness.
 
     Operator norms without dense Jacobians or Hessians: ||∇y||² is the top eigenvalue of
     JᵀJ (jvp then vjp); ||∇²y|| = sup_{|e|=|u|=1} e·∇²y[u, u] by alternating maximization:

@@ -1,6 +1,6 @@
 """Pointwise activations: each supplies only its formulas.
 
-For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (MATH.md §2):
+For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (docs/math.md §activations):
 
     T(K)    = E[φ(u) φ(v)]            (the new second moment; nngp and both variances)
     Tdot(K) = E[φ'(u) φ'(v)]          (multiplies the NTK:  Θ' = Tdot(K) Θ)
@@ -127,7 +127,7 @@ class Activation(Layer):
 class ABRelu(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0). LeakyRelu, Relu, Abs and Identity are special cases.
 
-    MATH.md §2 (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
+    docs/math.md §relu (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
         T    = (a²+b²) √(K11K22) (sin θ + (π-θ) cos θ)/(2π) - 2ab √(K11K22) (sin θ - θ cos θ)/(2π)
         Tdot = ((a²+b²)(π-θ) + 2abθ) / (2π)
     """
@@ -240,7 +240,7 @@ def _erf_scaled(k11, k22, k12):
 
 
 class Erf(Activation):
-    """φ(x) = erf(x) (Williams 1997; MATH.md §2):
+    """φ(x) = erf(x) (Williams 1997; docs/math.md §erf):
         T    = (2/π) arcsin(2K12 / √((1+2K11)(1+2K22)))
         Tdot = (4/π) / √((1+2K11)(1+2K22) - 4K12²)
     """
@@ -259,7 +259,7 @@ class Gelu(Activation):
 
     With s(x) = erf(x/√2), x Φ(x) = x/2 + x s(x)/2, and Stein's lemma (E[u g] = K11 E[∂u g] +
     K12 E[∂v g]) reduces E[uv s(u)s(v)] to F and D of the erf kernel (derivation in
-    docs: x Φ is odd + even, odd cross terms vanish):
+    docs/math.md §gelu: x Φ is odd + even, odd cross terms vanish):
         T    = K12/4 + (K12 F + D (K11K22 + K12²(1 - K11K22)/P)) / 4
         Tdot = (1 + F + K12 D/(1+K11) + K12 D/(1+K22) + (2/π) K12 / det^{3/2}) / 4
     with P = (1+K11)(1+K22), det = P - K12². Checked against quadrature in the tests.
@@ -303,7 +303,7 @@ class Sin(Activation):
 
 # --------------------------------------------------------------------------- any φ by quadrature
 class Elementwise(Activation):
-    """Any pointwise activation by 2-D Gauss-Hermite quadrature (MATH.md §2).
+    """Any pointwise activation by 2-D Gauss-Hermite quadrature (docs/math.md §quadrature).
 
     With u = √K11 z1, v = √K22 (c z1 + √(1-c²) z2), z ~ N(0, I):
         E[φ(u) φ(v)] ≈ Σ_i Σ_j w_i w_j φ(u_i) φ(v_ij),

@@ -91,7 +91,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     """The kernel of the raw inputs: second moments averaged over features (channels).
 
     For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
-    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (MATH.md §2). The input NTK is zero (no parameters yet).
+    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (docs/math.md §input). The input NTK is zero (no parameters yet).
 
     For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
     C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout

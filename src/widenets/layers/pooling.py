@@ -1,6 +1,6 @@
 """Average pooling, global average pooling and flattening of channels-first inputs.
 
-Kernels (Novak et al. 2019; Arora et al. 2019; MATH.md §2), with window W (|W| offsets):
+Kernels (Novak et al. 2019; Arora et al. 2019; docs/math.md §pooling), with window W (|W| offsets):
 
     AvgPool:        K'(o, o') = 1/|W|² Σ_{d, d' in W} K(s·o + d, s·o' + d')      (all pairs)
     GlobalAvgPool:  K' = 1/|S|² Σ_{p, p'} K(p, p')                                 (all pairs)
