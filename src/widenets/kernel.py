@@ -60,6 +60,14 @@ class Kernel:
             its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
         diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
             irrelevant (False) for flat features.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.nngp.shape, k.ntk.shape, k.cov1.shape
+        (torch.Size([3, 3]), torch.Size([3, 3]), torch.Size([3]))
+        >>> bool(torch.equal(k.nngp.diagonal(), k.cov1)), k.x1_is_x2
+        (True, True)
     """
 
     nngp: torch.Tensor

@@ -93,6 +93,14 @@ class Lifted(Layer):
     Attributes:
         nodes: the graph's steps in execution order (name, layer, input names, torch source).
         in_shape: the input shape (without batch axis) it was lifted for.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        >>> lifted = wn.lift(m, (4,))
+        >>> lifted.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> isinstance(lifted, wn.Lifted)
+        True
     """
 
     def __init__(self, nodes: list[_Node], input_name: str, output_name: str, in_shape):
@@ -189,6 +197,12 @@ def lift(module: nn.Module, in_shape, *, w_std: float | None = None,
 
     Raises:
         LiftError (a TypeError): a module or operation without an exact kernel, naming it.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        >>> lifted = wn.lift(m, (4,))
+        >>> lifted.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
     """
     func = "lift"
     if not isinstance(module, nn.Module):

@@ -43,6 +43,13 @@ def load_file(path, *, test_fraction: float = 0.25, seed: int = 0,
 
     Raises:
         ValueError: missing file, unknown extension, missing arrays, wrong shapes, NaNs.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> np.savez("data.npz", x=rng.standard_normal((40, 5)), y=rng.standard_normal(40))
+        >>> data = wn.data.load_file("data.npz", test_fraction=0.25)
+        >>> data.x_train.shape, data.x_test.shape
+        (torch.Size([30, 5]), torch.Size([10, 5]))
     """
     path = Path(path)
     fname = "load_file"

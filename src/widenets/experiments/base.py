@@ -29,7 +29,15 @@ __all__ = ["Result", "ConfigError", "make_config", "parse_value", "progress", "t
 
 
 class ConfigError(ValueError):
-    """A configuration the user asked for cannot be built (unknown key, wrong type)."""
+    """A configuration the user asked for cannot be built (unknown key, wrong type).
+
+    Example:
+        >>> from widenets import experiments
+        >>> experiments.make_config(experiments.load("lee-fig2"), overrides={"no_such_key": "1"})
+        Traceback (most recent call last):
+        ...
+        widenets.experiments...ConfigError: ...
+    """
 
 
 @dataclass
@@ -43,6 +51,14 @@ class Result:
         metrics: the key numbers (floats, ints, strings) shown in the report and checked by tests.
         caption: one or two sentences saying what the figure shows and what the paper claims.
         timings: seconds spent in named stages.
+
+    Example:
+        >>> from widenets import experiments
+        >>> result = experiments.Result(figure="demo", config=None, data={},
+        ...                             metrics={"accuracy": 0.9},
+        ...                             caption="a caption")
+        >>> result.metrics["accuracy"]
+        0.9
     """
 
     figure: str
@@ -125,6 +141,12 @@ def make_config(module, *, quick: bool = False, seed: int | None = None,
     Raises:
         ConfigError: an unknown key (the message lists the known ones) or a value that does not
             parse as the field's type.
+
+    Example:
+        >>> from widenets import experiments
+        >>> config = experiments.make_config(experiments.load("lee-fig2"), quick=True, seed=3)
+        >>> config.seed
+        3
     """
     cls = module.Config
     hints = typing.get_type_hints(cls)

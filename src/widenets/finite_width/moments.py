@@ -47,6 +47,13 @@ class NTKMoments:
             without a widenets layer).
         samples: (n_samples,) the sampled K(x, x).
         n_samples: number of networks.
+
+    Example:
+        >>> mom = wn.finite_width.ntk_moments(depth=3, width=10, x=torch.ones(4), n_samples=200)
+        >>> mom.ratio > 1, round(mom.beta, 2)                  # E[K²]/E[K]² > 1, β = 3 / 10
+        (True, 0.3)
+        >>> isinstance(mom, wn.finite_width.NTKMoments)
+        True
     """
 
     mean: float
@@ -150,6 +157,11 @@ def ntk_moments(depth: int, width: int | Sequence[int], x, *, n_samples: int,
 
     Returns:
         An `NTKMoments`.
+
+    Example:
+        >>> mom = wn.finite_width.ntk_moments(depth=3, width=10, x=torch.ones(4), n_samples=200)
+        >>> mom.ratio > 1, round(mom.beta, 2)                  # E[K²]/E[K]² > 1, β = 3 / 10
+        (True, 0.3)
     """
     func = "ntk_moments"
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:

@@ -183,6 +183,15 @@ class Layer:
 
     Subclasses implement `apply_kernel` (the infinite-width map) and `build` (the finite module).
     Constructors store their arguments verbatim as attributes.
+
+    Example:
+        >>> net = wn.Dense(64, w_std=1.5) >> wn.Relu() >> wn.Dense(1)
+        >>> isinstance(net, wn.Layer)
+        True
+        >>> net.kernel(torch.randn(4, 3), get="ntk").shape
+        torch.Size([4, 4])
+        >>> net.module((3,), seed=0)(torch.randn(4, 3)).shape
+        torch.Size([4, 1])
     """
 
     # --------------------------------------------------------------- to override

@@ -107,7 +107,15 @@ class Serial(Layer):
 
 
 def serial(*layers: Layer) -> Serial:
-    """Compose layers in sequence: serial(Dense(512), Relu(), Dense(1))."""
+    """Compose layers in sequence: serial(Dense(512), Relu(), Dense(1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="nngp").shape
+        torch.Size([3, 3])
+        >>> net.module((4,), seed=0)
+        SerialModule(...)
+    """
     return Serial(*layers)
 
 
@@ -144,12 +152,30 @@ class Parallel(Layer):
 
 
 def parallel(*layers: Layer) -> Parallel:
-    """Apply `layers[i]` to branch i of a FanOut."""
+    """Apply `layers[i]` to branch i of a FanOut.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+    """
     return Parallel(*layers)
 
 
 class FanOut(Layer):
-    """Copy the input into `n` branches."""
+    """Copy the input into `n` branches.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -176,7 +202,22 @@ def _check_fan_in(ks, func: str) -> list[Kernel]:
 
 
 class FanInSum(Layer):
-    """Sum the branches (residual connections). See the module docstring for exactness."""
+    """Sum the branches (residual connections). See the module docstring for exactness.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> correlated = wn.serial(wn.Dense(8), wn.FanOut(2), wn.parallel(wn.Relu(), wn.Erf()),
+        ...                        wn.FanInSum())
+        >>> correlated.kernel(torch.randn(2, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: FanInSum...
+    """
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInSum.kernel")
@@ -215,7 +256,18 @@ class FanInSum(Layer):
 
 
 class FanInConcat(Layer):
-    """Concatenate the branches along the channel (feature) axis 1."""
+    """Concatenate the branches along the channel (feature) axis 1.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(16), wn.FanOut(2),
+        ...                 wn.parallel(wn.serial(wn.Relu(), wn.Dense(8)),
+        ...                             wn.serial(wn.Erf(), wn.Dense(24))),
+        ...                 wn.FanInConcat(), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> net.module((4,), seed=0)(torch.randn(3, 4)).shape
+        torch.Size([3, 1])
+    """
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInConcat.kernel")

@@ -107,6 +107,15 @@ class Conv(Layer):
         w_std: σw (times 1/√(C·|D|)).
         b_std: σb; None for no bias.
         parameterization: "ntk" (default) or "standard" (see the module docstring).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, padding="SAME", w_std=1.4), wn.Relu(), wn.Flatten(),
+        ...                 wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+        >>> net.module((3, 8, 8), seed=0)(x).shape
+        torch.Size([2, 1])
     """
 
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding="SAME",

@@ -74,6 +74,15 @@ class Dense(Layer):
         b_std: σb, bias standard deviation; None for no bias parameter.
         parameterization: "ntk" (default) or "standard"; see the module docstring for the
             kernels and the standard-parameterization width convention.
+
+    Example:
+        >>> x = torch.randn(3, 4, dtype=torch.float64)
+        >>> k = wn.Dense(1, w_std=2.0, b_std=0.5).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k, 4.0 * x @ x.T / 4 + 0.25))    # σw² <x, x'> / d + σb²
+        True
+        >>> net = wn.serial(wn.Dense(512, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(1))
+        >>> net.module((4,), seed=0)(x.float()).shape
+        torch.Size([3, 1])
     """
 
     def __init__(self, out: int, *, w_std: float = 1.0, b_std: float | None = 0.0,

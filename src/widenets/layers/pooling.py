@@ -82,6 +82,13 @@ class AvgPool(Layer):
         padding: "VALID" (default, as torch), "SAME" (zeros, counted in the average),
             "CIRCULAR", or an int / tuple of ints (zeros on both sides, as torch's padding=p
             with count_include_pad=True).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.AvgPool(2), wn.Flatten(),
+        ...                 wn.Dense(1))
+        >>> net.kernel(x, get="nngp").shape
+        torch.Size([2, 2])
     """
 
     def __init__(self, window, *, stride=None, padding="VALID"):
@@ -145,7 +152,14 @@ class GlobalAvgPoolModule(nn.Module):
 
 
 class GlobalAvgPool(Layer):
-    """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs."""
+    """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+    """
 
     def layout_need(self, need):
         return FULL
@@ -174,7 +188,16 @@ class FlattenModule(nn.Module):
 
 class Flatten(Layer):
     """(n, C, *S) -> (n, C·|S|), channels first as torch's x.flatten(1). Needs only the
-    diagonal of the position pairs: K' = mean_p K(p, p)."""
+    diagonal of the position pairs: K' = mean_p K(p, p).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.Flatten(), wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+        >>> net.module((3, 8, 8), seed=0)(x).shape
+        torch.Size([2, 1])
+    """
 
     def layout_need(self, need):
         return DIAGONAL

@@ -53,7 +53,12 @@ _DTYPES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "f
 
 
 class TileError(RuntimeError):
-    """A tile failed; the finished tiles are kept and a rerun resumes."""
+    """A tile failed; the finished tiles are kept and a rerun resumes.
+
+    Example:
+        >>> issubclass(wn.tiles.TileError, RuntimeError)
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,13 @@ class TileRun:
         tiles_skipped: tiles already finished before this call (not recomputed).
         tiles_computed: tiles this call computed.
         seconds: wall-clock time of the call.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> isinstance(run, wn.tiles.TileRun)
+        True
     """
 
     store: Path
@@ -181,6 +193,15 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
             shape, or NaN) keep their type.
         OSError: the disk is full (ENOSPC); finished tiles are kept.
         KeyboardInterrupt: Ctrl-C; finished tiles are kept.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> run.tiles_computed, run.tiles_total
+        (1, 1)
+        >>> wn.tiles.compute(net, x, store="k.zarr", get="ntk").tiles_skipped    # resumed: done
+        1
     """
     from .. import __version__
 

@@ -32,7 +32,12 @@ __all__ = ["open", "load_kernel", "status", "verify", "KernelTooLargeError"]
 
 
 class KernelTooLargeError(ValueError):
-    """The stored kernel does not fit in the memory allowed for loading it."""
+    """The stored kernel does not fit in the memory allowed for loading it.
+
+    Example:
+        >>> issubclass(wn.tiles.KernelTooLargeError, ValueError)
+        True
+    """
 
 
 def _make_kernel_array(arr, lay: StoreLayout, meta: dict, name: str):
@@ -91,6 +96,14 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
 
     Raises:
         IncompleteStoreError: tiles are missing and allow_incomplete is False.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> k = wn.tiles.open("k.zarr")
+        >>> k.shape, k[:2, :3].compute().shape
+        ((10, 10), (2, 3))
     """
     import dask.array as da
 
@@ -153,6 +166,14 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
         KernelTooLargeError: the kernels need more than max_bytes; use `wn.tiles.open` for
             lazy, tile by tile access instead.
         IncompleteStoreError: tiles are missing.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> k = wn.tiles.load_kernel("k.zarr")
+        >>> bool(torch.allclose(k, net.kernel(x, get="ntk")))
+        True
     """
     func = "tiles.load_kernel"
     lay, meta = read_metadata(store, func=func)
@@ -182,7 +203,16 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
 
 
 def status(store) -> dict:
-    """How far a store is: {"tiles_total", "tiles_done", "missing": [(i, j), ...], "metadata"}."""
+    """How far a store is: {"tiles_total", "tiles_done", "missing": [(i, j), ...], "metadata"}.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> info = wn.tiles.status("k.zarr")
+        >>> info["tiles_done"], info["missing"]
+        (1, [])
+    """
     lay, meta = read_metadata(store, func="tiles.status")
     tiles = tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
     missing = _missing(lay, meta)
@@ -199,6 +229,13 @@ def verify(store, *, repair: bool = False) -> list[tuple[int, int]]:
 
     Returns:
         The damaged tiles (i, j) (empty when the store is intact).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> wn.tiles.verify("k.zarr")                         # tiles whose data fail their CRC
+        []
     """
     lay, meta = read_metadata(store, func="tiles.verify")
     bad = []

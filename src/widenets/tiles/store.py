@@ -55,15 +55,35 @@ _DONE = "done"
 
 
 class TileStoreError(RuntimeError):
-    """A store that cannot be used: unreadable, not a widenets store, or damaged."""
+    """A store that cannot be used: unreadable, not a widenets store, or damaged.
+
+    Example:
+        >>> issubclass(wn.tiles.TileStoreError, RuntimeError)
+        True
+    """
 
 
 class StoreMismatchError(ValueError):
-    """The store was made by a different net, inputs, dtype, tile or `get` than this call."""
+    """The store was made by a different net, inputs, dtype, tile or `get` than this call.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> wn.tiles.compute(net, 2 * x, store="k.zarr", get="ntk")
+        Traceback (most recent call last):
+        ...
+        widenets.tiles...StoreMismatchError: tiles.compute: the existing store ...
+    """
 
 
 class IncompleteStoreError(TileStoreError):
-    """The store is missing tiles (a run was interrupted); rerun `compute` to finish it."""
+    """The store is missing tiles (a run was interrupted); rerun `compute` to finish it.
+
+    Example:
+        >>> issubclass(wn.tiles.IncompleteStoreError, wn.tiles.TileStoreError)
+        True
+    """
 
 
 # ------------------------------------------------------------------------------ helpers
