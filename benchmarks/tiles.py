@@ -5,11 +5,15 @@ Measures, for a depth-3 ReLU net's NTK in float32 (inputs of dimension 784):
 1. throughput: `wn.tiles.compute` on N_THROUGHPUT inputs against computing the same kernel in
    memory in one go (`net.kernel(x, get="ntk")`), as kernel entries per second (the tiled run
    computes only the upper triangle of tiles, so entries it computed / its time), medians of
-   REPEATS runs each, both measured in this run;
+   REPEATS runs each after one untimed warm-up of each, both measured in this run;
 2. the big run (N inputs, N^2 * 4 bytes): in a subprocess killed with SIGKILL after a fraction
    of the tiles, then resumed in a new subprocess; peak resident memory of those processes
    (VmHWM from /proc, Linux), the resume's time and missing tiles, and the fixed cost of
    resuming (rerunning on the finished store: fingerprinting the inputs, reading records).
+   These are single runs.
+
+A target is reported met only when the unrounded measurement meets it (a ratio of 0.797 is
+printed as 0.797x and "not met" against >= 0.8x).
 
 Targets (issue 8): peak RSS < 2 GB at N = 50,000; throughput >= 0.8x in memory at 8,000 inputs;
 resume < 10 s plus the missing tiles.
@@ -105,6 +109,11 @@ def throughput(args) -> dict:
     x = _inputs(args.n_throughput, args.dim, seed=1)
     n = x.shape[0]
     mem, tiled, computed = [], [], 0
+    warm = x[:min(n, args.tile)]                 # warm-up: one block in memory, one tile
+    net.kernel(warm, get="ntk", dtype=torch.float32)
+    wn.tiles.compute(net, warm, store=Path(args.dir) / "warm-up.zarr", tile=args.tile,
+                     get="ntk", dtype=torch.float32, threads=args.threads)
+    shutil.rmtree(Path(args.dir) / "warm-up.zarr")
     for r in range(args.repeats):
         t = time.perf_counter()
         k = net.kernel(x, get="ntk", dtype=torch.float32)
@@ -120,6 +129,10 @@ def throughput(args) -> dict:
     m, t = statistics.median(mem), statistics.median(tiled)
     return {"n": n, "mem_s": m, "tiled_s": t, "mem_rate": n * n / m, "tiled_rate": computed / t,
             "computed": computed}
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
 
 
 def _entries_computed(store: Path) -> int:
@@ -195,7 +208,8 @@ def main() -> None:
             (f"tiled NTK, {tp['n']} inputs, tile {args.tile}, {args.threads} thread(s)",
              f"{tp['tiled_s']:.2f} s, {tp['computed'] / 1e6:.1f} M entries computed, "
              f"{tp['tiled_rate'] / 1e6:.2f} M entries/s", ""),
-            ("throughput tiled / in memory (entries/s)", f"{ratio:.2f}x", ">= 0.8x"),
+            ("throughput tiled / in memory (entries/s)", f"{ratio:.3f}x",
+             ">= 0.8x: " + _verdict(ratio >= 0.8)),
             ("wall time in memory / tiled (symmetric: tiles skip the lower triangle)",
              f"{tp['mem_s'] / tp['tiled_s']:.2f}x", ""),
         ]
@@ -203,10 +217,11 @@ def main() -> None:
         b = big_run(args)
         r = b["resume"]
         rows += [
-            (f"big run: {b['n']} inputs, {b['tiles']} tiles of {args.tile}, store on disk",
+            (f"big run (single run): {b['n']} inputs, {b['tiles']} tiles of {args.tile}, store "
+             f"on disk",
              f"{b['store_bytes'] / 1e9:.2f} GB (upper triangle)", ""),
             ("peak RSS of the computing processes (VmHWM: killed run, resume, rerun)",
-             f"{b['peak_rss'] / 1e9:.2f} GB", "< 2 GB"),
+             f"{b['peak_rss'] / 1e9:.2f} GB", "< 2 GB: " + _verdict(b["peak_rss"] < 2e9)),
             ("big run throughput (median tile compute time)",
              f"{b['tile_s_median']:.2f} s per tile", ""),
             (f"SIGKILL after >= {b['kill_at']} tiles; resume computes the missing ones",
@@ -214,7 +229,8 @@ def main() -> None:
              f"(process {b['resume_wall_s']:.1f} s)", ""),
             ("fixed cost of resuming (rerun on the finished store: hash inputs, read records)",
              f"{b['noop']['compute_s']:.2f} s in compute() "
-             f"({b['noop_wall_s']:.1f} s with process start, imports, data)", "< 10 s"),
+             f"({b['noop_wall_s']:.1f} s with process start, imports, data)",
+             "< 10 s: " + _verdict(b["noop"]["compute_s"] < 10)),
         ]
     print(f"\nwidenets.tiles benchmark: depth-3 ReLU NTK, float32, dim {args.dim}, "
           f"torch threads {torch.get_num_threads()}\n")
