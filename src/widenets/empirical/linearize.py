@@ -1,6 +1,6 @@
 """Linearized and Taylor-expanded models around the current parameters p0.
 
-    f_lin(x; p)    = f(x; p0) + J(x; p0) (p - p0)                    (Lee et al. 2019, eq. 4;
+    f_lin(x; p)    = f(x; p0) + J(x; p0) (p - p0)                    (Lee et al. 2019, eq. 5;
                                                                       docs/math.md §linearization)
     f_taylor(x; p) = Σ_{k=0}^{K} (1/k!) D^k f(x; p0)[p - p0, ..., p - p0]
 

@@ -1,7 +1,7 @@
 """Public entry points: `empirical_ntk` and `empirical_nngp` of any torch model.
 
 Θ(x, x')[a, b] = Σ_p ∂f_a(x)/∂θ_p ∂f_b(x')/∂θ_p          (Jacot et al. 2018; Lee et al. 2019,
-                                                            seed 002, eq. 6 at finite width)
+                                                        eq. 4; docs/math.md §empirical-ntk)
 K(x, x')[a, b] = f_a(x) f_b(x')
 
 Three exact implementations (jacobian.py, ntvp.py, structured.py) share this driver, which checks
