@@ -1,6 +1,6 @@
 """The `widenets kernel` command (also `python -m widenets.tiles`).
 
-    widenets kernel --net SPEC --data X.npy [--x2 X2.npy] --out STORE [--tile 2048]
+    widenets kernel --net SPEC --data X.npy [--x2 X2.npy] --out STORE [--batch-size 2048]
                     [--scheduler ADDRESS|local[:N]] [--get ntk] [--dtype float32]
 
 computes the net's infinite-width kernel(s) tile by tile into STORE with a progress bar and an
@@ -101,8 +101,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "--data")
     p.add_argument("--out", required=True, metavar="STORE",
                    help="store directory (created, or resumed when it holds the same call)")
-    p.add_argument("--tile", type=int, default=2048, help="tile size (rows = columns); "
-                   "default 2048")
+    p.add_argument("--batch-size", "--tile", dest="batch_size", type=int, default=None,
+                   metavar="B", help="tile edge: a tile holds B x B input pairs; default 2048, "
+                   "or the store's own when resuming (--tile is the old spelling)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a dask scheduler address (tcp://host:8786), or 'local' / 'local:N' for "
                         "a LocalCluster of N workers; default: threads in this process")
@@ -180,7 +181,7 @@ def run_kernel(args: argparse.Namespace) -> int:
         if args.scheduler:
             client, cluster = _client(args.scheduler)
         run = compute(net, torch.from_numpy(x1), None if x2 is None else torch.from_numpy(x2),
-                      store=args.out, tile=args.tile, get=get, client=client,
+                      store=args.out, batch_size=args.batch_size, get=get, client=client,
                       dtype=getattr(torch, args.dtype), device=args.device,
                       threads=args.threads, progress=not args.no_progress)
     except KeyboardInterrupt as e:
