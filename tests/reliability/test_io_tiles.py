@@ -245,3 +245,25 @@ def test_records_hold_the_crc_of_what_the_reader_checks(stored):
     rec = json.loads((store / "done" / "1-2.json").read_text())
     block = np.ascontiguousarray(ref[4:8, 8:10])
     assert rec["crc32"]["ntk"] == zlib.crc32(block.view(np.uint8).reshape(-1).data)
+
+
+def _closure_made_in_a_library(scale):
+    namespace = {"__name__": "widenets.fake_module", "torch": torch}
+    exec("def make(s):\n    return lambda z: torch.tanh(s * z)\n", namespace)  # noqa: S102
+    return namespace["make"](scale)
+
+
+def test_closures_made_inside_a_library_are_described_by_content():
+    # A lambda made inside widenets (or torch) must not be described by its name alone: two
+    # such closures with different captured values compute different kernels.
+    from widenets.tiles.describe import describe_callable, describe_layer
+
+    a, b = _closure_made_in_a_library(1.0), _closure_made_in_a_library(2.0)
+    assert describe_callable(a) != describe_callable(b)
+    assert describe_callable(a) == describe_callable(_closure_made_in_a_library(1.0))
+    # Module-level library functions are described by name (their version pins them).
+    assert describe_callable(torch.nn.functional.leaky_relu) == \
+        "function torch.nn.functional.leaky_relu"
+    # Nets without callables keep their repr as the description (old stores still resume).
+    net = small_net()
+    assert describe_layer(net) == repr(net)

@@ -51,7 +51,7 @@ def read_csv(path, *, header="auto", func: str = "read_csv") -> np.ndarray:
     Example:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
-        >>> _ = open(path, "w").write("a,b\n1,2\n3,4\n")
+        >>> _ = open(path, "w").write("a,b\\n1,2\\n3,4\\n")
         >>> read_csv(path).tolist()
         [[1.0, 2.0], [3.0, 4.0]]
     """

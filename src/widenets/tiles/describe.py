@@ -11,9 +11,10 @@ describes such callables by content:
 * `functools.partial`: the function and the bound arguments;
 * `torch.nn.Module`: its class, its repr, the values of its plain attributes, a hash of its
   `state_dict` and, for a class defined outside the libraries, its `forward` code;
-* functions of the libraries (torch, numpy, scipy, math, the standard library, widenets):
-  their qualified name (the store records the widenets version; library versions are the
-  user's to keep fixed);
+* module-level functions of the libraries (torch, numpy, scipy, math, the standard library,
+  widenets): their qualified name (the store records the widenets version; library versions
+  are the user's to keep fixed); lambdas and closures made inside a library are described by
+  content like any other function;
 * values: numbers, strings, tensors and arrays (by a hash of their bytes), containers of them.
 
 Anything else (an object with `__call__`, a global holding an arbitrary object) cannot be
@@ -135,9 +136,18 @@ def _code_text(code: types.CodeType, names: set) -> str:
     return repr((code.co_code.hex(), consts, code.co_names, code.co_varnames[:code.co_argcount]))
 
 
+def _module_level(fn) -> bool:
+    """True when `fn` is the module-level function its module and qualified name point to
+    (not a lambda, a nested function or a closure, whose behaviour depends on more)."""
+    obj = sys.modules.get(fn.__module__)
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn and fn.__closure__ is None
+
+
 def _describe_function(fn: types.FunctionType, seen: set) -> str:
     name = f"{fn.__module__}.{fn.__qualname__}"
-    if _is_library(fn.__module__):
+    if _is_library(fn.__module__) and _module_level(fn):
         return f"function {name}"
     seen.add(id(fn))
     try:
