@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/widenets demo --out out/demo
+	$(VENV)/bin/widenets demo --out out/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q
