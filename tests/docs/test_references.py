@@ -33,7 +33,9 @@ def _files():
             yield p
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix in SUFFIXES and "__pycache__" not in f.parts \
+                generated = any(part == "__pycache__" or part.endswith(".egg-info")
+                                for part in f.parts)          # build output, not our text
+                if f.is_file() and f.suffix in SUFFIXES and not generated \
                         and f != Path(__file__).resolve():
                     yield f
 

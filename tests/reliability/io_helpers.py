@@ -9,7 +9,7 @@ import widenets as wn
 
 def dyadic(n: int, d: int = 8, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """(n, d) inputs in multiples of 1/4: inner products are exact in any summation order, so a
-    tiled kernel must equal the in-memory kernel bit for bit (see tests/tiles/tiles_helpers)."""
+    tiled kernel must equal the in-memory kernel bit for bit (see tests/tiles/tiles_helpers.py)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-4, 5, (n, d), generator=g).to(dtype) / 4
 

@@ -52,7 +52,7 @@ def read_csv(path, *, header="auto", func: str = "read_csv") -> np.ndarray:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
         >>> _ = open(path, "w").write("a,b\\n1,2\\n3,4\\n")
-        >>> read_csv(path).tolist()
+        >>> wn.data.read_csv(path).tolist()
         [[1.0, 2.0], [3.0, 4.0]]
     """
     if header not in _HEADERS or isinstance(header, int) and not isinstance(header, bool):

@@ -89,7 +89,12 @@ class IncompleteStoreError(TileStoreError):
 
 class CorruptTileError(TileStoreError):
     """A finished tile's data (or its record) is damaged: its bytes fail the CRC-32 stored in
-    its record, or cannot be read. Rerunning the `compute` call recomputes damaged tiles."""
+    its record, or cannot be read. Rerunning the `compute` call recomputes damaged tiles.
+
+    Example:
+        >>> issubclass(wn.tiles.CorruptTileError, wn.tiles.TileStoreError)
+        True
+    """
 
 
 # ------------------------------------------------------------------------------ helpers
