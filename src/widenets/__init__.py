@@ -63,3 +63,25 @@ def __getattr__(name):
 
         return importlib.import_module(".sklearn", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# the rest of neural-tangents' layer catalogue (issue 11)
+from .layers import (  # noqa: E402
+    Cos,
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Gaussian,
+    Hermite,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    SigmoidLike,
+    Sign,
+)
+
+__all__ += [
+    "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
+    "Polynomial", "Hermite", "Sign", "SigmoidLike",
+]

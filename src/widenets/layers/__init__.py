@@ -24,3 +24,12 @@ __all__ = [
     "LeakyRelu", "Relu", "Sin", "serial", "parallel", "Serial", "Parallel", "FanOut",
     "FanInSum", "FanInConcat", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm",
 ]
+from .exponential import Exp, ExpNormalized, Gaussian  # noqa: E402
+from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial  # noqa: E402
+from .sigmoidal import SigmoidLike, Sign  # noqa: E402
+from .trigonometric import Cos, Gabor, Rbf  # noqa: E402
+
+__all__ += [
+    "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
+    "Polynomial", "Hermite", "Sign", "SigmoidLike",
+]
