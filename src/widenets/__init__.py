@@ -68,10 +68,13 @@ def __getattr__(name):
 # the rest of neural-tangents' layer catalogue (issue 11)
 from .layers import (  # noqa: E402
     Cos,
+    Dropout,
     Exp,
     ExpNormalized,
+    FanInProd,
     Gabor,
     Gaussian,
+    GlobalSumPool,
     Hermite,
     Monomial,
     Polynomial,
@@ -79,9 +82,12 @@ from .layers import (  # noqa: E402
     RectifiedMonomial,
     SigmoidLike,
     Sign,
+    SumPool,
+    repeat,
 )
 
 __all__ += [
     "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
-    "Polynomial", "Hermite", "Sign", "SigmoidLike",
+    "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
+    "repeat", "Dropout",
 ]
