@@ -115,13 +115,14 @@ def _prod_net(width, out):
 
 @pytest.mark.slow
 def test_fan_in_prod_monte_carlo(x_small):
-    """Width 512. NNGP: 64 nets x 128 readout units, NTK: 16 nets; measured 2-3%. A kernel
+    """Width 512. NNGP: 64 nets x 128 readout units (products of Gaussians are heavy-tailed:
+    measured 2.6-5.1% over seeds, tolerance 8%), NTK: 16 nets (1.3%, tolerance 6%). A kernel
     that adds instead of multiplies, or drops one product-rule term of the NTK, is off by
     > 20%."""
     exact = _prod_net(512, 128).kernel(x_small)
     mc = wn.monte_carlo_kernel(_prod_net(512, 128), x_small, in_shape=(8,), n_samples=64,
                                get="nngp")
-    assert rel_err(mc, exact.nngp) < 0.05
+    assert rel_err(mc, exact.nngp) < 0.08
     ex = _prod_net(512, 1).kernel(x_small, get="ntk")
     mct = wn.monte_carlo_kernel(_prod_net(512, 1), x_small, in_shape=(8,), n_samples=16,
                                 get="ntk")
@@ -151,39 +152,42 @@ def test_fan_in_prod_product_rule_and_refusals():
 
 
 # ------------------------------------------------------------------ Dropout
-def _mc_dropout(net, x, in_shape, n_nets, seed=0):
+def _mc_dropout(net, x, in_shape, n_nets, *, ntk: bool, seed=0):
     """Monte Carlo over finite networks in training mode, one forward pass per network with
-    one mask per row of x; the NTK from the autograd Jacobian of that same pass."""
+    one mask per row of x; the NTK from the autograd Jacobian of that same pass (readout 1)."""
     n = x.shape[0]
-    nngp = torch.zeros(n, n, dtype=torch.float64)
-    ntk = torch.zeros(n, n, dtype=torch.float64)
+    acc = torch.zeros(n, n, dtype=torch.float64)
     for s in range(n_nets):
         mod = net.module(in_shape, seed=seed + s, dtype=torch.float64)
-        torch.manual_seed(1000 + s)                  # the dropout masks
+        torch.manual_seed(1000 + seed + s)           # the dropout masks
         out = mod(x)                                  # (n, out)
-        nngp += out @ out.T / out.shape[1]
+        if not ntk:
+            acc += (out @ out.T).detach() / out.shape[1]
+            continue
         params = [p for p in mod.parameters() if p.requires_grad]
         jac = []
         for i in range(n):
             g = torch.autograd.grad(out[i, 0], params, retain_graph=True)
             jac.append(torch.cat([t.reshape(-1) for t in g]))
         jac = torch.stack(jac)
-        ntk += jac @ jac.T
-    return nngp / n_nets, ntk / n_nets
+        acc += jac @ jac.T
+    return acc / n_nets
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spatial", [False, True])
 def test_dropout_monte_carlo(spatial, x_small):
-    """Training-mode networks, an independent mask per input: measured errors 2-4%, tolerance
-    7%. Without the 1/(1-p) gain the diagonal is off by a factor 1/(1-p) = 1.67 and the error
-    is > 30%; a gain on every entry fails as well."""
+    """Training-mode networks, an independent mask per input and unit. Masks make the hidden
+    layers' empirical kernels fluctuate a lot (relative std ~13% per width-512 net for
+    p = 0.4), so many nets: NNGP 128 nets x 64 readout units, NTK 48 nets; measured errors
+    1-3%, tolerance 7%. Without the 1/(1-p) gain the diagonal is off by 1/(1-p) = 1.67 and the
+    error is > 35%; a gain on every entry fails as well."""
     if spatial:
         x = _x(6, 2, 5)
 
         def net(out):
-            return wn.serial(wn.Conv(256, 3, w_std=1.3, b_std=0.2), wn.Relu(), wn.Dropout(0.4),
-                             wn.Conv(256, 3, w_std=1.2, b_std=0.3), wn.Relu(), wn.Flatten(),
+            return wn.serial(wn.Conv(128, 3, w_std=1.3, b_std=0.2), wn.Relu(), wn.Dropout(0.4),
+                             wn.Conv(128, 3, w_std=1.2, b_std=0.3), wn.Relu(), wn.Flatten(),
                              wn.Dense(out, w_std=1.1, b_std=0.2))
         shape = (2, 5)
     else:
@@ -194,10 +198,10 @@ def test_dropout_monte_carlo(spatial, x_small):
                              wn.Dense(512, w_std=1.2, b_std=0.3), wn.Relu(),
                              wn.Dense(out, w_std=1.1, b_std=0.2))
         shape = (8,)
-    exact = net(1).kernel(x)
-    mc_nngp, mc_ntk = _mc_dropout(net(1), x, shape, 48 if spatial else 96)
-    assert rel_err(mc_nngp, exact.nngp) < 0.07
-    assert rel_err(mc_ntk, exact.ntk) < 0.07
+    mc_nngp = _mc_dropout(net(64), x, shape, 128, ntk=False)
+    assert rel_err(mc_nngp, net(64).kernel(x, get="nngp")) < 0.07
+    mc_ntk = _mc_dropout(net(1), x, shape, 48, ntk=True, seed=500)
+    assert rel_err(mc_ntk, net(1).kernel(x, get="ntk")) < 0.07
 
 
 @pytest.mark.parametrize("layout", ["flat", "diagonal", "full"])
