@@ -67,6 +67,8 @@ def __getattr__(name):
 
 # the rest of neural-tangents' layer catalogue (issue 11)
 from .layers import (  # noqa: E402
+    ConvLocal,
+    ConvTranspose,
     Cos,
     Dropout,
     Exp,
@@ -89,5 +91,5 @@ from .layers import (  # noqa: E402
 __all__ += [
     "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
-    "repeat", "Dropout",
+    "repeat", "Dropout", "ConvTranspose", "ConvLocal",
 ]

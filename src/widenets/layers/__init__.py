@@ -35,6 +35,8 @@ __all__ = [
     "LeakyRelu", "Relu", "Sin", "serial", "parallel", "Serial", "Parallel", "FanOut",
     "FanInSum", "FanInConcat", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm",
 ]
+from .conv_local import ConvLocal  # noqa: E402
+from .conv_transpose import ConvTranspose  # noqa: E402
 from .dropout import Dropout  # noqa: E402
 from .exponential import Exp, ExpNormalized, Gaussian  # noqa: E402
 from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial  # noqa: E402
@@ -44,5 +46,5 @@ from .trigonometric import Cos, Gabor, Rbf  # noqa: E402
 __all__ += [
     "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
-    "Repeat", "repeat", "Dropout",
+    "Repeat", "repeat", "Dropout", "ConvTranspose", "ConvLocal",
 ]

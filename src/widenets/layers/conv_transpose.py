@@ -169,8 +169,8 @@ class ConvTranspose(Layer):
         >>> up.module((4, 5))(torch.zeros(1, 4, 5)).shape
         torch.Size([1, 8, 10])
         >>> k = up.kernel(torch.ones(2, 4, 5), layout="diagonal", get="nngp")
-        >>> k[0, 0].tolist()             # 2 of 3 offsets hit an input at even o, 1 at odd
-        [0.6666666666666666, 0.3333333333333333, 0.6666666666666666, 0.3333333333333333, 0.6666666666666666, 0.3333333333333333, 0.6666666666666666, 0.3333333333333333, 0.6666666666666666, 0.3333333333333333]
+        >>> (3 * k[0, 0]).round().tolist()   # how many of the 3 offsets hit an input
+        [1.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0]
     """
 
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding="VALID",
