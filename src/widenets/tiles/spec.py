@@ -36,7 +36,7 @@ __all__ = ["parse_spec", "layer_names"]
 
 # Layers that need other layers or a Python function: not expressible in a SPEC.
 _EXCLUDED = {"serial", "parallel", "fanout", "faninsum", "faninconcat", "elementwise", "layer",
-             "activation"}
+             "activation", "faninprod"}
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
