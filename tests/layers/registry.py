@@ -43,4 +43,8 @@ def nets(width=16, parameterization="ntk"):
     out["parallel_sum_of_denses"] = wn.serial(d(), wn.Relu(), wn.FanOut(3),
                                               wn.parallel(d(), d(), d()), wn.FanInSum(),
                                               wn.Relu(), d(3))
+    out["fan_in_prod"] = wn.serial(d(), wn.Relu(), wn.FanOut(2),
+                                   wn.parallel(d(), wn.serial(d(), wn.Gabor())), wn.FanInProd(),
+                                   d(3))
+    out["repeat"] = wn.serial(d(), wn.repeat(wn.serial(wn.Erf(), d()), 3), d(3))
     return out
