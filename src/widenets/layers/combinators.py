@@ -296,6 +296,15 @@ class Repeat(Layer):
     The kernel is computed in a loop over one layer object: memory does not grow with n. The
     finite module has n independent copies of the layer's parameters, as `serial(*[layer] *
     n)` (NT's `stax.repeat`). The layer must keep its input's shape.
+
+    Args:
+        layer: the layer (or `serial`) to repeat.
+        n: the number of applications, >= 1.
+
+    Example:
+        >>> import widenets as wn
+        >>> wn.repeat(wn.serial(wn.Dense(4), wn.Relu()), 3)
+        repeat(serial(Dense(out=4, w_std=1.0, b_std=0.0, parameterization='ntk'), Relu()), 3)
     """
 
     def __init__(self, layer: Layer, n: int):
