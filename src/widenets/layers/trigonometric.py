@@ -116,13 +116,22 @@ class Gabor(Activation):
         return torch.exp(-x * x) * torch.sin(x)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
-        s = k11 + k22
-        delta = k11 * k22 - k12 * k12
-        d = 1 + 2 * s + 4 * delta
-        q = k12 / d
-        e = torch.exp(-(s + 4 * delta) / (2 * d)) * torch.rsqrt(d)
-        sh = torch.sinh(q)
+        # In place on fresh temporaries (memory-bound, as ABRelu). With A = 1 + S and r = 1/D:
+        # D = 2A - 1 + 4Δ, the exponent x = -(S + 4Δ)/(2D) = (A r - 1)/2, q = K12 r, and
+        # E sinh q, E cosh q = (e^{x+q} ∓ e^{x-q})/2: two exponentials instead of four
+        # transcendental passes (exp, sinh, cosh).
+        a = (k11 + k22).add_(1)                              # 1 + S (an outer sum, symmetric)
+        r = torch.mul(k11, k22).sub_(k12 * k12).mul_(4).add_(a).add_(a).sub_(1).reciprocal_()
+        x = torch.mul(a, r).sub_(1).mul_(0.5)
+        q = torch.mul(k12, r)
+        ep = torch.add(x, q).exp_()
+        em = x.sub_(q).exp_()
+        half_root = r.sqrt().mul_(0.5)                       # D^(-1/2) / 2
         tdot = None
         if want_tdot:
-            tdot = e * (4 * k12 * (d + 1 + s) * sh + (d + 8 * k12 * k12) * torch.cosh(q)) / (d * d)
-        return e * sh, tdot
+            # Tdot = D^(-1/2) r² (4K12 (D + A) E sinh q + (D + 8K12²) E cosh q)
+            inv = r.reciprocal()
+            lhs = torch.add(inv, a).mul_(k12).mul_(4).mul_(ep - em)
+            rhs = torch.mul(k12, k12).mul_(8).add_(inv).mul_(ep + em)
+            tdot = lhs.add_(rhs).mul_(r).mul_(r).mul_(half_root)
+        return ep.sub_(em).mul_(half_root), tdot
