@@ -61,19 +61,21 @@ def _hermite_tables(coef: Sequence[float]) -> list[tuple[int, list[float]]]:
     return out
 
 
-def _horner_k12(gam: dict, k12: torch.Tensor) -> torch.Tensor:
-    """Σ_m gam[m] K12^m by Horner (gam[m] broadcast against k12), a fresh tensor."""
-    if not gam:
+def _horner_k12(factors: dict, k12: torch.Tensor) -> torch.Tensor:
+    """Σ_m f_m g_m K12^m by Horner, factors[m] = (f_m, g_m) broadcasting against k12 (small
+    tensors of K11 and K22: their outer products are never stored). A fresh tensor."""
+    if not factors:
         return torch.zeros_like(k12)
     t = None
-    for m in range(max(gam), -1, -1):
-        g = gam.get(m)
+    for m in range(max(factors), -1, -1):
+        fg = factors.get(m)
         if t is None:
-            t = torch.mul(g, 1.0).expand_as(k12).clone()
+            t = torch.mul(*fg)
+            t = t if t.shape == k12.shape else t.expand_as(k12).clone()
             continue
         t.mul_(k12)
-        if g is not None:
-            t.add_(g)
+        if fg is not None:
+            t.addcmul_(*fg)
     return t
 
 
@@ -122,15 +124,18 @@ class Polynomial(Activation):
         if not tables:                      # φ = 0
             z = torch.zeros_like(k12)
             return z, (torch.zeros_like(k12) if want_tdot else None)
-        # γ_m = m! β_m(K11) β_m(K22): outer products of small tensors
-        gam = {m: torch.mul(_poly(b, k11), _poly(b, k22)).mul_(math.factorial(m))
-               for m, b in tables}
+        # γ_m = m! β_m(K11) β_m(K22), kept as two small factors √(m!) β_m(K): the same
+        # function of K11 and of K22, so the product is exactly symmetric
+        def fac(c):
+            return {m: (_poly(b, k11) * math.sqrt(c(m)), _poly(b, k22) * math.sqrt(c(m)))
+                    for m, b in tables if c(m) > 0}
 
-        t = _horner_k12(gam, k12)
+        t = _horner_k12(fac(math.factorial), k12)
         tdot = None
         if want_tdot:
             # ∂/∂K12: the coefficient of K12^{m-1} is m γ_m
-            tdot = _horner_k12({m - 1: g * m for m, g in gam.items() if m > 0}, k12)
+            tdot = _horner_k12({m - 1: f for m, f in fac(
+                lambda m: m * math.factorial(m)).items()}, k12)
         return t, tdot
 
     def __repr__(self) -> str:
