@@ -43,7 +43,7 @@ MAX_LAYERS = 10_000
 
 # Layers that need other layers or a Python function: not expressible in a SPEC.
 _EXCLUDED = {"serial", "parallel", "fanout", "faninsum", "faninconcat", "elementwise", "layer",
-             "activation"}
+             "activation", "faninprod"}
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
