@@ -280,7 +280,7 @@ def _independent_sources(ks, func: str, verb: str, wrong: str, fails: str) -> se
 class FanInProd(Layer):
     """Elementwise product of the branches (NT's `stax.FanInProd`).
 
-    For independent branches (docs/math.md §Combinators):
+    For independent branches (docs/math.md §faninprod):
         K = Π_i K_i,     Θ = Σ_i Θ_i Π_{j≠i} K_j,
     in every layout (position pair by position pair). Like `FanInSum` it refuses branches
     that are correlated: more than one non-Gaussian branch, or two branches sharing a weight

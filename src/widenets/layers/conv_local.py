@@ -3,7 +3,7 @@ infinite-width kernel (NT's `stax.ConvLocal`).
 
 Each output position o has its own filter ω_o (and its own bias), so outputs at different
 positions use independent weights and are uncorrelated at initialization. With the
-parameterizations of `Conv` (fan-in C·|D|), docs/math.md §Locally connected convolution:
+parameterizations of `Conv` (fan-in C·|D|), docs/math.md §conv-local:
 
     K'(o, o') = δ_{oo'} (σw²/|D| Σ_d K(s·o + d, s·o + d) + σb²)
     ntk:      Θ'(o, o') = K'(o, o') + δ_{oo'} σw²/|D| Σ_d Θ(s·o + d, s·o + d)
@@ -82,7 +82,7 @@ class ConvLocal(Conv):
 
     Arguments, shapes and parameterizations as `Conv` (default padding "VALID", as NT's). Its
     kernel is `Conv`'s on the position diagonal and zero between distinct positions (every
-    output position has its own weights); docs/math.md §Locally connected convolution. The
+    output position has its own weights); docs/math.md §conv-local. The
     finite module has one filter and one bias per output position.
 
     Example:

@@ -5,8 +5,7 @@ receives filter offset j from the input position
 
     i(o, j) = (o + j - a) / s    when that is an integer in [0, n) (else nothing),
 
-with the offset a and the output size L set by the padding (docs/math.md §Transposed
-convolution):
+with the offset a and the output size L set by the padding (docs/math.md §conv-transpose):
 
     int p (torch's ConvTranspose1d/2d/3d(padding=p)):  a = k - 1 - p,  L = (n - 1)s + k - 2p
     "VALID" (NT, lax.conv_transpose):                  a = k - 1,      L = ns + max(k - s, 0)
@@ -152,7 +151,7 @@ class ConvTranspose(Layer):
     Output sizes: an int padding p gives torch's ConvTranspose1d/2d/3d(padding=p) shape
     (n - 1)·stride + kernel_size - 2p; "VALID" (default) n·stride + max(kernel_size - stride,
     0), "SAME" and "CIRCULAR" n·stride, as NT (lax.conv_transpose). Kernel formulas in the
-    module docstring (docs/math.md §Transposed convolution).
+    module docstring (docs/math.md §conv-transpose).
 
     Args:
         out_channels: number of output channels (the width).
@@ -234,7 +233,7 @@ class ConvTranspose(Layer):
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
         standard = self.parameterization == "standard"
-        # docs/math.md §Transposed convolution: K' = σw²/|D| Σ_j K(i(o,j), i(o',j)) + σb²
+        # docs/math.md §conv-transpose: K' = σw²/|D| Σ_j K(i(o,j), i(o',j)) + σb²
         sum_k = tsum(k.nngp, 2)
         nngp = torch.mul(sum_k, w2 / n_off).add_(b2)
         cov1 = tsum(k.cov1, 1, w2 / n_off).add_(b2)

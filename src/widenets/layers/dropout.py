@@ -1,7 +1,7 @@
 """Dropout: the infinite-width kernel of a network in training mode (NT's `stax.Dropout` with
 mode="train"), and its finite module, torch's `nn.Dropout`.
 
-Convention (docs/math.md §Dropout). p is the drop probability, as in torch: each unit is kept
+Convention (docs/math.md §dropout). p is the drop probability, as in torch: each unit is kept
 with probability q = 1 - p and scaled by 1/q, with an independent mask for every input, every
 position and every channel. For two evaluations of one unit,
 

@@ -1,5 +1,5 @@
 """Exponential activations with closed-form kernels: Exp, Gaussian, and the kernel-only
-ExpNormalized (docs/math.md §Catalogue activations).
+ExpNormalized (docs/math.md §new-activations).
 
     Exp:       φ(x) = a exp(b x):    T = a² exp(b²(K11 + K22 + 2K12)/2),  Tdot = b² T
     Gaussian:  φ(x) = a exp(b x²):   with D = (1 - 2bK11)(1 - 2bK22) - 4b²K12² = det(I - 2bΣ),
@@ -20,7 +20,7 @@ __all__ = ["Exp", "Gaussian", "ExpNormalized"]
 
 class Exp(Activation):
     """φ(x) = a·exp(b·x) (NT's `stax.Exp`): T = a² exp(b²(K11 + K22 + 2K12)/2), Tdot = b² T
-    (the log-normal moment E[exp(b(u + v))]; docs/math.md §Catalogue activations).
+    (the log-normal moment E[exp(b(u + v))]; docs/math.md §new-activations).
 
     Args:
         a: scale.

@@ -1,5 +1,5 @@
 """Polynomial activations with closed-form kernels: Polynomial, Monomial, Hermite and the
-rectified monomials (arc-cosine kernels of every degree). docs/math.md §Catalogue activations.
+rectified monomials (arc-cosine kernels of every degree). docs/math.md §new-activations.
 
 Polynomials (Hermite expansion, Mehler's formula). Write u = √K11 z with z ~ N(0, 1); then
 z^i = Σ_m i!/(m! j! 2^j) He_m(z) over m = i - 2j, so φ(u) = Σ_i coef_i u^i has Hermite
@@ -82,7 +82,7 @@ def _horner_k12(factors: dict, k12: torch.Tensor) -> torch.Tensor:
 class Polynomial(Activation):
     """φ(x) = coef[0] + coef[1]·x + ... + coef[n]·xⁿ (NT's `stax.Polynomial`, numpy's order).
 
-    Closed form (Hermite expansion; docs/math.md §Catalogue activations):
+    Closed form (Hermite expansion; docs/math.md §new-activations):
         T = Σ_m m! β_m(K11) β_m(K22) K12^m,   Tdot = Σ_m m·m! β_m(K11) β_m(K22) K12^{m-1},
         β_m(K) = Σ_j coef[m+2j] (m+2j)! / (m! j! 2^j) K^j.
 
@@ -146,7 +146,7 @@ class Monomial(Polynomial):
     """φ(x) = x^degree (NT's `stax.Monomial`, there for degrees 0-5; any degree here).
 
     The kernel is `Polynomial`'s with one coefficient, e.g. degree 2:
-    T = K11K22 + 2K12², Tdot = 4K12 (docs/math.md §Catalogue activations).
+    T = K11K22 + 2K12², Tdot = 4K12 (docs/math.md §new-activations).
 
     Args:
         degree: a non-negative int.
@@ -179,7 +179,7 @@ class Hermite(Activation):
     Needs unit-variance inputs (K11 = K22 = 1 at every position, e.g. Dense(w_std=1, b_std=0)
     on inputs with ‖x‖² = d, or LayerNorm before a bias-free Dense): then Mehler's formula gives
         T = K12^n,   Tdot = n K12^{n-1}
-    (docs/math.md §Catalogue activations). Other variances raise ValueError (the formula would
+    (docs/math.md §new-activations). Other variances raise ValueError (the formula would
     be wrong there); use `Polynomial` with He_n's coefficients for general inputs.
 
     Args:
@@ -312,8 +312,8 @@ def _double_factorial(n: int) -> int:
 class RectifiedMonomial(Activation):
     """φ(x) = max(x, 0)^degree (degree 0: the step x > 0), NT's `stax.RectifiedMonomial`.
 
-    Its kernels are the arc-cosine kernels of Cho & Saul 2009 (docs/math.md §Catalogue
-    activations), with θ = arccos(K12/√(K11K22)):
+    Its kernels are the arc-cosine kernels of Cho & Saul 2009 (docs/math.md §new-activations),
+    with θ = arccos(K12/√(K11K22)):
         T    = (K11K22)^{n/2} J_n(θ) / (2π),     Tdot = n² (K11K22)^{(n-1)/2} J_{n-1}(θ) / (2π),
         J_0 = π - θ,  J_1 = sin θ + (π - θ) cos θ,  J_{n+1} = (2n+1) cos θ J_n - sin θ J_n'.
     Diagonal: T = (2n-1)!! K^n / 2, Tdot = n² (2n-3)!! K^{n-1} / 2. Degree 1 is `Relu`.

@@ -158,7 +158,7 @@ class AvgPool(Layer):
 class SumPool(AvgPool):
     """Sum pooling over 1 to 3 spatial axes: `AvgPool` without the division by the window
     size (NT's `stax.SumPool`): K'(o, o') = Σ_{d, d' in W} K(s·o + d, s·o' + d'), the same
-    for the NTK (docs/math.md §Pooling). Zero padding adds zeros to the sum.
+    for the NTK (docs/math.md §sumpool). Zero padding adds zeros to the sum.
 
     Args:
         window: pooling window, an int or a tuple (one per spatial axis).
@@ -219,7 +219,7 @@ class GlobalSumPoolModule(nn.Module):
 
 class GlobalSumPool(Layer):
     """Sum over all positions: (n, C, *S) -> (n, C) (NT's `stax.GlobalSumPool`):
-    K' = Σ_{p, p'} K(p, p'), the same for the NTK (docs/math.md §Pooling). Needs all position
+    K' = Σ_{p, p'} K(p, p'), the same for the NTK (docs/math.md §sumpool). Needs all position
     pairs.
 
     Example:

@@ -1,5 +1,5 @@
 """Step-like activations with closed-form kernels: Sign and SigmoidLike
-(docs/math.md §Catalogue activations).
+(docs/math.md §new-activations).
 
     Sign:        T = (2/π) arcsin(c),  c = K12/√(K11K22);  Tdot = 0
     SigmoidLike: φ(x) = (1 + erf(x/s))/2 with s = 2.4020563531719796; with a = 1/s,
@@ -32,7 +32,7 @@ class Sign(Activation):
     a Sign counts only the parameters after it, exactly what gradient descent on the finite
     network (torch's autograd) sees. The distributional derivative 2δ would give
     E[φ'(u)φ'(v)] = 2/(π√(K11K22 - K12²)) off the diagonal and +∞ on it; that is not used.
-    docs/math.md §Catalogue activations.
+    docs/math.md §new-activations.
 
     Example:
         >>> import torch, widenets as wn
@@ -63,8 +63,7 @@ class SigmoidLike(Activation):
     """φ(x) = 0.5·erf(x/2.4020563531719796) + 0.5, a sigmoid with an Erf kernel (NT's
     `stax.SigmoidLike`).
 
-    With a = 1/2.4020563531719796 (the Erf kernel at covariance a²K; docs/math.md §Catalogue
-    activations):
+    With a = 1/2.4020563531719796 (the Erf kernel at covariance a²K; docs/math.md §new-activations):
         T    = 1/4 + (1/(2π)) arcsin(2a²K12 / √((1 + 2a²K11)(1 + 2a²K22)))
         Tdot = (a²/π) / √((1 + 2a²K11)(1 + 2a²K22) - 4a⁴K12²)
 

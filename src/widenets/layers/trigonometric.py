@@ -1,7 +1,7 @@
 """Trigonometric activations with closed-form kernels: Cos, Rbf, Gabor.
 
 For φ(x) = a cos(b x + c) the Gaussian expectations follow from E[cos(wᵀz)] = exp(-wᵀΣw/2)
-(docs/math.md §Catalogue activations), with S = K11 + K22:
+(docs/math.md §new-activations), with S = K11 + K22:
 
     Cos:   T    = a²/2 (exp(-b²(S - 2K12)/2) + exp(-b²(S + 2K12)/2) cos 2c)
            Tdot = a²b²/2 (exp(-b²(S - 2K12)/2) - exp(-b²(S + 2K12)/2) cos 2c)
@@ -29,7 +29,7 @@ __all__ = ["Cos", "Rbf", "Gabor"]
 class Cos(Activation):
     """φ(x) = a·cos(b·x + c) (NT's `stax.Cos`).
 
-    Closed forms (docs/math.md §Catalogue activations), S = K11 + K22:
+    Closed forms (docs/math.md §new-activations), S = K11 + K22:
         T    = a²/2 (exp(-b²(S - 2K12)/2) + exp(-b²(S + 2K12)/2) cos 2c)
         Tdot = a²b²/2 (exp(-b²(S - 2K12)/2) - exp(-b²(S + 2K12)/2) cos 2c)
 
@@ -64,8 +64,8 @@ class Cos(Activation):
 
 class Rbf(Activation):
     """φ(x) = √2·sin(√(2γ)·x + π/4), whose NNGP is the RBF kernel of its inputs (NT's
-    `stax.Rbf`): T = exp(-γ(K11 + K22 - 2K12)), Tdot = 2γ·T (docs/math.md §Catalogue
-    activations). After Dense(w_std=1, b_std=0) on inputs x this is exp(-γ‖x - x'‖²/d).
+    `stax.Rbf`): T = exp(-γ(K11 + K22 - 2K12)), Tdot = 2γ·T (docs/math.md §new-activations).
+    After Dense(w_std=1, b_std=0) on inputs x this is exp(-γ‖x - x'‖²/d).
 
     Args:
         gamma: γ > 0, the RBF's inverse length scale.
@@ -101,7 +101,7 @@ class Gabor(Activation):
     """φ(x) = exp(-x²)·sin(x) (NT's `stax.Gabor`).
 
     With Δ = K11K22 - K12², S = K11 + K22, D = det(I + 2Σ) = 1 + 2S + 4Δ, q = K12/D and
-    E = exp(-(S + 4Δ)/(2D)) (docs/math.md §Catalogue activations, Gaussian tilt):
+    E = exp(-(S + 4Δ)/(2D)) (docs/math.md §new-activations, Gaussian tilt):
         T    = D^(-1/2) E sinh(q)
         Tdot = ∂T/∂K12 = D^(-1/2) E (4K12 (D + 1 + S) sinh q + (D + 8K12²) cosh q) / D²
 
