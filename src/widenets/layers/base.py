@@ -115,6 +115,27 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
                sources=frozenset())
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
+    return _mark_same_inputs(k, x1, x2)
+
+
+def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
+    """Record the pairs of identical inputs (Kernel.same_input) and give them exactly the
+    self-pair kernel, so that c = 1 holds exactly for them (docs/math.md §Accuracy near c = 1).
+    Rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
+    rows = x1.reshape(x1.shape[0], -1) if x2 is None else \
+        torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
+    if rows.shape[0] < 2:
+        return k
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    id1 = inverse[:x1.shape[0]]
+    id2 = id1 if x2 is None else inverse[x1.shape[0]:]
+    mask = id1[:, None] == id2[None, :]
+    if x2 is None:
+        mask.fill_diagonal_(False)
+    if not bool(mask.any()):
+        return k
+    k = k.replace(same_input=mask)
+    k.write_same_input(k.nngp, k.cov1)
     return k
 
 
@@ -170,7 +191,7 @@ def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kern
                sources=frozenset(), diagonal_spatial=layout == "diagonal")
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
-    return k
+    return _mark_same_inputs(k, x1, x2)
 
 
 def new_source() -> frozenset:
