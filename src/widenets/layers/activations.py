@@ -548,7 +548,11 @@ class Elementwise(Activation):
         torch.Size([2, 2])
     """
 
-    symmetric_formula = False
+    @property
+    def symmetric_formula(self) -> bool:
+        # the quadrature puts the larger variance outside: exactly symmetric in (K11, K22);
+        # a user's closed form need not be
+        return self.nngp_fn is None
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *,
                  dfn: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -717,6 +721,9 @@ class Elementwise(Activation):
         for s in range(0, k12.numel(), chunk):
             a = torch.clamp(k11[s:s + chunk], min=0.0)
             b = torch.clamp(k22[s:s + chunk], min=0.0)
+            # outer variable = the larger variance: the inner expectation then varies with
+            # z1 no faster than the outer rule resolves (E[φ(u)φ(v)] is symmetric in u, v)
+            a, b = torch.maximum(a, b), torch.minimum(a, b)
             c, _ = _cos_angle(a, b, k12[s:s + chunk])
             sa, sb = torch.sqrt(a), torch.sqrt(b)
             z1, w1 = _panel_rule(torch.zeros_like(sa), sa, gl_x, gl_w)         # (m, i)
