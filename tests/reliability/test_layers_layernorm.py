@@ -9,7 +9,6 @@ Monte Carlo (Relu/Erf/tanh); these tests fail on that code.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import integrate, special
