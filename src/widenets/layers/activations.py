@@ -14,6 +14,7 @@ optionally `t_diag`/`tdot_diag` (K11 = K22 = K12) when a cheaper exact form exis
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -589,7 +590,11 @@ class Elementwise(Activation):
         x = torch.linspace(-2.5, 2.5, 15, dtype=torch.float64).reshape(3, 5)
         what = f"{arg}={_call_name(fn)}"
         try:
-            y = fn(x.clone())
+            with warnings.catch_warnings():       # numpy's __array_wrap__ deprecation on
+                warnings.simplefilter("ignore", DeprecationWarning)   # np.* of a tensor
+                y = fn(x.clone())
+                y2 = fn(x.clone().index_put_((torch.tensor(1), torch.tensor(1)),
+                                             torch.tensor(0.375), accumulate=True))
         except Exception as e:
             raise TypeError(f"Elementwise: {arg} must map a torch.Tensor to a torch.Tensor "
                             f"elementwise; {what} on a float64 tensor of shape (3, 5) raised "
@@ -608,9 +613,6 @@ class Elementwise(Activation):
         if not torch.is_floating_point(y):
             raise TypeError(f"Elementwise: {arg} must return floating-point values, got dtype "
                             f"{y.dtype} from {what}")
-        x2 = x.clone()
-        x2[1, 1] += 0.375
-        y2 = fn(x2)
         changed = (y2 != y) & ~(torch.isnan(y2) & torch.isnan(y))
         changed[1, 1] = False
         if bool(changed.any()):
@@ -621,7 +623,9 @@ class Elementwise(Activation):
 
     def _check_derivative(self) -> None:
         x = torch.linspace(-2.5, 2.5, 15, dtype=torch.float64)
-        y = self.fn(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            y = self.fn(x)
         if bool((y == y[0]).all()):
             self._constant = True         # φ' = 0 everywhere
             return
@@ -709,13 +713,16 @@ class Elementwise(Activation):
                 f"result would silently miss these gradients); pass nngp_fn= (a closed form, "
                 f"differentiated by autograd) or compute the kernel under torch.no_grad()")
 
-    def _expect2(self, phi, k11, k22, k12):
-        """E[φ(u) φ(v)] entrywise over broadcast (k11, k22, k12), chunked to bound memory."""
+    def _expect2(self, phi, k11, k22, k12, *more):
+        """E[φ(u) φ(v)] entrywise over broadcast (k11, k22, k12), chunked to bound memory;
+        with more functions (`more`), a tuple of E[f(u) f(v)] for φ and each of them, on one
+        shared quadrature rule (building the rule costs more than evaluating φ)."""
         self._no_grad_through_quadrature(k11, k22, k12)
+        funcs = (phi, *more)
         shape = torch.broadcast_shapes(k11.shape, k22.shape, k12.shape)
         k11, k22, k12 = (t.detach().expand(shape).reshape(-1) for t in (k11, k22, k12))
         gl_x, gl_w = (t.to(k12) for t in self._gl)
-        out = torch.empty_like(k12)
+        outs = [torch.empty_like(k12) for _ in funcs]
         per = _PANELS * self._per_panel
         chunk = max(1, (1 << 18) // (per * per))     # cache-sized temporaries
         for s in range(0, k12.numel(), chunk):
@@ -730,10 +737,13 @@ class Elementwise(Activation):
             mean = (sb * c)[:, None] * z1                                      # v | z1
             std = (sb * torch.sqrt(torch.clamp(1 - c * c, min=0.0)))[:, None].expand_as(mean)
             z2, w2 = _panel_rule(mean, std, gl_x, gl_w)                        # (m, i, j)
-            v = mean[..., None] + std[..., None] * z2
-            inner = (phi(v) * w2).sum(-1)                                      # (m, i)
-            out[s:s + chunk] = (phi(sa[:, None] * z1) * inner * w1).sum(-1)
-        return self._finite(out.reshape(shape), "the quadrature")
+            v = z2.mul_(std[..., None]).add_(mean[..., None])
+            u = sa[:, None] * z1
+            for f, out in zip(funcs, outs):
+                inner = torch.linalg.vecdot(f(v), w2)                         # (m, i)
+                out[s:s + chunk] = torch.linalg.vecdot(f(u) * inner, w1)
+        outs = [self._finite(o.reshape(shape), "the quadrature") for o in outs]
+        return outs[0] if not more else tuple(outs)
 
     def _expect1(self, phi, k):
         self._no_grad_through_quadrature(k)
@@ -765,6 +775,11 @@ class Elementwise(Activation):
         return self._finite(g if graph else g.detach(), "∂nngp_fn/∂K12")
 
     # ------------------------------------------------------------- formulas
+    def t_and_tdot(self, k11, k22, k12, want_tdot):
+        if self.nngp_fn is not None or not want_tdot:
+            return self.t(k11, k22, k12), (self.tdot(k11, k22, k12) if want_tdot else None)
+        return self._expect2(self.fn, k11, k22, k12, self._dphi)
+
     def t(self, k11, k22, k12):
         if self.nngp_fn is not None:
             return self._t_closed(k11, k22, k12)
@@ -788,7 +803,8 @@ class Elementwise(Activation):
     def gamma_correction(self, k11, k22, k12):
         if self.nngp_fn is not None:
             return _gamma_by_autograd(self.tdot, k11, k22, k12)
-        return self._expect2(self._psi, k11, k22, k12) - k12 * self.tdot(k11, k22, k12)
+        psi, tdot = self._expect2(self._psi, k11, k22, k12, self._dphi)
+        return psi - k12 * tdot
 
     def gamma_correction_diag(self, k):
         if self.nngp_fn is not None:

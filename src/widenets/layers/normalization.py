@@ -12,6 +12,10 @@ scale (Novak et al. 2019; neural-tangents' LayerNorm rule):
 (the gradient through m and v sums O(1/C) terms per channel and vanishes at infinite width).
 With affine=True, γ = 1 and β = 0 at initialization (torch's default) so K' is unchanged and the
 trainable γ_c, β_c add ∂y_c/∂γ_c ∂y_c'/∂γ_c = x̂ x̂' (mean K') and ∂y/∂β = 1 to the NTK.
+The γ term x̂_c x̂'_c is the channel value itself: a Dense after the LayerNorm averages it to K',
+but an activation φ right after it needs E[u v φ'(u) φ'(v)] instead of K' E[φ'(u) φ'(v)]; the
+kernel records the term (`Kernel.gamma_term`) and the activation adds the difference
+(docs/math.md §LayerNorm affine).
 Inputs with a nonzero channel mean (after a ReLU) are refused: the rule would be wrong.
 """
 
