@@ -150,6 +150,11 @@ class Lifted(Layer):
     def module_from(self, original: nn.Module) -> LiftedModule:
         """The finite widenets module with `original`'s current weights (its forward equals
         `original`'s). NTK-parameterized layers store weight / multiplier."""
+        func = "Lifted.module_from"
+        if not isinstance(original, nn.Module):
+            raise TypeError(f"{func}: original must be the torch.nn.Module this Lifted was built "
+                            f"from (or one of the same architecture), got "
+                            f"{type(original).__name__}")
         ref = next(original.parameters(), None)
         dtype = ref.dtype if ref is not None else torch.float32
         mod = self.module(self.in_shape, seed=0, dtype=dtype)
@@ -157,10 +162,27 @@ class Lifted(Layer):
             for n in self.nodes:
                 if n.source is None:
                     continue
-                src = original.get_submodule(n.source)
+                try:
+                    src = original.get_submodule(n.source)
+                except AttributeError:
+                    raise ValueError(f"{func}: original has no submodule {n.source!r}, expected "
+                                     f"the architecture this Lifted was built from") from None
                 dst = mod.steps[n.name.replace(".", "_")]
                 if not any(True for _ in dst.parameters()):
                     continue
+                for attr in ("weight", "bias"):
+                    want = getattr(dst, attr, None)
+                    got = getattr(src, attr, None)
+                    if want is None or got is None:
+                        if attr == "weight" and got is None:
+                            raise ValueError(f"{func}: original.{n.source} has no weight, "
+                                             f"expected one of shape {tuple(want.shape)}")
+                        continue
+                    if tuple(got.shape) != tuple(want.shape):
+                        raise ValueError(f"{func}: original.{n.source}.{attr} has shape "
+                                         f"{tuple(got.shape)}, expected {tuple(want.shape)} "
+                                         f"(the module this Lifted was built from); lift the "
+                                         f"new module instead")
                 w_scale = getattr(dst, "w_scale", 1.0)
                 dst.weight.copy_(src.weight / w_scale)
                 if getattr(dst, "bias", None) is not None:
