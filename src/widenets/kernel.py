@@ -60,6 +60,11 @@ class Kernel:
             its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
         diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
             irrelevant (False) for flat features.
+        pattern1, pattern2: the graph of each input of x1 / x2 (`Layer.kernel(pattern=...)`):
+            a (n, P, P) adjacency tensor or a `widenets.layers.patterns.EdgeList`; pattern2 is
+            None when x1_is_x2 (then pattern1 serves both) or when no pattern was given.
+        mask1, mask2: boolean (n, P) valid positions of x1 / x2 (`Layer.kernel(mask=...)`),
+            with the same None conventions.
     """
 
     nngp: torch.Tensor
@@ -73,6 +78,10 @@ class Kernel:
     sources: frozenset = field(default_factory=frozenset, repr=False, compare=False)
     diagonal_spatial: bool = False
     row_offset: int = 0
+    pattern1: object = field(default=None, repr=False, compare=False)
+    pattern2: object = field(default=None, repr=False, compare=False)
+    mask1: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    mask2: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -191,10 +200,23 @@ class Kernel:
         diagonal, and carries the full variances in cov2.
         """
         cov2 = self.cov1 if self.cov2 is None else self.cov2
+        rows = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        second = lambda a, b: a if b is None else b  # noqa: E731
         return self.replace(nngp=self.nngp[start:stop],
                             ntk=None if self.ntk is None else self.ntk[start:stop],
                             cov1=self.cov1[start:stop], cov2=cov2,
-                            row_offset=self.row_offset + start if self.x1_is_x2 else 0)
+                            row_offset=self.row_offset + start if self.x1_is_x2 else 0,
+                            pattern1=rows(self.pattern1),
+                            pattern2=second(self.pattern1, self.pattern2),
+                            mask1=rows(self.mask1), mask2=second(self.mask1, self.mask2))
+
+    def patterns(self):
+        """(pattern of x1, pattern of x2): the graphs `Aggregate` reads (None without)."""
+        return self.pattern1, self.pattern1 if self.pattern2 is None else self.pattern2
+
+    def masks(self):
+        """(mask of x1, mask of x2): boolean (n, P) valid positions, or None (all valid)."""
+        return self.mask1, self.mask1 if self.mask2 is None else self.mask2
 
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""

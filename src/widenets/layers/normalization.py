@@ -60,6 +60,8 @@ class LayerNorm(Layer):
             elementwise_affine; they change the NTK (see the module docstring), not the NNGP.
     """
 
+    accepts_mask = True     # per position over channels: padding stays where it is
+
     def __init__(self, *, eps: float = 1e-5, affine: bool = False):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
                 or eps < 0:
