@@ -134,15 +134,19 @@ class GlobalSelfAttentionModule(nn.Module):
             self.pos_root = self.pos_z = None
 
     def forward(self, x: torch.Tensor, pattern=None, mask=None) -> torch.Tensor:
-        n = x.shape[0]
-        if tuple(x.shape[1:]) != (self.in_channels, *self.spatial):
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        # any positions of the built rank; the embedding fixes them to those it was built for
+        if x.ndim != 2 + len(self.spatial) or x.shape[1] != self.in_channels or (
+                self.pos_z is not None and spatial != self.spatial):
+            want = ", ".join(map(str, self.spatial)) if self.pos_z is not None else \
+                ", ".join("*" for _ in self.spatial)
             raise ValueError(f"GlobalSelfAttention.module: expected inputs (n, "
-                             f"{self.in_channels}, {', '.join(map(str, self.spatial))}), got "
-                             f"{tuple(x.shape)}")
+                             f"{self.in_channels}, {want}), got {tuple(x.shape)}")
+        positions = math.prod(spatial)
         if mask is not None:
-            mask = check_mask(mask, n=n, spatial=self.spatial, func="GlobalSelfAttention.module",
+            mask = check_mask(mask, n=n, spatial=spatial, func="GlobalSelfAttention.module",
                               arg="mask")
-        xv = xk = x.reshape(n, self.in_channels, self.positions)
+        xv = xk = x.reshape(n, self.in_channels, positions)
         if self.pos_z is not None:
             e = (self.pos_z @ self.pos_root.T)[None]                 # (1, C, P), cov R
             xk = xk + e if self.pos_emb == "sum" else torch.cat([xk, e.expand_as(xk)], 1)
@@ -157,11 +161,11 @@ class GlobalSelfAttentionModule(nn.Module):
         logits = queries @ keys.transpose(-1, -2) * (self.qk / norm)   # (n, H, P, P)
         g = attention_weights(logits, mask, self.mechanism)
         values = torch.einsum("ncp,hcd->nhpd", xv, self.w_value)
-        heads = (g @ values).permute(0, 2, 1, 3).reshape(n, self.positions, -1)
+        heads = (g @ values).permute(0, 2, 1, 3).reshape(n, positions, -1)
         out = heads @ self.w_out * (self.ov / math.sqrt(heads.shape[-1] * self.c_value))
         if self.bias is not None:
             out = out + self.b_std * self.bias
-        return out.transpose(1, 2).reshape(n, -1, *self.spatial)
+        return out.transpose(1, 2).reshape(n, -1, *spatial)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, heads={self.heads}, d_key={self.d_key}, "
