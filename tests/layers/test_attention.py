@@ -193,3 +193,24 @@ def test_attention_errors():
             x, mask=torch.ones(4, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"GlobalSelfAttention.module: mask must have shape"):
         net.module((3, 6))(x.float(), mask=torch.ones(4, 5, dtype=torch.bool))
+
+
+def test_lift_multihead_attention_names_the_difference():
+    from torch import nn
+
+    from widenets.lift import LiftError
+
+    class Block(nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, **kw)
+
+        def forward(self, x):
+            return self.att(x, x, x)[0]
+
+    with pytest.raises(LiftError, match=r"lift: MultiheadAttention at 'att' \(it scales the "
+                                        r"logits by 1/√head_dim.*linear_scaling=True\).*"
+                                        r"GlobalSelfAttention\(\.\.\., linear_scaling=False\)"):
+        wn.lift(Block(batch_first=True, bias=False), (5, 8))
+    with pytest.raises(LiftError, match=r"batch_first=False.*biases on the query/key/value"):
+        wn.lift(Block(), (5, 8))
