@@ -317,8 +317,13 @@ class GlobalSelfAttention(Layer):
         ov2 = (self.w_out_std * self.w_value_std) ** 2
         b2 = (self.b_std or 0.0) ** 2
 
-        def cross(t):           # G1 t G2ᵀ over (n1, n2, P, P)
-            return g1[:, None] @ t @ g2[None].transpose(-1, -2)
+        n1, n2 = nngp.shape[:2]
+
+        def cross(t):           # G1 t G2ᵀ over (n1, n2, P, P), as two large batched products
+            left = g1 @ t.transpose(1, 2).reshape(n1, p, n2 * p)          # (n1, P, n2 P)
+            left = left.reshape(n1, p, n2, p).permute(2, 3, 0, 1).reshape(n2, p, n1 * p)
+            both = g2 @ left                                              # (n2, P', n1 P)
+            return both.reshape(n2, p, n1, p).permute(2, 0, 3, 1)         # (n1, n2, P, P')
 
         def own(t, g):
             return g @ t @ g.transpose(-1, -2)
