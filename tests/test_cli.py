@@ -67,7 +67,7 @@ def test_list_shows_every_registered_figure(capsys):
     out = capsys.readouterr().out
     for fid in experiments.available():
         assert fid in out
-    assert len(experiments.available()) == 8
+    assert len(experiments.available()) == 9          # 8 figures + attention (issue 12)
 
 
 def test_parse_value_types():

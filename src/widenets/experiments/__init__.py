@@ -29,6 +29,7 @@ FIGURES: dict[str, str] = {
     "blog-alpha": "widenets.experiments.blog_alpha",
     "hanin-nica": "widenets.experiments.hanin_nica",
     "nth": "widenets.experiments.nth",
+    "attention": "widenets.experiments.attention",
 }
 
 DEMO = "widenets.experiments.demo"
