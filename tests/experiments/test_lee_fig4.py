@@ -32,7 +32,7 @@ def test_batchnorm_statistics_are_those_of_the_training_set():
     """After freeze_batchnorm_statistics the model is a function of one input at a time (eval
     mode), and the first BatchNorm normalizes the stem's outputs on the training set exactly:
     per-channel mean 0 and variance 1 (biased), checked against torch.mean/var directly."""
-    data = digits_images(32, 8, seed=0)
+    data = digits_images(32, 10, seed=0)
     model = ResNet(8, 1, 10, seed=0, dtype=torch.float64)
     x = data["x_train"].double()
     freeze_batchnorm_statistics(model, x)

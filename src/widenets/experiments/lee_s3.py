@@ -65,7 +65,7 @@ class Config:
             raise ValueError("n_train + n_test <= 1797 and n_records >= 4")
 
 
-QUICK = dict(n_train=32, n_test=64, widths=(64, 256), depth=1, steps=300, n_records=10)
+QUICK = dict(n_train=32, n_test=64, widths=(64, 256), depth=1, steps=200, n_records=9)
 
 
 def run(config: Config) -> Result:
