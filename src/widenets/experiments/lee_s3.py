@@ -28,7 +28,7 @@ from .plotting import pyplot, save
 ID = "lee-s3"
 TITLE = "Cross-entropy with momentum: network vs linearization, late-time logit growth " \
         "(seed 002 Figs. S3-S4)"
-RUNTIME = "2 min"
+RUNTIME = "4 min"
 
 
 @dataclass
@@ -46,12 +46,12 @@ class Config:
 
     n_train: int = 256
     n_test: int = 256
-    widths: tuple[int, ...] = (128, 512, 2048)
+    widths: tuple[int, ...] = (128, 512, 1024)
     depth: int = 2
     learning_rate: float = 0.5
     momentum: float = 0.9
     batch_size: int = 32
-    steps: int = 4000
+    steps: int = 2000
     n_shown: int = 3
     n_records: int = 30
     seed: int = 0
