@@ -68,7 +68,19 @@ class _Block(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The residual network of the module docstring (channels first, (N, 1, 8, 8) inputs)."""
+    """The residual network of the module docstring (channels first, (N, 1, 8, 8) inputs).
+
+    Args:
+        channels: the constant channel count; blocks: blocks per group (N of Table S1).
+        n_out: outputs; seed: initialization seed; in_shape: (C, H, W); dtype: parameters.
+
+    Example:
+        >>> import torch
+        >>> net = ResNet(8, 1, 10, seed=0)
+        >>> freeze_batchnorm_statistics(net, torch.randn(16, 1, 8, 8))
+        >>> net(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 10])
+    """
 
     def __init__(self, channels: int, blocks: int, n_out: int, *, seed: int,
                  in_shape=(1, 8, 8), dtype=torch.float32):

@@ -68,6 +68,23 @@ def train_pair(model: torch.nn.Module, data: dict, *, loss: str, learning_rate: 
         show_train, show_test: indices of the points whose outputs are recorded.
         keep_test: also keep all test outputs at every record step.
         func: the caller's name for error messages.
+
+    Returns:
+        A `PairRecord`.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> from widenets.experiments.pair_training import train_pair
+        >>> ds = wn.data.load_digits(n_train=16, n_test=10)
+        >>> data = {"x_train": ds.x_train, "y_train": ds.y_train,
+        ...         "labels_train": ds.labels_train, "x_test": ds.x_test,
+        ...         "y_test": ds.y_test, "labels_test": ds.labels_test}
+        >>> model = wn.serial(wn.Dense(32), wn.Relu(), wn.Dense(10)).module(
+        ...     (64,), seed=0, dtype=torch.float64)
+        >>> rec = train_pair(model, data, loss="mse", learning_rate=0.5, momentum=0.9,
+        ...                  batch_size=8, steps=4, record_at=[0, 4], seed=0)
+        >>> rec.train_loss["linearized"].shape
+        torch.Size([2])
     """
     if loss not in LOSSES:
         raise ValueError(f"{func}: loss must be one of {LOSSES}, got {loss!r}")
