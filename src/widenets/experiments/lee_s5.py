@@ -29,7 +29,7 @@ from .plotting import pyplot, save
 ID = "lee-s5"
 TITLE = "RMSE between network and linearization over widths and training-set sizes (seed 002 " \
         "Fig. S5)"
-RUNTIME = "3 min"
+RUNTIME = "4 min"
 
 
 @dataclass

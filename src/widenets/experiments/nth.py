@@ -30,7 +30,7 @@ from .plotting import pyplot, save
 
 ID = "nth"
 TITLE = "Truncated NTH of order 2, 3, 4 against real training, error against width (seed 000)"
-RUNTIME = "1.5 min"
+RUNTIME = "2 min"
 
 ORDERS = (2, 3, 4)
 
