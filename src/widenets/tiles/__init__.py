@@ -10,10 +10,12 @@ zarr and dask are imported only when a function here needs them.
 """
 
 from .compute import TileError, TileRun, compute
+from .matvec import StoreOperator
 from .reader import KernelTooLargeError, load_kernel, open, status, verify
 from .store import IncompleteStoreError, StoreMismatchError, TileStoreError
 
 __all__ = [
     "compute", "open", "load_kernel", "status", "verify", "TileRun", "TileError",
     "TileStoreError", "StoreMismatchError", "IncompleteStoreError", "KernelTooLargeError",
+    "StoreOperator",
 ]
