@@ -26,7 +26,7 @@ from ..kernel import Kernel
 
 __all__ = ["as_kernel_matrix", "as_targets", "as_outputs", "check_diag_reg", "check_positive",
            "regularize", "SymmetricEig", "cholesky", "check_not_near_singular", "source_eps",
-           "cho_solve", "as_times", "time_factors", "restore_targets_shape"]
+           "cho_solve", "is_store", "as_times", "time_factors", "restore_targets_shape"]
 
 KERNEL_NAMES = ("nngp", "ntk")
 
@@ -59,6 +59,12 @@ def _check_finite(x: torch.Tensor, *, func: str, arg: str) -> None:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; a kernel or "
                          f"target must be finite (recompute it in float64)")
+
+
+def is_store(k) -> bool:
+    """Whether a kernel argument is a tile store (a directory or `wn.tiles.open`'s array)."""
+    return (isinstance(k, (str, os.PathLike)) and os.path.isdir(k)) or \
+        hasattr(k, "_widenets_source")
 
 
 def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None = None,
@@ -396,6 +402,8 @@ def time_factors(eig: SymmetricEig, t: torch.Tensor, *, learning_rate: float,
     Raises:
         ValueError: t = ∞ with a singular kernel (suggests diag_reg), or discrete t = ∞ with a
             learning rate at which gradient descent does not converge.
+        FloatingPointError: discrete gradient descent at a finite t > 0 with a learning rate
+            above the largest stable one, 2 / lambda_max (the outputs diverge).
     """
     lam = eig.eigenvalues
     eta = learning_rate
@@ -408,6 +416,16 @@ def time_factors(eig: SymmetricEig, t: torch.Tensor, *, learning_rate: float,
                              f"learning_rate * lambda_max = {eta * eig.lam_max:.4g} >= 2; "
                              f"use learning_rate < max_learning_rate(k_train_train) = "
                              f"{2.0 / eig.lam_max:.4g}")
+    if discrete and eig.lam_max > 0 and eta * eig.lam_max > 2.0 * (1.0 + 1e-12) and \
+            bool((t[~inf] > 0).any()):
+        # |1 - ηλ_max| > 1: the mode λ_max grows like |1 - ηλ_max|^t (Lee et al. 2019 §2.4).
+        raise FloatingPointError(
+            f"{eig.func}: discrete gradient descent diverges at this learning rate: "
+            f"learning_rate * lambda_max = {eta * eig.lam_max:.4g} > 2, so the outputs grow "
+            f"like {abs(1 - eta * eig.lam_max):.4g}^t; the largest stable learning rate is "
+            f"2 / lambda_max = {2.0 / eig.lam_max:.4g} (wn.predict.max_learning_rate) and the "
+            f"critical rate 2 / (lambda_min + lambda_max) = "
+            f"{2.0 / (eig.lam_min + eig.lam_max):.4g}")
     t_fin = torch.where(inf, torch.zeros_like(t), t)
     zero = lam == 0
     lam_safe = torch.where(zero, torch.ones_like(lam), lam)

@@ -44,6 +44,7 @@ from ._linalg import (
     as_targets,
     check_diag_reg,
     cholesky,
+    is_store,
     restore_targets_shape,
     source_eps,
 )
@@ -129,11 +130,6 @@ class DenseOperator:
         return self.k
 
 
-def _is_store(k) -> bool:
-    return (isinstance(k, (str, os.PathLike)) and os.path.isdir(k)) or \
-        hasattr(k, "_widenets_source")
-
-
 def as_operator(k_train, *, kernel: str = "ntk", func: str = _FUNC, client=None,
                 check: str | None = "crc"):
     """A kernel argument as an operator: a `DenseOperator` in memory, a store streamed.
@@ -152,7 +148,7 @@ def as_operator(k_train, *, kernel: str = "ntk", func: str = _FUNC, client=None,
     if all(hasattr(k_train, a) for a in ("matmul", "diagonal", "columns", "shape")) and \
             not isinstance(k_train, (torch.Tensor, np.ndarray)):
         return k_train, not isinstance(k_train, DenseOperator)
-    if _is_store(k_train):
+    if is_store(k_train):
         from ..tiles import StoreOperator
 
         store = k_train if isinstance(k_train, (str, os.PathLike)) else k_train.store
