@@ -294,7 +294,7 @@ def check_not_near_singular(k: torch.Tensor, *, func: str, arg: str, eps: float 
 
     For inputs i != j the feature-space distance relative to their norms is
     g_ij = (k_ii + k_jj - 2 k_ij) / (k_ii + k_jj)  (0 for duplicated inputs). A pair with
-    g_ij < 10 √eps gives an eigenvalue below g_ij · k_ii, at the level of the kernel's own
+    g_ij < √eps gives an eigenvalue below g_ij · k_ii, at the level of the kernel's own
     rounding error near c = 1 (arccos-type kernels lose half the digits there), so a solve would
     amplify that error to O(1): garbage (docs/math.md §Near-singular kernels). The same check
     serves every kernel ("nngp" and "ntk") and every exact solver (Cholesky, eigh at t = ∞).
@@ -303,7 +303,7 @@ def check_not_near_singular(k: torch.Tensor, *, func: str, arg: str, eps: float 
         ValueError: naming the pair and diag_reg.
     """
     eps = source_eps(k) if eps is None else eps
-    tau = 10.0 * math.sqrt(eps)
+    tau = math.sqrt(eps)
     n = k.shape[0]
     d = k.diagonal()
     for r0 in range(0, n, block):
