@@ -25,5 +25,5 @@ if __name__ == "__main__":
     y = torch.from_numpy(np.load(y_path))
     print("READY", flush=True)
     wn.predict.solve(Slow(store, get="ntk"), y, method="cg", preconditioner=None, tol=1e-8,
-                     diag_reg=1e-2, checkpoint=ckpt, checkpoint_seconds=0)
+                     diag_reg=1e-1, checkpoint=ckpt, checkpoint_seconds=0)
     print("FINISHED", flush=True)

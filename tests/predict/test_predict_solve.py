@@ -174,7 +174,7 @@ def test_resume_after_sigkill_reaches_the_same_answer(store, tmp_path):
     assert "FINISHED" not in out
     saved = int(np.load(ckpt)["iteration"])
     yt = torch.from_numpy(y)
-    kw = dict(method="cg", preconditioner=None, tol=1e-8, diag_reg=1e-2)
+    kw = dict(method="cg", preconditioner=None, tol=1e-8, diag_reg=1e-1)
     resumed = wn.predict.solve(path, yt, checkpoint=ckpt, **kw)
     assert resumed.resumed_from == saved >= 5
     fresh = wn.predict.solve(path, yt, **kw)
@@ -182,8 +182,8 @@ def test_resume_after_sigkill_reaches_the_same_answer(store, tmp_path):
     assert resumed.iterations == fresh.iterations
     torch.testing.assert_close(resumed.alpha, fresh.alpha, rtol=1e-9, atol=1e-12)
     k = wn.tiles.load_kernel(path, get="ntk").double()
-    k = k + 1e-2 * k.diagonal().mean() * torch.eye(300, dtype=k.dtype)
-    # tol 1e-8 on the residual, condition number ~1e2: forward error ~1e-6.
+    k = k + 1e-1 * k.diagonal().mean() * torch.eye(300, dtype=k.dtype)
+    # tol 1e-8 on the residual, condition number ~10: forward error ~1e-7.
     torch.testing.assert_close(resumed.alpha, torch.linalg.solve(k, yt), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="belongs to a different solve"):
         wn.predict.solve(path, 2 * yt, checkpoint=ckpt, **kw)
