@@ -222,3 +222,24 @@ def test_predictions_from_a_store_too_large_for_memory(store, monkeypatch, tmp_p
     torch.testing.assert_close(train, mse_ref[0], rtol=1e-7, atol=1e-8)
     with pytest.raises(ValueError, match="only t=None"):
         pred(10.0)
+
+
+def test_dask_workers_split_the_tiles_and_give_the_same_solve(store):
+    distributed = pytest.importorskip("distributed")
+    path, _, _ = store
+    y = torch.randn(300, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    local = wn.predict.solve(path, y, diag_reg=1e-2, method="cg", rank=30, tol=1e-9)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        op = wn.tiles.StoreOperator(path, get="ntk", client=client)
+        parts = list(op._parts.values())
+        assert len(parts) == 2 and all(parts)                  # both workers hold tiles
+        assert sorted(sum(parts, [])) == sorted(op.tiles)       # each tile on one worker
+        dist = wn.predict.solve(path, y, diag_reg=1e-2, method="cg", rank=30, tol=1e-9,
+                                client=client)
+    # Partial products summed in another order: the same iterates up to rounding (an
+    # iteration more or less at the threshold); residual 1e-9 at condition ~1e2 -> 1e-7.
+    assert abs(dist.iterations - local.iterations) <= 2 and dist.converged
+    assert float(dist.residual.max()) < 1e-8
+    torch.testing.assert_close(dist.alpha, local.alpha, rtol=1e-6, atol=1e-8)
