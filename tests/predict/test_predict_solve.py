@@ -243,3 +243,24 @@ def test_dask_workers_split_the_tiles_and_give_the_same_solve(store):
     assert abs(dist.iterations - local.iterations) <= 2 and dist.converged
     assert float(dist.residual.max()) < 1e-8
     torch.testing.assert_close(dist.alpha, local.alpha, rtol=1e-6, atol=1e-8)
+
+
+def test_cli_solve_writes_alpha_with_progress(store, tmp_path):
+    from widenets.cli import main
+
+    path, _, _ = store
+    y = np.random.default_rng(7).normal(size=(300, 2))
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "alpha.npy"
+    code = main(["solve", str(path), "--y", str(tmp_path / "y.npy"), "--out", str(out),
+                 "--diag-reg", "1e-2", "--method", "cg", "--tol", "1e-9"])
+    assert code == 0
+    k = wn.tiles.load_kernel(path, get="ntk").double().numpy()
+    ref = np.linalg.solve(k + 1e-2 * np.mean(np.diag(k)) * np.eye(300), y)
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-6, atol=1e-8)
+    assert np.load(tmp_path / "alpha.residuals.npy").shape[1] == 2
+    assert main(["solve", str(path), "--y", str(tmp_path / "nope.npy"), "--out",
+                 str(out)]) == 2
+    np.save(tmp_path / "short.npy", y[:10])
+    assert main(["solve", str(path), "--y", str(tmp_path / "short.npy"), "--out",
+                 str(out)]) == 2
