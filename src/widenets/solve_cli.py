@@ -71,7 +71,7 @@ def run_solve(args: argparse.Namespace) -> int:
     """Run `widenets solve` with parsed arguments; returns the exit status."""
     import torch
 
-    from .predict.solve import SolveError, solve
+    from .predict.solver import SolveError, solve
     from .tiles import TileStoreError
 
     err = sys.stderr

@@ -19,7 +19,7 @@ from .gp import Gaussian, gp_inference
 from .mse import MSEPredictor, gradient_descent_mse, weight_change
 from .ode import ODEPredictor, cross_entropy_loss, gradient_descent, mse_loss
 from .rates import max_learning_rate
-from .solve import Solution, SolveError, solve
+from .solver import Solution, SolveError, solve
 
 __all__ = [
     "gradient_descent_mse", "weight_change", "gradient_descent", "gp_inference",

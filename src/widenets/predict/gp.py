@@ -202,7 +202,7 @@ def _nngp_blocks(k_train_train, k_test_train, n, m, func):
 def _gp_store(k_train_train, y_train, k_test_train, k_test_test, *, kernel, diag_reg,
               diag_reg_absolute, options):
     """gp_inference with a tile store for k_train_train, through `solve`."""
-    from .solve import as_operator, solve
+    from .solver import as_operator, solve
 
     func = "gp_inference"
     client = options.get("client")

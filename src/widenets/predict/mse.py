@@ -81,7 +81,7 @@ class MSEPredictor:
 
     def _init_iterative(self, store, y_train, diag_reg, absolute, options):
         """A store too large for the eigendecomposition: t = ∞ through `solve` only."""
-        from .solve import as_operator
+        from .solver import as_operator
 
         self._op, _ = as_operator(store, kernel="ntk", func=self._func,
                                   client=options.get("client"),
@@ -93,7 +93,7 @@ class MSEPredictor:
 
     def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """Θ_reg⁻¹ rhs through `wn.predict.solve` (stores that do not fit in memory)."""
-        from .solve import solve
+        from .solver import solve
 
         out = solve(self._op, rhs, diag_reg=self._diag_reg, diag_reg_absolute=self._absolute,
                     check_store=None, **self._solve_options)

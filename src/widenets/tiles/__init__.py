@@ -5,6 +5,7 @@
     k = wn.tiles.open("k.zarr")          # lazy dask array (mirrored upper triangle)
     ntk = k.load()                       # torch tensor, if it fits
     ntk = wn.tiles.load_kernel("k.zarr", max_bytes=8e9)   # or a clear error when it does not
+    op = wn.tiles.StoreOperator("k.zarr", get="ntk")   # K @ v streamed tile by tile (solvers)
 
 zarr and dask are imported only when a function here needs them.
 """

@@ -29,7 +29,7 @@ import torch
 from .reader import status, verify
 from .store import IncompleteStoreError, TileStoreError, read_block, read_metadata, tile_list
 
-__all__ = ["StoreOperator", "stream_product", "check_store"]
+__all__ = ["StoreOperator"]
 
 
 def check_store(store, *, func: str, crc: bool = True) -> tuple[Path, dict]:

@@ -49,8 +49,7 @@ from ._linalg import (
     source_eps,
 )
 
-__all__ = ["solve", "Solution", "SolveError", "METHODS", "PRECONDITIONERS", "as_operator",
-           "DenseOperator"]
+__all__ = ["solve", "Solution", "SolveError"]
 
 METHODS = ("auto", "cholesky", "cg")
 PRECONDITIONERS = ("nystrom", "pivoted_cholesky", None)
@@ -58,7 +57,18 @@ _FUNC = "solve"
 
 
 class SolveError(FloatingPointError):
-    """The iterative solve did not reach the tolerance; `.solution` holds where it got to."""
+    """The iterative solve did not reach the tolerance; `.solution` holds where it got to.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> k = torch.tensor([[1.0, 0.0], [0.0, 1e-12]], dtype=torch.float64)
+        >>> try:
+        ...     wn.predict.solve(k, torch.ones(2, dtype=torch.float64), method="cg",
+        ...                      preconditioner=None, max_iter=1, tol=1e-12)
+        ... except wn.predict.SolveError as e:
+        ...     print(e.solution.iterations)
+        1
+    """
 
     def __init__(self, message: str, solution: Solution | None = None):
         super().__init__(message)
@@ -82,6 +92,13 @@ class Solution:
         seconds: wall-clock time; seconds_per_iteration: mean time of one CG iteration.
         resumed_from: the iteration the solve continued from (0 if it started afresh).
         passes: products with K made (each a full pass over a store's tiles).
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> k = torch.eye(3, dtype=torch.float64) * 2
+        >>> sol = wn.predict.solve(k, torch.ones(3, dtype=torch.float64), method="cg")
+        >>> sol.alpha, sol.iterations, sol.converged
+        (tensor([0.5000, 0.5000, 0.5000], dtype=torch.float64), 1, True)
     """
 
     alpha: torch.Tensor
