@@ -86,7 +86,7 @@ def make_store(path: Path, n: int, dim: int) -> float:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, dim, generator=g, dtype=torch.float32)
     t = time.perf_counter()
-    wn.tiles.compute(_net(), x, store=path, tile=2048, get="ntk", dtype=torch.float32)
+    wn.tiles.compute(_net(), x, store=path, batch_size=2048, get="ntk", dtype=torch.float32)
     return time.perf_counter() - t
 
 

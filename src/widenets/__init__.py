@@ -63,3 +63,33 @@ def __getattr__(name):
 
         return importlib.import_module(".sklearn", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# the rest of neural-tangents' layer catalogue (issue 11)
+from .layers import (  # noqa: E402
+    ConvLocal,
+    ConvTranspose,
+    Cos,
+    Dropout,
+    Exp,
+    ExpNormalized,
+    FanInProd,
+    Gabor,
+    Gaussian,
+    GlobalSumPool,
+    Hermite,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    SigmoidLike,
+    Sign,
+    SumPool,
+    repeat,
+)
+
+__all__ += [
+    "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
+    "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
+    "repeat", "Dropout", "ConvTranspose", "ConvLocal",
+]

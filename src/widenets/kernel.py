@@ -4,13 +4,13 @@ A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.r
 Conventions (Lee et al. 2019, seed 002, §2.1):
 
 * `nngp[i, j]` is the second moment E[h(x1_i) h(x2_j)] of one output unit h of the layer, averaged
-  over units (for a Dense readout it is the NNGP covariance K of MATH.md §2);
+  over units (for a Dense readout it is the NNGP covariance K of docs/math.md §dense);
 * `ntk[i, j]` is the neural tangent kernel Θ(x1_i, x2_j) of one output unit (the sum over all
-  parameters of products of gradients; MATH.md §2 recursion);
+  parameters of products of gradients; docs/math.md §dense recursion);
 * `cov1[i]` = E[h(x1_i)^2] and `cov2[j]` = E[h(x2_j)^2] are the per-input variances the
   activation formulas need (T(K) depends on K(x, x), K(x', x') and K(x, x')).
 
-Spatial layouts (convolutions, MATH.md §2) append position axes to these tensors, for inputs
+Spatial layouts (convolutions, docs/math.md §conv) append position axes to these tensors, for inputs
 with s spatial axes S = (S_1, ..., S_s) (images: S = (H, W)):
 
 * diagonal layout (`diagonal_spatial=True`): nngp/ntk are (n1, n2, *S), the pairs (p, p) of
@@ -60,6 +60,14 @@ class Kernel:
             its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
         diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
             irrelevant (False) for flat features.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.nngp.shape, k.ntk.shape, k.cov1.shape
+        (torch.Size([3, 3]), torch.Size([3, 3]), torch.Size([3]))
+        >>> bool(torch.equal(k.nngp.diagonal(), k.cov1)), k.x1_is_x2
+        (True, True)
     """
 
     nngp: torch.Tensor

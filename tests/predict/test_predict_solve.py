@@ -94,7 +94,7 @@ def store(tmp_path_factory):
     """A float32 symmetric store of a 300-input depth-3 ReLU NTK (and NNGP), tiles of 100."""
     net, x = relu_ntk(300, 3, 3, seed=2)
     path = tmp_path_factory.mktemp("solve") / "k.zarr"
-    wn.tiles.compute(net, x, store=path, tile=100, dtype=torch.float32)
+    wn.tiles.compute(net, x, store=path, batch_size=100, dtype=torch.float32)
     return path, net, x
 
 
@@ -133,7 +133,7 @@ def test_damaged_or_incomplete_store_is_refused_before_solving(tmp_path):
     net, x = relu_ntk(40, 3, 2, seed=3)
     y = torch.randn(40, dtype=torch.float64)
     path = tmp_path / "d.zarr"
-    wn.tiles.compute(net, x, store=path, tile=16, get="ntk")
+    wn.tiles.compute(net, x, store=path, batch_size=16, get="ntk")
     from widenets.tiles.store import read_metadata
 
     lay, _ = read_metadata(path, func="test")
@@ -195,7 +195,7 @@ def test_predictions_from_a_store_too_large_for_memory(store, monkeypatch, tmp_p
     xt = torch.randn(7, 3, generator=g, dtype=torch.float64)
     y = torch.randn(300, 2, generator=g, dtype=torch.float64)
     test_path = tmp_path / "t.zarr"
-    wn.tiles.compute(net, xt, x, store=test_path, tile=100, dtype=torch.float32)
+    wn.tiles.compute(net, xt, x, store=test_path, batch_size=100, dtype=torch.float32)
     kd = wn.tiles.load_kernel(path)                         # both kernels, float32, in memory
     kt = wn.tiles.load_kernel(test_path)
     ktt = net.kernel(xt, get="nngp")

@@ -1,6 +1,6 @@
 """Pointwise activations: each supplies only its formulas.
 
-For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (MATH.md §2):
+For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (docs/math.md §activations):
 
     T(K)    = E[φ(u) φ(v)]            (the new second moment; nngp and both variances)
     Tdot(K) = E[φ'(u) φ'(v)]          (multiplies the NTK:  Θ' = Tdot(K) Θ)
@@ -127,9 +127,16 @@ class Activation(Layer):
 class ABRelu(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0). LeakyRelu, Relu, Abs and Identity are special cases.
 
-    MATH.md §2 (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
+    docs/math.md §relu (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
         T    = (a²+b²) √(K11K22) (sin θ + (π-θ) cos θ)/(2π) - 2ab √(K11K22) (sin θ - θ cos θ)/(2π)
         Tdot = ((a²+b²)(π-θ) + 2abθ) / (2π)
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k1 = wn.serial(wn.Dense(1), wn.ABRelu(0.0, 1.0)).kernel(x, get="nngp")
+        >>> k2 = wn.serial(wn.Dense(1), wn.Relu()).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k1, k2))
+        True
     """
 
     def __init__(self, a: float = 0.0, b: float = 1.0):
@@ -179,7 +186,14 @@ class ABRelu(Activation):
 
 
 class Relu(ABRelu):
-    """φ(x) = max(x, 0) (ABRelu(0, 1))."""
+    """φ(x) = max(x, 0) (ABRelu(0, 1)).
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> k = wn.serial(wn.Dense(1), wn.Relu()).kernel(x, get="nngp")   # K11 = 1/2, K12 = 0
+        >>> round(k[0, 0].item(), 4), round(k[0, 1].item(), 4)            # 1/4 and 1/(4π)
+        (0.25, 0.0796)
+    """
 
     def __init__(self):
         super().__init__(0.0, 1.0)
@@ -192,7 +206,14 @@ class Relu(ABRelu):
 
 
 class LeakyRelu(ABRelu):
-    """φ(x) = x for x > 0, alpha·x otherwise (ABRelu(alpha, 1))."""
+    """φ(x) = x for x > 0, alpha·x otherwise (ABRelu(alpha, 1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.LeakyRelu(0.1), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
@@ -203,7 +224,14 @@ class LeakyRelu(ABRelu):
 
 
 class Abs(ABRelu):
-    """φ(x) = |x| (ABRelu(-1, 1))."""
+    """φ(x) = |x| (ABRelu(-1, 1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Abs(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self):
         super().__init__(-1.0, 1.0)
@@ -216,7 +244,15 @@ class Abs(ABRelu):
 
 
 class Identity(ABRelu):
-    """φ(x) = x: T = K12, Tdot = 1; exact on any input, keeps Gaussianity."""
+    """φ(x) = x: T = K12, Tdot = 1; exact on any input, keeps Gaussianity.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k1 = wn.serial(wn.Dense(8), wn.Identity(), wn.Dense(1)).kernel(x, get="nngp")
+        >>> k2 = wn.serial(wn.Dense(8), wn.Dense(1)).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k1, k2))
+        True
+    """
 
     def __init__(self):
         super().__init__(1.0, 1.0)
@@ -240,9 +276,15 @@ def _erf_scaled(k11, k22, k12):
 
 
 class Erf(Activation):
-    """φ(x) = erf(x) (Williams 1997; MATH.md §2):
+    """φ(x) = erf(x) (Williams 1997; docs/math.md §erf):
         T    = (2/π) arcsin(2K12 / √((1+2K11)(1+2K22)))
         Tdot = (4/π) / √((1+2K11)(1+2K22) - 4K12²)
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Erf(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
     """
 
     def forward(self, x):
@@ -259,10 +301,18 @@ class Gelu(Activation):
 
     With s(x) = erf(x/√2), x Φ(x) = x/2 + x s(x)/2, and Stein's lemma (E[u g] = K11 E[∂u g] +
     K12 E[∂v g]) reduces E[uv s(u)s(v)] to F and D of the erf kernel (derivation in
-    docs: x Φ is odd + even, odd cross terms vanish):
+    docs/math.md §gelu: x Φ is odd + even, odd cross terms vanish):
         T    = K12/4 + (K12 F + D (K11K22 + K12²(1 - K11K22)/P)) / 4
         Tdot = (1 + F + K12 D/(1+K11) + K12 D/(1+K22) + (2/π) K12 / det^{3/2}) / 4
     with P = (1+K11)(1+K22), det = P - K12². Checked against quadrature in the tests.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> exact = wn.serial(wn.Dense(1), wn.Gelu()).kernel(x, get="nngp")
+        >>> gelu = wn.Elementwise(torch.nn.functional.gelu)
+        >>> quad = wn.serial(wn.Dense(1), gelu).kernel(x, get="nngp")
+        >>> bool(torch.allclose(exact, quad, atol=1e-6))
+        True
     """
 
     def forward(self, x):
@@ -283,6 +333,12 @@ class Sin(Activation):
     """φ(x) = a sin(b x + c). With S = K11 + K22:
         T    = a²/2 (exp(-b²(S - 2K12)/2) - exp(-b²(S + 2K12)/2) cos 2c)
         Tdot = a²b²/2 (exp(-b²(S - 2K12)/2) + exp(-b²(S + 2K12)/2) cos 2c)
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Sin(1.0, 2.0, 0.5), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
@@ -303,7 +359,7 @@ class Sin(Activation):
 
 # --------------------------------------------------------------------------- any φ by quadrature
 class Elementwise(Activation):
-    """Any pointwise activation by 2-D Gauss-Hermite quadrature (MATH.md §2).
+    """Any pointwise activation by 2-D Gauss-Hermite quadrature (docs/math.md §quadrature).
 
     With u = √K11 z1, v = √K22 (c z1 + √(1-c²) z2), z ~ N(0, I):
         E[φ(u) φ(v)] ≈ Σ_i Σ_j w_i w_j φ(u_i) φ(v_ij),
@@ -317,6 +373,13 @@ class Elementwise(Activation):
         dfn: its derivative; None computes φ' by autograd.
         degree: number of Gauss-Hermite nodes per dimension (cost ∝ degree² per entry).
         name: shown in errors and repr.
+
+    Example:
+        >>> x = torch.randn(3, 5)
+        >>> quad = wn.serial(wn.Dense(1), wn.Elementwise(torch.erf)).kernel(x, get="nngp")
+        >>> exact = wn.serial(wn.Dense(1), wn.Erf()).kernel(x, get="nngp")
+        >>> bool(torch.allclose(quad, exact, atol=1e-8))
+        True
     """
 
     symmetric_formula = False

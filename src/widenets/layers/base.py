@@ -91,7 +91,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     """The kernel of the raw inputs: second moments averaged over features (channels).
 
     For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
-    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (MATH.md §2). The input NTK is zero (no parameters yet).
+    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (docs/math.md §input). The input NTK is zero (no parameters yet).
 
     For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
     C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout
@@ -183,6 +183,15 @@ class Layer:
 
     Subclasses implement `apply_kernel` (the infinite-width map) and `build` (the finite module).
     Constructors store their arguments verbatim as attributes.
+
+    Example:
+        >>> net = wn.Dense(64, w_std=1.5) >> wn.Relu() >> wn.Dense(1)
+        >>> isinstance(net, wn.Layer)
+        True
+        >>> net.kernel(torch.randn(4, 3), get="ntk").shape
+        torch.Size([4, 4])
+        >>> net.module((3,), seed=0)(torch.randn(4, 3)).shape
+        torch.Size([4, 1])
     """
 
     # --------------------------------------------------------------- to override

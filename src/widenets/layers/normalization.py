@@ -58,6 +58,12 @@ class LayerNorm(Layer):
         eps: ε added to the variance (torch's default 1e-5).
         affine: learnable per-channel scale γ (init 1) and shift β (init 0), as torch's
             elementwise_affine; they change the NTK (see the module docstring), not the NNGP.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k = wn.serial(wn.Dense(8), wn.LayerNorm(eps=0.0)).kernel(x, get="nngp")
+        >>> [round(v, 6) for v in k.diagonal().tolist()]     # unit variance after normalization
+        [1.0, 1.0, 1.0]
     """
 
     def __init__(self, *, eps: float = 1e-5, affine: bool = False):

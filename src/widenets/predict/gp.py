@@ -41,6 +41,15 @@ class Gaussian(NamedTuple):
         covariance: (m, m) covariance over inputs, shared by every output column (the output
             units are independent and identically distributed), or None when not asked for;
             with a time axis (T, m, m) likewise.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> gp = wn.predict.gp_inference(k_train, y_train, k_test_train, net.kernel(x_test),
+        ...                             kernel="ntk")
+        >>> isinstance(gp, wn.predict.Gaussian), gp.mean.shape
+        (True, torch.Size([2, 1]))
     """
 
     mean: torch.Tensor

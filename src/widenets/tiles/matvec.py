@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from .reader import status, verify
-from .store import IncompleteStoreError, TileStoreError, read_block, read_metadata, tile_list
+from .store import (
+    IncompleteStoreError,
+    StoreLayout,
+    TileStoreError,
+    read_checked_block,
+    read_metadata,
+    tile_list,
+)
 
 __all__ = ["StoreOperator"]
 
@@ -61,6 +68,12 @@ def check_store(store, *, func: str, crc: bool = True) -> tuple[Path, dict]:
     return lay.root, meta
 
 
+def read_block(root: Path, name: str, meta: dict, i: int, j: int):
+    """Tile (i, j) of kernel `name`, its CRC-32 checked against its record on every read."""
+    lay = StoreLayout(Path(root), meta.get("zarr_format", 3))
+    return read_checked_block(lay, meta, name, i, j, func="tiles.StoreOperator")
+
+
 def _tile_reader(root: Path, name: str, meta: dict, tiles, prefetch: int):
     """Yield ((i, j), block) for `tiles`, read by a background thread `prefetch` tiles ahead."""
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -85,6 +98,8 @@ def _tile_reader(root: Path, name: str, meta: dict, tiles, prefetch: int):
             item = q.get()
             if item is done:
                 return
+            if isinstance(item, TileStoreError):
+                raise item
             if isinstance(item, BaseException):
                 raise TileStoreError(f"tiles: reading a tile of {str(root)!r} failed "
                                      f"({type(item).__name__}: {item})") from item
@@ -145,7 +160,7 @@ class StoreOperator:
         >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
         >>> x = torch.randn(10, 3, dtype=torch.float64)
         >>> path = os.path.join(tempfile.mkdtemp(), "k.zarr")
-        >>> _ = wn.tiles.compute(net, x, store=path, tile=4, get="ntk")
+        >>> _ = wn.tiles.compute(net, x, store=path, batch_size=4, get="ntk")
         >>> op = wn.tiles.StoreOperator(path, get="ntk")
         >>> v = torch.randn(10, 2, dtype=torch.float64)
         >>> torch.allclose(op.matmul(v), net.kernel(x, get="ntk") @ v)
