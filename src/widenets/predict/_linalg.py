@@ -296,7 +296,7 @@ def check_not_near_singular(k: torch.Tensor, *, func: str, arg: str, eps: float 
     g_ij = (k_ii + k_jj - 2 k_ij) / (k_ii + k_jj)  (0 for duplicated inputs). A pair with
     g_ij < √eps gives an eigenvalue below g_ij · k_ii, at the level of the kernel's own
     rounding error near c = 1 (arccos-type kernels lose half the digits there), so a solve would
-    amplify that error to O(1): garbage (docs/math.md §Near-singular kernels). The same check
+    amplify that error to O(1): garbage (docs/math.md §near-singular). The same check
     serves every kernel ("nngp" and "ntk") and every exact solver (Cholesky, eigh at t = ∞).
 
     Raises:

@@ -5,7 +5,7 @@
 method is matrix products, so a kernel stored on disk by `wn.tiles` is streamed tile by tile
 (`wn.tiles.StoreOperator`, optionally across Dask workers) and never held in memory.
 
-Method (docs/math.md §Iterative solvers):
+Method (docs/math.md §solvers):
 
 * Cholesky: A = K + ρI = L Lᵀ, X = L⁻ᵀ L⁻¹ Y, with the positive-definiteness and
   near-singularity checks of `widenets.predict` (errors name diag_reg).

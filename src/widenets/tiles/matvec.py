@@ -4,7 +4,7 @@
 product `op.matmul(V)` (V of shape (n2, k), several right-hand sides at once) reads each stored
 tile exactly once. For a symmetric store only the upper triangle of tiles is stored and read:
 a stored tile T = K[I, J] with I < J contributes T @ V[J] to rows I and Tᵀ @ V[I] to rows J
-(docs/math.md §Iterative solvers, "streamed products"). A reader thread fetches the next tiles
+(docs/math.md §solvers, "streamed products"). A reader thread fetches the next tiles
 from disk while the current one is multiplied (a bounded queue: at most `prefetch` tiles wait
 in memory), so a product costs about max(disk time, compute time) of one pass over the store.
 
@@ -133,7 +133,7 @@ def stream_product(root, name: str, meta: dict, tiles, v: np.ndarray,
         r1, c1 = r0 + t.shape[0], c0 + t.shape[1]
         out[r0:r1] += t @ v[c0:c1]
         if sym and i != j:
-            # docs/math.md §Iterative solvers: K[J, I] = K[I, J]ᵀ, read once, used twice.
+            # docs/math.md §solvers: K[J, I] = K[I, J]ᵀ, read once, used twice.
             out[c0:c1] += t.T @ v[r0:r1]
     return out
 
