@@ -19,6 +19,7 @@ from ._target import (
     Target,
     check_batch_size,
     check_choice,
+    check_fixed_function,
     check_inputs,
     resolve_target,
 )
@@ -75,7 +76,10 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     Raises:
         ValueError: bad mode, implementation or batch_size; inputs the model rejects (with its
             own message); no trainable parameters; params keys that do not match the model;
-            BatchNorm in train mode; a non-finite result.
+            BatchNorm in train mode; a random forward (F.dropout(training=True), noise) or one
+            whose output for an input depends on the rest of its batch (h - h.mean(0),
+            softmax over dim 0), found by `check_fixed_function` on two of the inputs.
+        FloatingPointError: a non-finite result.
         TypeError: model or params of the wrong type.
     """
     func = "empirical_ntk"
@@ -86,6 +90,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     x1, x2 = check_inputs(x1, x2, func=func)
     if x2 is not None:
         target.call_checked(x2[:1], "x2", x2.shape)
+    check_fixed_function(target, x1, x2)
     itemsize = torch.empty((), dtype=target.dtype).element_size()
     budget = DEFAULT_BUDGET_BYTES // itemsize
     plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
@@ -214,6 +219,8 @@ def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
     batch_size = check_batch_size(batch_size, func=func)
     target = resolve_target(model, params, func=func)
     x1, x2 = check_inputs(x1, x2, func=func)
+    target.call_checked(x1[:1], "x1", x1.shape)
+    check_fixed_function(target, x1, x2)
     f1 = _outputs(target, x1, batch_size, "x1")
     f2 = f1 if x2 is None else _outputs(target, x2, batch_size, "x2")
     if mode == "trace":
