@@ -23,6 +23,7 @@ from ._target import (
     check_inputs,
     resolve_target,
 )
+from .attention import no_fused_attention
 from .cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
 from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
@@ -91,6 +92,15 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     if x2 is not None:
         target.call_checked(x2[:1], "x2", x2.shape)
     check_fixed_function(target, x1, x2)
+    with no_fused_attention():
+        out, plan = _ntk(target, x1, x2, implementation, mode, batch_size)
+    if mode == "trace":
+        out = out / plan.out_dim
+    _check_finite(out, func)
+    return out
+
+
+def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int | None):
     itemsize = torch.empty((), dtype=target.dtype).element_size()
     budget = DEFAULT_BUDGET_BYTES // itemsize
     plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
@@ -114,10 +124,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
         out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
                           batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
-    if mode == "trace":
-        out = out / plan.out_dim
-    _check_finite(out, func)
-    return out
+    return out, plan
 
 
 def _auto_block(implementation: str, plan, n1: int, n2: int, budget: int) -> int | None:
