@@ -24,7 +24,7 @@ from ._target import (
     resolve_target,
 )
 from .attention import no_fused_attention
-from .cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+from .cost import DEFAULT_BUDGET_BYTES, calibrate, choose_implementation, estimate_costs
 from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
 from .structured import StructuredEngine, make_plan
@@ -61,8 +61,9 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, widenets' Dense/Conv modules, cheap per-input
             Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
             autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
-            (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and
-            agree to rounding.
+            (the fastest by the estimate in `widenets.empirical.cost`: multiply-adds and
+            dispatched operations, weighted by per-process timings of this device). All are
+            exact and agree to rounding.
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
@@ -112,7 +113,8 @@ def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int
         blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
-        implementation = choose_implementation(costs, budget)
+        implementation = choose_implementation(costs, budget,
+                                               calibrate(x1.device, target.dtype))
     if batch_size is None and implementation in ("jacobian", "structured"):
         batch_size = _auto_block(implementation, plan, n1, n2, budget)
     try:

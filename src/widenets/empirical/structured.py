@@ -34,6 +34,7 @@ from .attention import (
     describe_attention,
     recording_forward,
 )
+from .cost import OpCounter
 from .factors import (
     Factor,
     choose_form,
@@ -87,6 +88,9 @@ class Plan:
         n_params: total trainable parameter count; fallback_params: of the fallback ones.
         flops: forward multiply-adds per input (None when not counted).
         act: output elements of all leaf modules per input (an activation-memory estimate).
+        batched_backward: compute the output cotangents by one backward pass vmapped over the
+            outputs (False for models with convolutions: a loop over outputs is faster).
+        ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
     known: list[KnownLayer]
@@ -96,6 +100,9 @@ class Plan:
     fallback_params: int
     flops: float | None = None
     act: float = 0.0
+    batched_backward: bool = True
+    ops: int | None = None
+    n_tensors: int = 0
 
 
 # ----------------------------------------------------------------------------- capturing
@@ -152,25 +159,36 @@ def _split(records: list[list], grads: list[torch.Tensor]) -> list[list[tuple]]:
     return out
 
 
-def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O)."""
+def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
+                       batched: bool = True) -> list[torch.Tensor]:
+    """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O).
+
+    batched: one backward pass vmapped over the O outputs (`is_grads_batched`); else (or when
+    an op has no batching rule, or a wrong one) one backward pass per output. The loop is the
+    faster of the two for convolutions, whose vmapped backward is slow in torch 2.x CPU builds.
+    """
     n, o = out.shape
     basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*performance drop.*")
-            grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
-                                        allow_unused=True, retain_graph=True)
-        grads = _fill(grads, inputs, o)
-        if not _projection_matches(out, inputs, grads):
-            grads = None            # a batching rule that runs but is wrong
-    except RuntimeError:            # an op without a batching rule
-        grads = None
-    if grads is None:               # one backward pass per output instead
-        per = [torch.autograd.grad(out, inputs, basis[a], allow_unused=True, retain_graph=True)
-               for a in range(o)]
-        grads = _fill([None if per[0][k] is None else torch.stack([p[k] for p in per])
-                       for k in range(len(inputs))], inputs, o)
+    grads = None
+    if batched and o > 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
+                                            allow_unused=True, retain_graph=True)
+            grads = _fill(grads, inputs, o)
+            if not _projection_matches(out, inputs, grads):
+                grads = None            # a batching rule that runs but is wrong
+        except RuntimeError:            # an op without a batching rule
+            grads = None
+    if grads is None:                   # one backward pass per output
+        grads = [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
+        for a in range(o):
+            per = torch.autograd.grad(out, inputs, basis[a], allow_unused=True,
+                                      retain_graph=True)
+            for g, p in zip(grads, per, strict=True):
+                if p is not None:
+                    g[a] = p
     return grads
 
 
@@ -340,7 +358,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             act[0] += out.numel()
 
     p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
-    counter = contextlib.nullcontext()
+    counter = ops_counter = contextlib.nullcontext()
     cache_key = (tuple(x_probe.shape), x_probe.dtype, str(x_probe.device))
     cached = None
     if count_flops and target.module is not None:
@@ -349,19 +367,21 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
+        ops_counter = OpCounter()
     act_handle = nn.modules.module.register_module_forward_hook(count_act)
     try:
-        with torch.enable_grad(), _capture(layers, records), counter:
+        with torch.enable_grad(), _capture(layers, records), counter, ops_counter:
             probe = Target(p_req, target.module, target.fn, target.func)
             out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
-    flops = None
+    flops = ops = None
     if count_flops:
-        flops = cached if cached is not None else counter.get_total_flops() / 2 / k
+        flops, ops = cached if cached is not None else \
+            (counter.get_total_flops() / 2 / k, ops_counter.count)
         if target.module is not None:
-            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = flops
+            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = (flops, ops)
     o = out.shape[1]
     n_params = sum(v.numel() for v in target.params.values())
 
@@ -376,9 +396,12 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     verified = _verify(layers, records, out, p_req, k, seed)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
+    convs = target.module is not None and any(
+        isinstance(m, nn.modules.conv._ConvNd) for m in target.module.modules())
     return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
                 fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
-                act=act[0] / k)
+                act=act[0] / k, batched_backward=not convs, ops=ops,
+                n_tensors=len(target.params))
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
@@ -483,7 +506,8 @@ class StructuredEngine:
                 raise RuntimeError(
                     f"{self.target.func}: a layer changed how it is called between the probe "
                     f"and the batch of {n}; use implementation='jacobian'")
-            grads = output_basis_grads(out, _deltas(records))
+            grads = output_basis_grads(out, _deltas(records),
+                                       batched=self.plan.batched_backward)
             del out
             for layer, rec, gs in zip(layers, records, _split(records, grads), strict=True):
                 fs = _call_factors(layer, rec, gs, n)
