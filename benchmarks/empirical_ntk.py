@@ -411,7 +411,7 @@ def section_floor(args, device):
                "torch.func recipe": lambda model=model, x=x: torch_func_ntk(model, x)}
         if isinstance(model, nn.Sequential):
             fns["hand-written"] = lambda model=model, x=x: hand_written_mlp_ntk(model, x)
-        for impl in ("auto", "structured", "jacobian", "ntvp"):
+        for impl in args.floor_impls.split(","):
             fns[impl] = lambda impl=impl, model=model, x=x: wn.empirical_ntk(
                 model, x, implementation=impl, mode="trace")
         slow, fast = {}, {}
@@ -432,6 +432,34 @@ def section_floor(args, device):
                   f"{t / ref:.2f} | {err} |", flush=True)
 
 
+def section_memory(args, device):
+    """Peak memory of batch_size=None on ResNet-18 (width 64, 11 M parameters), 3x32x32, trace
+    mode, for growing n: with inputs blocked by the memory estimate the peak stays flat."""
+    print(f"\n### Memory: ResNet-18 (11.2 M params, {args.memory_outputs} output(s)), 3x32x32, "
+          f"mode='trace', batch_size=None, float32, {device} (one run each)\n")
+    print("| n | implementation | seconds | peak MB | blocks of |")
+    print("|---|---|---|---|---|", flush=True)
+    torch.manual_seed(0)
+    model = ResNet18(width=64, out=args.memory_outputs).to(device).eval()
+    from widenets.empirical import ntk as ntk_mod
+
+    chosen = {}
+    real = ntk_mod._auto_block
+
+    def spy(*a, **k):
+        chosen["b"] = real(*a, **k)
+        return chosen["b"]
+
+    ntk_mod._auto_block = spy
+    try:
+        for n in args.memory_n:
+            x = torch.randn(n, 3, 32, 32, device=device)
+            t, mem, _ = _once(lambda x=x: wn.empirical_ntk(model, x, mode="trace"), device)
+            print(f"| {n} | auto | {t:.1f} | {mem:.0f} | {chosen.get('b') or n} |", flush=True)
+    finally:
+        ntk_mod._auto_block = real
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -440,11 +468,15 @@ def main():
                     "after a run slower than this")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sections", default="floor,mlp,cnn,width")
+    ap.add_argument("--sections", default="floor,mlp,cnn,width,memory")
     ap.add_argument("--n-transformer", type=int, default=32)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--n-resnet", type=int, default=32)
     ap.add_argument("--resnet-width", type=int, default=8)
+    ap.add_argument("--floor-impls", default="auto,structured,jacobian,ntvp")
+    ap.add_argument("--memory-n", type=lambda v: [int(t) for t in v.split(",")],
+                    default=[16, 64, 256])
+    ap.add_argument("--memory-outputs", type=int, default=10)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -459,6 +491,8 @@ def main():
         section_cnn(args, args.device)
     if "width" in sections:
         section_width(args, args.device)
+    if "memory" in sections:
+        section_memory(args, args.device)
 
 
 if __name__ == "__main__":

@@ -130,13 +130,23 @@ def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int
 
 
 def _auto_block(implementation: str, plan, n1: int, n2: int, budget: int) -> int | None:
-    """batch_size=None: one block, unless the per-input Jacobians of two blocks (O P elements
-    per input; O P_u for the structured path's autograd part) would exceed the budget."""
-    per_input = plan.out_dim * (plan.n_params if implementation == "jacobian"
-                                else plan.fallback_params)
+    """batch_size=None: one block, unless the states of two blocks would exceed the budget
+    (elements). Per input: "jacobian" holds O P Jacobian entries; "structured" holds the
+    factors of its known layers (inputs and O cotangents per position), O P_u Jacobian entries
+    of the autograd part, and while recording, activations for the backward passes."""
+    o = plan.out_dim
+    if implementation == "jacobian":
+        per_input = o * plan.n_params
+    else:
+        per_input = o * plan.fallback_params
+        for layer in plan.known:
+            for kind, d_in, (_, g, t, d) in layer.shapes.values():
+                a = {"dense": g * t * d_in, "index": t, "diag": t * d}.get(kind, 0)
+                per_input += a + o * g * t * d
+        per_input += plan.act * (3 + (o if plan.batched_backward else 1))
     if per_input == 0:
         return None
-    b = max(1, budget // (2 * per_input))
+    b = max(1, int(budget // (2 * per_input)))
     return None if b >= max(n1, n2) else b
 
 

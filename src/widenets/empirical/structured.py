@@ -472,17 +472,37 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
 # ------------------------------------------------------------------------------- engine
 @dataclass
 class StructuredState:
-    """Factors of one block of inputs (and lazily their Jacobian forms)."""
+    """Factors of one block of inputs, and the per-sample Jacobians of the autograd part."""
 
     n: int
     factors: dict[str, Factor]
     fallback: list[torch.Tensor]
-    jac: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def jacobian(self, name: str) -> torch.Tensor:
-        if name not in self.jac:
-            self.jac[name] = jacobian_form(self.factors[name])
-        return self.jac[name]
+
+def _outputs_slice(f: Factor, a0: int, a1: int) -> Factor:
+    return Factor(f.kind, f.a, f.c[a0:a1], f.scale, f.d_in)
+
+
+def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -> torch.Tensor:
+    """Eq. 1 contracted: the Jacobian forms of one parameter, built and contracted a slice of
+    outputs at a time in modes "trace" and "diagonal" (at most `budget` elements alive), and
+    never kept: memory is bounded by the factors, not by n O P."""
+    o = f1.shape[0]
+    p = f1.d_in * f1.shape[1] * f1.shape[3] if f1.kind == "dense" else None
+    if mode == "full" or p is None:
+        j1 = jacobian_form(f1)
+        return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
+    step = max(1, min(o, budget // max(1, (f1.n + (0 if same else f2.n)) * p)))
+    parts = []
+    for a0 in range(0, o, step):
+        a1 = min(o, a0 + step)
+        j1 = jacobian_form(_outputs_slice(f1, a0, a1))
+        j2 = j1 if same else jacobian_form(_outputs_slice(f2, a0, a1))
+        parts.append(jacobian_contract(j1, j2, mode))
+        del j1, j2
+    if mode == "trace":
+        return sum(parts[1:], parts[0])
+    return torch.cat(parts, dim=2)
 
 
 class StructuredEngine:
@@ -531,7 +551,8 @@ class StructuredEngine:
             if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
                 parts = [gram_contract(f1s, f2s, mode, self.budget)]
             else:
-                parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
+                parts = [_jacobian_pair(s1.factors[k], s2.factors[k], mode, symmetric,
+                                        self.budget) for k in names]
             for part in parts:
                 out = part if out is None else out.add_(part)
         for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):
