@@ -1,7 +1,8 @@
 """Cost model behind implementation="auto".
 
 From one probe forward pass (`structured.make_plan(count_flops=True)`) we know F, the forward
-multiply-adds of one input (torch.utils.flop_counter), P the trainable parameters, O the outputs
+multiply-adds of one input (exact for the known layers and attention products, one per
+parameter for the rest), P the trainable parameters, O the outputs
 per input, and for every verified known layer its factor shapes. With n1, n2 inputs
 (n2' = 0 when x2 is None, as those Jacobians are reused) and m = O² for mode "full", O otherwise,
 the estimated multiply-adds and peak elements are
@@ -19,7 +20,7 @@ propagates cotangents.
 
 Small models are dominated by per-call overhead, not arithmetic: each implementation also
 dispatches a number of tensor operations, counted from K, the operations of one forward pass
-(`OpCounter` on the probe), as
+(the nodes of the probe's autograd graph), as
 
     jacobian:   blocks x 3 K under vmap + block pairs x (parameter tensors)
     ntvp:       column chunks x 5 K under vmap
@@ -40,28 +41,14 @@ import math
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["DEFAULT_BUDGET_BYTES", "estimate_costs", "choose_implementation", "calibrate",
-           "OpCounter"]
+__all__ = ["DEFAULT_BUDGET_BYTES", "estimate_costs", "choose_implementation", "calibrate"]
 
 #: Memory the automatic choices (implementation, intermediate chunking, caching of blocks) aim
 #: to stay under, in bytes.
 DEFAULT_BUDGET_BYTES = 2 * 2**30
 
 _ORDER = ("structured", "jacobian", "ntvp")
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the tensor operations dispatched while active (`count`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 _CALIBRATION: dict[tuple[str, torch.dtype], tuple[float, float, float]] = {}

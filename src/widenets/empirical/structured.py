@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +33,6 @@ from .attention import (
     describe_attention,
     recording_forward,
 )
-from .cost import OpCounter
 from .factors import (
     Factor,
     choose_form,
@@ -331,9 +329,32 @@ def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-8, torch.float32: 1e-3}.get(dtype, 3e-2)
 
 
-# Forward multiply-adds per input do not depend on the parameter values: counted once per
-# module and probe shape (FlopCounterMode costs a little on every op).
-_FLOPS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _graph_size(fn) -> int:
+    """Nodes of the autograd graph below `fn`: the differentiable operations of the forward."""
+    seen, stack = set(), [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return len(seen)
+
+
+def _forward_macs(verified: list[KnownLayer], records: list[list], layers: list[KnownLayer],
+                  fallback: list[str], target: Target) -> float:
+    """Forward multiply-adds per input: exact for the known layers (G T d_in d_out for a
+    dense factor, T d for the others but biases), plus the attention products (2 L S E per
+    call), plus one multiply-add per parameter of the autograd part (a parameter used once)."""
+    macs = 0.0
+    for layer in verified:
+        for kind, d_in, (_, g, t, d) in layer.shapes.values():
+            macs += {"dense": g * t * d_in * d, "ones": 0}.get(kind, t * d)
+    for layer, rec in zip(layers, records, strict=True):
+        if layer.structure.kind == "attention" and layer in verified:
+            for (xq, xk, _, o), _ in rec:
+                macs += 2.0 * xq.shape[1] * xk.shape[1] * o.shape[-1]
+    return macs + sum(target.params[name].numel() for name in fallback)
 
 
 def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
@@ -343,7 +364,8 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     Args:
         target: the model.
         x_probe: (k, ...) a few inputs (2 are enough to detect batch-axis mix-ups).
-        count_flops: also count forward multiply-adds per input (for implementation="auto").
+        count_flops: also estimate forward multiply-adds per input and count the forward's
+            operations (for implementation="auto").
         seed: seed of the random cotangent used to verify the layer descriptions.
         x_shape: shape of the user's x1, for error messages.
         attention: describe nn.MultiheadAttention modules (attention.py); False sends their
@@ -358,30 +380,15 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             act[0] += out.numel()
 
     p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
-    counter = ops_counter = contextlib.nullcontext()
-    cache_key = (tuple(x_probe.shape), x_probe.dtype, str(x_probe.device))
-    cached = None
-    if count_flops and target.module is not None:
-        cached = _FLOPS_CACHE.get(target.module, {}).get(cache_key)
-    if count_flops and cached is None:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        ops_counter = OpCounter()
     act_handle = nn.modules.module.register_module_forward_hook(count_act)
     try:
-        with torch.enable_grad(), _capture(layers, records), counter, ops_counter:
+        with torch.enable_grad(), _capture(layers, records):
             probe = Target(p_req, target.module, target.fn, target.func)
             out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
-    flops = ops = None
-    if count_flops:
-        flops, ops = cached if cached is not None else \
-            (counter.get_total_flops() / 2 / k, ops_counter.count)
-        if target.module is not None:
-            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = (flops, ops)
+    ops = _graph_size(out.grad_fn) if count_flops else None
     o = out.shape[1]
     n_params = sum(v.numel() for v in target.params.values())
 
@@ -396,6 +403,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     verified = _verify(layers, records, out, p_req, k, seed)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
+    flops = _forward_macs(verified, records, layers, fallback, target) if count_flops else None
     convs = target.module is not None and any(
         isinstance(m, nn.modules.conv._ConvNd) for m in target.module.modules())
     return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
