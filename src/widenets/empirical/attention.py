@@ -63,7 +63,22 @@ class AttentionStructure:
 
 
 def describe_attention(m: nn.Module) -> AttentionStructure | None:
-    """The description of a plain nn.MultiheadAttention, None for what it does not cover."""
+    """The description of a plain nn.MultiheadAttention, None for what it does not cover.
+
+    Args:
+        m: any module.
+
+    Returns:
+        An `AttentionStructure`, or None (not an nn.MultiheadAttention, a subclass with its own
+        forward, bias_k/bias_v, add_zero_attn, or dropout active in train mode).
+
+    Example:
+        >>> from torch import nn
+        >>> describe_attention(nn.MultiheadAttention(8, 2)).packed
+        True
+        >>> describe_attention(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)).packed
+        False
+    """
     if not isinstance(m, nn.MultiheadAttention) \
             or type(m).forward is not nn.MultiheadAttention.forward:
         return None

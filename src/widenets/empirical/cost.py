@@ -60,7 +60,22 @@ def calibrate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.flo
 
     Measured once per process (cached): a 192³ matrix product, 100 additions of 8-element
     tensors, and a vmapped function of 50 such additions. The minimum of three runs of each is
-    taken (the least disturbed by other processes)."""
+    taken (the least disturbed by other processes).
+
+    Args:
+        device: where the kernels will run.
+        dtype: their dtype.
+
+    Returns:
+        (t_mac, t_op, t_vmap) in seconds.
+
+    Example:
+        >>> import torch
+        >>> from widenets.empirical.cost import calibrate
+        >>> t_mac, t_op, t_vmap = calibrate("cpu", torch.float32)
+        >>> 0 < t_mac < t_op
+        True
+    """
     device = torch.device(device)
     key = (str(device), dtype)
     if key in _CALIBRATION:
