@@ -391,13 +391,13 @@ def floor_models(args, device):
     rn = ResNet18(width=args.resnet_width).to(device).eval()
     xr = torch.randn(n_r, 3, 32, 32, device=device)
     ml = mlp(512, device)
-    xm = torch.randn(256, 784, device=device)
+    xm = torch.randn(args.n_mlp, 784, device=device)
     mp = sum(p.numel() for p in rn.parameters()) / 1e6
     return [(f"TransformerEncoder 2x(d={args.d_model}, 4 heads, ff 128), L=24, N={n_t}", tr,
              xt),
             (f"ResNet-18 width {args.resnet_width} ({mp:.2f} M params), 3x32x32, N={n_r}", rn,
              xr),
-            ("MLP 784-512-512-10, N=256", ml, xm)]
+            (f"MLP 784-512-512-10, N={args.n_mlp}", ml, xm)]
 
 
 def section_floor(args, device):
@@ -414,6 +414,14 @@ def section_floor(args, device):
         for impl in args.floor_impls.split(","):
             fns[impl] = lambda impl=impl, model=model, x=x: wn.empirical_ntk(
                 model, x, implementation=impl, mode="trace")
+        n_params = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            jac_gb = x.shape[0] * model(x[:1]).numel() * n_params * 4 / 2**30
+        if jac_gb > args.max_jacobian_gb:    # per-input Jacobians of the whole batch
+            for name in ("torch.func recipe", "jacobian"):
+                fns.pop(name, None)
+                print(f"| {label} | {name} | skipped: its per-input Jacobians take "
+                      f"{jac_gb:.1f} GB | | | | |", flush=True)
         slow, fast = {}, {}
         for name, fn in fns.items():           # a first run decides who is repeated
             t, mem, res = _once(fn, device)
@@ -421,8 +429,9 @@ def section_floor(args, device):
         res = measure_interleaved({k: fns[k] for k in fast}, repeats=args.repeats,
                                   device=device)
         res.update(slow)
-        floor, ref = res["floor"][0], res["torch.func recipe"][0]
-        k_ref = res["torch.func recipe"][2]
+        refname = "torch.func recipe" if "torch.func recipe" in res else "structured"
+        floor, ref = res["floor"][0], res[refname][0]
+        k_ref = res[refname][2]
         choice = auto_choice(model, x, "trace")
         for name, (t, mem, k) in res.items():
             err = "" if name == "floor" else f"{float((k - k_ref).norm() / k_ref.norm()):.1e}"
@@ -474,6 +483,9 @@ def main():
     ap.add_argument("--n-resnet", type=int, default=32)
     ap.add_argument("--resnet-width", type=int, default=8)
     ap.add_argument("--floor-impls", default="auto,structured,jacobian,ntvp")
+    ap.add_argument("--n-mlp", type=int, default=64)
+    ap.add_argument("--max-jacobian-gb", type=float, default=1.0, help="floor section: skip "
+                    "the torch.func recipe and 'jacobian' when n O P floats exceed this")
     ap.add_argument("--memory-n", type=lambda v: [int(t) for t in v.split(",")],
                     default=[16, 64, 256])
     ap.add_argument("--memory-outputs", type=int, default=10)
