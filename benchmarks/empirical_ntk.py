@@ -437,8 +437,9 @@ def section_floor(args, device):
             err = "" if name == "floor" else f"{float((k - k_ref).norm() / k_ref.norm()):.1e}"
             note = f" (chose {choice})" if name == "auto" else ""
             note += " (1 run)" if name in slow else ""
+            vs = f"{t / ref:.2f}" if refname == "torch.func recipe" else "-"
             print(f"| {label} | {name}{note} | {t:.3f} | {mem:.0f} | {t / floor:.2f} | "
-                  f"{t / ref:.2f} | {err} |", flush=True)
+                  f"{vs} | {err} |", flush=True)
 
 
 def section_memory(args, device):
