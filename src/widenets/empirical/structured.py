@@ -557,10 +557,12 @@ class StructuredEngine:
             f1s = [s1.factors[k] for k in names]
             f2s = [s2.factors[k] for k in names]
             if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
-                parts = [gram_contract(f1s, f2s, mode, self.budget)]
+                # intermediates get a quarter of the budget: two blocks' states may hold the
+                # rest (ntk._auto_block), so the peak stays under about 1.5 budgets
+                parts = [gram_contract(f1s, f2s, mode, self.budget // 4)]
             else:
                 parts = [_jacobian_pair(s1.factors[k], s2.factors[k], mode, symmetric,
-                                        self.budget) for k in names]
+                                        self.budget // 4) for k in names]
             for part in parts:
                 out = part if out is None else out.add_(part)
         for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):
