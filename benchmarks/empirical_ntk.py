@@ -15,6 +15,15 @@ reference measured in the same run. Not a test: nothing is asserted.
 2. The CNN of the torch.func NTK tutorial (three 3x3 convs, 32 channels, on 3x32x32, linear to
    10), N=64, modes "full" and "trace": reference = fastest of jacobian/ntvp/structured.
 3. Width scaling of the MLP 784-w-w-10 for w in 256..2048 (N=64, trace).
+4. "floor": the models people train (a 2-layer nn.TransformerEncoder over token embeddings, a
+   ResNet-18-style CNN with BatchNorm in eval mode, the MLP of section 1), trace mode, float32,
+   each implementation's time as a multiple of the model's backward floor and of the torch.func
+   recipe, all measured in the same run. The backward floor is what any exact method must at
+   least do: one batched forward pass, one batched backward pass per output (parameter
+   gradients of the batch), and a Gram matrix of n x n over vectors of the per-input
+   gradients' size O P (an (n, O P) @ (O P, n) product, in slices of the parameter axis).
+   The torch.func recipe is the one of the torch.func NTK tutorial: per-input `vmap(jacrev)`
+   Jacobians, then a contraction.
 """
 
 from __future__ import annotations
@@ -162,7 +171,12 @@ def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def auto_choice(model, x, mode: str) -> str:
     """What implementation="auto" picks for these inputs (same estimate as empirical_ntk)."""
     from widenets.empirical._target import resolve_target
-    from widenets.empirical.cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+    from widenets.empirical.cost import (
+        DEFAULT_BUDGET_BYTES,
+        calibrate,
+        choose_implementation,
+        estimate_costs,
+    )
     from widenets.empirical.structured import make_plan
 
     target = resolve_target(model, None, func="benchmark")
@@ -170,7 +184,7 @@ def auto_choice(model, x, mode: str) -> str:
     budget = DEFAULT_BUDGET_BYTES // x.element_size()
     n = x.shape[0]
     costs = estimate_costs(plan, n, n, mode, symmetric=True, blocks=(n, n), budget=budget)
-    return choose_implementation(costs, budget)
+    return choose_implementation(costs, budget, calibrate(x.device, torch.float32))
 
 
 # ------------------------------------------------------------------------------- sections
@@ -272,6 +286,193 @@ def section_width(args, device):
         print(f"| {w} | " + " | ".join(cells) + " |", flush=True)
 
 
+# ------------------------------------------------------------------------ section "floor"
+class TokenTransformer(nn.Module):
+    """Token embedding + sinusoidal positions (a buffer, as in the torch transformer tutorial)
+    + nn.TransformerEncoder (eval mode) + linear head on the mean over positions. (A learned
+    position nn.Parameter added in forward is exact too, but goes through the autograd path:
+    per-input Jacobians through the whole network, about the cost of the torch.func recipe.)"""
+
+    def __init__(self, vocab=1000, d=64, heads=4, ff=128, layers=2, length=24, out=10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        pos = torch.arange(length)[:, None] / 10000 ** (torch.arange(0, d, 2) / d)
+        self.register_buffer("pos", torch.cat([pos.sin(), pos.cos()], 1))
+        layer = nn.TransformerEncoderLayer(d, heads, ff, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, out)
+
+    def forward(self, idx):
+        return self.head(self.enc(self.emb(idx) + self.pos).mean(1))
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c_out)
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                       nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(h)) + self.short(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 3x32x32 (CIFAR stem: 3x3 conv, no max-pool; [2, 2, 2, 2] basic blocks,
+    strided 1x1 shortcuts, BatchNorm, global average pool). width=64 is the standard 11 M
+    parameter network; the benchmark uses a narrower one on this machine."""
+
+    def __init__(self, width=64, out=10):
+        super().__init__()
+        w = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]),
+                                  nn.ReLU())
+        blocks, c = [], w[0]
+        for i, wi in enumerate(w):
+            blocks += [_Block(c, wi, 1 if i == 0 else 2), _Block(wi, wi, 1)]
+            c = wi
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c, out)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def torch_func_ntk(model, x):
+    """The torch.func tutorial recipe, trace mode: per-input Jacobians by vmap(jacrev), then
+    Σ_a J_a J_aᵀ / O."""
+    from torch.func import functional_call, jacrev, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def f(p, xi):
+        return functional_call(model, p, (xi[None],)).reshape(-1)
+
+    jac = vmap(jacrev(f), (None, 0))(params, x)
+    out = None
+    for j in jac.values():
+        j = j.flatten(2)
+        part = torch.einsum("iap,jap->ij", j, j)
+        out = part if out is None else out + part
+    return out / j.shape[1]
+
+
+def backward_floor(model, x):
+    """A function doing the floor's work (see the module docstring) for `model` on `x`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    with torch.no_grad():
+        o = model(x[:1]).numel()
+    n = x.shape[0]
+    cols = min(o * n_params, max(1, 2**24 // n))
+    buf = torch.randn(n, cols, device=x.device, dtype=params[0].dtype)
+
+    def run():
+        out = model(x).reshape(n, -1)
+        for a in range(o):
+            torch.autograd.grad(out[:, a].sum(), params, retain_graph=a < o - 1)
+        gram = torch.zeros(n, n, device=x.device, dtype=buf.dtype)
+        for start in range(0, o * n_params, cols):
+            part = buf[:, :min(cols, o * n_params - start)]
+            gram.addmm_(part, part.T)
+        return gram
+
+    return run
+
+
+def floor_models(args, device):
+    torch.manual_seed(0)
+    n_t, n_r = args.n_transformer, args.n_resnet
+    tr = TokenTransformer(d=args.d_model).to(device).eval()
+    xt = torch.randint(0, 1000, (n_t, 24), device=device)
+    rn = ResNet18(width=args.resnet_width).to(device).eval()
+    xr = torch.randn(n_r, 3, 32, 32, device=device)
+    ml = mlp(512, device)
+    xm = torch.randn(args.n_mlp, 784, device=device)
+    mp = sum(p.numel() for p in rn.parameters()) / 1e6
+    return [(f"TransformerEncoder 2x(d={args.d_model}, 4 heads, ff 128), L=24, N={n_t}", tr,
+             xt),
+            (f"ResNet-18 width {args.resnet_width} ({mp:.2f} M params), 3x32x32, N={n_r}", rn,
+             xr),
+            (f"MLP 784-512-512-10, N={args.n_mlp}", ml, xm)]
+
+
+def section_floor(args, device):
+    print(f"\n### Backward floor and torch.func recipe, mode='trace', float32, {device} "
+          f"(median of {args.repeats} after a warm-up; runs slower than {args.cap:.0f} s: "
+          f"one run)\n")
+    print("| model | implementation | median s | peak MB | x floor | x torch.func | rel. diff |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for label, model, x in floor_models(args, device):
+        fns = {"floor": backward_floor(model, x),
+               "torch.func recipe": lambda model=model, x=x: torch_func_ntk(model, x)}
+        if isinstance(model, nn.Sequential):
+            fns["hand-written"] = lambda model=model, x=x: hand_written_mlp_ntk(model, x)
+        for impl in args.floor_impls.split(","):
+            fns[impl] = lambda impl=impl, model=model, x=x: wn.empirical_ntk(
+                model, x, implementation=impl, mode="trace")
+        n_params = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            jac_gb = x.shape[0] * model(x[:1]).numel() * n_params * 4 / 2**30
+        if jac_gb > args.max_jacobian_gb:    # per-input Jacobians of the whole batch
+            for name in ("torch.func recipe", "jacobian"):
+                fns.pop(name, None)
+                print(f"| {label} | {name} | skipped: its per-input Jacobians take "
+                      f"{jac_gb:.1f} GB | | | | |", flush=True)
+        slow, fast = {}, {}
+        for name, fn in fns.items():           # a first run decides who is repeated
+            t, mem, res = _once(fn, device)
+            (slow if t > args.cap else fast)[name] = (t, mem, res)
+        res = measure_interleaved({k: fns[k] for k in fast}, repeats=args.repeats,
+                                  device=device)
+        res.update(slow)
+        refname = "torch.func recipe" if "torch.func recipe" in res else "structured"
+        floor, ref = res["floor"][0], res[refname][0]
+        k_ref = res[refname][2]
+        choice = auto_choice(model, x, "trace")
+        for name, (t, mem, k) in res.items():
+            err = "" if name == "floor" else f"{float((k - k_ref).norm() / k_ref.norm()):.1e}"
+            note = f" (chose {choice})" if name == "auto" else ""
+            note += " (1 run)" if name in slow else ""
+            vs = f"{t / ref:.2f}" if refname == "torch.func recipe" else "-"
+            print(f"| {label} | {name}{note} | {t:.3f} | {mem:.0f} | {t / floor:.2f} | "
+                  f"{vs} | {err} |", flush=True)
+
+
+def section_memory(args, device):
+    """Peak memory of batch_size=None on ResNet-18 (width 64, 11 M parameters), 3x32x32, trace
+    mode, for growing n: with inputs blocked by the memory estimate the peak stays flat."""
+    print(f"\n### Memory: ResNet-18 (11.2 M params, {args.memory_outputs} output(s)), 3x32x32, "
+          f"mode='trace', batch_size=None, float32, {device} (one run each)\n")
+    print("| n | implementation | seconds | peak MB | blocks of |")
+    print("|---|---|---|---|---|", flush=True)
+    torch.manual_seed(0)
+    model = ResNet18(width=64, out=args.memory_outputs).to(device).eval()
+    from widenets.empirical import ntk as ntk_mod
+
+    chosen = {}
+    real = ntk_mod._auto_block
+
+    def spy(*a, **k):
+        chosen["b"] = real(*a, **k)
+        return chosen["b"]
+
+    ntk_mod._auto_block = spy
+    try:
+        for n in args.memory_n:
+            x = torch.randn(n, 3, 32, 32, device=device)
+            t, mem, _ = _once(lambda x=x: wn.empirical_ntk(model, x, mode="trace"), device)
+            print(f"| {n} | auto | {t:.1f} | {mem:.0f} | {chosen.get('b') or n} |", flush=True)
+    finally:
+        ntk_mod._auto_block = real
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -280,7 +481,18 @@ def main():
                     "after a run slower than this")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sections", default="mlp,cnn,width")
+    ap.add_argument("--sections", default="floor,mlp,cnn,width,memory")
+    ap.add_argument("--n-transformer", type=int, default=32)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--n-resnet", type=int, default=32)
+    ap.add_argument("--resnet-width", type=int, default=8)
+    ap.add_argument("--floor-impls", default="auto,structured,jacobian,ntvp")
+    ap.add_argument("--n-mlp", type=int, default=64)
+    ap.add_argument("--max-jacobian-gb", type=float, default=1.0, help="floor section: skip "
+                    "the torch.func recipe and 'jacobian' when n O P floats exceed this")
+    ap.add_argument("--memory-n", type=lambda v: [int(t) for t in v.split(",")],
+                    default=[16, 64, 256])
+    ap.add_argument("--memory-outputs", type=int, default=10)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -288,12 +500,16 @@ def main():
           f"medians of {args.repeats} runs after a warm-up (jacobian and ntvp: single runs)",
           flush=True)
     sections = args.sections.split(",")
+    if "floor" in sections:
+        section_floor(args, args.device)
     if "mlp" in sections:
         section_mlp(args, args.device)
     if "cnn" in sections:
         section_cnn(args, args.device)
     if "width" in sections:
         section_width(args, args.device)
+    if "memory" in sections:
+        section_memory(args, args.device)
 
 
 if __name__ == "__main__":

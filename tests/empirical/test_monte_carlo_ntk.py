@@ -20,7 +20,7 @@ def test_monte_carlo_ntk_is_the_mean_of_per_network_ntks():
     net = wn.serial(wn.Dense(16, w_std=1.3, b_std=0.2), wn.Erf(),
                     wn.Dense(3, w_std=0.8, b_std=0.1, parameterization="standard"))
     x1, x2 = x_inputs(), x_inputs(4, seed=1)
-    mc = wn.monte_carlo_kernel(net, x1, x2, in_shape=(8,), n_samples=3, seed=5, get="ntk")
+    mc = wn.monte_carlo_kernel(net, x1, x2, n_samples=3, seed=5, get="ntk")
     ref = sum(wn.empirical_ntk(net.module((8,), seed=5 + s, dtype=DT), x1, x2,
                                implementation="jacobian") for s in range(3)) / 3
     assert float((mc - ref).norm() / ref.norm()) < 1e-10
@@ -36,5 +36,19 @@ def test_monte_carlo_ntk_converges_to_the_analytic_ntk():
                     wn.Dense(1, w_std=1.5, b_std=0.1))
     x = x_inputs()
     exact = net.kernel(x, get="ntk")
-    mc = wn.monte_carlo_kernel(net, x, in_shape=(8,), n_samples=8, get="ntk")
+    mc = wn.monte_carlo_kernel(net, x, n_samples=8, get="ntk")
     assert float((mc - exact).norm() / exact.norm()) < 0.10
+
+
+def test_in_shape_is_read_from_x1_and_deprecated():
+    """in_shape= is optional (read from x1) and deprecated; given, it must still match x1."""
+    import pytest
+
+    net = wn.serial(wn.Dense(16), wn.Relu(), wn.Dense(1))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    new = wn.monte_carlo_kernel(net, x, n_samples=2, get="nngp")
+    with pytest.warns(FutureWarning, match=r"monte_carlo_kernel: in_shape= is deprecated"):
+        old = wn.monte_carlo_kernel(net, x, in_shape=(4,), n_samples=2, get="nngp")
+    assert torch.equal(new, old)            # same networks (same seeds, same shape)
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"x1 must have shape"):
+        wn.monte_carlo_kernel(net, x, in_shape=(5,), n_samples=1)

@@ -135,3 +135,44 @@ def test_cuda_matches_cpu(references):
         out = wn.empirical_ntk(model, x1.to(dev), x2.to(dev), implementation=impl, mode="full")
         assert out.device.type == "cuda"
         assert rel(out.cpu(), ref) < TOL
+
+
+def test_attention_replacement_is_checked_against_the_module(references, monkeypatch):
+    """If the recording re-implementation of nn.MultiheadAttention were not the module's own
+    function (mutation: its output scaled by 1.01), make_plan must notice on the probe and send
+    the attention parameters to the autograd path: the kernel stays exact."""
+    import widenets.empirical.structured as st
+
+    real = st.recording_forward
+
+    def wrong(m, record):
+        fwd = real(m, record)
+
+        def forward(*args, **kwargs):
+            y, w = fwd(*args, **kwargs)
+            return y * 1.01, w
+        return forward
+
+    monkeypatch.setattr(st, "recording_forward", wrong)
+    model, params, x1, x2, ref = references("causal_decoder_layer")
+    plan = make_plan(resolve_target(model, params, func="test"), x1[:2])
+    assert not any(layer.structure.kind == "attention" for layer in plan.known)
+    assert "dec.self_attn.in_proj_weight" in plan.fallback
+    out = wn.empirical_ntk(model, x1, x2, implementation="structured", mode="full")
+    assert rel(out, ref) < TOL
+
+
+def test_batch_size_none_blocks_by_the_structured_state(references, monkeypatch):
+    """batch_size=None with a budget smaller than the factors of the whole batch: the inputs
+    are split into blocks (mutation caught: the old estimate, which counted only the autograd
+    part, gave one block here since every parameter is known) and the kernel is unchanged."""
+    import widenets.empirical.ntk as ntk
+
+    monkeypatch.setattr(ntk, "DEFAULT_BUDGET_BYTES", 60_000 * 8)
+    chosen = []
+    real = ntk._auto_block
+    monkeypatch.setattr(ntk, "_auto_block", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    model, params, x1, x2, ref = references("resnet_batchnorm_eval")
+    out = wn.empirical_ntk(model, x1, x2, implementation="structured", mode="full")
+    assert chosen and chosen[0] is not None and chosen[0] < x1.shape[0]
+    assert rel(out, ref) < TOL

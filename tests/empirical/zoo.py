@@ -130,10 +130,9 @@ class FunctionalUse(nn.Module):
 
 
 class Transformer(nn.Module):
-    """nn.TransformerEncoderLayer (train mode, dropout 0: the eval fast path is a fused kernel
-    without forward-mode AD) then a linear head on the mean over positions. Attention weights
-    are used through F.multi_head_attention_forward (generic path); seq-first layouts put the
-    positions on axis 0, which the structured path must detect and leave to autograd."""
+    """nn.TransformerEncoderLayer (train mode, dropout 0) then a linear head on the mean over
+    positions. The attention's projections are applied functionally (attention.py records
+    them); seq-first layouts put the positions on axis 0 of the Linear/LayerNorm inputs."""
 
     def __init__(self, batch_first):
         super().__init__()
@@ -145,6 +144,133 @@ class Transformer(nn.Module):
         h = self.enc(x if self.batch_first else x.transpose(0, 1))
         h = h if self.batch_first else h.transpose(0, 1)
         return self.head(h.mean(1))
+
+
+class TokenEncoder(nn.Module):
+    """Token embedding + learned positions + a 2-layer nn.TransformerEncoder (sequence-first,
+    pre-norm, eval mode: dropout off, fused fast path possible) with a key padding mask from
+    token 0, mean-pooled, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(9, 4)
+        self.pos = nn.Parameter(torch.zeros(3, 1, 4))
+        layer = nn.TransformerEncoderLayer(4, 2, 6, dropout=0.1, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, idx):
+        h = self.emb(idx.T) + self.pos                     # (L, n, d)
+        h = self.enc(h, src_key_padding_mask=idx == 0)
+        return self.head(h.mean(0))
+
+
+class CausalDecoder(nn.Module):
+    """nn.TransformerDecoderLayer (batch_first) with a causal self-attention mask and
+    cross-attention to a memory of another length (4 positions against 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(2, 4)
+        self.mem = nn.Linear(3, 4)
+        self.dec = nn.TransformerDecoderLayer(4, 2, 5, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):                                  # x: (n, 6, 2)
+        tgt = self.inp(x[:, :3])                           # (n, 3, 4)
+        memory = self.mem(torch.cat([x[:, 2:], x[:, 2:, :1] ** 2], -1))   # (n, 4, 3)
+        mask = nn.Transformer.generate_square_subsequent_mask(3, dtype=x.dtype)
+        h = self.dec(tgt, memory, tgt_mask=mask, tgt_is_causal=True)
+        return self.head(h[:, -1])
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c_out)
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                       nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(h)) + self.short(x))
+
+
+class TinyResNet(nn.Module):
+    """ResNet-style: stem conv + BatchNorm (eval, non-trivial running statistics), a block with
+    an identity shortcut, a strided block with a 1x1 conv shortcut, global average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(3, 3, 1), BasicBlock(3, 4, 2))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _resnet():
+    m = _init(TinyResNet(), 11)
+    with torch.no_grad():
+        for i, bn in enumerate(b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
+            c = bn.num_features
+            bn.running_mean.copy_(torch.linspace(-0.3, 0.2, c, dtype=DT) * (i + 1) / 3)
+            bn.running_var.copy_(torch.linspace(0.6, 1.7, c, dtype=DT))
+    return m.eval(), None
+
+
+class PatchViT(nn.Module):
+    """ViT-style: 2x2 patches by a strided Conv2d, positions, one nn.MultiheadAttention with
+    separate q/k/v weights (kdim, vdim differ from embed_dim), no bias, need_weights left at
+    True (the weights are returned and used), then a LayerNorm and a head on the mean token."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(2, 4, 2, stride=2)
+        self.pos = nn.Parameter(torch.zeros(4, 4))
+        self.kv = nn.Linear(4, 3)
+        self.attn = nn.MultiheadAttention(4, 2, bias=False, kdim=3, vdim=3, batch_first=True)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):                                  # (n, 2, 4, 4)
+        t = self.patch(x).flatten(2).transpose(1, 2) + self.pos   # (n, 4 patches, 4)
+        kv = self.kv(t)
+        h, w = self.attn(t, kv, kv)
+        h = self.norm(h + t) * (1 + w.sum(-1, keepdim=True))
+        return self.head(h.mean(1))
+
+
+class TemperatureAttention(nn.MultiheadAttention):
+    """A customised attention: a learned temperature inside the softmax (here on the queries,
+    before the module's own projections). Its forward is not nn.MultiheadAttention's, so its
+    parameters must go through the exact autograd path."""
+
+    def __init__(self, d, h):
+        super().__init__(d, h, batch_first=True)
+        self.log_t = nn.Parameter(torch.zeros(()))
+
+    def forward(self, query, key, value, **kwargs):
+        return super().forward(query * self.log_t.exp(), key, value, **kwargs)
+
+
+class CustomAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 4)
+        self.attn = TemperatureAttention(4, 2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
 
 
 def _mlp():
@@ -223,6 +349,10 @@ def _tokens():
     return _init(Tokens(), 4), None
 
 
+ENC_LAYER = {f"enc.{p}" for p in (
+    "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias", "norm1.weight",
+    "norm1.bias", "norm2.weight", "norm2.bias", "self_attn.in_proj_weight",
+    "self_attn.in_proj_bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias")}
 X5 = (_x((5, 5), 10), _x((3, 5), 11))
 TOK = (torch.tensor([[1, 2, 0, 2], [3, 3, 10, 0], [0, 0, 5, 1], [7, 1, 2, 2], [4, 9, 9, 9]]),
        torch.tensor([[2, 2, 1, 0], [10, 3, 3, 4], [0, 0, 0, 6]]))
@@ -256,12 +386,14 @@ ZOO = {
                       {"0.bias", "2.weight", "2.bias", "4.weight"}),
     "function": (_function, _x((5, 4), 25), _x((3, 4), 26), set()),
     "transformer": (lambda: (_init(Transformer(True), 10), None), _x((5, 3, 4), 28),
-                    _x((3, 3, 4), 29),
-                    {"enc.linear1.weight", "enc.linear1.bias", "enc.linear2.weight",
-                     "enc.linear2.bias", "enc.norm1.weight", "enc.norm1.bias",
-                     "enc.norm2.weight", "enc.norm2.bias", "head.weight", "head.bias"}),
+                    _x((3, 3, 4), 29), ENC_LAYER | {"head.weight", "head.bias"}),
+    # sequence-first: the Linear/LayerNorm inputs are (L, n, d); the probe finds batch axis 1
+    # (with L = 2 = the probe size only the per-input check of make_plan tells the axes apart)
     "transformer_seq_first": (lambda: (_init(Transformer(False), 10), None), _x((5, 3, 4), 28),
-                              _x((3, 3, 4), 29), {"head.weight", "head.bias"}),
+                              _x((3, 3, 4), 29), ENC_LAYER | {"head.weight", "head.bias"}),
+    "transformer_seq_first_length_2": (lambda: (_init(Transformer(False), 10), None),
+                                       _x((5, 2, 4), 40), _x((3, 2, 4), 41),
+                                       ENC_LAYER | {"head.weight", "head.bias"}),
     "widenets_conv_layernorm": (_widenets_conv, _x((5, 2, 5, 4), 30), _x((3, 2, 5, 4), 31),
                                 {"0.weight", "0.bias", "2.weight", "2.bias", "3.weight",
                                  "6.weight", "6.bias"}),
@@ -269,6 +401,47 @@ ZOO = {
                        {"0.weight", "0.bias", "3.branches.0.weight", "3.branches.1.weight",
                         "3.branches.1.bias", "6.weight", "6.bias"}),
 }
+
+TOK_ENC = (torch.tensor([[1, 2, 0], [3, 3, 8], [5, 0, 0], [7, 1, 2], [4, 4, 4]]),
+           torch.tensor([[2, 2, 1], [8, 3, 0], [6, 6, 6]]))
+ATTN = "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"
+
+
+def _layer_names(prefix, names):
+    return {f"{prefix}.{n}" for n in names}
+
+
+ZOO.update({
+    "token_transformer_encoder": (
+        lambda: (_init(TokenEncoder(), 12).eval(), None), *TOK_ENC,
+        {"emb.weight", "head.weight", "head.bias"}
+        | {f"enc.layers.{i}.{p}" for i in range(2)
+           for p in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
+                     "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")
+           + tuple(f"self_attn.{a}" for a in ATTN)}),
+    "causal_decoder_layer": (
+        lambda: (_init(CausalDecoder(), 13), None), _x((5, 6, 2), 32), _x((3, 6, 2), 33),
+        {"inp.weight", "inp.bias", "mem.weight", "mem.bias", "head.weight", "head.bias"}
+        | _layer_names("dec", ("linear1.weight", "linear1.bias", "linear2.weight",
+                               "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight",
+                               "norm2.bias", "norm3.weight", "norm3.bias"))
+        | _layer_names("dec.self_attn", ATTN) | _layer_names("dec.multihead_attn", ATTN)),
+    "resnet_batchnorm_eval": (
+        _resnet, _x((5, 2, 6, 6), 34), _x((3, 2, 6, 6), 35),
+        {"stem.0.weight", "stem.1.weight", "stem.1.bias", "fc.weight", "fc.bias"}
+        | {f"blocks.{i}.{p}" for i in range(2) for p in
+           ("c1.weight", "b1.weight", "b1.bias", "c2.weight", "b2.weight", "b2.bias")}
+        | {"blocks.1.short.0.weight", "blocks.1.short.1.weight", "blocks.1.short.1.bias"}),
+    "vit_patch_attention": (
+        lambda: (_init(PatchViT(), 14), None), _x((5, 2, 4, 4), 36), _x((3, 2, 4, 4), 37),
+        {"patch.weight", "patch.bias", "kv.weight", "kv.bias", "norm.weight", "norm.bias",
+         "head.weight", "head.bias", "attn.q_proj_weight", "attn.k_proj_weight",
+         "attn.v_proj_weight", "attn.out_proj.weight"}),
+    "custom_attention_temperature": (
+        lambda: (_init(CustomAttention(), 15), None), _x((5, 3, 3), 38), _x((3, 3, 3), 39),
+        {"inp.weight", "inp.bias", "head.weight", "head.bias"}),
+})
+
 
 def reference_ntk(model, params, x1, x2) -> torch.Tensor:
     """(n1, n2, O, O) by one autograd.grad per input and output on the model's own forward."""

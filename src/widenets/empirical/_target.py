@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 __all__ = ["Target", "resolve_target", "check_inputs", "check_choice", "check_batch_size",
-           "MODES", "IMPLEMENTATIONS"]
+           "check_fixed_function", "MODES", "IMPLEMENTATIONS"]
 
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
@@ -223,3 +223,88 @@ def check_batch_size(batch_size, *, func: str) -> int | None:
         raise ValueError(f"{func}: batch_size must be a positive int (inputs per block) or None "
                          f"for one block, got {batch_size!r}")
     return batch_size
+
+
+# ------------------------------------------------------------------ a fixed function per input
+def _probe_pair(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor | None:
+    """Two different inputs from the user's data: x1[0] and the first other row that differs
+    from it (x1, then x2); else x1[0] with its entries rolled (a different input of the same
+    dtype and value set). None when no different input can be made (a constant input)."""
+    a = x1[0]
+    for xs in (x1[1:9], None if x2 is None else x2[:8]):
+        if xs is None:
+            continue
+        for row in xs:
+            if not torch.equal(row, a):
+                return torch.stack([a, row])
+    b = a.flatten().roll(1).reshape(a.shape)
+    if torch.equal(b, a) and torch.is_floating_point(a):
+        b = a + 1.0
+    return None if torch.equal(b, a) else torch.stack([a, b])
+
+
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda" and torch.cuda.is_available():
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def check_fixed_function(target: Target, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
+    """Raise ValueError unless the model is a fixed function applied to each input on its own.
+
+    The empirical kernels are properties of x -> f(x; θ). Two ways a forward breaks that
+    without any module saying so (the module-level checks of `resolve_target` see nn.Dropout and
+    BatchNorm, not functional calls):
+
+    * randomness, e.g. ``F.dropout(h, p, training=True)`` or ``torch.randn`` inside forward:
+      detected when one forward pass consumes random numbers of the global generators, or when
+      two forward passes on the same inputs differ;
+    * coupling of the batch, e.g. ``h - h.mean(0)`` or ``softmax(h, dim=0)``: detected when the
+      rows of a forward pass on two different inputs differ from forward passes on each input
+      alone. Without this check the batched implementations ("structured", "ntvp") and the
+      per-input one ("jacobian") silently give different, meaningless kernels (zero for
+      ``h - h.mean(0)`` per input).
+
+    Cost: four forward passes of one or two inputs. Tolerance: differences below 1e-8 (float64;
+    1e-4 float32, 1e-2 lower precisions) of the output's scale are rounding (batched and single
+    matrix products round differently); the coupling and randomness above are O(1).
+    """
+    func = target.func
+    pair = _probe_pair(x1, x2)
+    if pair is None:
+        return
+    params = target.params
+    device = pair.device
+    try:
+        with torch.no_grad():
+            before = _rng_states(device)
+            out = target(params, pair)
+            after = _rng_states(device)
+            again = target(params, pair)
+            single = torch.cat([target(params, pair[:1]), target(params, pair[1:])])
+    except Exception:  # noqa: BLE001 - a made-up second input the model rejects: no check
+        return
+    if not torch.is_floating_point(out):
+        return
+    consumed = any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    scale = float(out.abs().max()) + float(single.abs().max())
+    tol = {torch.float64: 1e-8, torch.float32: 1e-4}.get(out.dtype, 1e-2) * scale + 1e-300
+    repeat_diff = float((out - again).abs().max())
+    if consumed or not repeat_diff <= tol:
+        why = ("one forward pass consumed random numbers" if consumed else
+               f"two forward passes on the same inputs differ by {repeat_diff:.2e}")
+        raise ValueError(
+            f"{func}: the model is random ({why}), e.g. F.dropout(..., training=True) or "
+            f"torch.randn inside forward, so it is not a fixed function and its empirical kernel "
+            f"is undefined; make forward deterministic (pass training=self.training to "
+            f"F.dropout and call model.eval())")
+    couple_diff = float((out - single).abs().max())
+    if not couple_diff <= tol:
+        raise ValueError(
+            f"{func}: the model's output for one input depends on the other inputs of its batch "
+            f"(a batch of 2 differs from the same 2 inputs run one at a time by "
+            f"{couple_diff:.2e}, output scale {scale / 2:.2e}), e.g. h - h.mean(0), "
+            f"softmax(..., dim=0) or batch statistics in forward; the empirical kernel is "
+            f"defined for a function of one input, so make forward treat each row of the batch "
+            f"independently")

@@ -287,8 +287,11 @@ def jacobian_form(f: Factor) -> torch.Tensor:
     o, g, t, d = f.shape
     n = f.n
     if f.kind == "dense":
-        j = torch.einsum("aigto,igtk->iagok", f.c, f.a)
-        j = j.reshape(n, o, -1)
+        # one batched matrix product over (input, group): (O d_out, T) @ (T, d_in)
+        k = f.a.shape[-1]
+        c = f.c.permute(1, 2, 0, 4, 3).reshape(n * g, o * d, t)
+        j = torch.bmm(c, f.a.reshape(n * g, t, k)).reshape(n, g, o, d * k)
+        j = j.transpose(1, 2).reshape(n, o, -1)
     elif f.kind == "ones":
         j = f.c.sum(dim=3).permute(1, 0, 2, 3).reshape(n, o, -1)
     elif f.kind == "diag":

@@ -12,6 +12,7 @@ from torch.func import jacrev, vmap
 
 from ._target import Target
 from .factors import jacobian_contract
+from .ntvp import math_attention
 
 __all__ = ["jacobian_ntk", "per_sample_jacobians", "JacobianEngine"]
 
@@ -30,7 +31,8 @@ def per_sample_jacobians(target: Target, names: list[str], x: torch.Tensor,
 
     n = x.shape[0]
     try:
-        jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=chunk_size)(diff, x)
+        with math_attention():      # the fused attention kernels have no batching rules
+            jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=chunk_size)(diff, x)
     except RuntimeError:
         # Some ops have broken or missing batching rules: the same Jacobians, one input and one
         # output at a time.

@@ -1,12 +1,14 @@
 """Monte Carlo estimates of the infinite-width kernels from random finite networks.
 
-Each sample draws a fresh `net.module(in_shape, seed=seed + s)`; the NNGP estimate averages
+Each sample draws a fresh `net.module(x1.shape[1:], seed=seed + s)`; the NNGP estimate averages
 the output second moments f(x1) f(x2)ᵀ / O and the NTK estimate averages the empirical NTK
 (mean over the O outputs), computed by the "structured" implementation of `empirical_ntk`.
 Both converge to `net.kernel` as the widths and n_samples grow.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -17,27 +19,29 @@ from .ntk import empirical_ntk
 __all__ = ["monte_carlo_kernel"]
 
 
-def monte_carlo_kernel(net: Layer, x1, x2=None, *, in_shape, n_samples: int, seed: int = 0,
-                       get=None, dtype: torch.dtype = torch.float64):
+def monte_carlo_kernel(net: Layer, x1, x2=None, *, n_samples: int, seed: int = 0,
+                       get=None, dtype: torch.dtype = torch.float64, in_shape=None):
     """Average empirical NNGP and NTK over `n_samples` random finite networks.
 
     Args:
         net: a widenets layer (its `.module` gives the finite networks).
-        x1: (n1, *in_shape) inputs; x2: (n2, *in_shape) or None for x1.
-        in_shape: shape of one input without the batch axis.
+        x1: (n1, *input_shape) inputs; the networks are built for input_shape = x1.shape[1:].
+        x2: (n2, *input_shape) or None for x1.
         n_samples: number of random networks.
         seed: networks use seeds seed, seed + 1, ...
         get: None for a `Kernel`, or "nngp" / "ntk" / a tuple of them.
         dtype: dtype of the finite networks and the estimate.
+        in_shape: deprecated since 0.2 (the shape is read from x1); if given it must equal
+            x1.shape[1:].
 
     Returns:
         As `Layer.kernel`. The Kernel's cov1/cov2 are the estimated output variances.
 
     Example:
-        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
-        >>> x = torch.randn(3, 4)
-        >>> mc = wn.monte_carlo_kernel(net, x, in_shape=(4,), n_samples=4, get="ntk")
-        >>> mc.shape
+        >>> import torch, widenets as wn
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(3, 5, dtype=torch.float64)
+        >>> wn.monte_carlo_kernel(net, x, n_samples=2, get="nngp").shape
         torch.Size([3, 3])
     """
     fname = "monte_carlo_kernel"
@@ -48,7 +52,12 @@ def monte_carlo_kernel(net: Layer, x1, x2=None, *, in_shape, n_samples: int, see
     gets = _parse_get(get, fname)
     x1 = as_input_tensor(x1, func=fname, arg="x1", dtype=dtype)
     x2t = None if x2 is None else as_input_tensor(x2, func=fname, arg="x2", dtype=dtype)
-    shape = tuple(in_shape) if not isinstance(in_shape, int) else (in_shape,)
+    shape = tuple(x1.shape[1:])
+    if in_shape is not None:
+        warnings.warn(f"{fname}: in_shape= is deprecated since 0.2: the input shape is read "
+                      f"from x1 (in_shape is only checked against it)", FutureWarning,
+                      stacklevel=2)
+        shape = tuple(in_shape) if not isinstance(in_shape, int) else (in_shape,)
     for arg, x in (("x1", x1), ("x2", x2t)):
         if x is not None and tuple(x.shape[1:]) != shape:
             raise ValueError(f"{fname}: {arg} must have shape (n, *in_shape) = (n, "

@@ -19,10 +19,12 @@ from ._target import (
     Target,
     check_batch_size,
     check_choice,
+    check_fixed_function,
     check_inputs,
     resolve_target,
 )
-from .cost import DEFAULT_BUDGET_BYTES, choose_implementation, estimate_costs
+from .attention import no_fused_attention
+from .cost import DEFAULT_BUDGET_BYTES, calibrate, choose_implementation, estimate_costs
 from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
 from .structured import StructuredEngine, make_plan
@@ -55,12 +57,20 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         params: None for the module's trainable parameters; or a dict name -> tensor (for a
             module, exactly its trainable parameter names) giving the point p0.
         implementation: "jacobian" (per-sample Jacobians, then contraction), "ntvp"
-            (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram products for
-            nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, widenets' Dense/Conv modules, cheap per-input
-            Jacobians for the scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm,
-            autograd Jacobians of the other parameters only; see `structure.py`) or "auto"
-            (the cheapest by the estimate in `widenets.empirical.cost`). All are exact and
-            agree to rounding.
+            (NTK-vector products, no full Jacobian), "structured" (layer-wise Gram or Jacobian
+            products for nn.Linear (also on sequences, batch-first or sequence-first),
+            nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention (so nn.Transformer*Layer; see
+            `attention.py`), widenets' Dense/Conv modules, cheap per-input Jacobians for the
+            scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm, autograd Jacobians of
+            the other parameters only; see `structure.py`) or "auto"
+            (the fastest by the estimate in `widenets.empirical.cost`: multiply-adds and
+            dispatched operations, weighted by per-process timings of this device). All are
+            exact and agree to rounding. Where "auto" can miss the fastest: the estimates are
+            within a factor ~2 of measured times, so when two implementations are that close
+            (small convolutional networks on CPU, where the vmapped per-input Jacobians of
+            "jacobian" run near the backward floor) it may pick the one up to ~1.5x slower;
+            a bare nn.Parameter used in forward (e.g. learned positions) costs "structured" one
+            per-input Jacobian pass through the whole model.
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
@@ -75,7 +85,10 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     Raises:
         ValueError: bad mode, implementation or batch_size; inputs the model rejects (with its
             own message); no trainable parameters; params keys that do not match the model;
-            BatchNorm in train mode; a non-finite result.
+            BatchNorm in train mode; a random forward (F.dropout(training=True), noise) or one
+            whose output for an input depends on the rest of its batch (h - h.mean(0),
+            softmax over dim 0), found by `check_fixed_function` on two of the inputs.
+        FloatingPointError: a non-finite result.
         TypeError: model or params of the wrong type.
 
     Example:
@@ -95,6 +108,16 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
     x1, x2 = check_inputs(x1, x2, func=func)
     if x2 is not None:
         target.call_checked(x2[:1], "x2", x2.shape)
+    check_fixed_function(target, x1, x2)
+    with no_fused_attention():
+        out, plan = _ntk(target, x1, x2, implementation, mode, batch_size)
+    if mode == "trace":
+        out = out / plan.out_dim
+    _check_finite(out, func)
+    return out
+
+
+def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int | None):
     itemsize = torch.empty((), dtype=target.dtype).element_size()
     budget = DEFAULT_BUDGET_BYTES // itemsize
     plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
@@ -106,7 +129,8 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
-        implementation = choose_implementation(costs, budget)
+        implementation = choose_implementation(costs, budget,
+                                               calibrate(x1.device, target.dtype))
     if batch_size is None and implementation in ("jacobian", "structured"):
         batch_size = _auto_block(implementation, plan, n1, n2, budget)
     try:
@@ -118,20 +142,27 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
         out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
                           batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
-    if mode == "trace":
-        out = out / plan.out_dim
-    _check_finite(out, func)
-    return out
+    return out, plan
 
 
 def _auto_block(implementation: str, plan, n1: int, n2: int, budget: int) -> int | None:
-    """batch_size=None: one block, unless the per-input Jacobians of two blocks (O P elements
-    per input; O P_u for the structured path's autograd part) would exceed the budget."""
-    per_input = plan.out_dim * (plan.n_params if implementation == "jacobian"
-                                else plan.fallback_params)
+    """batch_size=None: one block, unless the states of two blocks would exceed the budget
+    (elements). Per input: "jacobian" holds O P Jacobian entries; "structured" holds the
+    factors of its known layers (inputs and O cotangents per position), O P_u Jacobian entries
+    of the autograd part, and while recording, activations for the backward passes."""
+    o = plan.out_dim
+    if implementation == "jacobian":
+        per_input = o * plan.n_params
+    else:
+        per_input = o * plan.fallback_params
+        for layer in plan.known:
+            for kind, d_in, (_, g, t, d) in layer.shapes.values():
+                a = {"dense": g * t * d_in, "index": t, "diag": t * d}.get(kind, 0)
+                per_input += a + o * g * t * d
+        per_input += plan.act * (3 + (o if plan.batched_backward else 1))
     if per_input == 0:
         return None
-    b = max(1, budget // (2 * per_input))
+    b = max(1, int(budget // (2 * per_input)))
     return None if b >= max(n1, n2) else b
 
 
@@ -231,6 +262,8 @@ def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
     batch_size = check_batch_size(batch_size, func=func)
     target = resolve_target(model, params, func=func)
     x1, x2 = check_inputs(x1, x2, func=func)
+    target.call_checked(x1[:1], "x1", x1.shape)
+    check_fixed_function(target, x1, x2)
     f1 = _outputs(target, x1, batch_size, "x1")
     f2 = f1 if x2 is None else _outputs(target, x2, batch_size, "x2")
     if mode == "trace":

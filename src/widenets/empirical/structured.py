@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ._target import Target
+from .attention import (
+    SHARED_COTANGENTS,
+    AttentionStructure,
+    attention_factors,
+    describe_attention,
+    recording_forward,
+)
 from .factors import (
     Factor,
     choose_form,
@@ -50,16 +56,21 @@ class KnownLayer:
         name: module path in the model ("" for the model itself).
         module: the module.
         structure: its description.
-        roles: "weight"/"bias" -> trainable parameter name.
+        roles: "weight"/"bias" (attention: the parameter's attribute path) -> trainable
+            parameter name.
         ksize: conv kernel size (affine: the parameter's shape); vocab: embedding rows.
+        batch_axis: the axis of the layer's input that indexes the inputs of the batch (0, or
+            1 for sequence-first layouts (L, n, d) of Linear/Embedding/LayerNorm), found by the
+            probe.
     """
 
     name: str
     module: nn.Module
-    structure: LayerStructure
+    structure: LayerStructure | AttentionStructure
     roles: dict[str, str]
     ksize: tuple[int, ...] = ()
     vocab: int = 0
+    batch_axis: int = 0
     # per-input factor shapes from the probe: param name -> (kind, d_in, (O, G, T, d_out))
     shapes: dict[str, tuple] = field(default_factory=dict)
 
@@ -75,6 +86,9 @@ class Plan:
         n_params: total trainable parameter count; fallback_params: of the fallback ones.
         flops: forward multiply-adds per input (None when not counted).
         act: output elements of all leaf modules per input (an activation-memory estimate).
+        batched_backward: compute the output cotangents by one backward pass vmapped over the
+            outputs (False for models with convolutions: a loop over outputs is faster).
+        ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
     known: list[KnownLayer]
@@ -84,13 +98,22 @@ class Plan:
     fallback_params: int
     flops: float | None = None
     act: float = 0.0
+    batched_backward: bool = True
+    ops: int | None = None
+    n_tensors: int = 0
 
 
 # ----------------------------------------------------------------------------- capturing
 @contextlib.contextmanager
 def _capture(layers: list[KnownLayer], records: list[list]):
-    """Forward hooks: record each call's input and add a zero δ (requires grad) to its output."""
+    """Record every call of every layer: records[i] gets (inputs, deltas) per call of layer i,
+    with zero tensors δ (requires grad) added to the outputs of its linear maps, so that the
+    cotangents ∂f_a/∂y are ∂f_a/∂δ; None for a call that cannot be recorded.
+
+    Module layers get a forward hook (inputs = (x,), deltas = (δ,)); attention layers run
+    `attention.recording_forward` instead of their own forward (four inputs and deltas)."""
     handles = []
+    patched = []
 
     def make_hook(idx):
         def hook(mod, args, out):
@@ -99,38 +122,71 @@ def _capture(layers: list[KnownLayer], records: list[list]):
                 records[idx].append(None)
                 return None
             delta = torch.zeros_like(out, requires_grad=True)
-            records[idx].append((args[0].detach(), delta))
+            records[idx].append(((args[0].detach(),), (delta,)))
             return out + delta
         return hook
 
     try:
         for i, layer in enumerate(layers):
-            handles.append(layer.module.register_forward_hook(make_hook(i)))
+            if layer.structure.kind == "attention":
+                layer.module.forward = recording_forward(layer.module, records[i])
+                patched.append(layer.module)
+            else:
+                handles.append(layer.module.register_forward_hook(make_hook(i)))
         yield
     finally:
         for h in handles:
             h.remove()
+        for mod in patched:
+            del mod.forward
 
 
-def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O)."""
+def _deltas(records: list[list]) -> list[torch.Tensor]:
+    return [d for rec in records for (_, ds) in rec for d in ds]
+
+
+def _split(records: list[list], grads: list[torch.Tensor]) -> list[list[tuple]]:
+    """The flat list of cotangents (in `_deltas` order) as records[layer][call] tuples."""
+    out, pos = [], 0
+    for rec in records:
+        calls = []
+        for _, ds in rec:
+            calls.append(tuple(grads[pos:pos + len(ds)]))
+            pos += len(ds)
+        out.append(calls)
+    return out
+
+
+def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
+                       batched: bool = True) -> list[torch.Tensor]:
+    """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O).
+
+    batched: one backward pass vmapped over the O outputs (`is_grads_batched`); else (or when
+    an op has no batching rule, or a wrong one) one backward pass per output. The loop is the
+    faster of the two for convolutions, whose vmapped backward is slow in torch 2.x CPU builds.
+    """
     n, o = out.shape
     basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*performance drop.*")
-            grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
-                                        allow_unused=True, retain_graph=True)
-        grads = _fill(grads, inputs, o)
-        if not _projection_matches(out, inputs, grads):
-            grads = None            # a batching rule that runs but is wrong
-    except RuntimeError:            # an op without a batching rule
-        grads = None
-    if grads is None:               # one backward pass per output instead
-        per = [torch.autograd.grad(out, inputs, basis[a], allow_unused=True, retain_graph=True)
-               for a in range(o)]
-        grads = _fill([None if per[0][k] is None else torch.stack([p[k] for p in per])
-                       for k in range(len(inputs))], inputs, o)
+    grads = None
+    if batched and o > 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
+                                            allow_unused=True, retain_graph=True)
+            grads = _fill(grads, inputs, o)
+            if not _projection_matches(out, inputs, grads):
+                grads = None            # a batching rule that runs but is wrong
+        except RuntimeError:            # an op without a batching rule
+            grads = None
+    if grads is None:                   # one backward pass per output
+        grads = [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
+        for a in range(o):
+            per = torch.autograd.grad(out, inputs, basis[a], allow_unused=True,
+                                      retain_graph=True)
+            for g, p in zip(grads, per, strict=True):
+                if p is not None:
+                    g[a] = p
     return grads
 
 
@@ -168,12 +224,27 @@ def _tied_names(module: nn.Module) -> set[str]:
     return {name for names in by_id.values() if len(names) > 1 for name in names}
 
 
-def _candidates(target: Target) -> list[KnownLayer]:
+def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
     module = target.module
     if module is None:
         return []
     tied = _tied_names(module)
     out = []
+    claimed: set[str] = set()
+    if attention:
+        for mname, mod in module.named_modules():
+            st = describe_attention(mod)
+            if st is None:
+                continue
+            roles = {}
+            for role, attr in st.param_attrs():
+                pname = f"{mname}.{attr}" if mname else attr
+                if pname in target.params and pname not in tied:
+                    roles[role] = pname
+            if roles:
+                out.append(KnownLayer(mname, mod, st, roles))
+                claimed.update(f"{mname}.{attr}" if mname else attr
+                               for _, attr in st.param_attrs())
     for mname, mod in module.named_modules():
         st = describe_module(mod)
         if st is None:
@@ -181,7 +252,7 @@ def _candidates(target: Target) -> list[KnownLayer]:
         roles = {}
         for role, attr in st.param_attrs():
             pname = f"{mname}.{attr}" if mname else attr
-            if pname in target.params and pname not in tied:
+            if pname in target.params and pname not in tied and pname not in claimed:
                 roles[role] = pname
         if not roles:
             continue
@@ -193,31 +264,57 @@ def _candidates(target: Target) -> list[KnownLayer]:
     return out
 
 
+def _batch_axes(layer: KnownLayer, rec, k: int) -> list[int]:
+    """Axes of the layer's input that may index the k probe inputs: 0, and 1 for layers whose
+    parameters act on the last axis only (sequence-first layouts)."""
+    st = layer.structure
+    axes = [0] if all(xs[0].shape[0] == k for xs, _ in rec) else []
+    per_position = st.kind in ("linear", "embedding") or \
+        (st.kind == "affine" and st.param_layout == "trailing")
+    min_ndim = 2 if st.kind == "embedding" else 3
+    if per_position and all(xs[0].ndim >= min_ndim and xs[0].shape[1] == k for xs, _ in rec):
+        axes.append(1)
+    return axes
+
+
 def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | None:
-    """Factors of all calls of a layer (calls are extra positions), or None if unusable."""
+    """Factors of all calls of a layer (calls are extra positions), or None if unusable.
+
+    rec: the layer's recorded calls (inputs, deltas); grads: per call, the cotangents at its
+    deltas, each (O, *delta.shape)."""
+    st = layer.structure
     per_role: dict[str, list[Factor]] = {r: [] for r in layer.roles}
-    for (xin, _), g in zip(rec, grads, strict=True):
-        if xin.shape[0] != n or g.shape[1] != n:
-            return None
-        if layer.structure.kind == "conv" and xin.ndim != 2 + len(layer.ksize):
-            return None
-        fs = factors_for_call(layer.structure, tuple(layer.roles), xin, g, ksize=layer.ksize,
-                              vocab=layer.vocab)
+    ax = layer.batch_axis
+    for (xs, _), gs in zip(rec, grads, strict=True):
+        if st.kind == "attention":
+            if any(x.shape[0] != n for x in xs) or any(g.shape[1] != n for g in gs):
+                return None
+            fs = attention_factors(st, tuple(layer.roles), xs, gs)
+        else:
+            xin, g = xs[0], gs[0]
+            if xin.ndim <= ax or xin.shape[ax] != n or g.shape[1 + ax] != n:
+                return None
+            if ax:
+                xin, g = xin.movedim(ax, 0), g.movedim(1 + ax, 1)
+            if st.kind == "conv" and xin.ndim != 2 + len(layer.ksize):
+                return None
+            fs = factors_for_call(st, tuple(layer.roles), xin, g, ksize=layer.ksize,
+                                  vocab=layer.vocab)
         for role, f in fs.items():
             per_role[role].append(f)
     out = {}
-    for role, pname in layer.roles.items():
+    for role in layer.roles:
         fs = per_role[role]
         if fs[0].kind == "dense" and len({f.a.shape[-1] for f in fs}) > 1:
             return None
         if len({f.c.shape[-1] for f in fs}) > 1 or len({f.c.shape[2] for f in fs}) > 1:
             return None
-        out[pname] = concat_calls(fs)
-    if len(out) == 2:
-        w, b = out.values()
-        if w.c.shape == b.c.shape:          # linear, or conv with groups=1: share one cotangent
-            b.c = w.c
-    return out
+        out[role] = concat_calls(fs)
+    shared = SHARED_COTANGENTS if st.kind == "attention" else (("weight", "bias"),)
+    for w, b in shared:
+        if w in out and b in out and out[w].c.shape == out[b].c.shape:
+            out[b].c = out[w].c         # linear, or conv with groups=1: share one cotangent
+    return {layer.roles[role]: f for role, f in out.items()}
 
 
 def _groups(factors: dict[str, Factor]) -> list[list[str]]:
@@ -232,23 +329,49 @@ def _tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-8, torch.float32: 1e-3}.get(dtype, 3e-2)
 
 
-# Forward multiply-adds per input do not depend on the parameter values: counted once per
-# module and probe shape (FlopCounterMode costs a little on every op).
-_FLOPS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _graph_size(fn) -> int:
+    """Nodes of the autograd graph below `fn`: the differentiable operations of the forward."""
+    seen, stack = set(), [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return len(seen)
+
+
+def _forward_macs(verified: list[KnownLayer], records: list[list], layers: list[KnownLayer],
+                  fallback: list[str], target: Target) -> float:
+    """Forward multiply-adds per input: exact for the known layers (G T d_in d_out for a
+    dense factor, T d for the others but biases), plus the attention products (2 L S E per
+    call), plus one multiply-add per parameter of the autograd part (a parameter used once)."""
+    macs = 0.0
+    for layer in verified:
+        for kind, d_in, (_, g, t, d) in layer.shapes.values():
+            macs += {"dense": g * t * d_in * d, "ones": 0}.get(kind, t * d)
+    for layer, rec in zip(layers, records, strict=True):
+        if layer.structure.kind == "attention" and layer in verified:
+            for (xq, xk, _, o), _ in rec:
+                macs += 2.0 * xq.shape[1] * xk.shape[1] * o.shape[-1]
+    return macs + sum(target.params[name].numel() for name in fallback)
 
 
 def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = False,
-              seed: int = 0, x_shape=None) -> Plan:
+              seed: int = 0, x_shape=None, attention: bool = True) -> Plan:
     """Run the model on a small probe batch: output size, verified known layers, FLOPs.
 
     Args:
         target: the model.
         x_probe: (k, ...) a few inputs (2 are enough to detect batch-axis mix-ups).
-        count_flops: also count forward multiply-adds per input (for implementation="auto").
+        count_flops: also estimate forward multiply-adds per input and count the forward's
+            operations (for implementation="auto").
         seed: seed of the random cotangent used to verify the layer descriptions.
         x_shape: shape of the user's x1, for error messages.
+        attention: describe nn.MultiheadAttention modules (attention.py); False sends their
+            parameters to the autograd path.
     """
-    layers = _candidates(target)
+    layers = _candidates(target, attention=attention)
     records: list[list] = [[] for _ in layers]
     act = [0]
 
@@ -257,85 +380,137 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             act[0] += out.numel()
 
     p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
-    counter = contextlib.nullcontext()
-    cache_key = (tuple(x_probe.shape), x_probe.dtype, str(x_probe.device))
-    cached = None
-    if count_flops and target.module is not None:
-        cached = _FLOPS_CACHE.get(target.module, {}).get(cache_key)
-    if count_flops and cached is None:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
     act_handle = nn.modules.module.register_module_forward_hook(count_act)
     try:
-        with torch.enable_grad(), _capture(layers, records), counter:
+        with torch.enable_grad(), _capture(layers, records):
             probe = Target(p_req, target.module, target.fn, target.func)
             out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
         act_handle.remove()
     k = x_probe.shape[0]
-    flops = None
-    if count_flops:
-        flops = cached if cached is not None else counter.get_total_flops() / 2 / k
-        if target.module is not None:
-            _FLOPS_CACHE.setdefault(target.module, {})[cache_key] = flops
+    ops = _graph_size(out.grad_fn) if count_flops else None
     o = out.shape[1]
     n_params = sum(v.numel() for v in target.params.values())
 
-    verified: list[KnownLayer] = []
+    if any(layer.structure.kind == "attention" for layer in layers):
+        # The attention layers ran `attention.recording_forward`: it must be the same function
+        # as the modules' own forward, else describe the model without it.
+        with torch.no_grad():
+            plain = target(target.params, x_probe)
+        if not _close(out.detach(), plain, _tolerance(out.dtype)):
+            return make_plan(target, x_probe, count_flops=count_flops, seed=seed,
+                             x_shape=x_shape, attention=False)
+    verified = _verify(layers, records, out, p_req, k, seed)
+    known_names = {p for layer in verified for p in layer.roles.values()}
+    fallback = [name for name in target.params if name not in known_names]
+    flops = _forward_macs(verified, records, layers, fallback, target) if count_flops else None
+    convs = target.module is not None and any(
+        isinstance(m, nn.modules.conv._ConvNd) for m in target.module.modules())
+    return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
+                fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
+                act=act[0] / k, batched_backward=not convs, ops=ops,
+                n_tensors=len(target.params))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    return a.shape == b.shape and float((a - b).norm()) <= tol * float(b.norm()) + 1e-30
+
+
+def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
+            p_req: dict[str, torch.Tensor], k: int, seed: int) -> list[KnownLayer]:
+    """Keep the layer descriptions (and parameters) whose factors give autograd's per-input
+    gradients on the probe.
+
+    For a random cotangent v (k, O) and each probe input r, autograd gives g_r = ∂(v_r·f(x_r))/∂θ
+    and the cotangents at the layers' δ for v restricted to row r. The factors built from those
+    (the k rows playing the role of outputs) must give Jacobian rows J[i, r] = g_r if i = r and
+    0 otherwise (eq. 1 of factors.py). A parameter also used outside its module gives a
+    different g_r; an input axis that does not index the batch (sequence-first layouts: tried as
+    axis 0 and 1) puts g_r on the wrong row i. Both fail, with probability 1 over v.
+    """
     usable = [i for i, rec in enumerate(records) if rec and all(r is not None for r in rec)]
-    if usable:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
-        deltas = [d for i in usable for (_, d) in records[i]]
-        names = list(p_req)
-        grads = torch.autograd.grad(out, [p_req[n] for n in names] + deltas, v,
-                                    allow_unused=True)
-        true = dict(zip(names, grads[:len(names)], strict=True))
-        dgrads = list(grads[len(names):])
-        tol = _tolerance(out.dtype)
-        pos = 0
-        for i in usable:
-            layer, rec = layers[i], records[i]
-            gs = [(torch.zeros_like(d) if g is None else g)[None]
-                  for g, (_, d) in zip(dgrads[pos:pos + len(rec)], rec, strict=True)]
-            pos += len(rec)
+    if not usable:
+        return []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    recs = [records[i] for i in usable]
+    deltas = _deltas(recs)
+    names = list(p_req)
+    leaves = [p_req[n] for n in names] + deltas
+    rows = []
+    for r in range(k):
+        vr = torch.zeros_like(v)
+        vr[r] = v[r]
+        g = torch.autograd.grad(out, leaves, vr, allow_unused=True, retain_graph=r < k - 1)
+        rows.append([torch.zeros_like(x) if gi is None else gi for gi, x in zip(g, leaves,
+                                                                                 strict=True)])
+    stacked = [torch.stack([row[j] for row in rows]) for j in range(len(leaves))]
+    true = dict(zip(names, stacked[:len(names)], strict=True))
+    calls = _split(recs, stacked[len(names):])
+    tol = _tolerance(out.dtype)
+    verified = []
+    for i, gs in zip(usable, calls, strict=True):
+        layer, rec = layers[i], records[i]
+        axes = [0] if layer.structure.kind == "attention" else _batch_axes(layer, rec, k)
+        best = None
+        for ax in axes:
+            layer.batch_axis = ax
             fs = _call_factors(layer, rec, gs, k)
             if fs is None:
                 continue
-            for role, pname in list(layer.roles.items()):
+            ok = {}
+            for role, pname in layer.roles.items():
                 f = fs[pname]
-                ref = true[pname]
-                ref = torch.zeros_like(p_req[pname]) if ref is None else ref
-                rebuilt = jacobian_form(f).sum(0).reshape(ref.shape)
-                err = float((rebuilt - ref).norm())
-                if err <= tol * float(ref.norm()) + 1e-30:
-                    layer.shapes[pname] = (f.kind, f.d_in, f.shape)
-                else:                       # used elsewhere too, or described wrongly
-                    del layer.roles[role]
-            if layer.roles:
-                verified.append(layer)
-    known_names = {p for layer in verified for p in layer.roles.values()}
-    fallback = [name for name in target.params if name not in known_names]
-    return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
-                fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
-                act=act[0] / k)
+                ref = true[pname].reshape(k, -1)
+                want = torch.zeros((k, k, ref.shape[1]), dtype=ref.dtype, device=ref.device)
+                want[torch.arange(k), torch.arange(k)] = ref
+                if _close(jacobian_form(f), want, tol):
+                    ok[role] = (f.kind, f.d_in, (1, *f.shape[1:]))
+            if best is None or len(ok) > len(best[1]):
+                best = (ax, ok)
+        if best is None or not best[1]:
+            continue
+        layer.batch_axis = best[0]
+        layer.roles = {role: p for role, p in layer.roles.items() if role in best[1]}
+        layer.shapes = {layer.roles[role]: shape for role, shape in best[1].items()}
+        verified.append(layer)
+    return verified
 
 
 # ------------------------------------------------------------------------------- engine
 @dataclass
 class StructuredState:
-    """Factors of one block of inputs (and lazily their Jacobian forms)."""
+    """Factors of one block of inputs, and the per-sample Jacobians of the autograd part."""
 
     n: int
     factors: dict[str, Factor]
     fallback: list[torch.Tensor]
-    jac: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def jacobian(self, name: str) -> torch.Tensor:
-        if name not in self.jac:
-            self.jac[name] = jacobian_form(self.factors[name])
-        return self.jac[name]
+
+def _outputs_slice(f: Factor, a0: int, a1: int) -> Factor:
+    return Factor(f.kind, f.a, f.c[a0:a1], f.scale, f.d_in)
+
+
+def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -> torch.Tensor:
+    """Eq. 1 contracted: the Jacobian forms of one parameter, built and contracted a slice of
+    outputs at a time in modes "trace" and "diagonal" (at most `budget` elements alive), and
+    never kept: memory is bounded by the factors, not by n O P."""
+    o = f1.shape[0]
+    p = f1.d_in * f1.shape[1] * f1.shape[3] if f1.kind == "dense" else None
+    if mode == "full" or p is None:
+        j1 = jacobian_form(f1)
+        return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
+    step = max(1, min(o, budget // max(1, (f1.n + (0 if same else f2.n)) * p)))
+    parts = []
+    for a0 in range(0, o, step):
+        a1 = min(o, a0 + step)
+        j1 = jacobian_form(_outputs_slice(f1, a0, a1))
+        j2 = j1 if same else jacobian_form(_outputs_slice(f2, a0, a1))
+        parts.append(jacobian_contract(j1, j2, mode))
+        del j1, j2
+    if mode == "trace":
+        return sum(parts[1:], parts[0])
+    return torch.cat(parts, dim=2)
 
 
 class StructuredEngine:
@@ -355,13 +530,15 @@ class StructuredEngine:
             records: list[list] = [[] for _ in layers]
             with torch.enable_grad(), _capture(layers, records):
                 out = self.target(self.params, x)
-            deltas = [d for rec in records for (_, d) in rec]
-            grads = output_basis_grads(out, deltas)
+            if any(r is None for rec in records for r in rec):
+                raise RuntimeError(
+                    f"{self.target.func}: a layer changed how it is called between the probe "
+                    f"and the batch of {n}; use implementation='jacobian'")
+            grads = output_basis_grads(out, _deltas(records),
+                                       batched=self.plan.batched_backward)
             del out
-            pos = 0
-            for layer, rec in zip(layers, records, strict=True):
-                fs = _call_factors(layer, rec, grads[pos:pos + len(rec)], n)
-                pos += len(rec)
+            for layer, rec, gs in zip(layers, records, _split(records, grads), strict=True):
+                fs = _call_factors(layer, rec, gs, n)
                 if fs is None:
                     raise RuntimeError(
                         f"{self.target.func}: layer '{layer.name}' changed how it is called "
@@ -380,9 +557,12 @@ class StructuredEngine:
             f1s = [s1.factors[k] for k in names]
             f2s = [s2.factors[k] for k in names]
             if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
-                parts = [gram_contract(f1s, f2s, mode, self.budget)]
+                # intermediates get a quarter of the budget: two blocks' states may hold the
+                # rest (ntk._auto_block), so the peak stays under about 1.5 budgets
+                parts = [gram_contract(f1s, f2s, mode, self.budget // 4)]
             else:
-                parts = [jacobian_contract(s1.jacobian(k), s2.jacobian(k), mode) for k in names]
+                parts = [_jacobian_pair(s1.factors[k], s2.factors[k], mode, symmetric,
+                                        self.budget // 4) for k in names]
             for part in parts:
                 out = part if out is None else out.add_(part)
         for j1, j2 in zip(s1.fallback, s2.fallback, strict=True):

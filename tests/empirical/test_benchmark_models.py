@@ -1,0 +1,52 @@
+"""The models of benchmarks/empirical_ntk.py (at tiny sizes, float64): every implementation
+equals the per-input autograd reference to 1e-10 relative (rounding ~1e-15; a missing term,
+factor or transposition is O(1)), so the benchmark times exact kernels."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import widenets as wn
+
+from .zoo import reference_ntk
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "empirical_ntk.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("empirical_ntk_benchmark", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def models(bench):
+    torch.manual_seed(0)
+    tr = bench.TokenTransformer(vocab=20, d=8, heads=2, ff=12, layers=2, length=5, out=3)
+    rn = bench.ResNet18(width=2, out=3)
+    with torch.no_grad():
+        for bn in (m for m in rn.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 1.5)
+    return {"transformer": (tr.double().eval(), torch.randint(0, 20, (3, 5)),
+                            torch.randint(0, 20, (2, 5))),
+            "resnet18": (rn.double().eval(), torch.randn(3, 3, 8, 8, dtype=torch.float64),
+                         torch.randn(2, 3, 8, 8, dtype=torch.float64)),
+            "mlp": (bench.mlp(6, "cpu", torch.float64), torch.randn(3, 784, dtype=torch.float64),
+                    torch.randn(2, 784, dtype=torch.float64))}
+
+
+@pytest.mark.parametrize("name", ["transformer", "resnet18", "mlp"])
+def test_benchmark_models_exact(bench, name):
+    model, x1, x2 = models(bench)[name]
+    ref = reference_ntk(model, None, x1, x2)
+    for impl in ("auto", "structured", "jacobian", "ntvp"):
+        full = wn.empirical_ntk(model, x1, x2, implementation=impl, mode="full")
+        assert float((full - ref).norm() / ref.norm()) < 1e-10, impl
+    # the recipe and the floor helper of the benchmark: the recipe is the same kernel
+    recipe = bench.torch_func_ntk(model, x1)
+    want = reference_ntk(model, None, x1, x1).diagonal(dim1=2, dim2=3).mean(-1)
+    assert float((recipe - want).norm() / want.norm()) < 1e-10
