@@ -63,3 +63,7 @@ def __getattr__(name):
 
         return importlib.import_module(".sklearn", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+from .hyperparameters import hyperparameter_domains, hyperparameters, with_hyperparameters  # noqa: E402
+
+__all__ += ["hyperparameters", "hyperparameter_domains", "with_hyperparameters"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernel import Kernel
-from .base import Layer, check_parameterization, check_std, new_source, normal_
+from .base import Layer, as_number, check_parameterization, check_std, new_source, normal_
 
 __all__ = ["Dense", "DenseModule"]
 
@@ -85,6 +85,8 @@ class Dense(Layer):
         self.b_std = check_std(b_std, func="Dense", arg="b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization, func="Dense")
 
+    hyperparameter_domains = {"w_std": "positive", "b_std": "positive"}
+
     def apply_kernel(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             raise ValueError(f"Dense.kernel: expected one input, got {len(k)} branches; "
@@ -102,11 +104,11 @@ class Dense(Layer):
         ntk = None
         if k.ntk is not None:
             if self.parameterization == "ntk":
-                ntk = torch.add(nngp, k.ntk, alpha=w2)        # Θ' = K' + σw² Θ
+                ntk = nngp + w2 * k.ntk                       # Θ' = K' + σw² Θ
             else:
                 bias_term = 0.0 if self.b_std is None else 1.0
                 # Θ' = n K + 1 + σw² Θ
-                ntk = torch.mul(k.nngp, k.channels).add_(bias_term).add_(k.ntk, alpha=w2)
+                ntk = torch.mul(k.nngp, k.channels).add_(bias_term).add_(w2 * k.ntk)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
                          is_input=False, channels=self.out, sources=new_source())
 
@@ -114,6 +116,6 @@ class Dense(Layer):
         if isinstance(in_shape, list) or len(in_shape) != 1:
             raise ValueError(f"Dense.module: in_shape must be (features,), got {in_shape!r}; "
                              f"put Flatten() before Dense for images")
-        mod = DenseModule(in_shape[0], self.out, self.w_std, self.b_std, self.parameterization,
-                          generator, dtype)
+        mod = DenseModule(in_shape[0], self.out, as_number(self.w_std), as_number(self.b_std),
+                          self.parameterization, generator, dtype)
         return mod, (self.out,)

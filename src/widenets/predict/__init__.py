@@ -23,3 +23,12 @@ __all__ = [
     "gradient_descent_mse_ensemble", "max_learning_rate", "Gaussian", "MSEPredictor",
     "ODEPredictor", "EnsemblePredictor", "mse_loss", "cross_entropy_loss",
 ]
+
+from .likelihood import (  # noqa: E402
+    FitResult,
+    cv_log_likelihood,
+    fit_hyperparameters,
+    marginal_likelihood,
+)
+
+__all__ += ["marginal_likelihood", "cv_log_likelihood", "fit_hyperparameters", "FitResult"]
