@@ -350,7 +350,8 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
 
     def snapshot(step: int, value: float) -> None:
         vals, nz = current()
-        record.append({"step": step, "objective": value, "noise": float(torch.as_tensor(nz).detach()),
+        nz = float(torch.as_tensor(nz).detach())
+        record.append({"step": step, "objective": value, "noise": nz,
                        **{k: float(v.detach()) for k, v in vals.items()}})
 
     if optimizer == "lbfgs":
