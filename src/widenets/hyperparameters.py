@@ -24,7 +24,8 @@ import torch
 
 from .layers.base import Layer, check_hyperparameter_tensor, check_std
 
-__all__ = ["hyperparameters", "hyperparameter_domains", "with_hyperparameters", "match_names"]
+__all__ = ["hyperparameters", "hyperparameter_domains", "with_hyperparameters", "match_names",
+           "hyperparameter_groups"]
 
 DOMAINS = ("positive", "real")
 
@@ -183,3 +184,44 @@ def with_hyperparameters(net: Layer, values: dict) -> Layer:
         return new
 
     return rebuild(net, "")
+
+
+def hyperparameter_groups(net: Layer, *, names=None, tied=False,
+                          func: str = "hyperparameter_groups") -> dict[str, list[str]]:
+    """The free parameters of a fit: group label -> the hyperparameter names sharing a value.
+
+    Args:
+        net: a widenets network.
+        names: which hyperparameters: None (all), a name or glob, or a list of them.
+        tied: False (each its own group), True (one group per attribute name, labelled
+            "*.w_std"), or a dict label -> glob pattern (the rest stay free).
+        func: the public function to name in errors.
+
+    Example:
+        >>> import widenets as wn
+        >>> net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+        >>> wn.hyperparameter_groups(net, tied=True)["*.w_std"]
+        ['0.w_std', '2.w_std']
+    """
+    domains = hyperparameter_domains(net)
+    chosen = list(domains) if names is None else [
+        n for hits in match_names(domains, [names] if isinstance(names, str) else names,
+                                  func=func, arg="names").values() for n in hits]
+    chosen = list(dict.fromkeys(chosen))
+    if tied is False or tied is None:
+        return {n: [n] for n in chosen}
+    if tied is True:               # one value per attribute name: all w_std, all b_std, ...
+        out: dict[str, list[str]] = {}
+        for n in chosen:
+            out.setdefault("*." + n.rsplit(".", 1)[-1], []).append(n)
+        return out
+    if isinstance(tied, dict):
+        out, used = {}, set()
+        for label, hits in match_names(chosen, tied.values(), func=func, arg="tied").items():
+            label = next(k for k, v in tied.items() if v == label)
+            out[label] = hits
+            used.update(hits)
+        out.update({n: [n] for n in chosen if n not in used})
+        return out
+    raise TypeError(f"{func}: tied must be True (one value per attribute name), False, or a "
+                    f"dict label -> glob pattern, got {tied!r}")

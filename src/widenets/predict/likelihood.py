@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..hyperparameters import hyperparameter_domains, hyperparameters, match_names
-from ..layers.base import Layer
+from ..hyperparameters import (
+    hyperparameter_domains,
+    hyperparameter_groups,
+    hyperparameters,
+    match_names,
+)
+from ..layers.base import Layer, as_number
 from ._linalg import KERNEL_NAMES, SymmetricEig, as_targets, time_factors
 
 __all__ = ["marginal_likelihood", "cv_log_likelihood", "fit_hyperparameters", "FitResult"]
@@ -230,32 +235,6 @@ class _Transform:
         return torch.exp(u) if self.domain == "positive" else u
 
 
-def _groups(net: Layer, names, tied, func: str) -> dict[str, list[str]]:
-    """Free parameters: group label -> the hyperparameter names sharing its value."""
-    domains = hyperparameter_domains(net)
-    chosen = list(domains) if names is None else [
-        n for hits in match_names(domains, [names] if isinstance(names, str) else names,
-                                  func=func, arg="names").values() for n in hits]
-    chosen = list(dict.fromkeys(chosen))
-    if tied is False or tied is None:
-        return {n: [n] for n in chosen}
-    if tied is True:               # one value per attribute name: all w_std, all b_std, ...
-        out: dict[str, list[str]] = {}
-        for n in chosen:
-            out.setdefault("*." + n.rsplit(".", 1)[-1], []).append(n)
-        return out
-    if isinstance(tied, dict):
-        out, used = {}, set()
-        for label, hits in match_names(chosen, tied.values(), func=func, arg="tied").items():
-            label = next(k for k, v in tied.items() if v == label)
-            out[label] = hits
-            used.update(hits)
-        out.update({n: [n] for n in chosen if n not in used})
-        return out
-    raise TypeError(f"{func}: tied must be True (one value per attribute name), False, or a "
-                    f"dict label -> glob pattern, got {tied!r}")
-
-
 def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, tied=False,
                         noise: float = 0.1, learn_noise: bool = True,
                         objective: str = "marginal_likelihood", t=None,
@@ -306,7 +285,7 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
         raise ValueError(f"{func}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{func}: steps must be a positive int, got {steps!r}")
-    groups = _groups(net, names, tied, func)
+    groups = hyperparameter_groups(net, names=names, tied=tied, func=func)
     if not groups and not learn_noise:
         raise ValueError(f"{func}: nothing to fit: names selects no hyperparameter and "
                          f"learn_noise=False")
@@ -322,8 +301,7 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
         first = members[0]
         tr = _Transform(domains[first], bound_of.get(first), first, func)
         transforms[label] = tr
-        v0 = float(torch.as_tensor(start[first]).detach()) if isinstance(
-            start[first], torch.Tensor) else float(start[first])
+        v0 = float(as_number(start[first]))
         params[label] = torch.tensor(tr.inverse(v0), dtype=dtype, requires_grad=True)
     noise_tr = _Transform("positive", None, "noise", func)
     u_noise = torch.tensor(noise_tr.inverse(float(noise)), dtype=dtype,
@@ -350,7 +328,7 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
 
     def snapshot(step: int, value: float) -> None:
         vals, nz = current()
-        nz = float(torch.as_tensor(nz).detach())
+        nz = float(as_number(nz))
         record.append({"step": step, "objective": value, "noise": nz,
                        **{k: float(v.detach()) for k, v in vals.items()}})
 
