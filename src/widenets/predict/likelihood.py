@@ -365,5 +365,5 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
     vals, nz = current()
     plain = {k: float(v.detach()) for k, v in vals.items()}
     fitted = net.with_hyperparameters(plain)
-    return FitResult(net=fitted, noise=float(as_number(nz)), hyperparameters=hyperparameters(fitted),
-                     objective=final, record=record)
+    return FitResult(net=fitted, noise=float(as_number(nz)),
+                     hyperparameters=hyperparameters(fitted), objective=final, record=record)
