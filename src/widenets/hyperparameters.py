@@ -11,7 +11,7 @@ the layer's position in the tree of combinators and the attribute:
 `with_hyperparameters` returns a copy with some of them replaced; keys may be glob patterns
 ("*.w_std"), which ties one value to every matching hyperparameter. Values may be 0-d torch
 tensors with `requires_grad=True`: `net.kernel(...)` is then differentiable with respect to
-them (autograd through the closed forms, docs/math.md §Hyperparameters).
+them (autograd through the closed forms, docs/math.md §marginal-likelihood).
 """
 
 from __future__ import annotations

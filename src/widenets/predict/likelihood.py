@@ -5,7 +5,7 @@ activation parameters; `widenets.hyperparameters`), so the Gaussian-process evid
 
     log p(y | X) = -½ Σ_c y_cᵀ (K + σ²I)⁻¹ y_c - (k/2) log det(K + σ²I) - (nk/2) log 2π
 
-(k output columns sharing one kernel; docs/math.md §Marginal likelihood) is differentiable in
+(k output columns sharing one kernel; docs/math.md §marginal-likelihood) is differentiable in
 them and in the noise variance σ², and can be maximized by L-BFGS or Adam instead of a grid.
 """
 
@@ -99,7 +99,7 @@ def marginal_likelihood(net: Layer, x, y, *, kernel: str = "ntk", noise,
         dtype: precision of the kernel and the Cholesky factorization (float64).
 
     Returns:
-        A 0-d tensor: Σ_c log N(y_c | 0, K + σ²I) (docs/math.md §Marginal likelihood).
+        A 0-d tensor: Σ_c log N(y_c | 0, K + σ²I) (docs/math.md §marginal-likelihood).
 
     Raises:
         ValueError: K + σ²I not positive definite (names noise), bad shapes or arguments.
