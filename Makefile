@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/widenets demo --out out/demo
+	$(VENV)/bin/widenets demo --out out/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q
@@ -28,8 +28,12 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The documentation site (MkDocs + mkdocstrings) into site/; strict: any warning fails.
+docs: install
+	$(PY) -m mkdocs build --strict
+
 bench: install
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache

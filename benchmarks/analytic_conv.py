@@ -79,7 +79,7 @@ def main():
     bandwidth = copy_bandwidth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s (best of 7)")
-    print("| network | N | dtype | nngp+ntk median (s) | min (s) | JAX reference (s) | "
+    print("| network | N | dtype | nngp+ntk median (s) | min (s) | JAX reference, quoted (s) | "
           "speed-up of min vs reference (same dtype / best) | pair-tensor traffic (GB) | "
           "bandwidth-bound time (s) | bandwidth-bound / min |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -98,7 +98,8 @@ def main():
             bound = traffic / bandwidth
             r = ref.get((dtype, n)) if name == "gap" else None
             speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
-            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {med:.3f} | "
+            med_s = f"{med:.3f}" if reps > 1 else f"{med:.3f} (1 run)"
+            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {med_s} | "
                   f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
                   f"{bound:.3f} | {bound / best:.0%} |", flush=True)
 

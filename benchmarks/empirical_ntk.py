@@ -79,6 +79,7 @@ def measure_interleaved(fns: dict, *, repeats: int, device: str) -> dict:
     """Like `measure` for several functions, run round-robin (A B C A B C ...) so that load
     changes on a shared machine hit all of them alike. Returns name -> (median s, MB, result)."""
     results = {name: fn() for name, fn in fns.items()}          # warm-up
+    _MINS.clear()                       # _fmt marks every other row as a single run
     times = {name: [] for name in fns}
     mems = {name: [] for name in fns}
     for _ in range(repeats):
@@ -174,8 +175,9 @@ def auto_choice(model, x, mode: str) -> str:
 
 # ------------------------------------------------------------------------------- sections
 def _fmt(t, mem, ref, name=None):
-    best = f"{_MINS[name]:.3f}" if name in _MINS else "-"
-    return f"{t:.3f} | {best} | {mem:.0f} | {t / ref:.2f}x"
+    if name in _MINS:
+        return f"{t:.3f} | {_MINS[name]:.3f} | {mem:.0f} | {t / ref:.2f}x"
+    return f"{t:.3f} (1 run) | - | {mem:.0f} | {t / ref:.2f}x"      # not a median
 
 
 def section_mlp(args, device):
@@ -244,7 +246,8 @@ def section_width(args, device):
     table = {}
     too_slow = set()
     print(f"\n### Width scaling: MLP 784-w-w-10, N={n}, mode='trace', float32, {device} "
-          f"(seconds; '-' = skipped after a run over {args.cap:.0f} s)\n")
+          f"(seconds: medians of {args.repeats} for hand-written, structured, auto; single runs "
+          f"for jacobian, ntvp; '-' = skipped after a run over {args.cap:.0f} s)\n")
     cols = ("hand-written", "structured", "auto", "jacobian", "ntvp")
     print("| width | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|", flush=True)
@@ -282,7 +285,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"medians of {args.repeats} runs", flush=True)
+          f"medians of {args.repeats} runs after a warm-up (jacobian and ntvp: single runs)",
+          flush=True)
     sections = args.sections.split(",")
     if "mlp" in sections:
         section_mlp(args, args.device)

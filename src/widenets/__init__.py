@@ -73,3 +73,32 @@ from .hyperparameters import (  # noqa: E402
 
 __all__ += ["hyperparameters", "hyperparameter_domains", "hyperparameter_groups",
             "with_hyperparameters"]
+
+# the rest of neural-tangents' layer catalogue (issue 11)
+from .layers import (  # noqa: E402
+    ConvLocal,
+    ConvTranspose,
+    Cos,
+    Dropout,
+    Exp,
+    ExpNormalized,
+    FanInProd,
+    Gabor,
+    Gaussian,
+    GlobalSumPool,
+    Hermite,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    SigmoidLike,
+    Sign,
+    SumPool,
+    repeat,
+)
+
+__all__ += [
+    "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
+    "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
+    "repeat", "Dropout", "ConvTranspose", "ConvLocal",
+]

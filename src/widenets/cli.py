@@ -5,8 +5,10 @@
     widenets reproduce --list
     widenets kernel ...            (large tiled kernels; see `widenets kernel --help`)
 
-Bad input (unknown figure, unknown --set key, a value of the wrong type, an unwritable --out)
-prints one line and exits with status 2. Ctrl-C keeps the finished figures and exits with 130.
+Bad input (unknown figure, unknown --set key, a value of the wrong type or one a figure
+rejects, repeated seeds, an unwritable --out, an --out that already holds a report without
+--overwrite) prints one line and exits with status 2. Ctrl-C keeps the finished figures and
+exits with 130.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder for PNGs, result.json and index.html "
                         f"(default: {default_out})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report already in --out (default: refuse, so that a second "
+                        "run never silently replaces the first one's result.json)")
     p.add_argument("--quick", action="store_true",
                    help="small scale that runs in seconds (for CI and smoke tests)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: each config's)")
@@ -117,7 +122,8 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
     out = args.out if args.out is not None else Path(default_out)
     command = "widenets " + " ".join(shlex.quote(a) for a in argv)
     try:
-        run_all(jobs, out, title=title, command=command, seed=args.seed)
+        run_all(jobs, out, title=title, command=command, seed=args.seed,
+                overwrite=args.overwrite)
     except ConfigError as e:
         return _fail(str(e))
     except OutputError as e:

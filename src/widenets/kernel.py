@@ -4,13 +4,13 @@ A `Kernel` is a frozen dataclass; layers return a new one through `dataclasses.r
 Conventions (Lee et al. 2019, seed 002, §2.1):
 
 * `nngp[i, j]` is the second moment E[h(x1_i) h(x2_j)] of one output unit h of the layer, averaged
-  over units (for a Dense readout it is the NNGP covariance K of MATH.md §2);
+  over units (for a Dense readout it is the NNGP covariance K of docs/math.md §dense);
 * `ntk[i, j]` is the neural tangent kernel Θ(x1_i, x2_j) of one output unit (the sum over all
-  parameters of products of gradients; MATH.md §2 recursion);
+  parameters of products of gradients; docs/math.md §dense recursion);
 * `cov1[i]` = E[h(x1_i)^2] and `cov2[j]` = E[h(x2_j)^2] are the per-input variances the
   activation formulas need (T(K) depends on K(x, x), K(x', x') and K(x, x')).
 
-Spatial layouts (convolutions, MATH.md §2) append position axes to these tensors, for inputs
+Spatial layouts (convolutions, docs/math.md §conv) append position axes to these tensors, for inputs
 with s spatial axes S = (S_1, ..., S_s) (images: S = (H, W)):
 
 * diagonal layout (`diagonal_spatial=True`): nngp/ntk are (n1, n2, *S), the pairs (p, p) of
@@ -60,6 +60,22 @@ class Kernel:
             its self-pairs (x_i, x_i) sit at [i, r0 + i]. 0 otherwise.
         diagonal_spatial: True for the diagonal spatial layout (see the module docstring);
             irrelevant (False) for flat features.
+        same_input: (n1, n2) bool mask of the pairs whose inputs are identical (x1_i == x2_j
+            bitwise), or None when there are none. Identical inputs stay identical through every
+            layer, so activations write the exact diagonal values on these pairs instead of
+            evaluating arccos/sqrt at c ≈ 1 (docs/math.md §near-diagonal).
+        gamma_term: set by `LayerNorm(affine=True)`: (g, sources, channels) meaning that the
+            NTK of every channel contains g·y(x)y(x') from the γ gradients, correlated with the
+            channel value y itself (docs/math.md §layernorm-affine). Valid while `sources` and
+            `channels` are those recorded; an activation consumes it.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.nngp.shape, k.ntk.shape, k.cov1.shape
+        (torch.Size([3, 3]), torch.Size([3, 3]), torch.Size([3]))
+        >>> bool(torch.equal(k.nngp.diagonal(), k.cov1)), k.x1_is_x2
+        (True, True)
     """
 
     nngp: torch.Tensor
@@ -73,6 +89,8 @@ class Kernel:
     sources: frozenset = field(default_factory=frozenset, repr=False, compare=False)
     diagonal_spatial: bool = False
     row_offset: int = 0
+    same_input: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    gamma_term: tuple | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -194,7 +212,18 @@ class Kernel:
         return self.replace(nngp=self.nngp[start:stop],
                             ntk=None if self.ntk is None else self.ntk[start:stop],
                             cov1=self.cov1[start:stop], cov2=cov2,
+                            same_input=None if self.same_input is None
+                            else self.same_input[start:stop],
                             row_offset=self.row_offset + start if self.x1_is_x2 else 0)
+
+    def write_same_input(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Write the self-pair values (shaped like `cov1`: row i's value for x1_i) onto the
+        pairs of identical inputs (`same_input`), in place; see `set_batch_diagonal`."""
+        if self.same_input is not None:
+            ii, jj = self.same_input.nonzero(as_tuple=True)
+            if ii.numel():
+                t[ii, jj] = values[ii].to(t.dtype)
+        return t
 
     def to(self, dtype: torch.dtype) -> Kernel:
         """A copy with every tensor cast to `dtype`."""

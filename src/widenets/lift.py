@@ -7,12 +7,14 @@
     twin = net.module_from(model)                # widenets module with model's weights
 
 Supported: nn.Linear, nn.Conv1d/2d (groups = dilation = 1; zeros or circular padding),
-nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh / nn.Sigmoid / nn.Softplus (Gauss-Hermite quadrature),
-nn.AvgPool1d/2d (count_include_pad=True, no ceil_mode), nn.AdaptiveAvgPool1d/2d(1),
+nn.ConvTranspose1d/2d (groups = dilation = 1, output_padding = 0, zeros padding),
+nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh / nn.Sigmoid / nn.SiLU / nn.Softplus (Gauss-Hermite
+quadrature), nn.AvgPool1d/2d (count_include_pad=True, no ceil_mode), nn.AdaptiveAvgPool1d/2d(1),
 nn.Flatten(1), nn.LayerNorm over the features of flat inputs, nn.Identity, eval-mode
 nn.Dropout, nn.Sequential, residual additions (x + f(x)) and the functional forms
-(F.relu, torch.tanh, torch.flatten(x, 1), ...). Anything else (MaxPool, BatchNorm, attention,
-data-dependent control flow) raises an error that names it.
+(F.relu, torch.relu, F.leaky_relu, F.gelu, F.softplus, F.silu, torch.tanh, torch.sigmoid,
+F.avg_pool1d/2d, F.dropout with training=False, torch.flatten(x, 1), ...). Anything else
+(MaxPool, BatchNorm, attention, data-dependent control flow) raises an error that names it.
 
 Initialization scales, per weight layer of fan-in n (`init`):
 * "torch" (default): torch's default init, kaiming_uniform(a=√5) weights and
@@ -35,6 +37,7 @@ from torch import fx, nn
 from .layers import (
     AvgPool,
     Conv,
+    ConvTranspose,
     Dense,
     Elementwise,
     FanInSum,
@@ -93,6 +96,14 @@ class Lifted(Layer):
     Attributes:
         nodes: the graph's steps in execution order (name, layer, input names, torch source).
         in_shape: the input shape (without batch axis) it was lifted for.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        >>> lifted = wn.lift(m, (4,))
+        >>> lifted.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> isinstance(lifted, wn.Lifted)
+        True
     """
 
     def __init__(self, nodes: list[_Node], input_name: str, output_name: str, in_shape):
@@ -139,6 +150,11 @@ class Lifted(Layer):
     def module_from(self, original: nn.Module) -> LiftedModule:
         """The finite widenets module with `original`'s current weights (its forward equals
         `original`'s). NTK-parameterized layers store weight / multiplier."""
+        func = "Lifted.module_from"
+        if not isinstance(original, nn.Module):
+            raise TypeError(f"{func}: original must be the torch.nn.Module this Lifted was built "
+                            f"from (or one of the same architecture), got "
+                            f"{type(original).__name__}")
         ref = next(original.parameters(), None)
         dtype = ref.dtype if ref is not None else torch.float32
         mod = self.module(self.in_shape, seed=0, dtype=dtype)
@@ -146,10 +162,27 @@ class Lifted(Layer):
             for n in self.nodes:
                 if n.source is None:
                     continue
-                src = original.get_submodule(n.source)
+                try:
+                    src = original.get_submodule(n.source)
+                except AttributeError:
+                    raise ValueError(f"{func}: original has no submodule {n.source!r}, expected "
+                                     f"the architecture this Lifted was built from") from None
                 dst = mod.steps[n.name.replace(".", "_")]
                 if not any(True for _ in dst.parameters()):
                     continue
+                for attr in ("weight", "bias"):
+                    want = getattr(dst, attr, None)
+                    got = getattr(src, attr, None)
+                    if want is None or got is None:
+                        if attr == "weight" and got is None:
+                            raise ValueError(f"{func}: original.{n.source} has no weight, "
+                                             f"expected one of shape {tuple(want.shape)}")
+                        continue
+                    if tuple(got.shape) != tuple(want.shape):
+                        raise ValueError(f"{func}: original.{n.source}.{attr} has shape "
+                                         f"{tuple(got.shape)}, expected {tuple(want.shape)} "
+                                         f"(the module this Lifted was built from); lift the "
+                                         f"new module instead")
                 w_scale = getattr(dst, "w_scale", 1.0)
                 dst.weight.copy_(src.weight / w_scale)
                 if getattr(dst, "bias", None) is not None:
@@ -189,6 +222,12 @@ def lift(module: nn.Module, in_shape, *, w_std: float | None = None,
 
     Raises:
         LiftError (a TypeError): a module or operation without an exact kernel, naming it.
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        >>> lifted = wn.lift(m, (4,))
+        >>> lifted.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
     """
     func = "lift"
     if not isinstance(module, nn.Module):
@@ -252,6 +291,24 @@ def lift(module: nn.Module, in_shape, *, w_std: float | None = None,
     return Lifted(nodes, input_name, output_name, in_shape)
 
 
+def _arg(node: fx.Node, pos: int, name: str, default):
+    """The value of a call's argument given by position `pos` or keyword `name`."""
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def _avg_pool(where: str, window, stride, padding, ceil_mode, count_include_pad,
+              divisor_override):
+    if ceil_mode or not count_include_pad or divisor_override is not None:
+        raise _fail(f"{where} with ceil_mode=True, count_include_pad=False or a "
+                    f"divisor_override", "use the defaults")
+    if isinstance(stride, (tuple, list)) and not stride:       # F.avg_pool2d(stride=[])
+        stride = window
+    return AvgPool(window, stride=stride,
+                   padding="VALID" if padding in (0, (0,), (0, 0)) else padding)
+
+
 _ELEMENTWISE_FNS = {
     torch.tanh: ("tanh", torch.tanh), F.tanh: ("tanh", torch.tanh),
     torch.sigmoid: ("sigmoid", torch.sigmoid), F.sigmoid: ("sigmoid", torch.sigmoid),
@@ -305,6 +362,8 @@ class _Ctx:
                          parameterization=self.parameterization)
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self._conv(mod, where, in_sh)
+        if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            return self._conv_transpose(mod, where)
         if isinstance(mod, nn.ReLU):
             return Relu()
         if isinstance(mod, nn.LeakyReLU):
@@ -318,17 +377,14 @@ class _Ctx:
             return Elementwise(torch.tanh, name="tanh")
         if isinstance(mod, nn.Sigmoid):
             return Elementwise(torch.sigmoid, name="sigmoid")
+        if isinstance(mod, nn.SiLU):
+            return Elementwise(F.silu, name="silu")
         if isinstance(mod, nn.Softplus):
             return Elementwise(functools.partial(F.softplus, beta=mod.beta,
                                                  threshold=mod.threshold), name="softplus")
         if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
-            if mod.ceil_mode or not mod.count_include_pad or getattr(
-                    mod, "divisor_override", None) is not None:
-                raise _fail(f"{where} with ceil_mode=True, count_include_pad=False or a "
-                            f"divisor_override", "use the defaults")
-            pad = mod.padding
-            return AvgPool(mod.kernel_size, stride=mod.stride,
-                           padding="VALID" if pad in (0, (0,), (0, 0)) else pad)
+            return _avg_pool(where, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode,
+                             mod.count_include_pad, getattr(mod, "divisor_override", None))
         if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             size = mod.output_size
             sizes = (size,) if isinstance(size, int) else tuple(size)
@@ -386,6 +442,28 @@ class _Ctx:
         return Conv(mod.out_channels, tuple(k), stride=tuple(mod.stride), padding=padding,
                     w_std=ws, b_std=bs, parameterization=self.parameterization)
 
+    def _conv_transpose(self, mod, where):
+        if mod.groups != 1 or any(d != 1 for d in mod.dilation) or any(
+                p != 0 for p in mod.output_padding) or mod.padding_mode != "zeros":
+            raise _fail(f"{where} with groups={mod.groups}, dilation={mod.dilation}, "
+                        f"output_padding={mod.output_padding}, padding_mode="
+                        f"{mod.padding_mode!r}", "use groups=1, dilation=1, output_padding=0 "
+                        "and zeros padding")
+        k = tuple(mod.kernel_size)
+        fan_in = mod.in_channels * math.prod(k)         # widenets' fan-in (as NT)
+        ws, bs = self._scales(mod, fan_in, where)
+        if self.init == "torch":
+            # torch initializes the (in, out, *k) weight with its fan-in taken from axis 1:
+            # Var W = Var b = 1/(3 out |D|), i.e. σw² = in / (3 out) at fan-in in·|D|
+            torch_fan = mod.out_channels * math.prod(k)
+            if self.w_std is None:
+                ws = math.sqrt(fan_in / (3 * torch_fan))
+            if mod.bias is not None and self.b_std is None:
+                bs = 1 / math.sqrt(3 * torch_fan)
+        return ConvTranspose(mod.out_channels, k, stride=tuple(mod.stride),
+                             padding=tuple(mod.padding), w_std=ws, b_std=bs,
+                             parameterization=self.parameterization)
+
     def _layer_norm(self, mod, where, in_sh):
         shape = tuple(mod.normalized_shape)
         if in_sh is None or len(in_sh) != 1 or shape != tuple(in_sh):
@@ -411,8 +489,33 @@ class _Ctx:
         if t in _ELEMENTWISE_FNS:
             name, fn = _ELEMENTWISE_FNS[t]
             return Elementwise(fn, name=name)
-        if t is F.gelu and node.kwargs.get("approximate", "none") == "none":
-            return Gelu()
+        if t is F.gelu:
+            approximate = _arg(node, 1, "approximate", "none")
+            if approximate == "none":
+                return Gelu()
+            return Elementwise(functools.partial(F.gelu, approximate=approximate),
+                               name=f"gelu_{approximate}")
+        if t is F.leaky_relu:
+            return LeakyRelu(_arg(node, 1, "negative_slope", 0.01))
+        if t is F.softplus:
+            beta, threshold = _arg(node, 1, "beta", 1.0), _arg(node, 2, "threshold", 20.0)
+            return Elementwise(functools.partial(F.softplus, beta=beta, threshold=threshold),
+                               name="softplus")
+        if t is F.silu:
+            return Elementwise(F.silu, name="silu")
+        if t in (F.avg_pool1d, F.avg_pool2d):
+            window = _arg(node, 1, "kernel_size", None)
+            return _avg_pool(f"the function {t.__name__} (node {node.name})", window,
+                             _arg(node, 2, "stride", None) or window,
+                             _arg(node, 3, "padding", 0), _arg(node, 4, "ceil_mode", False),
+                             _arg(node, 5, "count_include_pad", True),
+                             _arg(node, 6, "divisor_override", None))
+        if t is F.dropout:
+            if not _arg(node, 2, "training", True) or _arg(node, 1, "p", 0.5) == 0:
+                return None
+            raise _fail(f"F.dropout in training mode (node {node.name}): its kernel depends "
+                        f"on whether inputs share a mask", "pass training=self.training and "
+                        "call model.eval() before lift")
         if t is torch.flatten and (node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1) \
                 and node.kwargs.get("end_dim", -1) == -1 and len(node.args) <= 2:
             return Flatten()

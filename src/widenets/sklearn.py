@@ -35,6 +35,11 @@ def default_net() -> Layer:
     """The network used when `net=None`: Dense(w_std=1.5, b_std=0.05) → ReLU → Dense readout.
 
     Only the infinite-width kernels are used, so the width (512) does not matter.
+
+    Example:
+        >>> from widenets.sklearn import default_net
+        >>> default_net()
+        serial(Dense(out=512, ...), Relu(), Dense(out=1, ...))
     """
     return serial(Dense(512, w_std=1.5, b_std=0.05), Relu(), Dense(1, w_std=1.5, b_std=0.05))
 
@@ -165,6 +170,14 @@ class NTKRegressor(_WideNetRegressor):
 
     Attributes (after fit):
         predictor_: the `wn.predict.EnsemblePredictor`; n_features_in_.
+
+    Example:
+        >>> x, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0) % 2
+        >>> from widenets.sklearn import NTKRegressor
+        >>> reg = NTKRegressor(diag_reg=1e-6).fit(x, y)
+        >>> mean, std = reg.predict(x[:4], return_std=True)
+        >>> mean.shape, std.shape
+        ((4,), (4,))
     """
 
     _kernel = "ntk"
@@ -181,6 +194,12 @@ class NNGPRegressor(_WideNetRegressor):
         diag_reg: ρ added to the diagonal of the train-train NNGP, relative to its mean
             diagonal: Gaussian observation noise of variance ρ in the posterior (1e-6 default).
         diag_reg_absolute: True to add diag_reg itself.
+
+    Example:
+        >>> x, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0) % 2
+        >>> from widenets.sklearn import NNGPRegressor
+        >>> NNGPRegressor(diag_reg=1e-6).fit(x, y).predict(x[:4]).shape
+        (4,)
     """
 
     _kernel = "nngp"
@@ -193,6 +212,13 @@ class NTKClassifier(ClassifierMixin, _WideNetEstimator):
 
     Attributes (after fit):
         classes_: the class labels; predictor_; n_features_in_.
+
+    Example:
+        >>> x, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0) % 2
+        >>> from widenets.sklearn import NTKClassifier
+        >>> clf = NTKClassifier(diag_reg=1e-6).fit(x, y.astype(int))
+        >>> float((clf.predict(x) == y).mean())                # interpolates the training labels
+        1.0
     """
 
     _kernel = "ntk"

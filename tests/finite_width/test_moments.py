@@ -1,4 +1,4 @@
-"""Depth-to-width statistics of the NTK diagonal (seed 003; MATH.md §7)."""
+"""Depth-to-width statistics of the NTK diagonal (seed 003; docs/math.md §hanin-nica)."""
 
 import math
 

@@ -23,6 +23,12 @@ def nets(width=16, parameterization="ntk"):
         "abs": wn.Abs(), "identity": wn.Identity(), "erf": wn.Erf(), "gelu": wn.Gelu(),
         "sin": wn.Sin(1.1, 0.9, 0.3),
         "elementwise_tanh": wn.Elementwise(torch.tanh, degree=96, name="tanh"),
+        # the rest of NT's catalogue (issue 11)
+        "cos": wn.Cos(1.1, 0.9, 0.3), "rbf": wn.Rbf(0.6), "gabor": wn.Gabor(),
+        "exp": wn.Exp(0.8, 0.5), "gaussian": wn.Gaussian(1.2, -0.7), "sign": wn.Sign(),
+        "sigmoid_like": wn.SigmoidLike(), "polynomial": wn.Polynomial([0.2, 1.0, 0.3]),
+        "monomial_3": wn.Monomial(3), "rectified_monomial_0": wn.RectifiedMonomial(0),
+        "rectified_monomial_2": wn.RectifiedMonomial(2), "exp_normalized": wn.ExpNormalized(),
     }
     out = {f"dense_{name}": wn.serial(d(), act, d(3)) for name, act in acts.items()}
     out["dense_only"] = wn.serial(d(3))
@@ -37,4 +43,8 @@ def nets(width=16, parameterization="ntk"):
     out["parallel_sum_of_denses"] = wn.serial(d(), wn.Relu(), wn.FanOut(3),
                                               wn.parallel(d(), d(), d()), wn.FanInSum(),
                                               wn.Relu(), d(3))
+    out["fan_in_prod"] = wn.serial(d(), wn.Relu(), wn.FanOut(2),
+                                   wn.parallel(d(), wn.serial(d(), wn.Gabor())), wn.FanInProd(),
+                                   d(3))
+    out["repeat"] = wn.serial(d(), wn.repeat(wn.serial(wn.Erf(), d()), 3), d(3))
     return out

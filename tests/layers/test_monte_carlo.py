@@ -121,7 +121,7 @@ def test_parameter_shapes_and_count():
 
 
 def test_module_seed_is_reproducible_and_parameterizations_agree_at_init():
-    """Same seed: same function in both parameterizations (MATH.md §1), different params."""
+    """Same seed: same function in both parameterizations (docs/math.md §parameterization), different params."""
     x = torch.randn(5, 6)
     ntk = wn.serial(wn.Dense(64, w_std=1.3, b_std=0.2), wn.Relu(), wn.Dense(3, w_std=0.8))
     sp = wn.serial(wn.Dense(64, w_std=1.3, b_std=0.2, parameterization="standard"), wn.Relu(),

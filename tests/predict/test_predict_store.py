@@ -13,8 +13,8 @@ def problem(tmp_path):
     xt = torch.randn(4, 5, generator=g, dtype=torch.float64)
     y = torch.randn(13, 2, generator=g, dtype=torch.float64)
     net = wn.serial(wn.Dense(64, w_std=1.4, b_std=0.1), wn.Relu(), wn.Dense(1, w_std=1.4))
-    wn.tiles.compute(net, x, store=tmp_path / "train.zarr", tile=5)
-    wn.tiles.compute(net, xt, x, store=tmp_path / "test.zarr", tile=3)
+    wn.tiles.compute(net, x, store=tmp_path / "train.zarr", batch_size=5)
+    wn.tiles.compute(net, xt, x, store=tmp_path / "test.zarr", batch_size=3)
     return net, x, xt, y, tmp_path
 
 

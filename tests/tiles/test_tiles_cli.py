@@ -76,7 +76,7 @@ def test_kernel_command_computes_resumes_and_refuses(tmp_path, capsys):
     np.save(tmp_path / "x2.npy", x2)
     out = tmp_path / "k.zarr"
     argv = ["--net", DEPTH3, "--data", str(tmp_path / "x1.npy"), "--x2",
-            str(tmp_path / "x2.npy"), "--out", str(out), "--tile", "8", "--get", "both",
+            str(tmp_path / "x2.npy"), "--out", str(out), "--batch-size", "8", "--get", "both",
             "--no-progress"]
     assert main(argv) == 0
     assert "6 tiles (6 computed, 0 already done)" in capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_add_kernel_parser_wires_into_a_parent_cli(tmp_path):
     np.save(tmp_path / "x.npy", dyadic(10, seed=43).numpy())
     args = parser.parse_args(["kernel", "--net", "dense(8) erf dense(1)", "--data",
                               str(tmp_path / "x.npy"), "--out", str(tmp_path / "e.zarr"),
-                              "--tile", "4", "--dtype", "float32", "--no-progress"])
+                              "--batch-size", "4", "--dtype", "float32", "--no-progress"])
     assert args.func is run_kernel and args.func(args) == 0
     k = wn.tiles.load_kernel(tmp_path / "e.zarr")
     ref = wn.serial(wn.Dense(8), wn.Erf(), wn.Dense(1)).kernel(dyadic(10, seed=43), get="ntk",
@@ -115,7 +115,7 @@ def test_python_dash_m_runs_standalone(tmp_path):
     src = Path(__file__).parents[2] / "src"
     proc = subprocess.run(
         [sys.executable, "-m", "widenets.tiles", "--net", "dense(4) relu dense(1)", "--data",
-         str(tmp_path / "x.npy"), "--out", str(tmp_path / "m.zarr"), "--tile", "4"],
+         str(tmp_path / "x.npy"), "--out", str(tmp_path / "m.zarr"), "--batch-size", "4"],
         capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
         timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -14,19 +14,19 @@ distributed = pytest.importorskip("distributed")
 
 def test_local_cluster_two_workers_equals_in_process(tmp_path, net):
     x1, x2 = dyadic(30, seed=31), dyadic(17, seed=32)
-    local_sym = wn.tiles.compute(net, x1, store=tmp_path / "a.zarr", tile=7).load()
-    local_rect = wn.tiles.compute(net, x1, x2, store=tmp_path / "b.zarr", tile=(7, 5),
+    local_sym = wn.tiles.compute(net, x1, store=tmp_path / "a.zarr", batch_size=7).load()
+    local_rect = wn.tiles.compute(net, x1, x2, store=tmp_path / "b.zarr", batch_size=(7, 5),
                                   get="ntk").load()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        run = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", tile=7, client=client)
-        rect = wn.tiles.compute(net, x1, x2, store=tmp_path / "d.zarr", tile=(7, 5),
+        run = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", batch_size=7, client=client)
+        rect = wn.tiles.compute(net, x1, x2, store=tmp_path / "d.zarr", batch_size=(7, 5),
                                 get="ntk", client=client)
         workers = set(client.scheduler_info()["workers"])
         # Rerunning skips everything; a cluster object or an address works like a client.
-        again = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", tile=7, client=cluster)
-        via_address = wn.tiles.compute(net, x1, x2, store=tmp_path / "e.zarr", tile=(7, 5),
+        again = wn.tiles.compute(net, x1, store=tmp_path / "c.zarr", batch_size=7, client=cluster)
+        via_address = wn.tiles.compute(net, x1, x2, store=tmp_path / "e.zarr", batch_size=(7, 5),
                                        get="ntk", client=cluster.scheduler_address)
     assert (run.tiles_computed, again.tiles_computed, again.tiles_skipped) == (15, 0, 15)
     assert rect.tiles_computed == 20
@@ -58,7 +58,7 @@ def test_worker_death_mid_tile_is_redone(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        run = wn.tiles.compute(dying_kernel, x, store=tmp_path / "w.zarr", tile=8,
+        run = wn.tiles.compute(dying_kernel, x, store=tmp_path / "w.zarr", batch_size=8,
                                client=client, description="relu_net(2) with a dying worker")
     assert marker.exists()  # a worker really died mid-tile
     assert run.tiles_computed == 6

@@ -11,7 +11,7 @@ import widenets as wn
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_symmetric_tiles_equal_in_memory_exactly(tmp_path, net, dtype):
     x = dyadic(37, dtype=dtype)  # 37 = 3 * 10 + 7: the last row/column of tiles is smaller
-    run = wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=10, dtype=dtype)
+    run = wn.tiles.compute(net, x, store=tmp_path / "k.zarr", batch_size=10, dtype=dtype)
     assert (run.tiles_total, run.tiles_computed, run.tiles_skipped) == (10, 10, 0)  # 4*5/2
     nngp, ntk = wn.tiles.open(tmp_path / "k.zarr")
     ref_nngp, ref_ntk = net.kernel(x, get=("nngp", "ntk"), dtype=dtype)
@@ -27,7 +27,7 @@ def test_symmetric_tiles_equal_in_memory_exactly(tmp_path, net, dtype):
 
 def test_rectangular_tiles_equal_in_memory_exactly(tmp_path, net):
     x1, x2 = dyadic(29, seed=1), dyadic(23, seed=2)
-    run = wn.tiles.compute(net, x1, x2, store=tmp_path / "r.zarr", tile=(8, 5), get="ntk")
+    run = wn.tiles.compute(net, x1, x2, store=tmp_path / "r.zarr", batch_size=(8, 5), get="ntk")
     assert run.tiles_total == 4 * 5
     ref = net.kernel(x1, x2, get="ntk")
     got = wn.tiles.open(tmp_path / "r.zarr")
@@ -39,14 +39,14 @@ def test_rectangular_tiles_equal_in_memory_exactly(tmp_path, net):
 def test_several_threads_and_numpy_inputs(tmp_path, net):
     x1, x2 = dyadic(19, seed=9), dyadic(14, seed=10)
     run = wn.tiles.compute(net, x1.numpy(), x2.numpy(), store=tmp_path / "t.zarr",
-                           tile=(np.int64(4), 3), get="nngp", threads=3)
+                           batch_size=(np.int64(4), 3), get="nngp", threads=3)
     assert run.tiles_computed == 5 * 5
     assert torch.equal(run.load(), net.kernel(x1, x2, get="nngp"))
 
 
 def test_tile_larger_than_kernel_and_single_row(tmp_path, net):
     x1, x2 = dyadic(6, seed=3), dyadic(1, seed=4)
-    run = wn.tiles.compute(net, x1, x2, store=tmp_path / "s.zarr", tile=100, get="nngp")
+    run = wn.tiles.compute(net, x1, x2, store=tmp_path / "s.zarr", batch_size=100, get="nngp")
     assert run.tiles_total == 1
     assert torch.equal(run.load(), net.kernel(x1, x2, get="nngp"))
 
@@ -58,7 +58,7 @@ def test_general_inputs_match_up_to_blas_rounding(tmp_path):
     net = relu_net(2)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(41, 30, generator=g, dtype=torch.float64)
-    wn.tiles.compute(net, x, store=tmp_path / "g.zarr", tile=16)
+    wn.tiles.compute(net, x, store=tmp_path / "g.zarr", batch_size=16)
     for got, ref in zip(wn.tiles.load_kernel(tmp_path / "g.zarr"),
                         net.kernel(x, get=("nngp", "ntk")), strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
@@ -75,7 +75,7 @@ def test_callable_kernel_fn_monte_carlo(tmp_path):
     def mc(a, b, get):
         return wn.monte_carlo_kernel(net, a, b, in_shape=(8,), n_samples=2, seed=3, get=get)
 
-    run = wn.tiles.compute(mc, x1, x2, store=tmp_path / "mc.zarr", tile=(5, 4),
+    run = wn.tiles.compute(mc, x1, x2, store=tmp_path / "mc.zarr", batch_size=(5, 4),
                            description="monte_carlo_kernel(erf net, n_samples=2, seed=3)")
     assert run.tiles_computed == 9
     for got, ref in zip(run.load(), mc(x1, x2, get=("nngp", "ntk")), strict=True):
@@ -84,9 +84,9 @@ def test_callable_kernel_fn_monte_carlo(tmp_path):
 
 def test_open_get_selection(tmp_path, net):
     x = dyadic(12)
-    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=5, get=("ntk", "nngp"))
+    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", batch_size=5, get=("ntk", "nngp"))
     # The order of get does not matter for resuming.
-    assert wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=5).tiles_computed == 0
+    assert wn.tiles.compute(net, x, store=tmp_path / "k.zarr", batch_size=5).tiles_computed == 0
     ntk = wn.tiles.open(tmp_path / "k.zarr", get="ntk")
     both = wn.tiles.open(tmp_path / "k.zarr", get=("ntk", "nngp"))
     assert torch.equal(ntk.load(), net.kernel(x, get="ntk"))
@@ -106,7 +106,7 @@ def test_callable_kernel_fn_empirical_ntk(tmp_path):
     def entk(a, b, get):
         return jacobian_ntk(model, a, b)
 
-    run = wn.tiles.compute(entk, x, store=tmp_path / "e.zarr", tile=4, get="ntk",
+    run = wn.tiles.compute(entk, x, store=tmp_path / "e.zarr", batch_size=4, get="ntk",
                            description="jacobian_ntk of a 32-wide relu module, seed 0")
     torch.testing.assert_close(run.load(), jacobian_ntk(model, x), rtol=1e-12, atol=1e-14)
 
@@ -115,7 +115,7 @@ def test_kernel_array_pickles_and_computes_like_dask(tmp_path, net):
     import pickle
 
     x = dyadic(9)
-    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", tile=4, get="nngp")
+    wn.tiles.compute(net, x, store=tmp_path / "k.zarr", batch_size=4, get="nngp")
     lazy = wn.tiles.open(tmp_path / "k.zarr")
     again = pickle.loads(pickle.dumps(lazy))
     ref = net.kernel(x, get="nngp")

@@ -16,7 +16,7 @@ from widenets.tiles import task
 def stored(tmp_path, net):
     x = dyadic(20, seed=21)
     store = tmp_path / "k.zarr"
-    wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     return store, x
 
 
@@ -25,7 +25,7 @@ def stored(tmp_path, net):
     ("tile", "tile"), ("get", "kernels")])
 def test_mismatched_call_is_refused(stored, net, change, field):
     store, x = stored
-    kw = dict(store=store, tile=8, get="ntk")
+    kw = dict(store=store, batch_size=8, get="ntk")
     args = [net, x]
     if change == "net":
         args[0] = relu_net(2)
@@ -38,7 +38,7 @@ def test_mismatched_call_is_refused(stored, net, change, field):
     elif change == "dtype":
         kw["dtype"] = torch.float32
     elif change == "tile":
-        kw["tile"] = 5
+        kw["batch_size"] = 5
     else:
         kw["get"] = ("nngp", "ntk")
     before = sorted(p.name for p in (store / "done").iterdir())
@@ -51,12 +51,12 @@ def test_nets_differing_only_in_a_function_are_told_apart(tmp_path):
     # Elementwise(fn) shows only fn's name in repr; two lambdas must still differ.
     x = dyadic(6)
     mk = lambda fn: wn.serial(wn.Dense(8), wn.Elementwise(fn, degree=8), wn.Dense(1))  # noqa: E731
-    wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", tile=4,
+    wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", batch_size=4,
                      get="nngp")
     with pytest.raises(wn.tiles.StoreMismatchError, match="net"):
-        wn.tiles.compute(mk(lambda t: torch.sin(t)), x, store=tmp_path / "f.zarr", tile=4,
+        wn.tiles.compute(mk(lambda t: torch.sin(t)), x, store=tmp_path / "f.zarr", batch_size=4,
                          get="nngp")
-    again = wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", tile=4,
+    again = wn.tiles.compute(mk(lambda t: torch.tanh(t)), x, store=tmp_path / "f.zarr", batch_size=4,
                              get="nngp")
     assert again.tiles_computed == 0
 
@@ -66,12 +66,12 @@ def test_unreadable_and_foreign_stores(tmp_path, stored, net):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("not a store")
     with pytest.raises(wn.tiles.TileStoreError, match="not a widenets tile store"):
-        wn.tiles.compute(net, x, store=tmp_path / "other", tile=8)
+        wn.tiles.compute(net, x, store=tmp_path / "other", batch_size=8)
     with pytest.raises(FileNotFoundError, match="no tile store"):
         wn.tiles.open(tmp_path / "missing.zarr")
     (store / "widenets.json").write_text("{ truncated")
     with pytest.raises(wn.tiles.TileStoreError, match="unreadable"):
-        wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+        wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     with pytest.raises(wn.tiles.TileStoreError, match="unreadable"):
         wn.tiles.open(store)
 
@@ -83,15 +83,15 @@ def test_a_second_concurrent_run_is_refused(stored, net):
     with open(store / ".lock", "a+") as held:  # another run holds the store
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(wn.tiles.TileStoreError, match="being computed by another run"):
-            wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+            wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     # Released (as when that run ends or is killed): the call goes through.
-    assert wn.tiles.compute(net, x, store=store, tile=8, get="ntk").tiles_skipped == 6
+    assert wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk").tiles_skipped == 6
 
 
 def test_empty_directory_becomes_a_store(tmp_path, net):
     (tmp_path / "empty").mkdir()
     x = dyadic(5)
-    run = wn.tiles.compute(net, x, store=tmp_path / "empty", tile=4, get="nngp")
+    run = wn.tiles.compute(net, x, store=tmp_path / "empty", batch_size=4, get="nngp")
     assert torch.equal(run.load(), net.kernel(x, get="nngp"))
 
 
@@ -109,11 +109,11 @@ def test_disk_full_keeps_finished_tiles_and_resumes(tmp_path, net, monkeypatch):
 
     monkeypatch.setattr(task, "write_tile", full_disk)
     with pytest.raises(OSError, match="disk full.*3 of 6 tiles are finished and kept") as e:
-        wn.tiles.compute(net, x, store=store, tile=8)
+        wn.tiles.compute(net, x, store=store, batch_size=8)
     assert e.value.errno == errno.ENOSPC
     monkeypatch.setattr(task, "write_tile", real)
     assert wn.tiles.status(store)["tiles_done"] == 3
-    run = wn.tiles.compute(net, x, store=store, tile=8)
+    run = wn.tiles.compute(net, x, store=store, batch_size=8)
     assert run.tiles_computed == 3
     for got, ref in zip(run.load(), net.kernel(x, get=("nngp", "ntk")), strict=True):
         assert torch.equal(got, ref)
@@ -126,7 +126,7 @@ def test_space_check_refuses_before_computing(tmp_path, net, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100))
     with pytest.raises(OSError, match="missing tiles need .* GB but only"):
-        wn.tiles.compute(net, dyadic(20), store=tmp_path / "s.zarr", tile=8)
+        wn.tiles.compute(net, dyadic(20), store=tmp_path / "s.zarr", batch_size=8)
 
 
 def test_failing_and_nan_tiles_stop_with_kept_tiles(tmp_path, net):
@@ -140,7 +140,7 @@ def test_failing_and_nan_tiles_stop_with_kept_tiles(tmp_path, net):
         return net.kernel(a, b, get=get)
 
     with pytest.raises(wn.tiles.TileError, match="out of GPU memory.*2 of 6 tiles"):
-        wn.tiles.compute(flaky, x, store=tmp_path / "f.zarr", tile=8, get="ntk",
+        wn.tiles.compute(flaky, x, store=tmp_path / "f.zarr", batch_size=8, get="ntk",
                          description="flaky")
 
     def nan_kernel(a, b, get):
@@ -148,7 +148,7 @@ def test_failing_and_nan_tiles_stop_with_kept_tiles(tmp_path, net):
         return k if b is None else k * float("nan")
 
     with pytest.raises(FloatingPointError, match="NaN or infinite ntk.*1 of 6 tiles"):
-        wn.tiles.compute(nan_kernel, x, store=tmp_path / "n.zarr", tile=8, get="ntk",
+        wn.tiles.compute(nan_kernel, x, store=tmp_path / "n.zarr", batch_size=8, get="ntk",
                          description="nan")
     # The NaN tile was not recorded (only the diagonal tile before it).
     assert wn.tiles.status(tmp_path / "n.zarr")["tiles_done"] == 1
@@ -181,9 +181,9 @@ def test_argument_errors(tmp_path, net):
     x = dyadic(10)
     s = tmp_path / "e.zarr"
     with pytest.raises(ValueError, match="symmetric kernel .* square tiles"):
-        wn.tiles.compute(net, x, store=s, tile=(4, 5))
-    with pytest.raises(ValueError, match="tile must be a positive int"):
-        wn.tiles.compute(net, x, store=s, tile=0)
+        wn.tiles.compute(net, x, store=s, batch_size=(4, 5))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        wn.tiles.compute(net, x, store=s, batch_size=0)
     with pytest.raises(TypeError, match="pass description="):
         wn.tiles.compute(lambda a, b, get: a @ a.T, x, store=s)
     with pytest.raises(TypeError, match="kernel_fn must be a widenets net"):

@@ -60,7 +60,7 @@ def test_killed_run_resumes_recomputing_only_missing_tiles(tmp_path, sig):
     net = relu_net(3)
     fn = Counting(net)
     x = dyadic(40, seed=11)
-    run = wn.tiles.compute(fn, x, store=store, tile=8, description="killme: relu_net(3).kernel")
+    run = wn.tiles.compute(fn, x, store=store, batch_size=8, description="killme: relu_net(3).kernel")
     # Only the missing tiles are computed: tiles finished before the kill are not redone.
     assert run.tiles_total == 15
     assert run.tiles_skipped == len(kept)
@@ -74,7 +74,7 @@ def test_killed_run_resumes_recomputing_only_missing_tiles(tmp_path, sig):
 def test_partial_chunk_without_record_is_recomputed(tmp_path, net):
     x = dyadic(20, seed=12)
     store = tmp_path / "p.zarr"
-    wn.tiles.compute(net, x, store=store, tile=8)
+    wn.tiles.compute(net, x, store=store, batch_size=8)
     # Simulate a kill mid-write: tile (0, 1) has garbage data and no record, and a writer's
     # temporary file is left behind.
     (store / "done" / "0-1.json").unlink()
@@ -84,7 +84,7 @@ def test_partial_chunk_without_record_is_recomputed(tmp_path, net):
         wn.tiles.open(store)
     assert wn.tiles.status(store)["missing"] == [(0, 1)]
     fn = Counting(net)
-    run = wn.tiles.compute(fn, x, store=store, tile=8, get=("nngp", "ntk"), description=repr(net))
+    run = wn.tiles.compute(fn, x, store=store, batch_size=8, get=("nngp", "ntk"), description=repr(net))
     assert (run.tiles_computed, fn.calls) == (1, 1)
     assert not list(store.rglob("*.partial"))
     refs = net.kernel(x, get=("nngp", "ntk"))
@@ -95,10 +95,10 @@ def test_partial_chunk_without_record_is_recomputed(tmp_path, net):
 def test_record_without_data_is_recomputed(tmp_path, net):
     x = dyadic(20, seed=13)
     store = tmp_path / "q.zarr"
-    wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     chunk(store, "ntk", 1, 2).unlink()
     with pytest.warns(RuntimeWarning, match=r"tile \(1, 2\) has a record but its data"):
-        run = wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+        run = wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     assert run.tiles_computed == 1
     assert torch.equal(wn.tiles.load_kernel(store), net.kernel(x, get="ntk"))
 
@@ -106,7 +106,7 @@ def test_record_without_data_is_recomputed(tmp_path, net):
 def test_verify_finds_and_repairs_damaged_tiles(tmp_path, net):
     x = dyadic(20, seed=14)
     store = tmp_path / "v.zarr"
-    wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     assert wn.tiles.verify(store) == []
     rec = json.loads((store / "done" / "0-2.json").read_text())
     assert rec["rows"] == [0, 8] and rec["cols"] == [16, 20]
@@ -115,10 +115,12 @@ def test_verify_finds_and_repairs_damaged_tiles(tmp_path, net):
     raw[10] ^= 0xFF  # flip bits of one stored value
     path.write_bytes(bytes(raw))
     assert wn.tiles.verify(store) == [(0, 2)]
+    with pytest.raises(wn.tiles.CorruptTileError, match=r"tile \(0, 2\).*CRC-32.*verify"):
+        wn.tiles.load_kernel(store)  # every read checks the CRC
     chunk(store, "ntk", 1, 1).write_bytes(b"truncated")  # an undecodable chunk
     with pytest.raises(wn.tiles.TileStoreError, match=r"tile \(1, 1\).*unreadable.*verify"):
-        wn.tiles.load_kernel(store)
+        wn.tiles.load_kernel(store, check=False)
     assert wn.tiles.verify(store, repair=True) == [(0, 2), (1, 1)]
-    run = wn.tiles.compute(net, x, store=store, tile=8, get="ntk")
+    run = wn.tiles.compute(net, x, store=store, batch_size=8, get="ntk")
     assert run.tiles_computed == 2 and wn.tiles.verify(store) == []
     assert torch.equal(wn.tiles.load_kernel(store), net.kernel(x, get="ntk"))

@@ -24,6 +24,6 @@ if __name__ == "__main__":
     # background jobs of a non-interactive shell do).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print("READY", flush=True)
-    wn.tiles.compute(slow_kernel, dyadic(40, seed=11), store=sys.argv[1], tile=8,
+    wn.tiles.compute(slow_kernel, dyadic(40, seed=11), store=sys.argv[1], batch_size=8,
                      description="killme: relu_net(3).kernel")
     print("FINISHED", flush=True)

@@ -19,6 +19,13 @@ class Dataset:
         y_train: (n_train, k) regression targets; y_test: (n_test, k).
         labels_train: (n_train,) int class labels, or None for regression data.
         labels_test: (n_test,) int class labels, or None.
+
+    Example:
+        >>> data = wn.data.load_digits(n_train=20, n_test=10, seed=0)
+        >>> data.x_train.shape, data.y_train.shape, data.x_test.shape
+        (torch.Size([20, 64]), torch.Size([20, 10]), torch.Size([10, 64]))
+        >>> isinstance(data, wn.data.Dataset)
+        True
     """
 
     name: str
@@ -48,7 +55,12 @@ class Dataset:
 
 def one_hot_targets(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Centered one-hot targets, 1 - 1/k on the true class and -1/k elsewhere (mean zero per
-    row; for k = 10 the 0.9 / -0.1 targets of Lee et al. 2019)."""
+    row; for k = 10 the 0.9 / -0.1 targets of Lee et al. 2019).
+
+    Example:
+        >>> wn.data.one_hot_targets(torch.tensor([0, 2]), 3).shape
+        torch.Size([2, 3])
+    """
     y = torch.full((labels.shape[0], n_classes), -1.0 / n_classes, dtype=torch.float64)
     y[torch.arange(labels.shape[0]), labels] += 1.0
     return y

@@ -34,6 +34,11 @@ def load_digits(*, n_train: int = 1000, n_test: int = 500, classes: int = 10,
 
     Returns:
         A `Dataset` of float64 tensors: x (n, 64), y (n, classes), labels (n,).
+
+    Example:
+        >>> data = wn.data.load_digits(n_train=20, n_test=10, seed=0)
+        >>> data.x_train.shape, data.y_train.shape, data.x_test.shape
+        (torch.Size([20, 64]), torch.Size([20, 10]), torch.Size([10, 64]))
     """
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split

@@ -10,7 +10,13 @@ __all__ = ["sphere", "teacher_regression", "interpolate"]
 
 
 def sphere(n: int, d: int, *, generator: torch.Generator) -> torch.Tensor:
-    """(n, d) points uniform on the sphere of radius sqrt(d) (so <x, x>/d = 1)."""
+    """(n, d) points uniform on the sphere of radius sqrt(d) (so <x, x>/d = 1).
+
+    Example:
+        >>> x = wn.data.sphere(5, 3, generator=torch.Generator().manual_seed(0))
+        >>> x.shape
+        torch.Size([5, 3])
+    """
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
     return x / x.norm(dim=1, keepdim=True) * d ** 0.5
 
@@ -24,6 +30,11 @@ def teacher_regression(*, n_train: int = 128, n_test: int = 128, d: int = 8,
         n_train, n_test: numbers of points; d: input dimension; n_outputs: target columns.
         noise: standard deviation of the training label noise.
         seed: seed of inputs, teacher and noise.
+
+    Example:
+        >>> data = wn.data.teacher_regression(n_train=16, n_test=8, d=4)
+        >>> data.x_train.shape, data.y_train.shape
+        (torch.Size([16, 4]), torch.Size([16, 1]))
     """
     for arg, v in (("n_train", n_train), ("n_test", n_test), ("d", d), ("n_outputs", n_outputs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -50,6 +61,11 @@ def interpolate(x1: torch.Tensor, x2: torch.Tensor, n: int) -> tuple[torch.Tenso
 
     Returns:
         alphas: (n,) in [-0.25, 1.25] (a little past both ends); x: (n, d).
+
+    Example:
+        >>> alphas, x = wn.data.interpolate(torch.zeros(3), torch.ones(3), 5)
+        >>> alphas.shape, x.shape
+        (torch.Size([5]), torch.Size([5, 3]))
     """
     alphas = torch.linspace(-0.25, 1.25, n, dtype=torch.float64)
     return alphas, alphas[:, None] * x1[None] + (1 - alphas[:, None]) * x2[None]

@@ -1,7 +1,7 @@
 """Linearized and Taylor-expanded models around the current parameters p0.
 
-    f_lin(x; p)    = f(x; p0) + J(x; p0) (p - p0)                    (Lee et al. 2019, seed 002,
-                                                                      eq. 4; MATH.md §3)
+    f_lin(x; p)    = f(x; p0) + J(x; p0) (p - p0)                    (Lee et al. 2019, eq. 5;
+                                                                      docs/math.md §linearization)
     f_taylor(x; p) = Σ_{k=0}^{K} (1/k!) D^k f(x; p0)[p - p0, ..., p - p0]
 
 Both are computed with forward-mode products (`torch.func.jvp`, nested K times), never with a
@@ -34,6 +34,14 @@ class TaylorModel(nn.Module):
     Call as `f(x)` (uses `self.params`) or `f(x, params)` with params a dict name -> tensor.
     Buffers p0 (the expansion point) move with `.to()`; the wrapped model is not a submodule
     (its parameters are not trained through this module) and must live on the same device.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> x1, x2 = torch.randn(3, 4), torch.randn(5, 4)
+        >>> f_lin = wn.linearize(model)
+        >>> isinstance(f_lin, wn.TaylorModel), f_lin.degree
+        (True, 1)
     """
 
     def __init__(self, model, degree: int, *, params=None, func: str = "taylor_expand"):
@@ -124,6 +132,14 @@ def linearize(model, *, params=None) -> TaylorModel:
     Returns:
         A `TaylorModel` of degree 1: call f_lin(x, params) with a dict, or f_lin(x) with its
         own parameters (initialized at p0), which any torch optimizer can train.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> x1, x2 = torch.randn(3, 4), torch.randn(5, 4)
+        >>> f_lin = wn.linearize(model)
+        >>> bool(torch.allclose(f_lin(x1), model(x1)))        # equal at the expansion point
+        True
     """
     return TaylorModel(model, 1, params=params, func="linearize")
 
@@ -134,5 +150,13 @@ def taylor_expand(model, degree: int, *, params=None) -> TaylorModel:
     Args:
         model, params: as in `linearize`.
         degree: K >= 1; the error of the expansion at p0 + εv is O(ε^(K+1)).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> x1, x2 = torch.randn(3, 4), torch.randn(5, 4)
+        >>> f2 = wn.taylor_expand(model, 2)
+        >>> bool(torch.allclose(f2(x1), model(x1)))
+        True
     """
     return TaylorModel(model, degree, params=params, func="taylor_expand")

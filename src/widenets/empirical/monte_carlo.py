@@ -32,6 +32,13 @@ def monte_carlo_kernel(net: Layer, x1, x2=None, *, in_shape, n_samples: int, see
 
     Returns:
         As `Layer.kernel`. The Kernel's cov1/cov2 are the estimated output variances.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(3, 4)
+        >>> mc = wn.monte_carlo_kernel(net, x, in_shape=(4,), n_samples=4, get="ntk")
+        >>> mc.shape
+        torch.Size([3, 3])
     """
     fname = "monte_carlo_kernel"
     if not isinstance(net, Layer):

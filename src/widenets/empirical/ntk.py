@@ -1,7 +1,7 @@
 """Public entry points: `empirical_ntk` and `empirical_nngp` of any torch model.
 
 Θ(x, x')[a, b] = Σ_p ∂f_a(x)/∂θ_p ∂f_b(x')/∂θ_p          (Jacot et al. 2018; Lee et al. 2019,
-                                                            seed 002, eq. 6 at finite width)
+                                                        eq. 4; docs/math.md §empirical-ntk)
 K(x, x')[a, b] = f_a(x) f_b(x')
 
 Three exact implementations (jacobian.py, ntvp.py, structured.py) share this driver, which checks
@@ -77,6 +77,15 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             own message); no trainable parameters; params keys that do not match the model;
             BatchNorm in train mode; a non-finite result.
         TypeError: model or params of the wrong type.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> x1, x2 = torch.randn(3, 4), torch.randn(5, 4)
+        >>> wn.empirical_ntk(model, x1, x2).shape                  # mean over the 2 outputs
+        torch.Size([3, 5])
+        >>> wn.empirical_ntk(model, x1, mode="full").shape
+        torch.Size([3, 3, 2, 2])
     """
     func = "empirical_ntk"
     check_choice(mode, MODES, func=func, arg="mode")
@@ -208,6 +217,14 @@ def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
 
     Returns:
         The kernel in the model's dtype and device.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 2))
+        >>> x1, x2 = torch.randn(3, 4), torch.randn(5, 4)
+        >>> k = wn.empirical_nngp(model, x1, x2)
+        >>> bool(torch.allclose(k, model(x1) @ model(x2).T / 2))
+        True
     """
     func = "empirical_nngp"
     check_choice(mode, MODES, func=func, arg="mode")

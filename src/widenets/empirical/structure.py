@@ -58,6 +58,14 @@ class LayerStructure:
         transform: z = transform(x), the parameter-free part of an "affine" layer.
         param_layout: "channel" (parameters index axis 1 of the output) or "trailing"
             (parameters cover the trailing axes, as LayerNorm's normalized_shape); affine only.
+
+    Example:
+        >>> class MyLinear(torch.nn.Linear):
+        ...     pass
+        >>> wn.register_structured_layer(MyLinear, lambda m: wn.LayerStructure("linear"))
+        >>> model = torch.nn.Sequential(MyLinear(4, 8), torch.nn.ReLU(), MyLinear(8, 1))
+        >>> wn.empirical_ntk(model, torch.randn(3, 4), implementation="structured").shape
+        torch.Size([3, 3])
     """
 
     kind: str
@@ -95,6 +103,14 @@ def register_structured_layer(module_type: type,
         module_type: an nn.Module subclass (subclasses of it match too, unless registered
             themselves).
         describe: module -> LayerStructure, or None when this instance cannot be described.
+
+    Example:
+        >>> class MyLinear(torch.nn.Linear):
+        ...     pass
+        >>> wn.register_structured_layer(MyLinear, lambda m: wn.LayerStructure("linear"))
+        >>> model = torch.nn.Sequential(MyLinear(4, 8), torch.nn.ReLU(), MyLinear(8, 1))
+        >>> wn.empirical_ntk(model, torch.randn(3, 4), implementation="structured").shape
+        torch.Size([3, 3])
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"register_structured_layer: module_type must be an nn.Module subclass, "

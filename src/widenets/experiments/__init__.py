@@ -35,7 +35,13 @@ DEMO = "widenets.experiments.demo"
 
 
 def available() -> list[str]:
-    """The ids of the reproducible figures."""
+    """The ids of the reproducible figures.
+
+    Example:
+        >>> from widenets import experiments
+        >>> "lee-fig2" in experiments.available()
+        True
+    """
     return list(FIGURES)
 
 
@@ -44,6 +50,12 @@ def load(figure: str) -> ModuleType:
 
     Raises:
         ConfigError: unknown id (the message lists the known ones).
+
+    Example:
+        >>> from widenets import experiments
+        >>> module = experiments.load("lee-fig2")
+        >>> hasattr(module, "run") and hasattr(module, "Config")
+        True
     """
     if figure == "demo":
         return importlib.import_module(DEMO)

@@ -25,11 +25,19 @@ import torch
 ACTIVATION_HELP = "activation must be one of relu, erf, gelu, abs, identity, got {!r}"
 
 __all__ = ["Result", "ConfigError", "make_config", "parse_value", "progress", "to_jsonable",
-           "fit_slope"]
+           "fit_slope", "check_distinct_seeds"]
 
 
 class ConfigError(ValueError):
-    """A configuration the user asked for cannot be built (unknown key, wrong type)."""
+    """A configuration the user asked for cannot be built (unknown key, wrong type).
+
+    Example:
+        >>> from widenets import experiments
+        >>> experiments.make_config(experiments.load("lee-fig2"), overrides={"no_such_key": "1"})
+        Traceback (most recent call last):
+        ...
+        widenets.experiments...ConfigError: ...
+    """
 
 
 @dataclass
@@ -43,6 +51,14 @@ class Result:
         metrics: the key numbers (floats, ints, strings) shown in the report and checked by tests.
         caption: one or two sentences saying what the figure shows and what the paper claims.
         timings: seconds spent in named stages.
+
+    Example:
+        >>> from widenets import experiments
+        >>> result = experiments.Result(figure="demo", config=None, data={},
+        ...                             metrics={"accuracy": 0.9},
+        ...                             caption="a caption")
+        >>> result.metrics["accuracy"]
+        0.9
     """
 
     figure: str
@@ -125,6 +141,12 @@ def make_config(module, *, quick: bool = False, seed: int | None = None,
     Raises:
         ConfigError: an unknown key (the message lists the known ones) or a value that does not
             parse as the field's type.
+
+    Example:
+        >>> from widenets import experiments
+        >>> config = experiments.make_config(experiments.load("lee-fig2"), quick=True, seed=3)
+        >>> config.seed
+        3
     """
     cls = module.Config
     hints = typing.get_type_hints(cls)
@@ -143,6 +165,7 @@ def make_config(module, *, quick: bool = False, seed: int | None = None,
         config = cls(**values)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{module.ID}: {e}") from None
+    check_distinct_seeds(config, module_id=module.ID)
     check = getattr(config, "check", None)
     if check is not None:
         try:
@@ -150,6 +173,29 @@ def make_config(module, *, quick: bool = False, seed: int | None = None,
         except ValueError as e:
             raise ConfigError(f"{module.ID}: {e}") from None
     return config
+
+
+def check_distinct_seeds(config, *, module_id: str) -> None:
+    """Refuse a config whose seed list (a field named `seeds` or `*_seeds`) repeats a seed.
+
+    Repeated seeds repeat the same run: the spread over seeds (and every confidence interval
+    drawn from it) would shrink with no new information, down to a zero-width interval.
+
+    Raises:
+        ConfigError: naming the field, the duplicated seeds and what is expected.
+    """
+    for f in dataclasses.fields(config):
+        if not (f.name == "seeds" or f.name.endswith("_seeds")):
+            continue
+        value = getattr(config, f.name)
+        if not isinstance(value, (list, tuple)):
+            continue
+        dupes = sorted({s for s in value if list(value).count(s) > 1}, key=repr)
+        if dupes:
+            raise ConfigError(f"--set {f.name}: {module_id} needs distinct seeds (a repeated "
+                              f"seed repeats the same run and fakes a narrower confidence "
+                              f"interval), got {','.join(map(str, value))} with "
+                              f"{', '.join(map(str, dupes))} repeated")
 
 
 def split_sets(items: Iterable[str]) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """`blog-scaling`: why wide nets are lazy (seed 001). For a one-hidden-layer tanh net with LeCun
 initialization, the Jacobian norm ‖∇f‖ grows like √m, the Hessian norm ‖∇²f‖ stays O(1), so the
-inverse relative scale κ = ‖f(w₀) − ȳ‖ ‖∇²f‖ / ‖∇f‖² falls like 1/m (MATH.md §5).
+inverse relative scale κ = ‖f(w₀) − ȳ‖ ‖∇²f‖ / ‖∇f‖² falls like 1/m (docs/math.md §laziness).
 Operator norms are computed from Hessian-vector products (wn.finite_width.kappa)."""
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def rbf_baseline(ds, seed: int) -> tuple[float, float, dict]:
 
 def kernels_by_depth(x: torch.Tensor, config: Config):
     """Yield (depth, Kernel of the net with that many hidden layers) for config.depths, in one
-    pass: the depth-(L+1) recursion continues the depth-L one (MATH.md §2), so every hidden
+    pass: the depth-(L+1) recursion continues the depth-L one (docs/math.md §dense), so every hidden
     layer is applied once and each requested depth only adds its readout layer."""
     block = fc_net(1, 1, activation=config.activation, w_std=config.w_std, b_std=config.b_std)
     dense, act, readout = block.layers

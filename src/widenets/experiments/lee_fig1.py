@@ -1,5 +1,5 @@
 """`lee-fig1`: relative change of weights, of the empirical NTK Θ and of the NNGP K during
-training, against width (Lee et al. 2019, seed 002, Fig. 1; MATH.md §5).
+training, against width (Lee et al. 2019, seed 002, Fig. 1; docs/math.md §laziness).
 
 The paper: 3 hidden-layer ReLU nets, η = 1.0, |D| = 128 MNIST images, T = 2¹⁷ steps; input and
 output weights move like 1/√n, intermediate weights like 1/n, Θ and K between 1/√n and 1/n

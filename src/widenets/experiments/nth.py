@@ -1,5 +1,5 @@
 """`nth`: the truncated Neural Tangent Hierarchy against real training (Huang & Yau, seed 000,
-Thm. 2.6; MATH.md §6).
+Thm. 2.6; docs/math.md §nth).
 
 Gradient flow on (1/2n) Σ (f − y)² for one-hidden-layer erf nets. The hierarchy truncated at
 level p (p = 2: the frozen NTK; p = 3, 4: the NTK moves through K3, K4 frozen at their initial

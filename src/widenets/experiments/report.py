@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .base import Result, to_jsonable
 
-__all__ = ["Report", "OutputError", "versions", "check_writable"]
+__all__ = ["Report", "OutputError", "versions", "check_writable", "check_no_report"]
 
 
 class OutputError(OSError):
@@ -50,6 +50,28 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
+
+
+def check_no_report(out: Path) -> None:
+    """OutputError when `out` already holds a report (result.json or index.html) with results.
+
+    A second run into the same folder would silently replace the first run's numbers; the
+    caller passes --overwrite to replace them on purpose. A report of a run that finished no
+    figure (it failed or was interrupted at once) holds no results and may be replaced.
+    """
+    found = [name for name in ("result.json", "index.html") if (Path(out) / name).exists()]
+    if not found:
+        return
+    what = ""
+    try:
+        old = json.loads((Path(out) / "result.json").read_text(encoding="utf-8"))
+        if old.get("figures") == {}:
+            return
+        what = f" of `{old.get('command')}`, status {old.get('status')}"
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise OutputError(f"--out {str(out)!r} already holds a report ({' and '.join(found)}"
+                      f"{what}); pass --overwrite to replace it, or choose another --out")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import load
 from .base import ConfigError, make_config
-from .report import Report, check_writable
+from .report import Report, check_no_report, check_writable
 
 __all__ = ["prepare", "run_all"]
 
@@ -51,24 +51,40 @@ def _images(module, result, out: Path) -> list[tuple[str, str]]:
 
 
 def run_all(jobs, out: Path, *, title: str, command: str, seed: int | None,
-            log=print) -> Report:
+            log=print, overwrite: bool = False) -> Report:
     """Run each (module, config), writing PNGs, result.json and index.html into `out` after each.
 
     Ctrl-C stops the current figure; the report of the finished ones stays (status
-    "interrupted") and KeyboardInterrupt is re-raised for the caller's exit code.
+    "interrupted") and KeyboardInterrupt is re-raised for the caller's exit code. A ValueError
+    raised by a figure's run (a library function rejecting a configured value, e.g.
+    `--set w_std=-1`) becomes a ConfigError naming the figure; the finished figures stay.
+
+    Args:
+        overwrite: replace a report already in `out`. Without it a folder that holds a
+            previous run's result.json or index.html is refused (before any work): merging
+            two runs' reports would mix configurations under one command line.
 
     Raises:
-        OSError: `out` is not writable (checked before any work).
+        OSError: `out` is not writable, or holds a report and overwrite is False (checked
+            before any work).
+        ConfigError: a figure rejected its configuration.
     """
     out = Path(out)
     check_writable(out)
+    if not overwrite:
+        check_no_report(out)
     report = Report(out, title=title, command=command, seed=seed)
     report.write()
     try:
         for module, config in jobs:
             log(f"[widenets] {module.ID}: running ({getattr(module, 'TITLE', '')})")
             t0 = time.perf_counter()
-            result = module.run(config)
+            try:
+                result = module.run(config)
+            except ConfigError:
+                raise
+            except ValueError as e:  # a value the config passed on was rejected downstream
+                raise ConfigError(f"{module.ID}: the configuration was rejected: {e}") from e
             t_run = time.perf_counter() - t0
             images = _images(module, result, out)
             seconds = time.perf_counter() - t0

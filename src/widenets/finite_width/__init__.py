@@ -1,5 +1,5 @@
 """What finite width changes: NTK drift, laziness, depth-to-width statistics and the Neural
-Tangent Hierarchy (MATH.md §5-7; seeds 000, 001, 003).
+Tangent Hierarchy (docs/math.md §laziness, §nth, §hanin-nica; seeds 000, 001, 003).
 
     import widenets as wn
     rec = wn.finite_width.train(model, x, y, learning_rate=1.0, steps=100)

@@ -1,4 +1,4 @@
-"""The Neural Tangent Hierarchy (Huang & Yau 2020, seed 000; MATH.md §6).
+"""The Neural Tangent Hierarchy (Huang & Yau 2020, seed 000; docs/math.md §nth).
 
 With r = f(X) - Y and gradient flow dθ/dt = -η ∇θ L (time t counts gradient-descent steps of
 learning rate η, as in Lee et al. 2019), the outputs and kernels obey (seed 000, eqs. 9-10)
@@ -56,6 +56,10 @@ def k3_hvp_count(n: int, n_extra: int = 0) -> int:
     Cost model: one HVP per (row point a, direction c): (n + n_extra)·n HVPs, each about the
     cost of 2-3 per-example forward+backward passes; plus contractions of 2·(n + n_extra)·n²·P
     multiply-adds (P = number of trainable parameters); memory: chunk·(n + n_extra)·P floats.
+
+    Example:
+        >>> wn.finite_width.k3_hvp_count(64)                   # n² per-example HVPs
+        4096
     """
     return (n + n_extra) * n
 
@@ -165,6 +169,15 @@ def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
     Returns:
         (n, n), (n, n, n) or (n, n, n, n) for order 2, 3, 4; with x_first the first axis has
         n1 entries. dtype of the model.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> k3 = wn.finite_width.higher_order_kernel(model, x, order=3)
+        >>> k3.shape
+        torch.Size([4, 4, 4])
     """
     func = "higher_order_kernel"
     check_model(model, func)
@@ -211,6 +224,17 @@ class NTHKernels:
         f0: (n,) outputs; k2: (n, n); k3: (n, n, n) or None; k4: (n, n, n, n) or None.
         f0_test: (m,) or None; k2_test: (m, n); k3_test: (m, n, n); k4_test: (m, n, n, n).
         order: the highest kernel computed.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> kernels = wn.finite_width.nth_kernels(model, x, order=3)
+        >>> kernels.k2.shape, kernels.k3.shape
+        (torch.Size([4, 4]), torch.Size([4, 4, 4]))
+        >>> isinstance(kernels, wn.finite_width.NTHKernels)
+        True
     """
 
     f0: torch.Tensor
@@ -233,6 +257,15 @@ def nth_kernels(model: nn.Module, x, *, order: int = 3, x_test=None,
         x: (n, *in_shape) training inputs; x_test: (m, *in_shape) or None.
         order: 2, 3 or 4 (the truncation level p).
         chunk_size: see `higher_order_kernel`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> kernels = wn.finite_width.nth_kernels(model, x, order=3)
+        >>> kernels.k2.shape, kernels.k3.shape
+        (torch.Size([4, 4]), torch.Size([4, 4, 4]))
     """
     func = "nth_kernels"
     check_model(model, func)
@@ -274,6 +307,18 @@ class NTHResult:
         ntk_test: (T, m, n) predicted test-train NTK, or None.
         order, convention, learning_rate: as passed.
         n_evaluations: right-hand-side evaluations the ODE solver used.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> times = torch.linspace(0, 1, 3, dtype=torch.float64)
+        >>> nth = wn.finite_width.truncated_nth(model, x, y, order=3, times=times)
+        >>> nth.outputs.shape
+        torch.Size([3, 4])
+        >>> isinstance(nth, wn.finite_width.NTHResult)
+        True
     """
 
     times: torch.Tensor
@@ -311,6 +356,16 @@ def truncated_nth(model: nn.Module | None, x=None, y=None, *, order: int = 3, ti
 
     Returns:
         An `NTHResult`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> times = torch.linspace(0, 1, 3, dtype=torch.float64)
+        >>> nth = wn.finite_width.truncated_nth(model, x, y, order=3, times=times)
+        >>> nth.outputs.shape
+        torch.Size([3, 4])
     """
     func = "truncated_nth"
     if order not in (2, 3, 4):

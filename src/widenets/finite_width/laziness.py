@@ -3,7 +3,7 @@
 * `relative_change(record)`: ||W_t - W_0|| / ||W_0|| per parameter tensor, and the relative
   Frobenius change of the recorded NTK and NNGP.
 * `kappa(model, x, y)`: the inverse relative scale κ = ||y(w0) - ȳ|| ||∇²y|| / ||∇y||²
-  (MATH.md §5) with operator norms from Hessian- and Jacobian-vector products only.
+  (docs/math.md §laziness) with operator norms from Hessian- and Jacobian-vector products only.
 * `scaled(model, alpha)`: α (f(x; w) - f(x; w0)); trained with the loss divided by α², it goes
   lazy as α grows.
 * `width_sweep(build, widths, measure=...)`: log-log slopes against width, with confidence
@@ -41,6 +41,20 @@ class RelativeChange:
         weights: {name: (T,)} ||W_t - W_0||_F / ||W_0||_F per trainable parameter tensor.
         ntk: (T,) ||Θ_t - Θ_0||_F / ||Θ_0||_F on the training set, or None.
         nngp: (T,) ||K_t - K_0||_F / ||K_0||_F (readout-feature kernel), or None.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> rec = wn.finite_width.train(model, x, y, learning_rate=0.5, steps=4, record_every=2)
+        >>> rec.times.tolist(), rec.ntk.shape
+        ([0.0, 2.0, 4.0], torch.Size([3, 4, 4]))
+        >>> change = wn.finite_width.relative_change(rec)
+        >>> change.ntk.shape, sorted(change.weights)
+        (torch.Size([3]), ['0.bias', '0.weight', '2.bias', '2.weight'])
+        >>> isinstance(change, wn.finite_width.RelativeChange)
+        True
     """
 
     weights: dict
@@ -60,6 +74,18 @@ def relative_change(record: TrainRecord) -> RelativeChange:
 
     Args:
         record: a `TrainRecord` from `train` (with "weights" and/or "ntk"/"nngp" recorded).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> rec = wn.finite_width.train(model, x, y, learning_rate=0.5, steps=4, record_every=2)
+        >>> rec.times.tolist(), rec.ntk.shape
+        ([0.0, 2.0, 4.0], torch.Size([3, 4, 4]))
+        >>> change = wn.finite_width.relative_change(rec)
+        >>> change.ntk.shape, sorted(change.weights)
+        (torch.Size([3]), ['0.bias', '0.weight', '2.bias', '2.weight'])
     """
     if not isinstance(record, TrainRecord):
         raise TypeError(f"relative_change: record must be the TrainRecord returned by train(), "
@@ -75,7 +101,7 @@ def relative_change(record: TrainRecord) -> RelativeChange:
 # ----------------------------------------------------------------------------------- kappa
 @dataclass(frozen=True)
 class KappaResult:
-    """The inverse relative scale of Chizat & Bach (MATH.md §5) and its parts (floats).
+    """The inverse relative scale of Chizat & Bach (docs/math.md §laziness) and its parts (floats).
 
     Fields:
         kappa: ||y(w0) - ȳ|| · hessian_norm / jacobian_norm².
@@ -84,6 +110,17 @@ class KappaResult:
         hessian_norm: operator norm of the output Hessian ∇²y as the bilinear map
             R^P × R^P → R^{nO}: sup over unit e, u of e·∇²y[u, u].
         n_hvp: Hessian-vector products used.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> res = wn.finite_width.kappa(model, x, y, tol=1e-3)
+        >>> res.kappa > 0, res.n_hvp > 0
+        (True, True)
+        >>> isinstance(res, wn.finite_width.KappaResult)
+        True
     """
 
     kappa: float
@@ -122,7 +159,9 @@ def _top_eig(matvec, p: int, tol: float, seed: int, maxiter: int, v0=None):
 
 def kappa(model: nn.Module, x, y, *, tol: float = 1e-6, max_outer: int = 20,
           maxiter: int = 1000, seed: int = 0) -> KappaResult:
-    """Inverse relative scale κ(w0) = ||y(w0) - ȳ|| ||∇²y(w0)|| / ||∇y(w0)||² (MATH.md §5).
+    """Inverse relative scale κ(w0) = ||y(w0) - ȳ|| ||∇²y(w0)|| / ||∇y(w0)||² (§laziness).
+
+    docs/math.md §laziness.
 
     Operator norms without dense Jacobians or Hessians: ||∇y||² is the top eigenvalue of
     JᵀJ (jvp then vjp); ||∇²y|| = sup_{|e|=|u|=1} e·∇²y[u, u] by alternating maximization:
@@ -137,6 +176,15 @@ def kappa(model: nn.Module, x, y, *, tol: float = 1e-6, max_outer: int = 20,
         max_outer: alternation rounds for the Hessian norm.
         maxiter: Lanczos iterations per eigen-solve.
         seed: seeds the Lanczos start vectors.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> res = wn.finite_width.kappa(model, x, y, tol=1e-3)
+        >>> res.kappa > 0, res.n_hvp > 0
+        (True, True)
     """
     func = "kappa"
     check_model(model, func)
@@ -194,6 +242,17 @@ class ScaledModel(ScaledModelBase):
 
     Attributes: model (trainable), reference (frozen copy at w0), alpha.
     `train` divides the loss by α² for it (Chizat & Bach 2019), unless loss_scale is given.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> lazy = wn.finite_width.scaled(model, alpha=10.0)
+        >>> bool(torch.allclose(lazy(x), torch.zeros(4, 1, dtype=torch.float64)))   # centered at w0
+        True
+        >>> isinstance(lazy, wn.finite_width.ScaledModel)
+        True
     """
 
     def __init__(self, model: nn.Module, alpha: float):
@@ -215,6 +274,15 @@ def scaled(model: nn.Module, alpha: float) -> ScaledModel:
         model: any torch module; its current parameters are w0 (it is not copied: training the
             scaled model trains `model`).
         alpha: the scale α > 0; large α gives the kernel (lazy) regime.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> lazy = wn.finite_width.scaled(model, alpha=10.0)
+        >>> bool(torch.allclose(lazy(x), torch.zeros(4, 1, dtype=torch.float64)))   # centered at w0
+        True
     """
     check_model(model, "scaled")
     alpha = _core.check_positive(alpha, "scaled", "alpha")
@@ -233,6 +301,18 @@ class SweepResult:
         slope: {name: float} mean slope over seeds.
         ci: {name: (low, high)} t-interval of the mean slope at `confidence` (equal to the
             slope when there is one seed).
+
+    Example:
+        >>> def build(width, seed):
+        ...     torch.manual_seed(seed)
+        ...     return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Tanh(),
+        ...                                torch.nn.Linear(width, 1))
+        >>> n_params = lambda m: float(sum(p.numel() for p in m.parameters()))   # 5 width + 1
+        >>> res = wn.finite_width.width_sweep(build, [8, 16, 32], measure=n_params, seeds=(0, 1))
+        >>> [round(s, 2) for s in res.slope.values()]        # log-log slope close to 1
+        [0.99]
+        >>> isinstance(res, wn.finite_width.SweepResult)
+        True
     """
 
     widths: torch.Tensor
@@ -265,6 +345,16 @@ def width_sweep(build: Callable[[int, int], nn.Module], widths: Sequence[int], *
             `relative_change` entries).
         seeds: initialization seeds (intervals need at least two).
         confidence: level of the t-interval for the mean slope.
+
+    Example:
+        >>> def build(width, seed):
+        ...     torch.manual_seed(seed)
+        ...     return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Tanh(),
+        ...                                torch.nn.Linear(width, 1))
+        >>> n_params = lambda m: float(sum(p.numel() for p in m.parameters()))   # 5 width + 1
+        >>> res = wn.finite_width.width_sweep(build, [8, 16, 32], measure=n_params, seeds=(0, 1))
+        >>> [round(s, 2) for s in res.slope.values()]        # log-log slope close to 1
+        [0.99]
     """
     func = "width_sweep"
     if not callable(build) or not callable(measure):

@@ -1,4 +1,4 @@
-"""Depth-to-width statistics of the NTK diagonal (Hanin & Nica, seed 003; MATH.md §7).
+"""Depth-to-width statistics of the NTK diagonal (Hanin & Nica, seed 003; docs/math.md §hanin-nica).
 
 For a fully connected network with hidden widths n_1..n_L, scalar linear output, no biases and
 He initialization (weights of variance w_std²/fan_in, w_std² = 2 for ReLU), at one input x:
@@ -47,6 +47,13 @@ class NTKMoments:
             without a widenets layer).
         samples: (n_samples,) the sampled K(x, x).
         n_samples: number of networks.
+
+    Example:
+        >>> mom = wn.finite_width.ntk_moments(depth=3, width=10, x=torch.ones(4), n_samples=200)
+        >>> mom.ratio > 1, round(mom.beta, 2)                  # E[K²]/E[K]² > 1, β = 3 / 10
+        (True, 0.3)
+        >>> isinstance(mom, wn.finite_width.NTKMoments)
+        True
     """
 
     mean: float
@@ -121,7 +128,7 @@ def _k_and_grads(ws, x, phi, dphi, scales, coef, rank1=None):
     f, xs, deltas = _forward_backward(ws, x, phi, dphi, scales, rank1)
     k = torch.zeros_like(f)
     for l in range(len(ws)):
-        # Σ_l c_l ||x^{l-1}||² ||δ^l||²  (MATH.md §7; ∂h^l/∂W^l = x^{l-1})
+        # Σ_l c_l ||x^{l-1}||² ||δ^l||²  (docs/math.md §hanin-nica; ∂h^l/∂W^l = x^{l-1})
         k = k + coef[l] * (xs[l] ** 2).sum(1) * (deltas[l] ** 2).sum(1)
     grads = [(scales[l] * deltas[l], xs[l]) for l in range(len(ws))]
     return k, f, grads
@@ -150,6 +157,11 @@ def ntk_moments(depth: int, width: int | Sequence[int], x, *, n_samples: int,
 
     Returns:
         An `NTKMoments`.
+
+    Example:
+        >>> mom = wn.finite_width.ntk_moments(depth=3, width=10, x=torch.ones(4), n_samples=200)
+        >>> mom.ratio > 1, round(mom.beta, 2)                  # E[K²]/E[K]² > 1, β = 3 / 10
+        (True, 0.3)
     """
     func = "ntk_moments"
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:

@@ -39,6 +39,17 @@ class TrainRecord:
         weight_norms: {name: (T,)} ||W_t||_F per trainable parameter tensor.
         weight_changes: {name: (T,)} ||W_t - W_0||_F per trainable parameter tensor.
         learning_rate, method, convention, loss_scale: as used.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> rec = wn.finite_width.train(model, x, y, learning_rate=0.5, steps=4, record_every=2)
+        >>> rec.times.tolist(), rec.ntk.shape
+        ([0.0, 2.0, 4.0], torch.Size([3, 4, 4]))
+        >>> isinstance(rec, wn.finite_width.TrainRecord)
+        True
     """
 
     times: torch.Tensor
@@ -155,6 +166,15 @@ def train(model: nn.Module, x, y, *, learning_rate: float, steps: int | None = N
 
     Returns:
         A `TrainRecord`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(16, 1)).double()
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> rec = wn.finite_width.train(model, x, y, learning_rate=0.5, steps=4, record_every=2)
+        >>> rec.times.tolist(), rec.ntk.shape
+        ([0.0, 2.0, 4.0], torch.Size([3, 4, 4]))
     """
     func = "train"
     check_model(model, func)

@@ -6,8 +6,8 @@ A spatial Kernel carries, for s spatial axes S = (S_1, ..., S_s),
   x1 and of x2 (see `widenets.kernel`).
 
 A convolution sums over filter offsets d shared by both positions of a pair (Novak et al. 2019;
-MATH.md §2):  K'(o, o') = Σ_d K(s·o + d - l, s·o' + d - l)  (l the left padding), so it slides
-along the diagonal of each (axis, axis') plane. Pooling sums the two positions independently:
+docs/math.md §conv):  K'(o, o') = Σ_d K(s·o + d - l, s·o' + d - l)  (l the left padding), so it
+slides along the diagonal of each (axis, axis') plane. Pooling sums the two positions independently:
 K'(o, o') = Σ_{d, d'} K(s·o + d - l, s·o' + d' - l). Both are separable over spatial axes.
 """
 

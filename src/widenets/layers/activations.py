@@ -1,6 +1,6 @@
 """Pointwise activations: each supplies only its formulas.
 
-For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (MATH.md §2):
+For a pointwise φ and (u, v) ~ N(0, [[K11, K12], [K12, K22]]) (docs/math.md §activations):
 
     T(K)    = E[φ(u) φ(v)]            (the new second moment; nngp and both variances)
     Tdot(K) = E[φ'(u) φ'(v)]          (multiplies the NTK:  Θ' = Tdot(K) Θ)
@@ -14,6 +14,7 @@ optionally `t_diag`/`tdot_diag` (K11 = K22 = K12) when a cheaper exact form exis
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -58,8 +59,52 @@ class ActivationModule(nn.Module):
         return self.layer_name
 
 
+def _overrides(obj, name: str) -> bool:
+    return getattr(type(obj), name) is not getattr(Activation, name)
+
+
+def _gamma_by_autograd(tdot, k11, k22, k12):
+    """E[u v φ'(u) φ'(v)] - K12 E[φ'(u) φ'(v)] from Tdot alone (docs/math.md §layernorm-affine):
+
+        (K11 K22 + K12²) ∂Tdot/∂K12 + 2 K12 (K11 ∂Tdot/∂K11 + K22 ∂Tdot/∂K22),
+
+    the derivatives by autograd through the closed form of Tdot (entrywise: every entry of
+    Tdot depends only on its own K11, K22, K12)."""
+    shape = torch.broadcast_shapes(k11.shape, k22.shape, k12.shape)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (k11, k22, k12)):
+        raise NotImplementedError(
+            "kernel: autograd through the NTK term of a LayerNorm(affine=True) γ before an "
+            "activation without a closed-form gamma_correction is not supported; compute the "
+            "kernel under torch.no_grad()")
+    with torch.enable_grad():
+        a, b, c = (t.detach().expand(shape).clone().requires_grad_(True)
+                   for t in (k11, k22, k12))
+        d = tdot(a, b, c)
+        grads = torch.autograd.grad(d.sum(), (a, b, c), allow_unused=True)
+    g11, g22, g12 = (torch.zeros(shape, dtype=c.dtype, device=c.device) if g is None
+                     else g.detach() for g in grads)
+    a, b, c = a.detach(), b.detach(), c.detach()
+    return (a * b + c * c) * g12 + 2 * c * (a * g11 + b * g22)
+
+
+def _is_gamma_token(s) -> bool:
+    return isinstance(s, tuple) and len(s) == 2 and s[0] == "layernorm-gamma"
+
+
+def _shares_memory(a, b) -> bool:
+    return a is not None and b is not None and (a is b or (
+        a.device.type != "meta" and a.untyped_storage().data_ptr()
+        == b.untyped_storage().data_ptr()))
+
+
 class Activation(Layer):
-    """Base class: pointwise nonlinearity with infinite-width formulas T and Tdot."""
+    """Base class: pointwise nonlinearity with infinite-width formulas T and Tdot.
+
+    A subclass defines `forward` and either `t` and `tdot`, or `t_and_tdot` (closed forms that
+    broadcast over tensors), optionally `t_diag`/`tdot_diag` (K11 = K22 = K12) and, when
+    `LayerNorm(affine=True)` may precede it, `gamma_correction` (a closed form of
+    E[u v φ'(u) φ'(v)] - K12 Tdot; the default differentiates `tdot` by autograd).
+    """
 
     #: whether the closed form needs Gaussian inputs (False only for linear maps)
     needs_gaussian: bool = True
@@ -72,9 +117,17 @@ class Activation(Layer):
     # A subclass overrides either t_and_tdot (closed forms sharing intermediate results) or
     # t and tdot (separate computations); each pair has a default in terms of the other.
     def t(self, k11, k22, k12):
+        if not _overrides(self, "t_and_tdot"):
+            raise NotImplementedError(f"{self.name}: an Activation subclass must define t and "
+                                      f"tdot, or t_and_tdot; it defines neither t nor "
+                                      f"t_and_tdot")
         return self.t_and_tdot(k11, k22, k12, False)[0]
 
     def tdot(self, k11, k22, k12):
+        if not _overrides(self, "t_and_tdot"):
+            raise NotImplementedError(f"{self.name}: an Activation subclass must define t and "
+                                      f"tdot, or t_and_tdot; it defines neither tdot nor "
+                                      f"t_and_tdot")
         return self.t_and_tdot(k11, k22, k12, True)[1]
 
     def t_diag(self, k):
@@ -86,9 +139,36 @@ class Activation(Layer):
 
     def t_and_tdot(self, k11, k22, k12, want_tdot: bool):
         """T and (if want_tdot) Tdot at once."""
+        if not _overrides(self, "t") or (want_tdot and not _overrides(self, "tdot")):
+            raise NotImplementedError(f"{self.name}: an Activation subclass must define t and "
+                                      f"tdot, or t_and_tdot")
         return self.t(k11, k22, k12), (self.tdot(k11, k22, k12) if want_tdot else None)
 
+    def gamma_correction(self, k11, k22, k12):
+        """E[u v φ'(u) φ'(v)] - K12 Tdot: what the γ of a LayerNorm(affine=True) right before
+        this activation adds to the NTK (docs/math.md §layernorm-affine). Default: from Tdot
+        by autograd; subclasses with a closed form override it."""
+        return _gamma_by_autograd(self.tdot, k11, k22, k12)
+
+    def gamma_correction_diag(self, k):
+        return self.gamma_correction(k, k, k)
+
     # ------------------------------------------------------------- bookkeeping
+    def _gamma_weight(self, k: Kernel):
+        """g when k's NTK holds g·y y' from LayerNorm γ (see Kernel.gamma_term), else None;
+        raises when a γ term reaches this activation in a form the recursion cannot carry."""
+        rec = k.gamma_term
+        if rec is not None and rec[1] == k.sources and rec[2] == k.channels:
+            return rec[0]
+        if any(_is_gamma_token(s) for s in k.sources):
+            raise ValueError(
+                f"{self.name}.kernel: a LayerNorm(affine=True) reaches this activation through "
+                f"a layer that mixes its channels with others (FanInSum, FanInConcat, Flatten, "
+                f"...); the NTK term of its γ (correlated with the channel value) cannot be "
+                f"expressed layer by layer there. Put the activation directly after the "
+                f"LayerNorm, or a Dense/Conv between them, or use affine=False")
+        return None
+
     def apply_kernel(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             raise ValueError(f"{self.name}.kernel: expected one input, got {len(k)} branches; "
@@ -97,21 +177,69 @@ class Activation(Layer):
             got = "the raw input" if k.is_input else "a non-Gaussian layer output"
             raise ValueError(f"{self.name}.kernel: input must be Gaussian (got {got}); put a "
                              f"Dense or Conv before it")
+        gamma = self._gamma_weight(k) if self.needs_gaussian else None
         k11, k22 = k.broadcast_variances()
         nngp, tdot = self.t_and_tdot(k11, k22, k.nngp, k.ntk is not None)
+        # the maps below write in place: never into the input's tensors or T into Tdot
+        if _shares_memory(nngp, k.nngp) or _shares_memory(nngp, k.ntk):
+            nngp = nngp.clone()
+        if _shares_memory(tdot, nngp) or _shares_memory(tdot, k.nngp) \
+                or _shares_memory(tdot, k.ntk):
+            tdot = tdot.clone()
+        if torch.is_grad_enabled() and (nngp.requires_grad or (
+                tdot is not None and tdot.requires_grad)):
+            # the diagonal writes below are in place: keep autograd's saved tensors intact
+            nngp = nngp.clone()
+            tdot = None if tdot is None else tdot.clone()
         cov1, cov2 = k.map_variances(self.t_diag, self.t)
+        tdot_self = None
+        if tdot is not None and (k.x1_is_x2 or k.same_input is not None):
+            tdot_self = k.map_variances(self.tdot_diag, self.tdot)[0]
         if k.x1_is_x2:  # exact symmetry and diagonal (c = 1), see Kernel.set_batch_diagonal
             if not self.symmetric_formula:
                 nngp = k.symmetrize(nngp)
                 tdot = None if tdot is None else k.symmetrize(tdot)
             k.set_batch_diagonal(nngp, cov1)
             if tdot is not None:
-                k.set_batch_diagonal(tdot, k.map_variances(self.tdot_diag, self.tdot)[0])
-        ntk = None if k.ntk is None else tdot.mul_(k.ntk)      # Θ' = Tdot(K) Θ
+                k.set_batch_diagonal(tdot, tdot_self)
+        # identical inputs in x1 and x2: the exact self-pair values (docs/math.md §near-diagonal
+        # for c = 1), not arccos/sqrt of a c that rounding put just below 1
+        k.write_same_input(nngp, cov1)
+        if tdot is not None:
+            k.write_same_input(tdot, tdot_self)
+        ntk = None
+        if k.ntk is not None:
+            grad = torch.is_grad_enabled() and (tdot.requires_grad or k.ntk.requires_grad)
+            ntk = tdot * k.ntk if grad else tdot.mul_(k.ntk)       # Θ' = Tdot(K) Θ
+            if gamma:
+                ntk = ntk + gamma * self._gamma_term(k, k11, k22)
+        sources = k.sources
+        if self.needs_gaussian and any(_is_gamma_token(s) for s in sources):
+            sources = frozenset(s for s in sources if not _is_gamma_token(s))
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                          is_gaussian=k.is_gaussian and not self.needs_gaussian
                          and self._keeps_gaussian(),
-                         is_input=False)
+                         is_input=False, sources=sources,
+                         gamma_term=None if self.needs_gaussian else k.gamma_term)
+
+    def _gamma_term(self, k: Kernel, k11, k22):
+        """E[u v φ'(u)φ'(v)] - K12 Tdot on every pair, exact on the self pairs."""
+        corr = self.gamma_correction(k11, k22, k.nngp)
+        if k.x1_is_x2 or k.same_input is not None:
+            corr = corr.clone() if corr.requires_grad else corr
+            diag = k.map_variances(self.gamma_correction_diag, self.gamma_correction)[0]
+            if k.x1_is_x2:
+                if not self.symmetric_formula:
+                    corr = k.symmetrize(corr)
+                k.set_batch_diagonal(corr, diag)
+            k.write_same_input(corr, diag)
+        if not torch.isfinite(corr).all():
+            raise FloatingPointError(
+                f"{self.name}.kernel: the NTK term of the LayerNorm(affine=True) γ before this "
+                f"activation is not finite ({type(self).__name__} has no closed form "
+                f"gamma_correction and its Tdot is not differentiable there); put a Dense "
+                f"between LayerNorm and {self.name}, or use affine=False")
+        return corr
 
     def _keeps_gaussian(self) -> bool:
         return False
@@ -127,9 +255,16 @@ class Activation(Layer):
 class ABRelu(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0). LeakyRelu, Relu, Abs and Identity are special cases.
 
-    MATH.md §2 (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
+    docs/math.md §relu (Cho & Saul 2009 arc-cosine kernels), θ = arccos c:
         T    = (a²+b²) √(K11K22) (sin θ + (π-θ) cos θ)/(2π) - 2ab √(K11K22) (sin θ - θ cos θ)/(2π)
         Tdot = ((a²+b²)(π-θ) + 2abθ) / (2π)
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k1 = wn.serial(wn.Dense(1), wn.ABRelu(0.0, 1.0)).kernel(x, get="nngp")
+        >>> k2 = wn.serial(wn.Dense(1), wn.Relu()).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k1, k2))
+        True
     """
 
     def __init__(self, a: float = 0.0, b: float = 1.0):
@@ -154,6 +289,9 @@ class ABRelu(Activation):
         # T = √(K11 K22) (c · Tdot + (a - b)² sin θ / (2π)). The variance factors are
         # outer products of small tensors, evaluated symmetrically in (x1, x2).
         s2, ab2 = a * a + b * b, 2 * a * b
+        if torch.is_grad_enabled() and (k11.requires_grad or k22.requires_grad
+                                        or k12.requires_grad):
+            return self._t_and_tdot_autograd(k11, k22, k12, want_tdot)
         c = torch.mul(torch.rsqrt(torch.clamp(k11, min=_TINY)),
                       torch.rsqrt(torch.clamp(k22, min=_TINY)))
         c = c.mul_(k12) if c.shape == k12.shape else c * k12
@@ -168,6 +306,34 @@ class ABRelu(Activation):
             tdot = None
         return t, tdot
 
+    def _t_and_tdot_autograd(self, k11, k22, k12, want_tdot):
+        """The same formulas out of place, so that autograd can differentiate the kernel
+        (e.g. with respect to w_std through a tensor-valued input kernel)."""
+        a, b = self.a, self.b
+        s2, ab2 = a * a + b * b, 2 * a * b
+        root = torch.sqrt(torch.clamp(k11, min=_TINY)) * torch.sqrt(torch.clamp(k22, min=_TINY))
+        # clamp strictly inside [-1, 1]: d arccos/dc is infinite at c = ±1 (self pairs get
+        # their exact values from the diagonal formulas)
+        lim = 1.0 - torch.finfo(k12.dtype).eps
+        c = torch.clamp(k12 / root, -lim, lim)
+        theta = torch.arccos(c)
+        tdot = theta * ((ab2 - s2) / (2 * math.pi)) + s2 / 2
+        t = (c * tdot + torch.sin(theta) * ((s2 - ab2) / (2 * math.pi))) * root
+        return t, (tdot if want_tdot else None)
+
+    def gamma_correction(self, k11, k22, k12):
+        # x φ'(x) = φ(x) (positive homogeneity), so E[uv φ'(u)φ'(v)] = T and the correction
+        # T - K12 Tdot = (a-b)² √(K11K22) sin θ / (2π) (docs/math.md §layernorm-affine)
+        if self.a == self.b:
+            return torch.zeros_like(k12 * k11 * k22)
+        root = torch.sqrt(torch.clamp(k11, min=0.0)) * torch.sqrt(torch.clamp(k22, min=0.0))
+        c = torch.clamp(k12 / torch.clamp(root, min=_TINY), -1.0, 1.0)
+        sin = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
+        return ((self.a - self.b) ** 2 / (2 * math.pi)) * root * sin
+
+    def gamma_correction_diag(self, k):  # θ = 0
+        return torch.zeros_like(k)
+
     def t_diag(self, k):  # θ = 0: T = (a²+b²) k / 2
         return 0.5 * (self.a ** 2 + self.b ** 2) * k
 
@@ -179,7 +345,14 @@ class ABRelu(Activation):
 
 
 class Relu(ABRelu):
-    """φ(x) = max(x, 0) (ABRelu(0, 1))."""
+    """φ(x) = max(x, 0) (ABRelu(0, 1)).
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> k = wn.serial(wn.Dense(1), wn.Relu()).kernel(x, get="nngp")   # K11 = 1/2, K12 = 0
+        >>> round(k[0, 0].item(), 4), round(k[0, 1].item(), 4)            # 1/4 and 1/(4π)
+        (0.25, 0.0796)
+    """
 
     def __init__(self):
         super().__init__(0.0, 1.0)
@@ -192,7 +365,14 @@ class Relu(ABRelu):
 
 
 class LeakyRelu(ABRelu):
-    """φ(x) = x for x > 0, alpha·x otherwise (ABRelu(alpha, 1))."""
+    """φ(x) = x for x > 0, alpha·x otherwise (ABRelu(alpha, 1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.LeakyRelu(0.1), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
@@ -203,7 +383,14 @@ class LeakyRelu(ABRelu):
 
 
 class Abs(ABRelu):
-    """φ(x) = |x| (ABRelu(-1, 1))."""
+    """φ(x) = |x| (ABRelu(-1, 1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Abs(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self):
         super().__init__(-1.0, 1.0)
@@ -216,7 +403,15 @@ class Abs(ABRelu):
 
 
 class Identity(ABRelu):
-    """φ(x) = x: T = K12, Tdot = 1; exact on any input, keeps Gaussianity."""
+    """φ(x) = x: T = K12, Tdot = 1; exact on any input, keeps Gaussianity.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k1 = wn.serial(wn.Dense(8), wn.Identity(), wn.Dense(1)).kernel(x, get="nngp")
+        >>> k2 = wn.serial(wn.Dense(8), wn.Dense(1)).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k1, k2))
+        True
+    """
 
     def __init__(self):
         super().__init__(1.0, 1.0)
@@ -240,9 +435,15 @@ def _erf_scaled(k11, k22, k12):
 
 
 class Erf(Activation):
-    """φ(x) = erf(x) (Williams 1997; MATH.md §2):
+    """φ(x) = erf(x) (Williams 1997; docs/math.md §erf):
         T    = (2/π) arcsin(2K12 / √((1+2K11)(1+2K22)))
         Tdot = (4/π) / √((1+2K11)(1+2K22) - 4K12²)
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Erf(), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
     """
 
     def forward(self, x):
@@ -253,16 +454,31 @@ class Erf(Activation):
         f, d, _, _ = _erf_scaled(2 * k11, 2 * k22, 2 * k12)
         return f, (2 * d if want_tdot else None)   # φ'(x) = √2 s'(√2 x)
 
+    def gamma_correction(self, k11, k22, k12):
+        # x erf'(x) = (2/√π) x exp(-x²): E[uv exp(-u²-v²)] (4/π) = (4/π) K12 Δ^{-3/2} with
+        # Δ = (1+2K11)(1+2K22) - 4K12², so the correction is (4/π) K12 Δ^{-3/2} (1 - Δ)
+        # (docs/math.md §layernorm-affine)
+        delta = torch.clamp((1 + 2 * k11) * (1 + 2 * k22) - 4 * k12 * k12, min=_TINY)
+        return (4 / math.pi) * k12 * (1 - delta) / delta ** 1.5
+
 
 class Gelu(Activation):
     """φ(x) = x Φ(x) (exact GELU, torch's default), closed form.
 
     With s(x) = erf(x/√2), x Φ(x) = x/2 + x s(x)/2, and Stein's lemma (E[u g] = K11 E[∂u g] +
     K12 E[∂v g]) reduces E[uv s(u)s(v)] to F and D of the erf kernel (derivation in
-    docs: x Φ is odd + even, odd cross terms vanish):
+    docs/math.md §gelu: x Φ is odd + even, odd cross terms vanish):
         T    = K12/4 + (K12 F + D (K11K22 + K12²(1 - K11K22)/P)) / 4
         Tdot = (1 + F + K12 D/(1+K11) + K12 D/(1+K22) + (2/π) K12 / det^{3/2}) / 4
     with P = (1+K11)(1+K22), det = P - K12². Checked against quadrature in the tests.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> exact = wn.serial(wn.Dense(1), wn.Gelu()).kernel(x, get="nngp")
+        >>> gelu = wn.Elementwise(torch.nn.functional.gelu)
+        >>> quad = wn.serial(wn.Dense(1), gelu).kernel(x, get="nngp")
+        >>> bool(torch.allclose(exact, quad, atol=1e-6))
+        True
     """
 
     def forward(self, x):
@@ -283,6 +499,12 @@ class Sin(Activation):
     """φ(x) = a sin(b x + c). With S = K11 + K22:
         T    = a²/2 (exp(-b²(S - 2K12)/2) - exp(-b²(S + 2K12)/2) cos 2c)
         Tdot = a²b²/2 (exp(-b²(S - 2K12)/2) + exp(-b²(S + 2K12)/2) cos 2c)
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Sin(1.0, 2.0, 0.5), wn.Dense(1))
+        >>> k = net.kernel(torch.randn(3, 4))
+        >>> k.ntk.shape
+        torch.Size([3, 3])
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
@@ -302,40 +524,211 @@ class Sin(Activation):
 
 
 # --------------------------------------------------------------------------- any φ by quadrature
-class Elementwise(Activation):
-    """Any pointwise activation by 2-D Gauss-Hermite quadrature (MATH.md §2).
+#: the quadrature rule of `Elementwise` (docs/math.md §quadrature-accuracy): composite
+#: Gauss-Legendre in z ~ N(0, 1) over |z| <= _Z, with panel breakpoints at
+#: * _GAUSS_PANELS equal panels of z (resolve the Gaussian weight at any variance),
+#: * _FEATURE_PANELS equal panels of the pre-activation x over |x| <= _FEATURE_HALF, and
+#:   x = ±_FEATURE_HALF·2^k, k = 1.._GEOMETRIC (resolve φ's unit-scale features wherever the
+#:   variance puts them: tanh at K = 1000 is a step in z, at K = 1e-3 almost linear),
+#: mapped to z through the mean and standard deviation of x; max(2, ⌈degree / 25⌉) nodes per
+#: panel (relative error for erf, any variance: 8 nodes ~1e-9, 6 ~3e-6, 4 ~4e-4, 10 ~1e-12).
+_Z = 8.5
+_GAUSS_PANELS = 8
+_FEATURE_HALF = 6.0
+_FEATURE_PANELS = 8
+_GEOMETRIC = 4
+#: panels per dimension: the Gaussian ones, the feature ones, 2·_GEOMETRIC far ones, and the
+#: one the two grids' union adds
+_PANELS = _GAUSS_PANELS + _FEATURE_PANELS + 2 * _GEOMETRIC + 1
 
-    With u = √K11 z1, v = √K22 (c z1 + √(1-c²) z2), z ~ N(0, I):
-        E[φ(u) φ(v)] ≈ Σ_i Σ_j w_i w_j φ(u_i) φ(v_ij),
-    exact when φ(u)φ(v) is a polynomial of degree < 2·degree in each variable. Smooth
-    activations converge fast once the nodes resolve φ(√K z): at variances K ≈ 3, degree 64
-    gives ~1e-8 for erf and ~1e-6 for tanh (degree 24: ~1e-3). Kinks converge like 1/degree
-    (ReLU: ~1.5e-3 at degree 128), so prefer a closed form where one exists.
+
+def _breakpoints_x(dtype, device):
+    inner = torch.linspace(-_FEATURE_HALF, _FEATURE_HALF, _FEATURE_PANELS + 1, dtype=dtype,
+                           device=device)
+    far = _FEATURE_HALF * 2.0 ** torch.arange(1, _GEOMETRIC + 1, dtype=dtype, device=device)
+    return torch.cat([inner, far, -far])
+
+
+def _panel_rule(mean, std, gl_x, gl_w):
+    """Nodes z and weights w, shaped (*mean.shape, P·q), with Σ w g(z) ≈ E[g(z)] over
+    z ~ N(0, 1) for g(z) = f(mean + std·z), f smooth at unit scale in its argument."""
+    dtype, device = std.dtype, std.device
+    gz = torch.linspace(-_Z, _Z, _GAUSS_PANELS + 1, dtype=dtype, device=device)
+    bx = _breakpoints_x(dtype, device)
+    safe = torch.clamp(std, min=torch.finfo(dtype).tiny)[..., None]
+    fz = torch.clamp((bx - mean[..., None]) / safe, -_Z, _Z)
+    b = torch.sort(torch.cat([gz.expand(*fz.shape[:-1], -1), fz], -1), -1).values
+    lo, hi = b[..., :-1, None], b[..., 1:, None]
+    half = 0.5 * (hi - lo)
+    z = (lo + hi) * 0.5 + half * gl_x
+    w = half * gl_w * torch.exp(-0.5 * z * z) * (1 / math.sqrt(2 * math.pi))
+    return z.flatten(-2), w.flatten(-2)
+
+
+def _call_name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class Elementwise(Activation):
+    """Any pointwise activation: T and Tdot by 2-D quadrature, or from a closed-form T.
+
+    By quadrature (docs/math.md §quadrature-accuracy): with u = √K11 z1 and
+    v = √K22 (c z1 + √(1-c²) z2), z ~ N(0, I), E[φ(u) φ(v)] is a composite Gauss-Legendre rule
+    in z1 and, for each node, in z2 given z1, whose panels follow both the Gaussian weight and
+    the unit scale of φ's argument (so the rule does not degrade when the variance is tiny or
+    huge). Accuracy (measured against scipy.integrate.quad, tests/reliability): relative error
+    below 1e-8 for activations analytic in a strip |Im x| < 1 around the real axis (tanh,
+    sigmoid, erf, softplus, GELU, SiLU) at every variance 1e-3 ... 1e3 with the default
+    default degree; kinks at x = 0 (ReLU, |x|) fall on a panel edge and are exact in one
+    dimension. Features at a much smaller scale than 1 in x (tanh(100 x)) need a larger degree.
+    Cost: 200² evaluations of φ per kernel entry at the default degree.
+
+    With `nngp_fn` (a closed form T(K11, K22, K12)), T is that function and
+    Tdot = ∂T/∂K12 comes from autograd (Price's theorem), exact to rounding; quadrature is not
+    used except once, at construction, to check `nngp_fn` against `fn`.
 
     Args:
-        fn: the activation, a torch function applied elementwise.
-        dfn: its derivative; None computes φ' by autograd.
-        degree: number of Gauss-Hermite nodes per dimension (cost ∝ degree² per entry).
+        fn: the activation, a torch function applied elementwise (tensor in, same-shape
+            tensor out).
+        dfn: its derivative; None computes φ' by autograd (refused for functions whose
+            autograd derivative is zero almost everywhere, such as steps).
+        nngp_fn: optional closed form T(k11, k22, k12) = E[φ(u) φ(v)] over tensors.
+        degree: quadrature nodes per dimension: the rule has 25 panels of
+            max(2, ⌈degree/25⌉) Gauss-Legendre nodes. The default 200 (8 per panel) gives the
+            stated accuracy; 150 gives ~3e-6, 100 ~4e-4, 250 ~1e-12 (erf, any variance).
         name: shown in errors and repr.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> net = wn.serial(wn.Dense(8), wn.Elementwise(torch.tanh), wn.Dense(1))
+        >>> net.kernel(torch.ones(2, 3), get="ntk").shape
+        torch.Size([2, 2])
     """
 
-    symmetric_formula = False
+    @property
+    def symmetric_formula(self) -> bool:
+        # the quadrature puts the larger variance outside: exactly symmetric in (K11, K22);
+        # a user's closed form need not be
+        return self.nngp_fn is None
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *,
-                 dfn: Callable[[torch.Tensor], torch.Tensor] | None = None, degree: int = 64,
-                 name: str | None = None):
+                 dfn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 nngp_fn: Callable | None = None, degree: int = 200, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
         if dfn is not None and not callable(dfn):
             raise TypeError(f"Elementwise: dfn must be callable or None, got "
                             f"{type(dfn).__name__}")
-        if isinstance(degree, bool) or not isinstance(degree, int) or not 2 <= degree <= 256:
-            raise ValueError(f"Elementwise: degree must be an int in [2, 256], got {degree!r}")
-        self.fn, self.dfn, self.degree = fn, dfn, degree
-        self._name = name or getattr(fn, "__name__", "fn")
-        nodes, weights = np.polynomial.hermite_e.hermegauss(degree)   # weight exp(-z²/2)
-        self._nodes = torch.from_numpy(nodes)
-        self._weights = torch.from_numpy(weights / weights.sum())     # E over N(0, 1)
+        if nngp_fn is not None and not callable(nngp_fn):
+            raise TypeError(f"Elementwise: nngp_fn must be callable or None, got "
+                            f"{type(nngp_fn).__name__}")
+        if isinstance(degree, bool) or not isinstance(degree, int) or not 2 <= degree <= 1600:
+            raise ValueError(f"Elementwise: degree must be an int in [2, 1600] (quadrature "
+                             f"nodes per dimension), got {degree!r}")
+        self.fn, self.dfn, self.nngp_fn, self.degree = fn, dfn, nngp_fn, degree
+        self._name = name or _call_name(fn)
+        self._per_panel = max(2, -(-degree // _PANELS))
+        x, w = np.polynomial.legendre.leggauss(self._per_panel)
+        self._gl = (torch.from_numpy(x), torch.from_numpy(w))
+        self._constant = False
+        self._check_fn("fn", fn)
+        if dfn is not None:
+            self._check_fn("dfn", dfn)
+        else:
+            self._check_derivative()
+        if nngp_fn is not None:
+            self._check_nngp_fn()
+
+    # ------------------------------------------------------------- input checks
+    def _check_fn(self, arg: str, fn) -> None:
+        """The shape contract: a tensor of the same shape, each entry a function of the same
+        entry only (checked by perturbing one entry)."""
+        x = torch.linspace(-2.5, 2.5, 15, dtype=torch.float64).reshape(3, 5)
+        what = f"{arg}={_call_name(fn)}"
+        x2 = x.clone()
+        x2[1, 1] += 0.375
+        try:
+            with warnings.catch_warnings():       # numpy's __array_wrap__ deprecation on
+                warnings.simplefilter("ignore", DeprecationWarning)   # np.* of a tensor
+                y = fn(x.clone())
+                y2 = fn(x2)
+        except Exception as e:
+            raise TypeError(f"Elementwise: {arg} must map a torch.Tensor to a torch.Tensor "
+                            f"elementwise; {what} on a float64 tensor of shape (3, 5) raised "
+                            f"{type(e).__name__}: {e} (math.* functions take one number: use "
+                            f"the torch function, e.g. torch.tanh)") from e
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"Elementwise: {arg} must return a torch.Tensor, got "
+                            f"{type(y).__name__} from {what} on a float64 tensor of shape "
+                            f"(3, 5) (numpy/math functions and constants do not work on "
+                            f"tensors: use the torch function, e.g. torch.tanh, or "
+                            f"torch.full_like(z, c) for a constant)")
+        if tuple(y.shape) != (3, 5):
+            raise ValueError(f"Elementwise: {arg} must be elementwise (output shape = input "
+                             f"shape), got output shape {tuple(y.shape)} from {what} for input "
+                             f"shape (3, 5)")
+        if not torch.is_floating_point(y):
+            raise TypeError(f"Elementwise: {arg} must return floating-point values, got dtype "
+                            f"{y.dtype} from {what}")
+        changed = (y2 != y) & ~(torch.isnan(y2) & torch.isnan(y))
+        changed[1, 1] = False
+        if bool(changed.any()):
+            raise ValueError(f"Elementwise: {arg} must be elementwise: changing input entry "
+                             f"(1, 1) of a (3, 5) tensor changed {int(changed.sum())} other "
+                             f"output entries of {what} (a reduction such as z.sum(), "
+                             f"z - z.mean() or softmax is not an activation)")
+
+    def _check_derivative(self) -> None:
+        x = torch.linspace(-2.5, 2.5, 15, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            y = self.fn(x)
+        if bool((y == y[0]).all()):
+            self._constant = True         # φ' = 0 everywhere
+            return
+        try:
+            g = self._autograd_dphi(x)
+        except Exception as e:
+            msg = str(e)
+            if "numpy" in msg:
+                why = ("it converts the tensor to numpy (a numpy function such as np.tanh): use "
+                       "the torch function, e.g. torch.tanh")
+            elif "does not require grad" in msg:
+                why = ("its output does not depend differentiably on its input (a comparison or "
+                       "step function? its derivative is zero almost everywhere and a Dirac "
+                       "delta at the jumps, which quadrature cannot integrate): pass dfn= "
+                       "explicitly")
+            else:
+                why = "pass dfn= explicitly"
+            raise TypeError(f"Elementwise: fn={self._name} has no autograd derivative, which "
+                            f"the NTK needs ({type(e).__name__}: {msg[:120]}); {why}") from e
+        if not bool((g != 0).any()):
+            raise ValueError(f"Elementwise: fn={self._name} varies but its autograd derivative "
+                             f"is zero at every probe point (a step function?): φ' is zero "
+                             f"almost everywhere and a Dirac delta at the jumps, which "
+                             f"quadrature cannot integrate; pass dfn= explicitly (e.g. "
+                             f"dfn=torch.zeros_like to accept an NTK without the jump terms)")
+
+    def _check_nngp_fn(self) -> None:
+        """nngp_fn against the quadrature of fn at three covariances (catches a wrong
+        closed form, a wrong scale, or one that does not broadcast)."""
+        k = torch.tensor([[1.0, 1.0, 0.5], [0.3, 2.0, -0.4], [4.0, 0.5, 1.2]],
+                         dtype=torch.float64)
+        k11, k22, k12 = k.unbind(1)
+        try:
+            got = self.nngp_fn(k11, k22, k12)
+        except Exception as e:
+            raise TypeError(f"Elementwise: nngp_fn must map tensors (k11, k22, k12) to a "
+                            f"tensor; on shape (3,) it raised {type(e).__name__}: {e}") from e
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (3,):
+            raise TypeError(f"Elementwise: nngp_fn must return a tensor shaped like its "
+                            f"inputs, got {_describe_value(got)} for inputs of shape (3,)")
+        want = self._expect2(self.fn, k11[:, None], k22[:, None], k12[:, None])[:, 0]
+        err = (got - want).abs() / want.abs().clamp(min=1e-3)
+        if not bool((err < 1e-5).all()):
+            raise ValueError(f"Elementwise: nngp_fn disagrees with the quadrature of fn="
+                             f"{self._name}: at (K11, K22, K12) = {k.tolist()} it gives "
+                             f"{got.tolist()}, quadrature {want.tolist()}")
 
     @property
     def name(self) -> str:
@@ -344,50 +737,143 @@ class Elementwise(Activation):
     def forward(self, x):
         return self.fn(x)
 
-    def _dphi(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dfn is not None:
-            return self.dfn(x)
+    def _autograd_dphi(self, x):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.fn(x).sum(), x)
         return g.detach()
 
-    def _expect2(self, phi, k11, k22, k12):
-        """E[φ(u) φ(v)] entrywise over broadcast (k11, k22, k12), chunked to bound memory."""
+    def _dphi(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dfn is not None:
+            return self.dfn(x)
+        if self._constant:
+            return torch.zeros_like(x)
+        return self._autograd_dphi(x)
+
+    def _psi(self, x):
+        """x φ'(x): E[ψ(u)ψ(v)] = E[uv φ'(u)φ'(v)] (the LayerNorm γ term)."""
+        return x * self._dphi(x)
+
+    def _finite(self, out, what: str):
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(
+                f"{self.name}.kernel: {what} is NaN or infinite although its inputs are finite: "
+                f"fn={self._name} (or its derivative) returns NaN/inf at some pre-activation "
+                f"within ±8.5 standard deviations (a domain error, e.g. log or sqrt of a "
+                f"negative number, not an overflow of the kernel)")
+        return out
+
+    def _no_grad_through_quadrature(self, *ts):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+            raise NotImplementedError(
+                f"{self.name}.kernel: autograd through the quadrature is not supported (the "
+                f"result would silently miss these gradients); pass nngp_fn= (a closed form, "
+                f"differentiated by autograd) or compute the kernel under torch.no_grad()")
+
+    def _expect2(self, phi, k11, k22, k12, *more):
+        """E[φ(u) φ(v)] entrywise over broadcast (k11, k22, k12), chunked to bound memory;
+        with more functions (`more`), a tuple of E[f(u) f(v)] for φ and each of them, on one
+        shared quadrature rule (building the rule costs more than evaluating φ)."""
+        self._no_grad_through_quadrature(k11, k22, k12)
+        funcs = (phi, *more)
         shape = torch.broadcast_shapes(k11.shape, k22.shape, k12.shape)
-        k11, k22, k12 = (t.expand(shape).reshape(-1) for t in (k11, k22, k12))
-        z = self._nodes.to(k12)
-        w = self._weights.to(k12)
-        deg = z.numel()
-        out = torch.empty_like(k12)
-        chunk = max(1, (1 << 22) // (deg * deg))
+        k11, k22, k12 = (t.detach().expand(shape).reshape(-1) for t in (k11, k22, k12))
+        gl_x, gl_w = (t.to(k12) for t in self._gl)
+        outs = [torch.empty_like(k12) for _ in funcs]
+        per = _PANELS * self._per_panel
+        chunk = max(1, (1 << 18) // (per * per))     # cache-sized temporaries
         for s in range(0, k12.numel(), chunk):
-            a, b, c12 = k11[s:s + chunk], k22[s:s + chunk], k12[s:s + chunk]
-            c, _ = _cos_angle(a, b, c12)
-            sa, sb = torch.sqrt(a)[:, None], torch.sqrt(b)[:, None, None]
-            r = torch.sqrt(torch.clamp(1 - c * c, min=0.0))[:, None, None]
-            u = sa * z                                                     # (m, i)
-            v = sb * (c[:, None, None] * z[None, :, None] + r * z[None, None, :])  # (m, i, j)
-            inner = (phi(v) * w).sum(-1)                                   # (m, i)
-            out[s:s + chunk] = (phi(u) * inner * w).sum(-1)
-        return out.reshape(shape)
+            a = torch.clamp(k11[s:s + chunk], min=0.0)
+            b = torch.clamp(k22[s:s + chunk], min=0.0)
+            # outer variable = the larger variance: the inner expectation then varies with
+            # z1 no faster than the outer rule resolves (E[φ(u)φ(v)] is symmetric in u, v)
+            a, b = torch.maximum(a, b), torch.minimum(a, b)
+            c, _ = _cos_angle(a, b, k12[s:s + chunk])
+            sa, sb = torch.sqrt(a), torch.sqrt(b)
+            z1, w1 = _panel_rule(torch.zeros_like(sa), sa, gl_x, gl_w)         # (m, i)
+            mean = (sb * c)[:, None] * z1                                      # v | z1
+            std = (sb * torch.sqrt(torch.clamp(1 - c * c, min=0.0)))[:, None].expand_as(mean)
+            z2, w2 = _panel_rule(mean, std, gl_x, gl_w)                        # (m, i, j)
+            v = z2.mul_(std[..., None]).add_(mean[..., None])
+            u = sa[:, None] * z1
+            for f, out in zip(funcs, outs):
+                inner = torch.linalg.vecdot(f(v), w2)                         # (m, i)
+                out[s:s + chunk] = torch.linalg.vecdot(f(u) * inner, w1)
+        outs = [self._finite(o.reshape(shape), "the quadrature") for o in outs]
+        return outs[0] if not more else tuple(outs)
 
     def _expect1(self, phi, k):
-        z = self._nodes.to(k)
-        w = self._weights.to(k)
-        return (phi(torch.sqrt(k)[..., None] * z) ** 2 * w).sum(-1)
+        self._no_grad_through_quadrature(k)
+        gl_x, gl_w = (t.to(k) for t in self._gl)
+        sd = torch.sqrt(torch.clamp(k.detach(), min=0.0))
+        z, w = _panel_rule(torch.zeros_like(sd), sd, gl_x, gl_w)
+        return self._finite((phi(sd[..., None] * z) ** 2 * w).sum(-1), "the quadrature")
+
+    # ------------------------------------------------------------- closed form T given
+    def _t_closed(self, k11, k22, k12):
+        out = self.nngp_fn(k11, k22, k12)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{self.name}.kernel: nngp_fn must return a tensor, got "
+                            f"{type(out).__name__}")
+        return self._finite(out, "nngp_fn")
+
+    def _tdot_closed(self, k11, k22, k12):
+        """Tdot = ∂T/∂K12 by autograd through nngp_fn (Price's theorem, docs/math.md §2);
+        keeps the graph when the caller differentiates further (the LayerNorm γ term)."""
+        shape = torch.broadcast_shapes(k11.shape, k22.shape, k12.shape)
+        graph = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (k11, k22, k12))
+        with torch.enable_grad():
+            c = k12.expand(shape) * 1.0 if graph else \
+                k12.detach().expand(shape).clone().requires_grad_(True)
+            a, b = (k11, k22) if graph else (k11.detach(), k22.detach())
+            t = self.nngp_fn(a, b, c)
+            (g,) = torch.autograd.grad(t.sum(), c, create_graph=graph)
+        return self._finite(g if graph else g.detach(), "∂nngp_fn/∂K12")
+
+    # ------------------------------------------------------------- formulas
+    def t_and_tdot(self, k11, k22, k12, want_tdot):
+        if self.nngp_fn is not None or not want_tdot:
+            return self.t(k11, k22, k12), (self.tdot(k11, k22, k12) if want_tdot else None)
+        return self._expect2(self.fn, k11, k22, k12, self._dphi)
 
     def t(self, k11, k22, k12):
+        if self.nngp_fn is not None:
+            return self._t_closed(k11, k22, k12)
         return self._expect2(self.fn, k11, k22, k12)
 
     def tdot(self, k11, k22, k12):
+        if self.nngp_fn is not None:
+            return self._tdot_closed(k11, k22, k12)
         return self._expect2(self._dphi, k11, k22, k12)
 
     def t_diag(self, k):
+        if self.nngp_fn is not None:
+            return self._t_closed(k, k, k)
         return self._expect1(self.fn, k)
 
     def tdot_diag(self, k):
+        if self.nngp_fn is not None:
+            return self._tdot_closed(k, k, k)
         return self._expect1(self._dphi, k)
 
+    def gamma_correction(self, k11, k22, k12):
+        if self.nngp_fn is not None:
+            return _gamma_by_autograd(self.tdot, k11, k22, k12)
+        psi, tdot = self._expect2(self._psi, k11, k22, k12, self._dphi)
+        return psi - k12 * tdot
+
+    def gamma_correction_diag(self, k):
+        if self.nngp_fn is not None:
+            return _gamma_by_autograd(self.tdot, k, k, k)
+        return self._expect1(self._psi, k) - k * self._expect1(self._dphi, k)
+
     def __repr__(self) -> str:
-        return f"Elementwise({self._name}, degree={self.degree})"
+        extra = "" if self.nngp_fn is None else f", nngp_fn={_call_name(self.nngp_fn)}"
+        return f"Elementwise({self._name}, degree={self.degree}{extra})"
+
+
+def _describe_value(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return type(x).__name__

@@ -62,6 +62,15 @@ def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tens
     if x.ndim < 2:
         raise ValueError(f"{func}: {arg} must have a batch axis first, shape (n, features...), "
                          f"got shape {tuple(x.shape)}; use {arg}[None] for a single input")
+    if x.device.type == "meta":
+        raise ValueError(f"{func}: {arg} must hold values, got a meta tensor of shape "
+                         f"{tuple(x.shape)} (shape only, no data); create it on a real device")
+    if x.shape[0] == 0:
+        raise ValueError(f"{func}: {arg} must hold at least one input (row), got shape "
+                         f"{tuple(x.shape)} with 0 rows")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{func}: {arg} must have at least one feature per input, got shape "
+                         f"{tuple(x.shape)} (an axis of size 0 after the batch axis)")
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; "
@@ -116,7 +125,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     """The kernel of the raw inputs: second moments averaged over features (channels).
 
     For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
-    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (MATH.md §2). The input NTK is zero (no parameters yet).
+    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (docs/math.md §input). The input NTK is zero (no parameters yet).
 
     For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
     C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout
@@ -140,6 +149,27 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
                sources=frozenset())
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
+    return _mark_same_inputs(k, x1, x2)
+
+
+def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
+    """Record the pairs of identical inputs (Kernel.same_input) and give them exactly the
+    self-pair kernel, so that c = 1 holds exactly for them (docs/math.md §near-diagonal).
+    Rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
+    rows = x1.reshape(x1.shape[0], -1) if x2 is None else \
+        torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
+    if rows.shape[0] < 2:
+        return k
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    id1 = inverse[:x1.shape[0]]
+    id2 = id1 if x2 is None else inverse[x1.shape[0]:]
+    mask = id1[:, None] == id2[None, :]
+    if x2 is None:
+        mask.fill_diagonal_(False)
+    if not bool(mask.any()):
+        return k
+    k = k.replace(same_input=mask)
+    k.write_same_input(k.nngp, k.cov1)
     return k
 
 
@@ -195,7 +225,7 @@ def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kern
                sources=frozenset(), diagonal_spatial=layout == "diagonal")
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
-    return k
+    return _mark_same_inputs(k, x1, x2)
 
 
 def new_source() -> frozenset:
@@ -208,6 +238,15 @@ class Layer:
 
     Subclasses implement `apply_kernel` (the infinite-width map) and `build` (the finite module).
     Constructors store their arguments verbatim as attributes.
+
+    Example:
+        >>> net = wn.Dense(64, w_std=1.5) >> wn.Relu() >> wn.Dense(1)
+        >>> isinstance(net, wn.Layer)
+        True
+        >>> net.kernel(torch.randn(4, 3), get="ntk").shape
+        torch.Size([4, 4])
+        >>> net.module((3,), seed=0)(torch.randn(4, 3)).shape
+        torch.Size([4, 1])
     """
 
     # --------------------------------------------------------------- to override
@@ -283,6 +322,8 @@ class Layer:
 
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
                                batch_size=batch_size, fname=fname)
+        k = _strip_bookkeeping(k)
+        _check_underflow(self, k, x1, x2, fname)
         if get is None:
             return k
         return _select(k, gets, single=isinstance(get, str))
@@ -340,13 +381,13 @@ class Layer:
                                     for lay in self.walk())
         if rows >= n1 or whole:
             k = self.apply_kernel(k0)
-            check_finite(k, fname)
+            check_finite(k, fname, layer=self, k0=k0)
             return k
         outs, first = None, None
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
             kb = self.apply_kernel(k0.row_block(r0, r1))
-            check_finite(kb, fname)
+            check_finite(kb, fname, layer=self, k0=k0.row_block(r0, r1))
             blocks = kb if isinstance(kb, list) else [kb]
             if outs is None:
                 first = blocks
@@ -402,19 +443,114 @@ def _parse_get(get, fname: str) -> tuple[str, ...]:
     return gets
 
 
-def check_finite(k, fname: str) -> None:
-    """Raise FloatingPointError if a Kernel (or list of them, one per branch) has NaN/inf."""
+def check_finite(k, fname: str, *, layer: Layer | None = None, k0: Kernel | None = None) -> None:
+    """Raise FloatingPointError if a Kernel (or list of them, one per branch) has NaN/inf.
+
+    The message says which it is: inf is an overflow (too deep or too large w_std for the
+    dtype); NaN from finite inputs is a domain error (0/0, a function outside its domain), not
+    an overflow. Given the network `layer` and its input kernel `k0`, it also names the first
+    layer of a serial network whose output is not finite.
+    """
     for kk in k if isinstance(k, list) else [k]:
-        _check_finite(kk, fname)
+        _check_finite(kk, fname, layer, k0)
 
 
-def _check_finite(k: Kernel, fname: str) -> None:
+def _check_finite(k: Kernel, fname: str, layer, k0) -> None:
     for name in ("nngp", "ntk"):
         t = getattr(k, name)
-        if t is not None and not torch.isfinite(t).all():
+        if t is None or bool(torch.isfinite(t).all()):
+            continue
+        where, first_inf = _first_nonfinite_layer(layer, k0)
+        overflow = bool(torch.isinf(t).any()) if first_inf is None else first_inf
+        if overflow:
             raise FloatingPointError(
-                f"{fname}: the {name} kernel has non-finite entries (overflow in "
-                f"{t.dtype}); use dtype=torch.float64, smaller w_std or fewer layers")
+                f"{fname}: the {name} kernel has non-finite entries: it overflowed to infinity "
+                f"in {t.dtype}{where}; use dtype=torch.float64, smaller w_std or fewer layers")
+        raise FloatingPointError(
+            f"{fname}: the {name} kernel has non-finite entries: NaN{where} from finite values "
+            f"(not an overflow: a 0/0 or a function evaluated outside its domain, e.g. "
+            f"LayerNorm(eps=0) on a zero input, or an activation returning NaN)")
+
+
+def _first_nonfinite_layer(layer, k0) -> tuple[str, bool | None]:
+    """(' (first at layer i of n: Name)', whether that layer's output had inf) for a serial
+    network, on the error path only; ('', None) when unknown."""
+    from .combinators import Serial
+
+    if not isinstance(layer, Serial) or k0 is None:
+        return "", None
+    k = k0
+    try:
+        for i, lay in enumerate(layer.layers):
+            k = lay.apply_kernel(k)
+            for kk in k if isinstance(k, list) else [k]:
+                for t in (kk.nngp, kk.ntk, kk.cov1):
+                    if t is not None and not bool(torch.isfinite(t).all()):
+                        return (f" (first at layer {i + 1} of {len(layer.layers)}: {lay.name})",
+                                bool(torch.isinf(t).any()))
+    except Exception:       # noqa: BLE001 - a diagnosis must not mask the real error
+        return "", None
+    return "", None
+
+
+def _strip_bookkeeping(k):
+    """The returned Kernel: without the per-call bookkeeping (identical-input pairs, LayerNorm
+    γ records) that only layers inside one `kernel` call may use."""
+    if isinstance(k, list):
+        return [_strip_bookkeeping(kk) for kk in k]
+    if k.same_input is None and k.gamma_term is None:
+        return k
+    return k.replace(same_input=None, gamma_term=None)
+
+
+def _check_underflow(layer: Layer, k, x1, x2, fname: str) -> None:
+    """Underflow (docs/math.md §underflow): an output variance K(x, x) that is subnormal, or
+    zero for an input x that is not all zeros, means the signal shrank below the smallest
+    normal number of the dtype and the kernel's values are lost. Exact zeros are legitimate
+    only when the network contains a weight layer with w_std = 0 (its output does not depend
+    on the input), or for inputs that are all zeros (with b_std = 0 the kernel is then 0)."""
+    for kk in k if isinstance(k, list) else [k]:
+        tiny = torch.finfo(kk.dtype).tiny
+        allow_zero = any(getattr(lay, "w_std", None) == 0 for lay in layer.walk())
+        for x, v, which in ((x1, kk.position_variances()[0], "x1"),
+                            (x2, kk.position_variances()[1] if x2 is not None else None, "x2")):
+            if x is None or v is None:
+                continue
+            v = v.reshape(v.shape[0], -1).abs()
+            nonzero_input = (x.reshape(x.shape[0], -1) != 0).any(1)
+            subnormal = ((v > 0) & (v < tiny)).any(1)
+            zero = (v == 0).all(1) & nonzero_input
+            bad = subnormal | (zero if not allow_zero else torch.zeros_like(zero))
+            if bool(bad.any()):
+                rows = bad.nonzero().flatten()
+                depth = _underflow_depth(layer, x[rows[:4]], kk.dtype)
+                raise FloatingPointError(
+                    f"{fname}: the kernel underflowed in {kk.dtype}: the output variance "
+                    f"K(x, x) of {int(bad.sum())} nonzero input(s) of {which} (e.g. row "
+                    f"{int(rows[0])}) is {'subnormal' if bool(subnormal.any()) else '0'}, "
+                    f"below the smallest normal number {tiny:.3g}{depth}, so every entry of "
+                    f"their kernel lost its digits; use dtype=torch.float64, a larger w_std "
+                    f"(ReLU keeps the variance at w_std = √2) or fewer layers")
+
+
+def _underflow_depth(layer, x, dtype) -> str:
+    """' (from layer i of n: Name on)' for a serial network (error path only)."""
+    from .combinators import Serial
+
+    if not isinstance(layer, Serial) or x.ndim != 2:
+        return ""
+    tiny = torch.finfo(dtype).tiny
+    try:
+        k = input_kernel(x, None, want_ntk=False)
+        for i, lay in enumerate(layer.layers):
+            k = lay.apply_kernel(k)
+            if isinstance(k, list):
+                return ""
+            if bool((k.cov1.abs() < tiny).any()):
+                return f" (from layer {i + 1} of {len(layer.layers)}: {lay.name} on)"
+    except Exception:       # noqa: BLE001 - a diagnosis must not mask the real error
+        return ""
+    return ""
 
 
 def _select(k, gets: tuple[str, ...], single: bool):

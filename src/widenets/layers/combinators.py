@@ -11,6 +11,10 @@ Fan-in rules at infinite width:
   returning a wrong kernel. The NTK adds likewise (the cross gradients average to zero).
 * FanInConcat (along channels, axis 1): the per-channel average is the channel-weighted mean
   K = Σ_i n_i K_i / Σ_i n_i, for NNGP and NTK alike.
+* FanInProd (elementwise product): for independent branches E[(ab)(a'b')] = E[aa'] E[bb'], so
+  K = Π_i K_i and Θ = Σ_i Θ_i Π_{j≠i} K_j (product rule; cross gradients average to zero).
+  Independence is required exactly as FanInSum requires it (same refusals).
+* repeat(layer, n): the layer's kernel map applied n times in a loop (one layer object).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from torch import nn
 from ..kernel import Kernel
 from .base import Layer
 
-__all__ = ["serial", "parallel", "Serial", "Parallel", "FanOut", "FanInSum", "FanInConcat"]
+__all__ = ["serial", "parallel", "Serial", "Parallel", "FanOut", "FanInSum", "FanInConcat",
+           "FanInProd", "Repeat", "repeat"]
 
 
 def _check_layers(layers, func: str) -> tuple[Layer, ...]:
@@ -70,6 +75,14 @@ class FanInSumModule(nn.Module):
         return out
 
 
+class FanInProdModule(nn.Module):
+    def forward(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
 class FanInConcatModule(nn.Module):
     def forward(self, xs):
         return torch.cat(list(xs), dim=1)
@@ -107,7 +120,15 @@ class Serial(Layer):
 
 
 def serial(*layers: Layer) -> Serial:
-    """Compose layers in sequence: serial(Dense(512), Relu(), Dense(1))."""
+    """Compose layers in sequence: serial(Dense(512), Relu(), Dense(1)).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="nngp").shape
+        torch.Size([3, 3])
+        >>> net.module((4,), seed=0)
+        SerialModule(...)
+    """
     return Serial(*layers)
 
 
@@ -144,12 +165,30 @@ class Parallel(Layer):
 
 
 def parallel(*layers: Layer) -> Parallel:
-    """Apply `layers[i]` to branch i of a FanOut."""
+    """Apply `layers[i]` to branch i of a FanOut.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+    """
     return Parallel(*layers)
 
 
 class FanOut(Layer):
-    """Copy the input into `n` branches."""
+    """Copy the input into `n` branches.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+    """
 
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -176,26 +215,27 @@ def _check_fan_in(ks, func: str) -> list[Kernel]:
 
 
 class FanInSum(Layer):
-    """Sum the branches (residual connections). See the module docstring for exactness."""
+    """Sum the branches (residual connections). See the module docstring for exactness.
+
+    Example:
+        >>> branch = wn.serial(wn.Relu(), wn.Dense(64))
+        >>> block = wn.serial(wn.FanOut(2), wn.parallel(branch, wn.Identity()),
+        ...                   wn.FanInSum())
+        >>> net = wn.serial(wn.Dense(64), block, wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> correlated = wn.serial(wn.Dense(8), wn.FanOut(2), wn.parallel(wn.Relu(), wn.Erf()),
+        ...                        wn.FanInSum())
+        >>> correlated.kernel(torch.randn(2, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: FanInSum...
+    """
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInSum.kernel")
-        chans = {k.channels for k in ks}
-        if len(chans) != 1:
-            raise ValueError(f"FanInSum.kernel: branches must have equal widths to be summed, "
-                             f"got {[k.channels for k in ks]}")
-        if sum(not k.is_gaussian for k in ks) > 1:
-            raise ValueError("FanInSum.kernel: at most one branch may be non-Gaussian (end the "
-                             "others with a Dense or Conv); otherwise the branches are "
-                             "correlated and the kernel of their sum is not the sum of kernels")
-        seen: set = set()
-        for k in ks:
-            if seen & k.sources:
-                raise ValueError("FanInSum.kernel: two branches come from the same weight "
-                                 "layer (e.g. two Identity branches), so they are correlated "
-                                 "and their kernels do not add; give one branch its own Dense "
-                                 "or Conv")
-            seen |= k.sources
+        seen = _independent_sources(ks, "FanInSum.kernel", "summed", "of their sum is not the "
+                                    "sum of kernels", "do not add")
         first = ks[0]
         ntk = None
         if first.ntk is not None:
@@ -214,8 +254,175 @@ class FanInSum(Layer):
         return FanInSumModule(), in_shapes[0]
 
 
+def _independent_sources(ks, func: str, verb: str, wrong: str, fails: str) -> set:
+    """The independence rules of FanInSum and FanInProd: equal widths, at most one
+    non-Gaussian branch, no weight layer shared by two branches. Returns the union of the
+    branches' sources."""
+    chans = {k.channels for k in ks}
+    if len(chans) != 1:
+        raise ValueError(f"{func}: branches must have equal widths to be {verb}, "
+                         f"got {[k.channels for k in ks]}")
+    if sum(not k.is_gaussian for k in ks) > 1:
+        raise ValueError(f"{func}: at most one branch may be non-Gaussian (end the "
+                         f"others with a Dense or Conv); otherwise the branches are "
+                         f"correlated and the kernel {wrong}")
+    seen: set = set()
+    for k in ks:
+        if seen & k.sources:
+            raise ValueError(f"{func}: two branches come from the same weight "
+                             f"layer (e.g. two Identity branches), so they are correlated "
+                             f"and their kernels {fails}; give one branch its own Dense "
+                             f"or Conv")
+        seen |= k.sources
+    return seen
+
+
+class FanInProd(Layer):
+    """Elementwise product of the branches (NT's `stax.FanInProd`).
+
+    For independent branches (docs/math.md §faninprod):
+        K = Π_i K_i,     Θ = Σ_i Θ_i Π_{j≠i} K_j,
+    in every layout (position pair by position pair). Like `FanInSum` it refuses branches
+    that are correlated: more than one non-Gaussian branch, or two branches sharing a weight
+    layer. The output is not Gaussian.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> net = wn.serial(wn.FanOut(2), wn.parallel(wn.Dense(4), wn.Dense(4, w_std=2.0)),
+        ...                 wn.FanInProd())
+        >>> x = torch.ones(1, 3)
+        >>> k = net.kernel(x)                         # K = 1 · 4, Θ = 1 · 4 + 4 · 1
+        >>> float(k.nngp[0, 0]), float(k.ntk[0, 0])
+        (4.0, 8.0)
+    """
+
+    def apply_kernel(self, ks):
+        func = "FanInProd.kernel"
+        ks = _check_fan_in(ks, func)
+        if len({k.nngp.shape for k in ks}) != 1:
+            raise ValueError(f"{func}: branches must have the same shape to be multiplied, got "
+                             f"kernel shapes {[tuple(k.nngp.shape) for k in ks]}")
+        seen = _independent_sources(ks, func, "multiplied", "of their product is not the "
+                                    "product of kernels", "do not multiply")
+
+        def prod(name, skip=None):
+            out = None
+            for i, k in enumerate(ks):
+                if i == skip:
+                    continue
+                t = getattr(k, name)
+                out = t.clone() if out is None else out.mul_(t)
+            return out
+
+        ntk = None
+        if ks[0].ntk is not None:            # Θ = Σ_i Θ_i Π_{j≠i} K_j (product rule)
+            for i, k in enumerate(ks):
+                term = prod("nngp", skip=i).mul_(k.ntk)
+                ntk = term if ntk is None else ntk.add_(term)
+        cov2 = None if ks[0].cov2 is None else prod("cov2")
+        out = ks[0].replace(nngp=prod("nngp"), ntk=ntk, cov1=prod("cov1"), cov2=cov2,
+                            is_gaussian=False, is_input=False, sources=frozenset(seen))
+        return out
+
+    def build(self, in_shapes, generator, dtype):
+        _check_fan_in(in_shapes, "FanInProd.module")
+        if len(set(map(tuple, in_shapes))) != 1:
+            raise ValueError(f"FanInProd.module: branch shapes must be equal, got {in_shapes}")
+        return FanInProdModule(), in_shapes[0]
+
+
+class Repeat(Layer):
+    """`layer` applied `n` times (use `repeat(layer, n)`).
+
+    The kernel is computed in a loop over one layer object: memory does not grow with n. The
+    finite module has n independent copies of the layer's parameters, as `serial(*[layer] *
+    n)` (NT's `stax.repeat`). The layer must keep its input's shape.
+
+    Args:
+        layer: the layer (or `serial`) to repeat.
+        n: the number of applications, >= 1.
+
+    Example:
+        >>> import widenets as wn
+        >>> wn.repeat(wn.serial(wn.Dense(4), wn.Relu()), 3)
+        repeat(serial(Dense(out=4, w_std=1.0, b_std=0.0, parameterization='ntk'), Relu()), 3)
+    """
+
+    def __init__(self, layer: Layer, n: int):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"repeat: layer must be a widenets layer (Dense, serial(...), ...), "
+                            f"got {type(layer).__name__}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"repeat: n must be a positive int, got {n!r}")
+        self.layer, self.n = layer, n
+
+    def sublayers(self):
+        return (self.layer,)
+
+    def apply_kernel(self, k):
+        for _ in range(self.n):
+            k = self.layer.apply_kernel(k)
+        return k
+
+    def layout_need(self, need):
+        for _ in range(self.n):
+            prev, need = need, self.layer.layout_need(need)
+            if need == prev:                 # a fixed point: the rest of the loop repeats it
+                break
+        return need
+
+    def build(self, in_shape, generator, dtype):
+        mods = []
+        shape = in_shape
+        for i in range(self.n):
+            mod, out = self.layer.build(shape, generator, dtype)
+            if out != shape:
+                raise ValueError(f"repeat.module: the layer must keep its input shape, got "
+                                 f"{shape} -> {out} at copy {i}")
+            mods.append(mod)
+        return SerialModule(*mods), shape
+
+    def __repr__(self) -> str:
+        return f"repeat({self.layer!r}, {self.n})"
+
+
+def repeat(layer: Layer, n: int) -> Repeat:
+    """`layer` (a layer or a `serial`) applied n times, in a loop (NT's `stax.repeat`).
+
+    Args:
+        layer: a widenets layer whose output has the shape of its input.
+        n: the number of applications, >= 1.
+
+    Returns:
+        A layer equivalent to serial(layer, ..., layer) (n times), each copy with its own
+        parameters in the finite module; its kernel is computed in a loop over the single
+        layer object, with memory independent of n.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> block = wn.serial(wn.Dense(8, w_std=1.5), wn.Relu())
+        >>> x = torch.randn(3, 8, dtype=torch.float64)
+        >>> a = wn.repeat(block, 4).kernel(x).ntk
+        >>> b = wn.serial(block, block, block, block).kernel(x).ntk
+        >>> bool(torch.equal(a, b))
+        True
+    """
+    return Repeat(layer, n)
+
+
 class FanInConcat(Layer):
-    """Concatenate the branches along the channel (feature) axis 1."""
+    """Concatenate the branches along the channel (feature) axis 1.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(16), wn.FanOut(2),
+        ...                 wn.parallel(wn.serial(wn.Relu(), wn.Dense(8)),
+        ...                             wn.serial(wn.Erf(), wn.Dense(24))),
+        ...                 wn.FanInConcat(), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="ntk").shape
+        torch.Size([3, 3])
+        >>> net.module((4,), seed=0)(torch.randn(3, 4)).shape
+        torch.Size([3, 1])
+    """
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInConcat.kernel")

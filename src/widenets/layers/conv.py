@@ -6,9 +6,9 @@ Parameterizations as in `Dense` (read its docstring), with fan-in n = C·|D| (C 
 * "ntk":      h(p) = (σw/√n) Σ_{d,c} ω_{d,c} x_c(s·p + d) + σb β,   ω, β ~ N(0, 1) trainable.
 * "standard": h(p) = Σ_{d,c} W_{d,c} x_c(s·p + d) + b,  W ~ N(0, σw²/n), b ~ N(0, σb²).
 
-Kernels (Novak et al. 2019, Arora et al. 2019; MATH.md §2), with Σ_d K(p+d, p'+d) the sum of the
-input kernel over filter offsets shared by both positions (zero outside the input for zero
-padding, wrapped around for CIRCULAR):
+Kernels (Novak et al. 2019, Arora et al. 2019; docs/math.md §conv), with Σ_d K(p+d, p'+d) the
+sum of the input kernel over filter offsets shared by both positions (zero outside the input for
+zero padding, wrapped around for CIRCULAR):
 
     K'(p, p') = σw²/|D| Σ_d K(p+d, p'+d) + σb²                      (both parameterizations)
     ntk:      Θ'(p, p') = K'(p, p') + σw²/|D| Σ_d Θ(p+d, p'+d)
@@ -107,6 +107,15 @@ class Conv(Layer):
         w_std: σw (times 1/√(C·|D|)).
         b_std: σb; None for no bias.
         parameterization: "ntk" (default) or "standard" (see the module docstring).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, padding="SAME", w_std=1.4), wn.Relu(), wn.Flatten(),
+        ...                 wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+        >>> net.module((3, 8, 8), seed=0)(x).shape
+        torch.Size([2, 1])
     """
 
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding="SAME",
@@ -170,7 +179,7 @@ class Conv(Layer):
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
         standard = self.parameterization == "standard"
-        # MATH.md §2: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
+        # docs/math.md §conv: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
         if standard:                              # keeps Σ_d K for the C Σ_d K term
             sum_k = conv_sum(k.nngp, 2)
             nngp = sum_k * (w2 / n_off)

@@ -1,13 +1,13 @@
 """Fully connected layer: finite module and infinite-width kernel map.
 
-Parameterizations (Lee et al. 2019, seed 002, eq. 1; MATH.md §1), fan-in n:
+Parameterizations (Lee et al. 2019, seed 002, eq. 1; docs/math.md §parameterization), fan-in n:
 
 * "ntk":      h = x (σw/√n) ω + σb β,   ω, β ~ N(0, 1) trainable.
 * "standard": h = x W + b,  W ~ N(0, σw²/n), b ~ N(0, σb²) trainable.
 
 Both give the same function at initialization, hence the same NNGP:
     K' = σw² K + σb².
-Their NTKs differ (MATH.md §2):
+Their NTKs differ (docs/math.md §dense):
     ntk:      Θ' = σw² K + σb² + σw² Θ                        (σw and σb multiply the gradients)
     standard: Θ' = n K + 1 + σw² Θ                            (∂h/∂W = x, ∂h/∂b = 1)
 
@@ -74,6 +74,15 @@ class Dense(Layer):
         b_std: σb, bias standard deviation; None for no bias parameter.
         parameterization: "ntk" (default) or "standard"; see the module docstring for the
             kernels and the standard-parameterization width convention.
+
+    Example:
+        >>> x = torch.randn(3, 4, dtype=torch.float64)
+        >>> k = wn.Dense(1, w_std=2.0, b_std=0.5).kernel(x, get="nngp")
+        >>> bool(torch.allclose(k, 4.0 * x @ x.T / 4 + 0.25))    # σw² <x, x'> / d + σb²
+        True
+        >>> net = wn.serial(wn.Dense(512, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(1))
+        >>> net.module((4,), seed=0)(x.float()).shape
+        torch.Size([3, 1])
     """
 
     def __init__(self, out: int, *, w_std: float = 1.0, b_std: float | None = 0.0,
@@ -97,7 +106,7 @@ class Dense(Layer):
                              f"GlobalAvgPool() before Dense")
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
-        # MATH.md §2: K' = σw² K + σb² (both parameterizations).
+        # docs/math.md §dense: K' = σw² K + σb² (both parameterizations).
         nngp = torch.mul(k.nngp, w2).add_(b2)
         cov1 = w2 * k.cov1 + b2
         cov2 = None if k.cov2 is None else w2 * k.cov2 + b2

@@ -12,12 +12,17 @@ scale (Novak et al. 2019; neural-tangents' LayerNorm rule):
 (the gradient through m and v sums O(1/C) terms per channel and vanishes at infinite width).
 With affine=True, γ = 1 and β = 0 at initialization (torch's default) so K' is unchanged and the
 trainable γ_c, β_c add ∂y_c/∂γ_c ∂y_c'/∂γ_c = x̂ x̂' (mean K') and ∂y/∂β = 1 to the NTK.
+The γ term x̂_c x̂'_c is the channel value itself: a Dense after the LayerNorm averages it to K',
+but an activation φ right after it needs E[u v φ'(u) φ'(v)] instead of K' E[φ'(u) φ'(v)]; the
+kernel records the term (`Kernel.gamma_term`) and the activation adds the difference
+(docs/math.md §layernorm-affine).
 Inputs with a nonzero channel mean (after a ReLU) are refused: the rule would be wrong.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 
 import torch
 from torch import nn
@@ -26,6 +31,10 @@ from ..kernel import Kernel
 from .base import Layer
 
 __all__ = ["LayerNorm", "LayerNormModule"]
+
+
+def _is_token(s) -> bool:
+    return isinstance(s, tuple) and len(s) == 2 and s[0] == "layernorm-gamma"
 
 
 class LayerNormModule(nn.Module):
@@ -58,6 +67,12 @@ class LayerNorm(Layer):
         eps: ε added to the variance (torch's default 1e-5).
         affine: learnable per-channel scale γ (init 1) and shift β (init 0), as torch's
             elementwise_affine; they change the NTK (see the module docstring), not the NNGP.
+
+    Example:
+        >>> x = torch.randn(3, 4)
+        >>> k = wn.serial(wn.Dense(8), wn.LayerNorm(eps=0.0)).kernel(x, get="nngp")
+        >>> [round(v, 6) for v in k.diagonal().tolist()]     # unit variance after normalization
+        [1.0, 1.0, 1.0]
     """
 
     def __init__(self, *, eps: float = 1e-5, affine: bool = False):
@@ -80,6 +95,13 @@ class LayerNorm(Layer):
                              f"a Dense or Conv), got {got}, whose channel mean does not vanish; "
                              f"put LayerNorm right after a Dense or Conv")
         eps = self.eps
+        if eps == 0:
+            v1, v2 = k.position_variances()
+            zero = int((v1 <= 0).sum()) + (0 if k.cov2 is None else int((v2 <= 0).sum()))
+            if zero:
+                raise ValueError(f"{func}: eps=0 and {zero} input variance(s) are 0 (e.g. an "
+                                 f"input of all zeros with b_std=0): the normalization divides "
+                                 f"0 by 0; use eps > 0 (torch's default 1e-5)")
         k11, k22 = k.broadcast_variances()
         scale = torch.rsqrt((k11 + eps) * (k22 + eps))       # 1/√((K11+ε)(K22+ε))
         nngp = k.nngp * scale
@@ -87,12 +109,31 @@ class LayerNorm(Layer):
                                      lambda a, b, c: c * torch.rsqrt((a + eps) * (b + eps)))
         if k.x1_is_x2:
             k.set_batch_diagonal(nngp, cov1)
+        k.write_same_input(nngp, cov1)
         ntk = None
         if k.ntk is not None:
             ntk = k.ntk * scale
             if self.affine:
                 ntk = ntk + nngp + 1.0                        # γ and β gradients
-        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_input=False)
+        if not self.affine:
+            # y scales by the same deterministic factor as Θ: a γ term g·y y' stays g·y y'
+            return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_input=False)
+        # The γ gradient of channel c is y_c itself: the NTK of channel c holds y_c(x) y_c(x'),
+        # which is correlated with the channel value. A following Dense averages it to K'
+        # (above); an activation needs E[u v φ'(u) φ'(v)] instead of K' Tdot (docs/math.md
+        # §LayerNorm affine), so the term is recorded for it (Kernel.gamma_term).
+        token = ("layernorm-gamma", uuid.uuid4().int)
+        sources = k.sources | {token}
+        rec = k.gamma_term
+        old_tokens = any(_is_token(s) for s in k.sources)
+        if rec is not None and rec[1] == k.sources and rec[2] == k.channels:
+            gamma = (rec[0] + 1, sources, k.channels)
+        elif old_tokens:          # an earlier γ term mixed with other channels: refuse later
+            gamma = None
+        else:
+            gamma = (1, sources, k.channels)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_input=False,
+                         sources=frozenset(sources), gamma_term=gamma)
 
     def build(self, in_shape, generator, dtype):
         if isinstance(in_shape, list):

@@ -1,9 +1,11 @@
-"""Average pooling, global average pooling and flattening of channels-first inputs.
+"""Average and sum pooling, their global forms, and flattening of channels-first inputs.
 
-Kernels (Novak et al. 2019; Arora et al. 2019; MATH.md §2), with window W (|W| offsets):
+Kernels (Novak et al. 2019; Arora et al. 2019; docs/math.md §pooling), with window W (|W| offsets):
 
     AvgPool:        K'(o, o') = 1/|W|² Σ_{d, d' in W} K(s·o + d, s·o' + d')      (all pairs)
+    SumPool:        K'(o, o') = Σ_{d, d' in W} K(s·o + d, s·o' + d')             (all pairs)
     GlobalAvgPool:  K' = 1/|S|² Σ_{p, p'} K(p, p')                                 (all pairs)
+    GlobalSumPool:  K' = Σ_{p, p'} K(p, p')                                        (all pairs)
     Flatten:        K' = 1/|S| Σ_p K(p, p)                                        (diagonal)
 
 and the same linear maps for the NTK (no parameters). Zero padding counts the padded zeros in
@@ -24,7 +26,7 @@ from .base import DIAGONAL, FULL, Layer
 from .conv import pad_input, spatial_padding
 
 __all__ = ["AvgPool", "GlobalAvgPool", "Flatten", "AvgPoolModule", "GlobalAvgPoolModule",
-           "FlattenModule"]
+           "FlattenModule", "SumPool", "GlobalSumPool", "GlobalSumPoolModule"]
 
 _POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -59,15 +61,18 @@ def _exact_symmetric(k: Kernel) -> Kernel:
 
 
 class AvgPoolModule(nn.Module):
-    """Average over windows (after explicit padding, zeros counted)."""
+    """Average over windows (after explicit padding, zeros counted); times |W| for SumPool
+    (`multiplier`)."""
 
-    def __init__(self, window, stride, pads, circular: bool):
+    def __init__(self, window, stride, pads, circular: bool, multiplier: float = 1.0):
         super().__init__()
         self.window, self.stride, self.pads, self.circular = window, stride, pads, circular
+        self.multiplier = multiplier
 
     def forward(self, x):
         x = pad_input(x, self.pads, self.circular)
-        return _POOL[len(self.window)](x, self.window, self.stride)
+        out = _POOL[len(self.window)](x, self.window, self.stride)
+        return out * self.multiplier if self.multiplier != 1.0 else out
 
     def extra_repr(self) -> str:
         return f"window={self.window}, stride={self.stride}, pads={self.pads}"
@@ -82,16 +87,26 @@ class AvgPool(Layer):
         padding: "VALID" (default, as torch), "SAME" (zeros, counted in the average),
             "CIRCULAR", or an int / tuple of ints (zeros on both sides, as torch's padding=p
             with count_include_pad=True).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.AvgPool(2), wn.Flatten(),
+        ...                 wn.Dense(1))
+        >>> net.kernel(x, get="nngp").shape
+        torch.Size([2, 2])
     """
+
+    #: divide the window sums by |W| (False for SumPool)
+    _normalize = True
 
     def __init__(self, window, *, stride=None, padding="VALID"):
         self.window = window
         self.stride = stride
         self.padding = padding
-        self._window = sp.check_spatial_arg(window, func="AvgPool", arg="window")
+        self._window = sp.check_spatial_arg(window, func=self.name, arg="window")
         self._stride = self._window if stride is None else sp.check_spatial_arg(
-            stride, func="AvgPool", arg="stride")
-        self._padding = sp.check_padding(padding, func="AvgPool")
+            stride, func=self.name, arg="stride")
+        self._padding = sp.check_padding(padding, func=self.name)
 
     def layout_need(self, need):
         return FULL
@@ -107,13 +122,13 @@ class AvgPool(Layer):
         return window, stride, spatial_padding(spatial, window, stride, self._padding, func)
 
     def apply_kernel(self, k: Kernel) -> Kernel:
-        func = "AvgPool.kernel"
+        func = f"{self.name}.kernel"
         k = _single(k, func)
         _need_spatial(k, func, full=True)
         s = k.spatial_ndim
         window, stride, pads = self._geometry(k.spatial_shape, func)
         circular = self._padding == "CIRCULAR"
-        scale = 1.0 / math.prod(window) ** 2
+        scale = 1.0 / math.prod(window) ** 2 if self._normalize else 1.0
 
         def pool(t, n_batch):                   # 1/|W|² Σ_{d, d'}, every spatial axis
             if t is None:
@@ -130,13 +145,36 @@ class AvgPool(Layer):
         return _exact_symmetric(out)
 
     def build(self, in_shape, generator, dtype):
-        func = "AvgPool.module"
+        func = f"{self.name}.module"
         if isinstance(in_shape, list) or not 2 <= len(in_shape) <= 4:
             raise ValueError(f"{func}: in_shape must be (C, *spatial) with 1 to 3 spatial axes, "
                              f"got {in_shape!r}")
         window, stride, pads = self._geometry(tuple(in_shape[1:]), func)
-        return (AvgPoolModule(window, stride, pads, self._padding == "CIRCULAR"),
+        mult = 1.0 if self._normalize else float(math.prod(window))
+        return (AvgPoolModule(window, stride, pads, self._padding == "CIRCULAR", mult),
                 (in_shape[0], *(p[2] for p in pads)))
+
+
+class SumPool(AvgPool):
+    """Sum pooling over 1 to 3 spatial axes: `AvgPool` without the division by the window
+    size (NT's `stax.SumPool`): K'(o, o') = Σ_{d, d' in W} K(s·o + d, s·o' + d'), the same
+    for the NTK (docs/math.md §sumpool). Zero padding adds zeros to the sum.
+
+    Args:
+        window: pooling window, an int or a tuple (one per spatial axis).
+        stride: an int or tuple; None (default) for the window.
+        padding: "VALID" (default), "SAME" (zeros), "CIRCULAR", or an int / tuple of ints.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> x = torch.ones(1, 1, 4)                  # K(p, p') = 1 for every pair
+        >>> wn.SumPool(2).kernel(x, get="nngp")      # Σ over 2 x 2 pairs: 4 per output pair
+        tensor([[[[4., 4.],
+                  [4., 4.]]]], dtype=torch.float64)
+    """
+
+    _normalize = False
+
 
 
 class GlobalAvgPoolModule(nn.Module):
@@ -145,7 +183,14 @@ class GlobalAvgPoolModule(nn.Module):
 
 
 class GlobalAvgPool(Layer):
-    """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs."""
+    """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+    """
 
     def layout_need(self, need):
         return FULL
@@ -167,6 +212,44 @@ class GlobalAvgPool(Layer):
         return GlobalAvgPoolModule(), (in_shape[0],)
 
 
+class GlobalSumPoolModule(nn.Module):
+    def forward(self, x):
+        return x.sum(dim=tuple(range(2, x.ndim)))
+
+
+class GlobalSumPool(Layer):
+    """Sum over all positions: (n, C, *S) -> (n, C) (NT's `stax.GlobalSumPool`):
+    K' = Σ_{p, p'} K(p, p'), the same for the NTK (docs/math.md §sumpool). Needs all position
+    pairs.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> x = torch.ones(2, 3, 5)
+        >>> wn.GlobalSumPool().kernel(x, get="nngp")  # 5 x 5 position pairs of K = 1
+        tensor([[25., 25.],
+                [25., 25.]], dtype=torch.float64)
+    """
+
+    def layout_need(self, need):
+        return FULL
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "GlobalSumPool.kernel"
+        k = _single(k, func)
+        _need_spatial(k, func, full=True)
+        total = lambda t, nb: None if t is None else t.sum(  # noqa: E731
+            dim=tuple(range(nb, t.ndim)))
+        out = k.replace(nngp=total(k.nngp, 2), ntk=total(k.ntk, 2), cov1=total(k.cov1, 1),
+                        cov2=total(k.cov2, 1), is_input=False, diagonal_spatial=False)
+        return _exact_symmetric(out)
+
+    def build(self, in_shape, generator, dtype):
+        if isinstance(in_shape, list) or len(in_shape) < 2:
+            raise ValueError(f"GlobalSumPool.module: in_shape must be (C, *spatial), got "
+                             f"{in_shape!r}")
+        return GlobalSumPoolModule(), (in_shape[0],)
+
+
 class FlattenModule(nn.Module):
     def forward(self, x):
         return x.flatten(1)
@@ -174,7 +257,16 @@ class FlattenModule(nn.Module):
 
 class Flatten(Layer):
     """(n, C, *S) -> (n, C·|S|), channels first as torch's x.flatten(1). Needs only the
-    diagonal of the position pairs: K' = mean_p K(p, p)."""
+    diagonal of the position pairs: K' = mean_p K(p, p).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> net = wn.serial(wn.Conv(16, 3, w_std=1.4), wn.Relu(), wn.Flatten(), wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+        >>> net.module((3, 8, 8), seed=0)(x).shape
+        torch.Size([2, 1])
+    """
 
     def layout_need(self, need):
         return DIAGONAL

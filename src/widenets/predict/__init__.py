@@ -1,4 +1,6 @@
-"""Predict training without training (Lee et al. 2019, seed 002, §2.2-2.4; MATH.md §3-4).
+"""Predict training without training (Lee et al. 2019, seed 002, §2.2-2.4).
+
+docs/math.md §mse-dynamics, §gp, §ensemble.
 
 * `gradient_descent_mse`: MSE gradient descent / flow in closed form at any times (eqs. 8-11),
   `weight_change` the parameter displacement (eq. 8).

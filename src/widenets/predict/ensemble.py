@@ -42,6 +42,13 @@ class EnsemblePredictor:
         net: the widenets network.
         x_train: (n, d) float64 training inputs; y_train: (n, k) targets.
         k_train: the `wn.Kernel` of the training inputs (nngp and ntk).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, y_train = torch.randn(6, 3), torch.randn(6, 1)
+        >>> ens = wn.predict.gradient_descent_mse_ensemble(net, x_train, y_train)
+        >>> isinstance(ens, wn.predict.EnsemblePredictor)
+        True
     """
 
     _func = "gradient_descent_mse_ensemble"
@@ -153,8 +160,12 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, *, learning_rate: float
     """The infinite ensemble of infinitely wide `net`s trained by MSE gradient descent.
 
     Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
         >>> ens = wn.predict.gradient_descent_mse_ensemble(net, x_train, y_train)
-        >>> mean, cov = ens(t, x_test, kernel="ntk", compute_cov=True)
+        >>> mean, cov = ens(1.0, x_test, kernel="ntk", compute_cov=True)
+        >>> mean.shape, cov.shape
+        (torch.Size([2, 1]), torch.Size([2, 2]))
 
     Args:
         net: a widenets network (its analytic kernels are used).

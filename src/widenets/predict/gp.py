@@ -39,6 +39,15 @@ class Gaussian(NamedTuple):
         covariance: (m, m) covariance over inputs, shared by every output column (the output
             units are independent and identically distributed), or None when not asked for;
             with a time axis (T, m, m) likewise.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> gp = wn.predict.gp_inference(k_train, y_train, k_test_train, net.kernel(x_test),
+        ...                             kernel="ntk")
+        >>> isinstance(gp, wn.predict.Gaussian), gp.mean.shape
+        (True, torch.Size([2, 1]))
     """
 
     mean: torch.Tensor
@@ -80,6 +89,15 @@ def gp_inference(k_train_train, y_train, k_test_train, k_test_test=None, *,
     Raises:
         ValueError: a kernel that is not positive definite (suggests diag_reg), missing Kernel
             fields, wrong shapes, non-finite values.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> gp = wn.predict.gp_inference(k_train, y_train, k_test_train, net.kernel(x_test),
+        ...                             kernel="nngp")
+        >>> gp.mean.shape, gp.covariance.shape
+        (torch.Size([2, 1]), torch.Size([2, 2]))
     """
     func = "gp_inference"
     kernel = check_kernel_name(kernel, func=func)

@@ -45,6 +45,16 @@ class MSEPredictor:
         eig: the `SymmetricEig` of the (regularized) train-train kernel.
         y_train: (n, k) targets (a vector target is kept as one column internally).
         learning_rate, discrete: as given.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> predict = wn.predict.gradient_descent_mse(k_train, y_train)
+        >>> isinstance(predict, wn.predict.MSEPredictor)
+        True
+        >>> predict(torch.tensor([1.0, 2.0, 3.0]), 0.0).shape     # three times at once
+        torch.Size([3, 6, 1])
     """
 
     _func = "gradient_descent_mse"
@@ -180,8 +190,15 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
     """Predict MSE gradient descent in closed form (Lee et al. 2019, eqs. 8-11).
 
     Example:
-        >>> predict = wn.predict.gradient_descent_mse(k_train.ntk, y_train, learning_rate=1.0)
-        >>> fx_train_t, fx_test_t = predict(t, fx_train_0, fx_test_0, k_test_train.ntk)
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> predict = wn.predict.gradient_descent_mse(k_train, y_train, learning_rate=1.0)
+        >>> fx_train, fx_test = predict(10.0, 0.0, 0.0, k_test_train)    # outputs at t = 10
+        >>> fx_train.shape, fx_test.shape
+        (torch.Size([6, 1]), torch.Size([2, 1]))
+        >>> bool(torch.allclose(predict(None, 0.0), y_train.double(), atol=1e-6))   # t = ∞
+        True
 
     Args:
         k_train_train: (n, n) NTK on the training inputs (a tensor, a numpy array or a
@@ -223,6 +240,14 @@ def weight_change(k_train_train, y_train, t=None, fx_train_0=0.0, *, learning_ra
 
     Returns:
         A scalar tensor, or (T,) for a 1-D t.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> w = wn.predict.weight_change(k_train, y_train, torch.tensor([0.0, 1.0]))
+        >>> w.shape, float(w[0])
+        (torch.Size([2]), 0.0)
     """
     predictor = MSEPredictor(k_train_train, y_train, learning_rate=learning_rate,
                              diag_reg=diag_reg, diag_reg_absolute=diag_reg_absolute,

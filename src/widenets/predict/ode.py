@@ -36,13 +36,24 @@ __all__ = ["gradient_descent", "ODEPredictor", "mse_loss", "cross_entropy_loss",
 
 
 def mse_loss(fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Total squared error ½ Σ (f - y)² (seed 002, §2.1; not averaged over samples)."""
+    """Total squared error ½ Σ (f - y)² (seed 002, §2.1; not averaged over samples).
+
+    Example:
+        >>> wn.predict.mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
+        tensor(2.5000)
+    """
     return 0.5 * ((fx - y) ** 2).sum()
 
 
 def cross_entropy_loss(fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Total softmax cross-entropy -Σ_i Σ_c y_ic log softmax(f_i)_c; y (n, k) one-hot or
-    probabilities."""
+    probabilities.
+
+    Example:
+        >>> loss = wn.predict.cross_entropy_loss(torch.zeros(3, 2), torch.eye(2)[[0, 1, 1]])
+        >>> round(loss.item(), 4)                              # 3 log 2
+        2.0794
+    """
     return -(y * torch.log_softmax(fx, dim=-1)).sum()
 
 
@@ -55,6 +66,15 @@ class ODEPredictor:
     """Outputs of gradient descent (any loss, optional momentum) at any times, by integration.
 
     Made by `gradient_descent`; call it as `predictor(t, fx_train_0, fx_test_0, k_test_train)`.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> y_onehot = torch.eye(2)[[0, 1, 0, 1, 1, 0]]
+        >>> ode = wn.predict.gradient_descent("cross_entropy", k_train, y_onehot)
+        >>> isinstance(ode, wn.predict.ODEPredictor), ode(2.0, 0.0).shape
+        (True, torch.Size([6, 2]))
     """
 
     _func = "gradient_descent"
@@ -224,9 +244,16 @@ def gradient_descent(loss, k_train_train, y_train, *, learning_rate: float = 1.0
     """Predict gradient descent with any differentiable loss (and momentum) by solving its ODE.
 
     Example:
-        >>> predict = wn.predict.gradient_descent("cross_entropy", k_train.ntk, y_onehot,
-        ...                                       learning_rate=0.5, momentum=0.9)
-        >>> fx_train_t, fx_test_t = predict(t, fx_train_0, fx_test_0, k_test_train.ntk)
+        >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+        >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+        >>> k_train, k_test_train = net.kernel(x_train), net.kernel(x_test, x_train)
+        >>> ode = wn.predict.gradient_descent("mse", k_train, y_train, momentum=0.9)
+        >>> ode(1.0, 0.0).shape
+        torch.Size([6, 1])
+        >>> exact = wn.predict.gradient_descent_mse(k_train, y_train)
+        >>> bool(torch.allclose(wn.predict.gradient_descent("mse", k_train, y_train)(1.0, 0.0),
+        ...                     exact(1.0, 0.0), atol=1e-6))
+        True
 
     Args:
         loss: "mse" (½ Σ (f - y)²), "cross_entropy" (-Σ y log softmax f, y one-hot), or a

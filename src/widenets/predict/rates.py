@@ -40,6 +40,11 @@ def max_learning_rate(k_train_train, *, momentum: float = 0.0, kind: str = "stab
 
     Raises:
         ValueError: bad momentum or kind, a kernel that is not positive semi-definite.
+
+    Example:
+        >>> k = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))
+        >>> wn.predict.max_learning_rate(k), wn.predict.max_learning_rate(k, kind="critical")
+        (0.666..., 0.5)
     """
     func = "max_learning_rate"
     if kind not in RATE_KINDS:

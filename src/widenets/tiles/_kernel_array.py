@@ -24,6 +24,7 @@ class KernelArray(da.Array):
         """
         from .reader import _missing, _read_whole
 
-        lay, meta, name = self._widenets_source
-        t = torch.from_numpy(_read_whole(lay, meta, name, skip=set(_missing(lay, meta))))
+        lay, meta, name, check = self._widenets_source
+        t = torch.from_numpy(_read_whole(lay, meta, name, skip=set(_missing(lay, meta)),
+                                         check=check, func="KernelArray.load"))
         return t if device is None else t.to(device)

@@ -1,6 +1,6 @@
 """The `widenets kernel` command (also `python -m widenets.tiles`).
 
-    widenets kernel --net SPEC --data X.npy [--x2 X2.npy] --out STORE [--tile 2048]
+    widenets kernel --net SPEC --data X.npy [--x2 X2.npy] --out STORE [--batch-size 2048]
                     [--scheduler ADDRESS|local[:N]] [--get ntk] [--dtype float32]
 
 computes the net's infinite-width kernel(s) tile by tile into STORE with a progress bar and an
@@ -25,49 +25,68 @@ __all__ = ["add_kernel_parser", "run_kernel", "load_data", "main"]
 _DTYPES = ("float64", "float32", "float16")
 
 
-def load_data(spec: str) -> np.ndarray:
-    """An input array from FILE.npy, FILE.npz[:KEY] or FILE.csv.
+def load_data(spec: str, *, arg: str = "--data", header="auto") -> np.ndarray:
+    """An input array from FILE.npy, FILE.npz[:KEY] or FILE.csv (read by `wn.data.read_csv`).
+
+    Args:
+        spec: the file, FILE.npz:KEY for one array of an .npz.
+        arg: the command-line option it came from (named in errors).
+        header: for .csv files: "auto", True or False (see `wn.data.read_csv`).
 
     Raises:
-        ValueError: unknown extension, missing key, or not a numeric array.
+        ValueError: unknown extension, missing key, an unreadable or empty file, a malformed
+            .csv line, not a numeric (n, features...) array with n >= 1.
         FileNotFoundError: the file does not exist.
     """
+    from ..data.files import read_csv
+
+    cmd = "widenets kernel"
     key = None
     path = spec
     if ".npz:" in spec:
         path, key = spec.rsplit(":", 1)
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"widenets kernel: data file {path!r} does not exist")
+        raise FileNotFoundError(f"{cmd}: {arg} file {path!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"{cmd}: {arg} must be a file, got the directory {path!r}")
     ext = p.suffix.lower()
-    if ext == ".npy":
-        arr = np.load(p, allow_pickle=False)
-    elif ext == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            names = list(z.keys())
-            if key is None:
-                if len(names) != 1:
-                    raise ValueError(f"widenets kernel: {path!r} holds arrays {names}; name one "
-                                     f"as {path}:KEY")
-                key = names[0]
-            if key not in names:
-                raise ValueError(f"widenets kernel: {path!r} has no array {key!r}; it holds "
-                                 f"{names}")
-            arr = z[key]
-    elif ext in (".csv", ".txt"):
-        try:
-            arr = np.loadtxt(p, delimiter=",", ndmin=2)
-        except ValueError:
-            arr = np.loadtxt(p, delimiter=",", ndmin=2, skiprows=1)  # a header line
-    else:
-        raise ValueError(f"widenets kernel: data file {path!r} must be .npy, .npz or .csv, "
-                         f"got {ext or 'no extension'!r}")
+    try:
+        if ext == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                names = list(z.keys())
+                if key is None:
+                    if len(names) != 1:
+                        raise ValueError(f"{cmd}: {arg} {path!r} holds arrays {names}; name "
+                                         f"one as {path}:KEY")
+                    key = names[0]
+                if key not in names:
+                    raise ValueError(f"{cmd}: {arg} {path!r} has no array {key!r}; it holds "
+                                     f"{names}")
+                arr = z[key]
+        elif ext in (".csv", ".txt"):
+            arr = read_csv(p, header=header, func=f"{cmd}: {arg}")
+        else:
+            raise ValueError(f"{cmd}: {arg} file {path!r} must be .npy, .npz or .csv, got "
+                             f"{ext or 'no extension'!r}")
+    except ValueError as e:
+        if str(e).startswith(cmd):
+            raise
+        raise ValueError(f"{cmd}: cannot read {arg} {path!r} as {ext}: {e}") from None
+    except (OSError, EOFError) as e:  # an empty or truncated file, unreadable zip
+        raise ValueError(f"{cmd}: cannot read {arg} {path!r} as {ext}: "
+                         f"{e or type(e).__name__} (an empty or damaged file?)") from None
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"widenets kernel: {path!r} must hold real numbers, got dtype "
+        raise ValueError(f"{cmd}: {arg} {path!r} must hold real numbers, got dtype "
                          f"{arr.dtype}")
     if arr.ndim < 2:
-        raise ValueError(f"widenets kernel: {path!r} must be (n, features...), got shape "
+        raise ValueError(f"{cmd}: {arg} {path!r} must be (n, features...), got shape "
                          f"{arr.shape}")
+    if arr.shape[0] == 0 or 0 in arr.shape[1:]:
+        raise ValueError(f"{cmd}: {arg} {path!r} must hold at least one input with at least "
+                         f"one feature, got shape {arr.shape}")
     return arr.astype(np.float64, copy=False)
 
 
@@ -82,8 +101,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "--data")
     p.add_argument("--out", required=True, metavar="STORE",
                    help="store directory (created, or resumed when it holds the same call)")
-    p.add_argument("--tile", type=int, default=2048, help="tile size (rows = columns); "
-                   "default 2048")
+    p.add_argument("--batch-size", "--tile", dest="batch_size", type=int, default=None,
+                   metavar="B", help="tile edge: a tile holds B x B input pairs; default 2048, "
+                   "or the store's own when resuming (--tile is the old spelling)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a dask scheduler address (tcp://host:8786), or 'local' / 'local:N' for "
                         "a LocalCluster of N workers; default: threads in this process")
@@ -94,9 +114,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device on every worker (cuda for GPUs)")
     p.add_argument("--threads", type=int, default=None,
                    help="in-process threads (without --scheduler); default 1")
+    p.add_argument("--header", default="auto", type=_header,
+                   help="for .csv data: is the first line a header? auto (default: only when "
+                        "none of its fields is a number), yes or no")
     p.add_argument("--flatten", action="store_true",
                    help="reshape inputs to (n, -1) first (images for a fully connected net)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _header(text: str):
+    low = text.strip().lower()
+    table = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}
+    if low not in table:
+        raise argparse.ArgumentTypeError(f"expected auto, yes or no, got {text!r}")
+    return table[low]
 
 
 def _epilog() -> str:
@@ -136,8 +167,8 @@ def run_kernel(args: argparse.Namespace) -> int:
     err = sys.stderr
     try:
         net = parse_spec(args.net)
-        x1 = load_data(args.data)
-        x2 = None if args.x2 is None else load_data(args.x2)
+        x1 = load_data(args.data, arg="--data", header=args.header)
+        x2 = None if args.x2 is None else load_data(args.x2, arg="--x2", header=args.header)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=err)
         return 2
@@ -150,7 +181,7 @@ def run_kernel(args: argparse.Namespace) -> int:
         if args.scheduler:
             client, cluster = _client(args.scheduler)
         run = compute(net, torch.from_numpy(x1), None if x2 is None else torch.from_numpy(x2),
-                      store=args.out, tile=args.tile, get=get, client=client,
+                      store=args.out, batch_size=args.batch_size, get=get, client=client,
                       dtype=getattr(torch, args.dtype), device=args.device,
                       threads=args.threads, progress=not args.no_progress)
     except KeyboardInterrupt as e:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..deprecation import renamed_arguments
 from ..layers.base import Layer, _parse_get, as_input_tensor
 from .store import (
     FORMAT,
@@ -36,12 +37,14 @@ from .store import (
     _as_path,
     _bounds,
     check_metadata,
+    check_tile,
     clean_partial_files,
     describe_kernel_fn,
     done_tiles,
     fingerprint,
     init_store,
     read_metadata,
+    remove_record,
     tile_list,
 )
 from .task import TileJob, compute_tile, run_tile, store_tile
@@ -49,11 +52,17 @@ from .task import TileJob, compute_tile, run_tile, store_tile
 __all__ = ["compute", "TileRun", "TileError"]
 
 _FUNC = "tiles.compute"
+DEFAULT_BATCH_SIZE = 2048  # tile edge of a new store when batch_size is None
 _DTYPES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 
 
 class TileError(RuntimeError):
-    """A tile failed; the finished tiles are kept and a rerun resumes."""
+    """A tile failed; the finished tiles are kept and a rerun resumes.
+
+    Example:
+        >>> issubclass(wn.tiles.TileError, RuntimeError)
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,13 @@ class TileRun:
         tiles_skipped: tiles already finished before this call (not recomputed).
         tiles_computed: tiles this call computed.
         seconds: wall-clock time of the call.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> isinstance(run, wn.tiles.TileRun)
+        True
     """
 
     store: Path
@@ -74,13 +90,13 @@ class TileRun:
     tiles_computed: int
     seconds: float
 
-    def open(self, get=None, **kwargs):
+    def open(self, *, get=None, **kwargs):
         """`wn.tiles.open(self.store, get=get, ...)`: the lazy (dask) kernel array(s)."""
         from .reader import open as open_store
 
         return open_store(self.store, get=get, **kwargs)
 
-    def load(self, get=None, **kwargs):
+    def load(self, *, get=None, **kwargs):
         """`wn.tiles.load_kernel(self.store, get=get, ...)`: the kernel(s) as tensors."""
         from .reader import load_kernel
 
@@ -105,12 +121,13 @@ def _check_tile(tile, shape: tuple[int, int], symmetric: bool) -> tuple[int, int
         tile = tuple(_as_int(b) if _as_int(b) is not None else b for b in tile)
     if not isinstance(tile, (tuple, list)) or len(tile) != 2 or not all(
             isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in tile):
-        raise ValueError(f"{_FUNC}: tile must be a positive int or a pair (b1, b2) of positive "
-                         f"ints (rows, columns of one tile), got {tile!r}")
+        raise ValueError(f"{_FUNC}: batch_size must be a positive int or a pair (b1, b2) of "
+                         f"positive ints (rows, columns of one tile), got {tile!r}")
     if symmetric and tile[0] != tile[1]:
         raise ValueError(f"{_FUNC}: a symmetric kernel (x2=None) is stored as the upper "
-                         f"triangle of square tiles, got tile={tuple(tile)!r}; use "
-                         f"tile={tile[0]} (or pass x2 explicitly for a rectangular layout)")
+                         f"triangle of square tiles, got batch_size={tuple(tile)!r}; use "
+                         f"batch_size={tile[0]} (or pass x2 explicitly for a rectangular "
+                         f"layout)")
     # A tile larger than the kernel is the whole kernel (tiles at the edges may be smaller).
     return min(tile[0], shape[0]), min(tile[1], shape[1])
 
@@ -136,10 +153,11 @@ def _gigabytes(nbytes: float) -> str:
 
 
 # ------------------------------------------------------------------------------ public
-def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), client=None,
+@renamed_arguments(since="0.2", tile="batch_size")
+def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=None,
             dtype: torch.dtype = torch.float64, description: str | None = None,
             device="cpu", threads: int | None = None, progress: bool = False,
-            check_space: bool = True) -> TileRun:
+            check_space: bool = True, check_existing: bool = True) -> TileRun:
     """Compute a kernel tile by tile into an on-disk store (zarr); rerunning resumes.
 
     Args:
@@ -152,10 +170,13 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
         x2: (n2, ...) inputs, or None for the symmetric kernel of x1 (then only the upper
             triangle of tiles is computed; the reader mirrors it).
         store: a directory path; created if missing, continued if it holds the same call.
-        tile: rows and columns of one tile, an int (square) or (b1, b2); the last tiles may be
-            smaller. Symmetric kernels need square tiles. One tile of each kernel must fit in
-            a worker's memory (a few times rows * cols * itemsize).
-        get: "nngp", "ntk" or a tuple of them (one stored array each).
+        batch_size: the tile edge: a tile holds the kernel of batch_size x batch_size input
+            pairs; an int (square) or (b1, b2); the last tiles may be smaller. Symmetric
+            kernels need square tiles. One tile of each kernel must fit in a worker's memory
+            (a few times b1 * b2 * itemsize). None: the existing store's tile when resuming,
+            else 2048. (`tile=` is the deprecated spelling.)
+        get: keyword-only; None (default) for both "nngp" and "ntk", or "nngp", "ntk" or a
+            tuple of them (one stored array each).
         client: None to compute in this process with `threads` threads; or a
             `dask.distributed.Client`, a cluster object (`LocalCluster`, dask-jobqueue's
             `SLURMCluster`) or a scheduler address ("tcp://host:8786") whose workers compute
@@ -168,6 +189,9 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
         progress: show a progress bar over tiles with an ETA (tqdm).
         check_space: refuse to start when the free disk space is smaller than the missing
             tiles need.
+        check_existing: when continuing a store, check every finished tile's data against the
+            CRC-32 in its record first and recompute the damaged ones (with a warning). Costs
+            one read of the stored tiles (see benchmarks/tiles.py); False trusts them.
 
     Returns:
         A `TileRun` (tiles computed / skipped; `.open()` and `.load()` read the result).
@@ -175,12 +199,23 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
     Raises:
         StoreMismatchError: the store holds a kernel of a different net, inputs, dtype, tile or
             get.
-        TileStoreError: the path is not a readable widenets tile store.
+        TileStoreError: the path is not a readable widenets tile store, or another run is
+            computing it.
+        ValueError: no inputs (0 rows) or no features; a store path below a regular file.
         TileError: a tile failed (finished tiles are kept; a rerun resumes). TypeError,
             ValueError and FloatingPointError from a tile (kernel_fn returned the wrong
             shape, or NaN) keep their type.
         OSError: the disk is full (ENOSPC); finished tiles are kept.
         KeyboardInterrupt: Ctrl-C; finished tiles are kept.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> run.tiles_computed, run.tiles_total
+        (1, 1)
+        >>> wn.tiles.compute(net, x, store="k.zarr", get="ntk").tiles_skipped    # resumed: done
+        1
     """
     from .. import __version__
 
@@ -195,36 +230,54 @@ def compute(kernel_fn, x1, x2=None, *, store, tile=2048, get=("nngp", "ntk"), cl
     kind, desc = describe_kernel_fn(kernel_fn, description, func=_FUNC)
     threads = _check_int(threads, "threads") or 1
     device = _check_device(device)
-    x1 = as_input_tensor(x1, func=_FUNC, arg="x1", dtype=dtype).cpu().contiguous()
+    if not isinstance(check_existing, bool):
+        raise TypeError(f"{_FUNC}: check_existing must be True or False, got {check_existing!r}")
+    x1 = _inputs(x1, "x1", dtype)
     if x2 is not None:
-        x2 = as_input_tensor(x2, func=_FUNC, arg="x2", dtype=dtype).cpu().contiguous()
+        x2 = _inputs(x2, "x2", dtype)
         if x2.shape[1:] != x1.shape[1:]:
             raise ValueError(f"{_FUNC}: x1 and x2 must have the same shape after the batch "
                              f"axis, got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}")
     symmetric = x2 is None
     shape = (x1.shape[0], (x1 if symmetric else x2).shape[0])
-    tile = _check_tile(tile, shape, symmetric)
     root = _as_path(store, _FUNC)
+    exists = root.exists() and not (root.is_dir() and not any(root.iterdir()))  # empty: new
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
+        if exists:  # resume with the store's own tiles
+            stored_meta = read_metadata(root, func=_FUNC)[1]
+            batch_size = tuple(stored_meta["tile"])
+            if stored_meta["shape"] != list(shape):
+                batch_size = DEFAULT_BATCH_SIZE  # a mismatch: reported below
+    tile = _check_tile(batch_size, shape, symmetric)
 
     wanted = {"format": FORMAT, "kind": kind, "description": desc, "get": list(gets),
               "dtype": _DTYPES[dtype], "symmetric": symmetric, "shape": list(shape),
               "tile": list(tile), "x1": fingerprint(x1), "x2": fingerprint(x2),
               "widenets_version": __version__}
-    if root.exists() and not (root.is_dir() and not any(root.iterdir())):  # empty dir: new
+    created = None
+    if not exists:
+        meta = dict(wanted, uuid=uuid.uuid4().hex, created=time.time())
+        created = init_store(root, meta, func=_FUNC)  # None: another run created it first
+    if created is None:
         lay, meta = read_metadata(root, func=_FUNC)
         check_metadata(meta, wanted, root, func=_FUNC)
         if meta.get("widenets_version") != __version__:
             warnings.warn(f"{_FUNC}: the store {str(root)!r} was started by widenets "
                           f"{meta.get('widenets_version')} and is continued by {__version__}; "
                           f"if the kernel formulas changed in between, start a new store",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         lock = StoreLock(lay, func=_FUNC)
-        lay.done.mkdir(exist_ok=True)
-        clean_partial_files(lay)
+        try:
+            lay.done.mkdir(exist_ok=True)
+            clean_partial_files(lay)
+            if check_existing:
+                _recheck_finished(lay, meta, threads)
+        except BaseException:
+            lock.release()
+            raise
     else:
-        meta = dict(wanted, uuid=uuid.uuid4().hex, created=time.time())
-        lay = init_store(root, meta, func=_FUNC)
-        lock = StoreLock(lay, func=_FUNC)
+        lay, lock = created
     try:
         return _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile,
                                 symmetric, client, threads, progress, check_space, start)
@@ -263,6 +316,33 @@ def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, t
 
 
 # ------------------------------------------------------------------------------ helpers
+def _inputs(x, arg: str, dtype) -> torch.Tensor:
+    x = as_input_tensor(x, func=_FUNC, arg=arg, dtype=dtype).cpu().contiguous()
+    if x.ndim < 2 or x.shape[0] == 0 or 0 in x.shape[1:]:
+        raise ValueError(f"{_FUNC}: {arg} must be (n, features...) with n >= 1 inputs and at "
+                         f"least one feature, got shape {tuple(x.shape)}; nothing was stored")
+    return x
+
+
+def _recheck_finished(lay: StoreLayout, meta: dict, threads: int) -> list:
+    """CRC-check every finished tile of a store being resumed; drop the records of damaged
+    ones (with a warning) so that they are recomputed. Returns the damaged tiles."""
+    done = sorted(done_tiles(lay, meta))
+    if not done:
+        return []
+    # zlib.crc32 and file reads release the GIL: a few threads overlap them.
+    with ThreadPoolExecutor(max_workers=max(2, threads)) as pool:
+        reasons = list(pool.map(lambda t: check_tile(lay, meta, *t, func=_FUNC), done))
+    bad = [(t, r) for t, r in zip(done, reasons, strict=True) if r is not None]
+    for (i, j), _ in bad:
+        remove_record(lay, i, j)
+    if bad:
+        warnings.warn(f"{_FUNC}: {len(bad)} finished tile(s) of {str(lay.root)!r} failed their "
+                      f"CRC-32 check and will be recomputed, e.g. {bad[0][1]}", RuntimeWarning,
+                      stacklevel=4)
+    return [t for t, _ in bad]
+
+
 def _progress_bar(progress: bool, total: int, initial: int, root: Path):
     if not progress:
         return None

@@ -8,7 +8,7 @@ back is exactly symmetric.
 
 from __future__ import annotations
 
-import zlib
+import warnings
 
 import numpy as np
 import torch
@@ -16,30 +16,36 @@ import torch
 from .._memory import available_memory as _available_memory
 from ..layers.base import _parse_get
 from .store import (
+    CorruptTileError,
     IncompleteStoreError,
     StoreLayout,
-    TileStoreError,
     _array,
+    check_tile,
     done_tiles,
     read_block,
+    read_checked_block,
     read_metadata,
     remove_record,
     tile_list,
-    tile_record,
 )
 
 __all__ = ["open", "load_kernel", "status", "verify", "KernelTooLargeError"]
 
 
 class KernelTooLargeError(ValueError):
-    """The stored kernel does not fit in the memory allowed for loading it."""
+    """The stored kernel does not fit in the memory allowed for loading it.
+
+    Example:
+        >>> issubclass(wn.tiles.KernelTooLargeError, ValueError)
+        True
+    """
 
 
-def _make_kernel_array(arr, lay: StoreLayout, meta: dict, name: str):
+def _make_kernel_array(arr, lay: StoreLayout, meta: dict, name: str, check: bool = True):
     from ._kernel_array import KernelArray
 
     out = KernelArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
-    out._widenets_source = (lay, meta, name)
+    out._widenets_source = (lay, meta, name, check)
     out.metadata = meta
     out.store = lay.root
     return out
@@ -76,13 +82,18 @@ def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: b
     return missing
 
 
-def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - public name
+def open(store, *args, get=None, allow_incomplete: bool = False,  # noqa: A001 - public name
+         check: bool = True):
     """The kernel(s) of a tile store as lazy dask arrays, mirrored when symmetric.
 
     Args:
         store: a store directory written by `wn.tiles.compute`.
-        get: None for every stored kernel; "nngp" or "ntk" for one; a tuple for several.
+        get: keyword-only; None for every stored kernel; "nngp" or "ntk" for one; a tuple for
+            several. (Passing it positionally is deprecated.)
         allow_incomplete: read an interrupted store anyway (missing tiles read as NaN).
+        check: check each tile's CRC-32 (stored in its record) as it is read, so that a
+            damaged tile raises `CorruptTileError` instead of returning wrong numbers. The
+            cost is one CRC per byte read (measured in benchmarks/tiles.py); False skips it.
 
     Returns:
         A `KernelArray` (a `dask.array.Array` of shape (n1, n2) with `.load()` -> tensor), or a
@@ -91,57 +102,109 @@ def open(store, get=None, *, allow_incomplete: bool = False):  # noqa: A001 - pu
 
     Raises:
         IncompleteStoreError: tiles are missing and allow_incomplete is False.
+        CorruptTileError: (when the array is computed) a tile fails its CRC-32 check or
+            cannot be read.
+
+    Example:
+        >>> import tempfile, torch, widenets as wn
+        >>> store = tempfile.mkdtemp() + "/k.zarr"
+        >>> x = torch.randn(6, 3, dtype=torch.float64)
+        >>> _ = wn.tiles.compute(wn.serial(wn.Dense(4), wn.Relu()), x, store=store,
+        ...                      batch_size=4, get="ntk")
+        >>> wn.tiles.open(store).shape
+        (6, 6)
     """
     import dask.array as da
 
     func = "tiles.open"
+    if args:
+        if len(args) > 1 or get is not None:
+            raise TypeError(f"{func}: takes the store and keyword arguments (get=, "
+                            f"allow_incomplete=, check=), got {len(args) + 1} positional")
+        warnings.warn(f"{func}: passing get positionally is deprecated since 0.2; use "
+                      f"get={args[0]!r}", FutureWarning, stacklevel=2)
+        get = args[0]
+    _check_bool(check, "check", func)
     lay, meta = read_metadata(store, func=func)
     gets, single = _select_gets(meta, get, func)
     missing = set(_check_complete(lay, meta, func, allow_incomplete))
     out = []
     for name in gets:
         stored = da.from_zarr(_array(lay.root, name, meta, mode="r"), name=False)
-        if meta["symmetric"] or missing:
-            # Unfinished tiles read as NaN even where a killed write left data behind.
-            def block(i, j, stored=stored):
-                if (i, j) in missing:
-                    return da.full(stored.blocks[i, j].shape, np.nan, dtype=stored.dtype)
-                return stored.blocks[i, j]
-
-            n1, n2 = stored.numblocks
-            stored = da.block([[block(i, j) if i <= j or not meta["symmetric"] else block(j, i).T
-                                for j in range(n2)] for i in range(n1)])
-        out.append(_make_kernel_array(stored, lay, meta, name))
+        if check or meta["symmetric"] or missing:
+            stored = _tiled(stored, lay, meta, name, missing, check, func)
+        out.append(_make_kernel_array(stored, lay, meta, name, check))
     return out[0] if single else tuple(out)
 
 
-def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset()) -> np.ndarray:
-    """The (n1, n2) kernel, read tile by tile (tiles in `skip` stay NaN), mirrored."""
+def _check_bool(value, arg: str, func: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{func}: {arg} must be True or False, got {value!r}")
+
+
+def _tiled(stored, lay, meta, name, missing, check, func):
+    """The stored array rebuilt tile by tile: missing tiles NaN (even where a killed write
+    left data behind), tiles CRC-checked as they are read, the lower triangle mirrored."""
+    import dask
+    import dask.array as da
+
+    blocks = {}
+
+    def block(i, j):
+        if (i, j) not in blocks:
+            shape = stored.blocks[i, j].shape
+            if (i, j) in missing:
+                blocks[i, j] = da.full(shape, np.nan, dtype=stored.dtype)
+            elif check:
+                read = dask.delayed(read_checked_block, pure=True)(
+                    lay, meta, name, i, j, func=func,
+                    dask_key_name=f"widenets-tile-{meta['uuid']}-{name}-{i}-{j}")
+                blocks[i, j] = da.from_delayed(read, shape, dtype=stored.dtype)
+            else:
+                blocks[i, j] = stored.blocks[i, j]
+        return blocks[i, j]
+
+    n1, n2 = stored.numblocks
+    sym = meta["symmetric"]
+    return da.block([[block(i, j) if i <= j or not sym else block(j, i).T for j in range(n2)]
+                     for i in range(n1)])
+
+
+def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset(), *,
+                check: bool = True, func: str = "tiles.load_kernel") -> np.ndarray:
+    """The (n1, n2) kernel, read tile by tile (tiles in `skip` stay NaN), CRC-checked unless
+    check is False, mirrored."""
     n1, n2 = meta["shape"]
     out = np.full((n1, n2), np.nan, dtype=np.dtype(meta["dtype"]))
     b1, b2 = meta["tile"]
     for i, j in tile_list((n1, n2), (b1, b2), meta["symmetric"]):
         if (i, j) in skip:
             continue
-        try:
-            block = read_block(lay.root, name, meta, i, j)
-        except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
-            raise TileStoreError(
-                f"tiles: tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r} is unreadable "
-                f"({type(e).__name__}: {e}); run wn.tiles.verify(store, repair=True), then "
-                f"rerun the compute call to redo the damaged tiles") from e
+        if check:
+            block = read_checked_block(lay, meta, name, i, j, func=func)
+        else:
+            try:
+                block = read_block(lay.root, name, meta, i, j)
+            except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
+                raise CorruptTileError(
+                    f"{func}: tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r} is "
+                    f"unreadable ({type(e).__name__}: {e}); rerun the compute call that made "
+                    f"the store to recompute damaged tiles (wn.tiles.verify(store) lists them)"
+                ) from None
         out[i * b1:i * b1 + block.shape[0], j * b2:j * b2 + block.shape[1]] = block
         if meta["symmetric"] and i < j:
             out[j * b2:j * b2 + block.shape[1], i * b1:i * b1 + block.shape[0]] = block.T
     return out
 
 
-def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
+def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None,
+                check: bool = True):
     """Load a stored kernel into memory as torch tensor(s), if it fits.
 
     Args:
         store: a store directory written by `wn.tiles.compute`.
         get: as in `open`.
+        check: check each tile's CRC-32 as it is read (as in `open`).
         max_bytes: the most bytes the loaded kernels may take; default half of the memory
             available now.
         device: where to put the tensors (default CPU).
@@ -153,8 +216,19 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
         KernelTooLargeError: the kernels need more than max_bytes; use `wn.tiles.open` for
             lazy, tile by tile access instead.
         IncompleteStoreError: tiles are missing.
+        CorruptTileError: a tile fails its CRC-32 check or cannot be read.
+
+    Example:
+        >>> import tempfile, torch, widenets as wn
+        >>> store = tempfile.mkdtemp() + "/k.zarr"
+        >>> net = wn.serial(wn.Dense(4), wn.Relu())
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> _ = wn.tiles.compute(net, x, store=store, batch_size=2, get="nngp")
+        >>> torch.allclose(wn.tiles.load_kernel(store), net.kernel(x, get="nngp"))
+        True
     """
     func = "tiles.load_kernel"
+    _check_bool(check, "check", func)
     lay, meta = read_metadata(store, func=func)
     gets, single = _select_gets(meta, get, func)
     if max_bytes is not None and (isinstance(max_bytes, bool)
@@ -176,13 +250,22 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None):
     _check_complete(lay, meta, func, allow_incomplete=False)
     out = []
     for name in gets:
-        t = torch.from_numpy(_read_whole(lay, meta, name))
+        t = torch.from_numpy(_read_whole(lay, meta, name, check=check, func=func))
         out.append(t if device is None else t.to(device))
     return out[0] if single else tuple(out)
 
 
 def status(store) -> dict:
-    """How far a store is: {"tiles_total", "tiles_done", "missing": [(i, j), ...], "metadata"}."""
+    """How far a store is: {"tiles_total", "tiles_done", "missing": [(i, j), ...], "metadata"}.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> info = wn.tiles.status("k.zarr")
+        >>> info["tiles_done"], info["missing"]
+        (1, [])
+    """
     lay, meta = read_metadata(store, func="tiles.status")
     tiles = tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
     missing = _missing(lay, meta)
@@ -193,31 +276,28 @@ def status(store) -> dict:
 def verify(store, *, repair: bool = False) -> list[tuple[int, int]]:
     """Check every finished tile's data against the CRC-32 in its record.
 
+    A damaged record (unreadable JSON, no CRC) or unreadable data counts as damage too.
+
     Args:
         store: a store directory.
         repair: drop the records of damaged tiles, so that the next `compute` redoes them.
 
     Returns:
         The damaged tiles (i, j) (empty when the store is intact).
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> wn.tiles.verify("k.zarr")                         # tiles whose data fail their CRC
+        []
     """
-    lay, meta = read_metadata(store, func="tiles.verify")
+    func = "tiles.verify"
+    lay, meta = read_metadata(store, func=func)
     bad = []
     for i, j in sorted(done_tiles(lay, meta, repair=False)):
-        rec = tile_record(lay, i, j)
-        ok = rec is not None
-        for name in meta["get"]:
-            if not ok:
-                break
-            try:
-                block = np.ascontiguousarray(read_block(lay.root, name, meta, i, j))
-            except Exception:  # noqa: BLE001 - any unreadable chunk is damage
-                ok = False
-                break
-            crc = zlib.crc32(block.view(np.uint8).reshape(-1).data)
-            ok = crc == rec.get("crc32", {}).get(name)
-        if not ok:
+        if check_tile(lay, meta, i, j, func=func) is not None:
             bad.append((i, j))
             if repair:
                 remove_record(lay, i, j)
     return bad
-

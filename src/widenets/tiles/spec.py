@@ -23,6 +23,9 @@ keyword argument), or {"repeat": 3, "layers": [...]}:
      {"layer": "dense", "args": [1]}]
 
 A SPEC that names an existing .json file is read from it.
+
+A SPEC builds at most MAX_LAYERS layers in all (repeats and nested repeats multiplied out);
+a larger one is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ import json
 import os
 import re
 
-__all__ = ["parse_spec", "layer_names"]
+__all__ = ["parse_spec", "layer_names", "MAX_LAYERS"]
+
+# The most layers a SPEC may build (after expanding repeats): a net this deep is already far
+# beyond what a kernel recursion is accurate for, and each layer is a Python object.
+MAX_LAYERS = 10_000
 
 # Layers that need other layers or a Python function: not expressible in a SPEC.
 _EXCLUDED = {"serial", "parallel", "fanout", "faninsum", "faninconcat", "elementwise", "layer",
-             "activation"}
+             "activation", "faninprod"}
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -95,7 +102,8 @@ class _Parser:
 
     def error(self, msg: str) -> ValueError:
         pos = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
-        return ValueError(f"parse_spec: {msg} at position {pos} of {self.text!r}; see "
+        text = self.text if len(self.text) <= 120 else self.text[:117] + "..."
+        return ValueError(f"parse_spec: {msg} at position {pos} of {text!r}; see "
                           f"widenets.tiles.spec for the grammar, e.g. "
                           f"'dense(512, w_std=1.5) relu dense(1)'")
 
@@ -124,7 +132,8 @@ class _Parser:
                 self.take("*")
                 if not self.peek() or self.peek()[0] != "num" or not self.peek()[1].isdigit():
                     raise self.error("expected a repeat count after ']*'")
-                layers += group * int(self.peek()[1])
+                count = _repeat_count(self.peek()[1], len(group), len(layers), self.error)
+                layers += group * count
                 self.i += 1
             elif kind == "name":
                 layers.append(self.layer())
@@ -166,6 +175,24 @@ class _Parser:
         return (name, args, kwargs)
 
 
+def _repeat_count(text, group: int, before: int, error) -> int:
+    """The repeat count `text` of a group of `group` layers after `before` layers, or an error
+    when the expanded SPEC would exceed MAX_LAYERS (checked before anything is built)."""
+    digits = str(text).lstrip("+")
+    if len(digits) > 12:  # int() of a huge literal is itself slow; any such count is too big
+        count = None
+    else:
+        count = int(digits)
+    if count is not None and count < 1:
+        raise error(f"a repeat count must be a positive int, got {text}")
+    if count is None or before + group * count > MAX_LAYERS:
+        total = "more than 10^12" if count is None else f"{before + group * count}"
+        raise error(f"the repeat [...]*{text if count is not None else digits[:12] + '...'} "
+                    f"would build {total} layers; a SPEC may build at most {MAX_LAYERS} layers "
+                    f"(widenets.tiles.spec.MAX_LAYERS)")
+    return count
+
+
 def make_layer(name: str, args: list, kwargs: dict, names: dict | None = None):
     """Instantiate the layer called `name` (SPEC spelling) with the given arguments."""
     names = layer_names() if names is None else names
@@ -191,7 +218,12 @@ def _from_json(items, names) -> list:
             n = item["repeat"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"parse_spec: 'repeat' must be a positive int, got {n!r}")
-            layers += _from_json(item.get("layers", []), names) * n
+            group = _from_json(item.get("layers", []), names)
+
+            def error(msg):
+                return ValueError(f"parse_spec: {msg} in the JSON SPEC")
+
+            layers += group * _repeat_count(str(n), len(group), len(layers), error)
         elif isinstance(item, dict) and "layer" in item:
             kw = {k: v for k, v in item.items() if k not in ("layer", "args")}
             recipe = (item["layer"], list(item.get("args", [])), kw)
@@ -233,6 +265,9 @@ def parse_spec(spec: str):
             layers = _from_json(data, layer_names())
     if layers is None:
         layers = _Parser(text).spec()
+    if len(layers) > MAX_LAYERS:
+        raise ValueError(f"parse_spec: the SPEC would build {len(layers)} layers; a SPEC may "
+                         f"build at most {MAX_LAYERS} layers (widenets.tiles.spec.MAX_LAYERS)")
     # A fresh layer object per occurrence (a repeated group gives independent layers).
     names = layer_names()
     layers = [make_layer(*recipe, names) for recipe in layers]

@@ -28,6 +28,7 @@ reader mirrors them (`reader.py`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -43,10 +44,10 @@ import numpy as np
 import torch
 
 __all__ = [
-    "FORMAT", "TileStoreError", "StoreMismatchError", "IncompleteStoreError", "StoreLayout",
-    "fingerprint", "describe_kernel_fn", "tile_ranges", "tile_list", "init_store",
+    "FORMAT", "TileStoreError", "StoreMismatchError", "IncompleteStoreError", "CorruptTileError",
+    "StoreLayout", "fingerprint", "describe_kernel_fn", "tile_ranges", "tile_list", "init_store",
     "read_metadata", "check_metadata", "done_tiles", "write_tile", "clean_partial_files",
-    "tile_record", "remove_record", "StoreLock",
+    "tile_record", "remove_record", "StoreLock", "read_checked_block", "check_tile",
 ]
 
 FORMAT = "widenets-tiles/1"
@@ -55,15 +56,45 @@ _DONE = "done"
 
 
 class TileStoreError(RuntimeError):
-    """A store that cannot be used: unreadable, not a widenets store, or damaged."""
+    """A store that cannot be used: unreadable, not a widenets store, or damaged.
+
+    Example:
+        >>> issubclass(wn.tiles.TileStoreError, RuntimeError)
+        True
+    """
 
 
 class StoreMismatchError(ValueError):
-    """The store was made by a different net, inputs, dtype, tile or `get` than this call."""
+    """The store was made by a different net, inputs, dtype, tile or `get` than this call.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(1))
+        >>> x = torch.randn(10, 3, dtype=torch.float64)
+        >>> run = wn.tiles.compute(net, x, store="k.zarr", get="ntk")
+        >>> wn.tiles.compute(net, 2 * x, store="k.zarr", get="ntk")
+        Traceback (most recent call last):
+        ...
+        widenets.tiles...StoreMismatchError: tiles.compute: the existing store ...
+    """
 
 
 class IncompleteStoreError(TileStoreError):
-    """The store is missing tiles (a run was interrupted); rerun `compute` to finish it."""
+    """The store is missing tiles (a run was interrupted); rerun `compute` to finish it.
+
+    Example:
+        >>> issubclass(wn.tiles.IncompleteStoreError, wn.tiles.TileStoreError)
+        True
+    """
+
+
+class CorruptTileError(TileStoreError):
+    """A finished tile's data (or its record) is damaged: its bytes fail the CRC-32 stored in
+    its record, or cannot be read. Rerunning the `compute` call recomputes damaged tiles.
+
+    Example:
+        >>> issubclass(wn.tiles.CorruptTileError, wn.tiles.TileStoreError)
+        True
+    """
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -99,21 +130,28 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 def describe_kernel_fn(kernel_fn, description: str | None, *, func: str) -> tuple[str, str]:
     """The (kind, description) recorded for `kernel_fn`.
 
-    A widenets layer is described by its `repr` (a full description of the architecture and
-    its hyperparameters); any other callable needs a user-given `description`. Memory
-    addresses (`<function f at 0x...>`) are removed so that the description is the same in a
-    new process.
+    A widenets layer is described by `describe.describe_layer`: its `repr` (the architecture
+    and its hyperparameters) plus the content of every Python callable it holds (Elementwise's
+    fn: code, captured values, globals read, partial arguments, module parameters). A layer
+    holding a callable that cannot be described, and any plain callable, need a user-given
+    `description`. Memory addresses (`<function f at 0x...>`) are removed so that the
+    description is the same in a new process.
     """
     from ..layers.base import Layer
+    from .describe import DescriptionError, describe_layer
 
     if description is not None and (not isinstance(description, str) or not description.strip()):
         raise TypeError(f"{func}: description must be a non-empty str, got {description!r}")
     if isinstance(kernel_fn, Layer):
         if description is None:
-            description = repr(kernel_fn)
-            funcs = _function_fingerprints(kernel_fn)
-            if funcs:  # e.g. Elementwise(fn): its repr shows only the function's name
-                description += " with functions " + ", ".join(funcs)
+            try:
+                description = describe_layer(kernel_fn)
+            except DescriptionError as e:
+                raise TypeError(
+                    f"{func}: cannot describe the net for the store: {e}. A store must know "
+                    f"everything that determines the kernel's values to refuse mixing two "
+                    f"nets; pass description='...' naming it (e.g. description='tanh(2 z) "
+                    f"net, scale 2.0')") from None
         return "layer", _ADDRESS.sub("", description)
     if not callable(kernel_fn):
         raise TypeError(f"{func}: kernel_fn must be a widenets net (wn.Layer) or a callable "
@@ -124,33 +162,6 @@ def describe_kernel_fn(kernel_fn, description: str | None, *, func: str) -> tupl
                         f"its values (model, seed, width, n_samples), e.g. "
                         f"description='empirical NTK of resnet18, seed 0'")
     return "callable", _ADDRESS.sub("", description)
-
-
-def _function_fingerprints(obj, seen=None) -> list[str]:
-    """name@hash of every Python function among a layer's attributes (recursively).
-
-    Two different functions with one name (two lambdas) must not describe the same net: the
-    hash covers the bytecode, the constants and the values captured in closures.
-    """
-    from ..layers.base import Layer
-
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    out = []
-    values = list(vars(obj).values()) if isinstance(obj, Layer) else \
-        list(obj) if isinstance(obj, (list, tuple)) else []
-    for v in values:
-        if isinstance(v, (Layer, list, tuple)):
-            out += _function_fingerprints(v, seen)
-        elif callable(v) and hasattr(v, "__code__"):
-            code = v.__code__
-            cells = [repr(c.cell_contents) for c in (v.__closure__ or ())]
-            text = repr((code.co_code, code.co_consts, code.co_names, cells))
-            digest = hashlib.sha256(_ADDRESS.sub("", text).encode()).hexdigest()[:12]
-            out.append(f"{getattr(v, '__qualname__', '?')}@{digest}")
-    return out
 
 
 def tile_ranges(n: int, b: int) -> list[tuple[int, int]]:
@@ -206,27 +217,46 @@ def _as_path(store, func: str) -> Path:
         if "://" in s:
             raise ValueError(f"{func}: store must be a local directory path (visible to every "
                              f"worker, e.g. on a shared file system), got the URL {s!r}")
-        return Path(s).expanduser().absolute()
+        root = Path(s).expanduser().absolute()
+        for parent in root.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ValueError(f"{func}: store must be a directory path, but {str(root)!r} "
+                                 f"lies below {str(parent)!r}, which is a file; choose a store "
+                                 f"path inside a directory")
+            if parent.is_dir():
+                break
+        return root
     raise TypeError(f"{func}: store must be a directory path (str or os.PathLike), "
                     f"got {type(store).__name__}")
 
 
 # ------------------------------------------------------------------------------ metadata
-def init_store(store, meta: dict, *, func: str) -> StoreLayout:
+def init_store(store, meta: dict, *, func: str):
     """Create a new store atomically: build it in a temporary directory, then rename it.
 
     Args:
         store: the directory to create (must not exist, or be empty).
         meta: metadata (see `compute`); needs "shape", "tile", "dtype" and "get". Its
             "zarr_format" is set here.
+
+    Returns:
+        (layout, lock): the new store and its `StoreLock`, taken before the store appears under
+        its name (so a concurrent run sees it locked); or None when another process created
+        the store first (between the caller's check and the rename): the caller then opens
+        it as an existing store.
+
+    Raises:
+        OSError: the store cannot be created there (the message names the store, not the
+            temporary directory).
     """
     import zarr
 
     root = _as_path(store, func)
     meta["zarr_format"] = 3 if _zarr_major() >= 3 else 2
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.{uuid.uuid4().hex}.init")
+    lock = None
     try:
+        root.parent.mkdir(parents=True, exist_ok=True)
         if meta["zarr_format"] == 3:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name in meta["get"]:
@@ -244,11 +274,27 @@ def init_store(store, meta: dict, *, func: str) -> StoreLayout:
         group.attrs["widenets"] = meta
         (tmp / _DONE).mkdir()
         _atomic_write_text(tmp / _META, json.dumps(meta, indent=1))
-        os.rename(tmp, root)
-    except BaseException:
+        # The lock is on the lock file's inode: taken here, it holds once the store is renamed.
+        lock = StoreLock(StoreLayout(tmp, meta["zarr_format"]), func=func)
+        try:
+            os.rename(tmp, root)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and root.is_dir():
+                lock.release()
+                shutil.rmtree(tmp, ignore_errors=True)
+                return None  # another run created the store first
+            raise
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, TileStoreError):
+            err = type(e)(f"{func}: cannot create the tile store {str(root)!r}: "
+                          f"{e.strerror or e}")
+            err.errno = e.errno
+            raise err from None
         raise
-    return StoreLayout(root, meta["zarr_format"])
+    return StoreLayout(root, meta["zarr_format"]), lock
 
 
 def read_metadata(store, *, func: str) -> tuple[StoreLayout, dict]:
@@ -292,7 +338,7 @@ _CHECKED = [
     ("get", "kernels (get)"),
     ("dtype", "dtype"),
     ("shape", "shape"),
-    ("tile", "tile"),
+    ("tile", "tile (batch_size)"),
 ]
 
 
@@ -336,6 +382,15 @@ def done_tiles(lay: StoreLayout, meta: dict, *, repair: bool = True) -> set[tupl
             continue
         i, j = int(m.group(1)), int(m.group(2))
         if all(lay.chunk(name, i, j).exists() for name in meta["get"]):
+            if repair:
+                try:
+                    tile_record(lay, i, j)
+                except CorruptTileError:
+                    warnings.warn(f"tile store {str(lay.root)!r}: the record of tile ({i}, {j}) "
+                                  f"is damaged; the tile will be recomputed", RuntimeWarning,
+                                  stacklevel=3)
+                    remove_record(lay, i, j)
+                    continue
             done.add((i, j))
         elif repair:
             warnings.warn(f"tile store {str(lay.root)!r}: tile ({i}, {j}) has a record but its "
@@ -344,12 +399,69 @@ def done_tiles(lay: StoreLayout, meta: dict, *, repair: bool = True) -> set[tupl
     return done
 
 
-def tile_record(lay: StoreLayout, i: int, j: int) -> dict | None:
-    """The record of tile (i, j), or None when the tile is not finished."""
+def tile_record(lay: StoreLayout, i: int, j: int, *, func: str = "tiles") -> dict | None:
+    """The record of tile (i, j), or None when the tile is not finished.
+
+    Raises:
+        CorruptTileError: the record exists but is not a readable record with CRCs.
+    """
+    path = lay.record(i, j)
     try:
-        return json.loads(lay.record(i, j).read_text())
+        rec = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:
+        raise CorruptTileError(f"{func}: the record {str(path)!r} of tile ({i}, {j}) is "
+                               f"damaged ({type(e).__name__}: {e})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("crc32"), dict):
+        raise CorruptTileError(f"{func}: the record {str(path)!r} of tile ({i}, {j}) is "
+                               f"damaged (no CRC-32 values)")
+    return rec
+
+
+def read_checked_block(lay: StoreLayout, meta: dict, name: str, i: int, j: int, *,
+                       func: str, record: dict | None = None) -> np.ndarray:
+    """The stored block of tile (i, j) of kernel `name`, after checking its CRC-32.
+
+    Args:
+        record: the tile's record if already read (else it is read here).
+
+    Raises:
+        CorruptTileError: the record is missing or damaged, the data cannot be read (a
+            truncated chunk file), or its CRC-32 differs from the record's.
+    """
+    rec = tile_record(lay, i, j, func=func) if record is None else record
+    where = f"tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r}"
+    fix = ("; rerun the wn.tiles.compute call that made the store: it re-checks the finished "
+           "tiles and recomputes damaged ones (wn.tiles.verify(store) lists them)")
+    if rec is None:
+        raise CorruptTileError(f"{func}: {where} has no record (it is not finished){fix}")
+    try:
+        block = np.ascontiguousarray(read_block(lay.root, name, meta, i, j))
+    except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
+        raise CorruptTileError(f"{func}: {where} is unreadable ({type(e).__name__}: {e}), e.g. "
+                               f"a truncated chunk file {str(lay.chunk(name, i, j))!r}{fix}"
+                               ) from None
+    crc = zlib.crc32(block.view(np.uint8).reshape(-1).data)
+    want = rec["crc32"].get(name)
+    if crc != want:
+        stored = f"{want:#010x}" if isinstance(want, int) else repr(want)
+        raise CorruptTileError(f"{func}: {where} is damaged: its data fails the CRC-32 check "
+                               f"(record {stored}, data {crc:#010x}); the chunk file "
+                               f"{str(lay.chunk(name, i, j))!r} was altered{fix}")
+    return block
+
+
+def check_tile(lay: StoreLayout, meta: dict, i: int, j: int, *, func: str) -> str | None:
+    """None when every kernel's data of finished tile (i, j) matches its record's CRC-32;
+    otherwise the reason it does not (a damaged record, unreadable data, a CRC mismatch)."""
+    try:
+        rec = tile_record(lay, i, j, func=func)
+        for name in meta["get"]:
+            read_checked_block(lay, meta, name, i, j, func=func, record=rec)
+    except CorruptTileError as e:
+        return str(e)
+    return None
 
 
 def remove_record(lay: StoreLayout, i: int, j: int) -> None:
