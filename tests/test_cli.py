@@ -67,7 +67,8 @@ def test_list_shows_every_registered_figure(capsys):
     out = capsys.readouterr().out
     for fid in experiments.available():
         assert fid in out
-    assert len(experiments.available()) == 8
+    assert len(experiments.available()) == 12         # 8 figures + attention, lee-fig4/s3/s5
+    assert {"attention", "lee-fig4", "lee-s3", "lee-s5"} <= set(experiments.available())
 
 
 def test_parse_value_types():

@@ -21,9 +21,11 @@ from .kernel import Kernel
 from .layers import (
     ABRelu,
     Abs,
+    Aggregate,
     AvgPool,
     Conv,
     Dense,
+    EdgeList,
     Elementwise,
     Erf,
     FanInConcat,
@@ -32,6 +34,7 @@ from .layers import (
     Flatten,
     Gelu,
     GlobalAvgPool,
+    GlobalSelfAttention,
     Identity,
     Layer,
     LayerNorm,
@@ -53,6 +56,7 @@ __all__ = [
     "finite_width", "data",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
+    "GlobalSelfAttention", "Aggregate", "EdgeList",
 ]
 
 

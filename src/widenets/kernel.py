@@ -68,6 +68,11 @@ class Kernel:
             NTK of every channel contains g·y(x)y(x') from the γ gradients, correlated with the
             channel value y itself (docs/math.md §layernorm-affine). Valid while `sources` and
             `channels` are those recorded; an activation consumes it.
+        pattern1, pattern2: the graph of each input of x1 / x2 (`Layer.kernel(pattern=...)`):
+            a (n, P, P) adjacency tensor or a `widenets.layers.patterns.EdgeList`; pattern2 is
+            None when x1_is_x2 (then pattern1 serves both) or when no pattern was given.
+        mask1, mask2: boolean (n, P) valid positions of x1 / x2 (`Layer.kernel(mask=...)`),
+            with the same None conventions.
 
     Example:
         >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
@@ -91,6 +96,10 @@ class Kernel:
     row_offset: int = 0
     same_input: torch.Tensor | None = field(default=None, repr=False, compare=False)
     gamma_term: tuple | None = field(default=None, repr=False, compare=False)
+    pattern1: object = field(default=None, repr=False, compare=False)
+    pattern2: object = field(default=None, repr=False, compare=False)
+    mask1: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    mask2: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -209,12 +218,25 @@ class Kernel:
         diagonal, and carries the full variances in cov2.
         """
         cov2 = self.cov1 if self.cov2 is None else self.cov2
+        rows = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        second = lambda a, b: a if b is None else b  # noqa: E731
         return self.replace(nngp=self.nngp[start:stop],
                             ntk=None if self.ntk is None else self.ntk[start:stop],
                             cov1=self.cov1[start:stop], cov2=cov2,
                             same_input=None if self.same_input is None
                             else self.same_input[start:stop],
-                            row_offset=self.row_offset + start if self.x1_is_x2 else 0)
+                            row_offset=self.row_offset + start if self.x1_is_x2 else 0,
+                            pattern1=rows(self.pattern1),
+                            pattern2=second(self.pattern1, self.pattern2),
+                            mask1=rows(self.mask1), mask2=second(self.mask1, self.mask2))
+
+    def patterns(self):
+        """(pattern of x1, pattern of x2): the graphs `Aggregate` reads (None without)."""
+        return self.pattern1, self.pattern1 if self.pattern2 is None else self.pattern2
+
+    def masks(self):
+        """(mask of x1, mask of x2): boolean (n, P) valid positions, or None (all valid)."""
+        return self.mask1, self.mask1 if self.mask2 is None else self.mask2
 
     def write_same_input(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Write the self-pair values (shaped like `cov1`: row i's value for x1_i) onto the

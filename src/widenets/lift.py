@@ -14,7 +14,10 @@ nn.Flatten(1), nn.LayerNorm over the features of flat inputs, nn.Identity, eval-
 nn.Dropout, nn.Sequential, residual additions (x + f(x)) and the functional forms
 (F.relu, torch.relu, F.leaky_relu, F.gelu, F.softplus, F.silu, torch.tanh, torch.sigmoid,
 F.avg_pool1d/2d, F.dropout with training=False, torch.flatten(x, 1), ...). Anything else
-(MaxPool, BatchNorm, attention, data-dependent control flow) raises an error that names it.
+(MaxPool, BatchNorm, data-dependent control flow) raises an error that names it;
+nn.MultiheadAttention raises one that lists how it differs from the closed-form
+`GlobalSelfAttention` (its 1/√d logits with independent queries and keys never have a
+closed-form kernel).
 
 Initialization scales, per weight layer of fan-in n (`init`):
 * "torch" (default): torch's default init, kaiming_uniform(a=√5) weights and
@@ -317,6 +320,24 @@ _RELU_FNS = (F.relu, torch.relu)
 _ADD_FNS = (operator.add, torch.add, operator.iadd)
 
 
+def _attention_difference(mod: nn.MultiheadAttention) -> str:
+    """How an nn.MultiheadAttention differs from widenets' closed-form GlobalSelfAttention."""
+    diffs = ["it scales the logits by 1/√head_dim with independent query and key projections, "
+             "which has no closed-form kernel (widenets' exact kernel needs 1/head_dim "
+             "scaling with tied query and key weights, linear_scaling=True)"]
+    if not mod.batch_first:
+        diffs.append("batch_first=False (sequence-first inputs)")
+    if mod.in_proj_bias is not None:
+        diffs.append("biases on the query/key/value projections (bias=True)")
+    if mod.bias_k is not None or mod.add_zero_attn:
+        diffs.append("add_bias_kv / add_zero_attn")
+    if mod.training and mod.dropout > 0:
+        diffs.append(f"attention dropout p={mod.dropout} in training mode")
+    if not mod._qkv_same_embed_dim:
+        diffs.append("kdim/vdim different from embed_dim")
+    return "; ".join(diffs)
+
+
 class _Ctx:
     def __init__(self, root, w_std, b_std, parameterization, init):
         self.root, self.w_std, self.b_std = root, w_std, b_std
@@ -412,7 +433,10 @@ class _Ctx:
         elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
             hint = "batch norm couples the inputs of a batch; try nn.LayerNorm"
         elif isinstance(mod, nn.MultiheadAttention):
-            hint = "attention kernels are not implemented in widenets"
+            raise _fail(f"{where} ({_attention_difference(mod)})",
+                        "wn.GlobalSelfAttention(..., linear_scaling=False) builds this finite "
+                        "layer (channels-first), and linear_scaling=True is the variant with "
+                        "an exact kernel")
         raise _fail(where, hint)
 
     def _conv(self, mod, where, in_sh):

@@ -34,7 +34,7 @@ def _grad_directions(model, x):
     return _core.jacobian(model, _core.params_of(model), x)
 
 
-@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+@pytest.mark.parametrize("implementation", ["hvp", "structured"])
 def test_k3_is_central_difference_of_k2(small, implementation):
     """K3(a,b,c) = d/dε K2(θ + ε ∇f(x_c)) at ε=0 (seed 000 eq. 10). K2 of the shifted models
     comes from plain autograd Jacobians, independent of the HVP path. Central differences with
@@ -55,13 +55,13 @@ def test_k3_is_central_difference_of_k2(small, implementation):
     assert torch.equal(k3, k3.transpose(0, 1)), "K3 must be symmetric in its first two slots"
 
 
-@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+@pytest.mark.parametrize("implementation", ["hvp", "structured"])
 def test_k4_is_central_difference_of_k3(small, implementation):
     """K4(a,b,c,d) = d/dε K3(θ + ε ∇f(x_d)) (seed 000 eq. 10, next level); same tolerance.
     The shifted K3 use the other implementation, so each path is checked against both."""
     model, x = small
     x = x[:4]
-    other = "mlp" if implementation == "hvp" else "hvp"
+    other = "structured" if implementation == "hvp" else "hvp"
     k4 = fw.higher_order_kernel(model, x, order=4, implementation=implementation)
     dirs = _grad_directions(model, x)
     h = 1e-4
@@ -77,7 +77,7 @@ def test_k4_is_central_difference_of_k3(small, implementation):
     assert torch.allclose(k4, k4.transpose(0, 1), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("implementation", ["hvp", "mlp"])
+@pytest.mark.parametrize("implementation", ["hvp", "structured"])
 def test_test_slot_and_chunking_agree_with_the_square_kernels(small, implementation):
     model, x = small
     xt = x[:2] + 0.3
@@ -85,7 +85,7 @@ def test_test_slot_and_chunking_agree_with_the_square_kernels(small, implementat
                                    implementation=implementation)
     part3 = fw.higher_order_kernel(model, x, order=3, x_first=xt, implementation=implementation)
     assert torch.allclose(part3, full3[5:, :5, :5], rtol=1e-12, atol=1e-14)
-    chunked = fw.higher_order_kernel(model, x, order=3, chunk_size=2,
+    chunked = fw.higher_order_kernel(model, x, order=3, batch_size=2,
                                      implementation=implementation)
     assert torch.allclose(chunked, full3[:5, :5, :5], rtol=1e-12, atol=1e-14)
     part4 = fw.higher_order_kernel(model, x[:3], order=4, x_first=xt,
@@ -182,9 +182,9 @@ def test_bad_inputs_are_named():
         fw.higher_order_kernel(model, x)
     with pytest.raises(ValueError, match="order must be 2, 3 or 4"):
         fw.higher_order_kernel(model, x, order=5)
-    with pytest.raises(ValueError, match="implementation='mlp' needs a widenets serial MLP"):
+    with pytest.raises(ValueError, match="implementation='structured' needs a widenets serial MLP"):
         fw.higher_order_kernel(torch.nn.Sequential(torch.nn.Linear(3, 1)), x, order=3,
-                               implementation="mlp")
+                               implementation="structured")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fw.higher_order_kernel("net", x)
     one = wn.serial(wn.Dense(4), wn.Erf(), wn.Dense(1)).module((3,), seed=0)

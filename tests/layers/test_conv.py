@@ -122,8 +122,6 @@ def test_conv_init_statistics_standard_param():
 def test_conv_errors():
     with pytest.raises(ValueError, match="Conv.kernel: input must be channels-first"):
         wn.Conv(3, 3).kernel(_x(4, 5))
-    with pytest.raises(ValueError, match="Dense.kernel: input must be flat"):
-        wn.Dense(3).kernel(_x(4, 2, 3, 3))
     with pytest.raises(ValueError, match="kernel_size has 2 entries but the input has 1"):
         wn.Conv(3, (3, 3)).kernel(_x(4, 2, 5))
     with pytest.raises(ValueError, match="padding must be one of"):

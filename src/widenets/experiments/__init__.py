@@ -29,6 +29,10 @@ FIGURES: dict[str, str] = {
     "blog-alpha": "widenets.experiments.blog_alpha",
     "hanin-nica": "widenets.experiments.hanin_nica",
     "nth": "widenets.experiments.nth",
+    "attention": "widenets.experiments.attention",
+    "lee-fig4": "widenets.experiments.lee_fig4",
+    "lee-s3": "widenets.experiments.lee_s3",
+    "lee-s5": "widenets.experiments.lee_s5",
 }
 
 DEMO = "widenets.experiments.demo"

@@ -6,6 +6,8 @@ Tangent Hierarchy (docs/math.md §laziness, §nth, §hanin-nica; seeds 000, 001,
     wn.finite_width.relative_change(rec).weights        # laziness per parameter tensor
     k3 = wn.finite_width.higher_order_kernel(model, x, order=3)
     nth = wn.finite_width.truncated_nth(model, x, y, order=3, times=ts)
+    gd = wn.finite_width.truncated_nth(model, x, y, order=3, times=range(20),
+                                       learning_rate=2.0, discrete=True)   # GD, step η
     mom = wn.finite_width.ntk_moments(depth=10, width=50, x=x0, n_samples=10_000)
 
 Time and loss conventions: see `training` (t = number of GD steps of size η; "mean" loss

@@ -95,7 +95,7 @@ def _directions(plan, p, x) -> dict:
 
 
 def k3_mlp(plan, params: dict, x: torch.Tensor, x_extra: torch.Tensor | None,
-           chunk: int | None) -> torch.Tensor:
+           batch_size: int | None) -> torch.Tensor:
     """K3(a, b, c), a over [x; x_extra], b, c over x: (n + n_extra, n, n)."""
     n = x.shape[0]
     z = x if x_extra is None else torch.cat([x, x_extra])
@@ -104,7 +104,7 @@ def k3_mlp(plan, params: dict, x: torch.Tensor, x_extra: torch.Tensor | None,
     def along(v):
         return jvp(lambda q: _k2(plan, q, z, n), (params,), (v,))[1]
 
-    m = n if chunk is None else chunk
+    m = n if batch_size is None else batch_size
     out = []
     for s in range(0, n, m):
         out.append(vmap(along)({k: v[s:s + m] for k, v in g.items()}))   # (mc, nz, n)

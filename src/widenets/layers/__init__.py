@@ -12,6 +12,8 @@ from .activations import (
     Relu,
     Sin,
 )
+from .aggregate import Aggregate
+from .attention import GlobalSelfAttention
 from .base import Layer
 from .combinators import (
     FanInConcat,
@@ -28,12 +30,14 @@ from .combinators import (
 from .conv import Conv
 from .dense import Dense
 from .normalization import LayerNorm
+from .patterns import EdgeList
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 
 __all__ = [
     "Layer", "Dense", "Activation", "ABRelu", "Abs", "Elementwise", "Erf", "Gelu", "Identity",
     "LeakyRelu", "Relu", "Sin", "serial", "parallel", "Serial", "Parallel", "FanOut",
     "FanInSum", "FanInConcat", "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm",
+    "GlobalSelfAttention", "Aggregate", "EdgeList",
 ]
 from .conv_local import ConvLocal  # noqa: E402
 from .conv_transpose import ConvTranspose  # noqa: E402

@@ -17,6 +17,7 @@ import torch
 from .._memory import available_memory
 from ..kernel import Kernel
 from .base import DIAGONAL, FULL, check_finite, input_kernel
+from .patterns import attach
 
 __all__ = ["spatial_kernel", "full_layout_bytes_per_pair", "available_memory"]
 
@@ -43,8 +44,11 @@ def _gib(b: float) -> str:
 
 
 def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
-                   layout: str, batch_size: int | None, fname: str):
-    """`layer`'s kernel on channels-first inputs, in the layout it needs, blocked if needed."""
+                   layout: str, batch_size: int | None, fname: str, aux=(None,) * 4):
+    """`layer`'s kernel on channels-first inputs, in the layout it needs, blocked if needed.
+
+    `aux` = (pattern1, pattern2, mask1, mask2) of the inputs (`Layer.kernel(pattern=, mask=)`),
+    sliced along with the inputs in every block."""
     if layout == "full":
         need = FULL
     else:
@@ -53,7 +57,7 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
             need = max(need)
     if need == DIAGONAL:
         return layer._apply_in_row_blocks(
-            input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), fname)
+            attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), *aux), fname)
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -78,14 +82,15 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         speed = math.isqrt(max(_TARGET_BLOCK_BYTES // (math.prod(spatial) ** 2 * itemsize), 1))
         b = min(fits, max(speed, _MIN_BLOCK))
     if b >= n1 and b >= n2:
-        k = layer.apply_kernel(input_kernel(x1, x2, want_ntk=want_ntk, layout="full"))
+        k = layer.apply_kernel(
+            attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:
-        k = _blocked(layer, x1, x2, b, want_ntk)
+        k = _blocked(layer, x1, x2, b, want_ntk, aux)
     check_finite(k, fname)
     return k
 
 
-def _blocked(layer, x1, x2, b: int, want_ntk: bool):
+def _blocked(layer, x1, x2, b: int, want_ntk: bool, aux):
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     rows = [(s, min(s + b, n1)) for s in range(0, n1, b)]
@@ -95,17 +100,26 @@ def _blocked(layer, x1, x2, b: int, want_ntk: bool):
         for bj, (c0, c1) in enumerate(cols):
             if x2 is None and bj < bi:
                 continue
+            p1, p2, m1, m2 = (None if t is None else t[r0:r1] if i % 2 == 0 else t[c0:c1]
+                              for i, t in enumerate(_second_from_first(aux, x2 is None)))
             if x2 is None and bi == bj:
                 kx2 = None
+                p2 = m2 = None
             else:
                 kx2 = (x1 if x2 is None else x2)[c0:c1]
-            blocks[bi, bj] = layer.apply_kernel(
-                input_kernel(x1[r0:r1], kx2, want_ntk=want_ntk, layout="full"))
+            blocks[bi, bj] = layer.apply_kernel(attach(
+                input_kernel(x1[r0:r1], kx2, want_ntk=want_ntk, layout="full"), p1, p2, m1, m2))
     first = blocks[0, 0]
     if isinstance(first, list):
         return [_assemble({key: v[i] for key, v in blocks.items()}, rows, cols, x2 is None)
                 for i in range(len(first))]
     return _assemble(blocks, rows, cols, x2 is None)
+
+
+def _second_from_first(aux, symmetric: bool):
+    """(p1, p2, m1, m2) with p2 = p1 and m2 = m1 for a symmetric kernel (x2 = x1)."""
+    p1, p2, m1, m2 = aux
+    return (p1, p1 if symmetric else p2, m1, m1 if symmetric else m2)
 
 
 def _assemble(blocks: dict, rows, cols, symmetric: bool) -> Kernel:

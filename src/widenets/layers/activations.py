@@ -134,6 +134,8 @@ class Activation(Layer):
     needs_gaussian: bool = True
     #: whether t/tdot evaluate exactly symmetrically in (K11, K22) (quadrature does not)
     symmetric_formula: bool = True
+    #: position-wise: padded positions do not reach the valid ones (`Layer.kernel(mask=)`)
+    accepts_mask = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -273,7 +273,14 @@ class Layer:
     def name(self) -> str:
         return type(self).__name__
 
-    def kernel(self, x1, x2=None, *, get: str | Sequence[str] | None = None,
+    #: True for layers that read `pattern=` (Aggregate); the pattern is refused otherwise
+    uses_pattern: bool = False
+    #: True for layers that handle `mask=`: position-wise layers, and those that exclude padded
+    #: positions (attention, pooling, aggregation); the mask is refused by the others
+    accepts_mask: bool = False
+
+    def kernel(self, x1, x2=None, *, pattern=None, mask=None,
+               get: str | Sequence[str] | None = None,
                dtype: torch.dtype = torch.float64, layout: str = "auto",
                batch_size: int | None = None):
         """Exact infinite-width NNGP and NTK of this network.
@@ -281,6 +288,12 @@ class Layer:
         Args:
             x1: (n1, d) inputs, or channels-first (n1, C, L), (n1, C, H, W), (n1, C, D, H, W).
             x2: inputs shaped like x1, or None for x2 = x1 (symmetric kernel, exact diagonal).
+            pattern: the graphs of the inputs, for networks with `Aggregate`: (a1, a2), or a1
+                alone when x2 is None; each a dense (n, P, P) adjacency or a sparse
+                `widenets.EdgeList` (see `widenets.layers.patterns`).
+            mask: boolean valid positions (n, P) of channels-first inputs of different lengths:
+                (m1, m2), or m1 alone when x2 is None. Padding is excluded from attention,
+                pooling and aggregation.
             get: None for the whole `Kernel`; "nngp" or "ntk" for that (n1, n2) tensor only
                 ("nngp" skips all NTK work); a tuple of both for a tuple of tensors.
             dtype: precision of the computation (float64 by default).
@@ -315,18 +328,70 @@ class Layer:
             if x2.device != x1.device:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
+        aux = self._check_graph_inputs(x1, x2, pattern, mask, fname)
         if x1.ndim == 2:
             k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets), fname)
         else:
             from ._blocks import spatial_kernel
 
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
-                               batch_size=batch_size, fname=fname)
+                               batch_size=batch_size, fname=fname, aux=aux)
         k = _strip_bookkeeping(k)
         _check_underflow(self, k, x1, x2, fname)
         if get is None:
             return k
         return _select(k, gets, single=isinstance(get, str))
+
+    def _check_graph_inputs(self, x1, x2, pattern, mask, fname):
+        """Validate `pattern=` and `mask=` against the inputs and the network: returns
+        (pattern1, pattern2, mask1, mask2) with pattern2/mask2 None when x2 is None."""
+        from .patterns import check_mask, check_pattern
+
+        if pattern is None and mask is None:
+            return (None,) * 4
+        if x1.ndim < 3:
+            raise ValueError(f"{fname}: pattern= and mask= need channels-first inputs (n, C, L) "
+                             f"(positions or nodes on the last axes), got x1 of shape "
+                             f"{tuple(x1.shape)}")
+        spatial = tuple(x1.shape[2:])
+        positions = math.prod(spatial)
+        out = []
+        for arg, val, ok in (("pattern", pattern, any(lay.uses_pattern for lay in self.walk())),
+                             ("mask", mask, True)):
+            if val is None:
+                out += [None, None]
+                continue
+            if not ok:
+                raise ValueError(f"{fname}: pattern= was given but no layer of this network "
+                                 f"reads it (add Aggregate())")
+            if x2 is None:
+                if isinstance(val, (tuple, list)):
+                    raise ValueError(f"{fname}: with x2=None, {arg} must be the one {arg} of "
+                                     f"x1, not a {type(val).__name__} of {len(val)}")
+                pair = (val, None)
+            else:
+                if not isinstance(val, (tuple, list)) or len(val) != 2:
+                    raise ValueError(f"{fname}: with x2 given, {arg} must be a pair ({arg}1, "
+                                     f"{arg}2), one per input set, got {type(val).__name__}")
+                pair = tuple(val)
+            for i, (v, x) in enumerate(zip(pair, (x1, x2))):
+                if x is None:
+                    out.append(None)
+                elif arg == "pattern":
+                    out.append(check_pattern(v, n=x.shape[0], positions=positions, func=fname,
+                                             arg=f"pattern[{i}]" if x2 is not None else arg,
+                                             dtype=x1.dtype))
+                else:
+                    out.append(check_mask(v, n=x.shape[0], spatial=spatial, func=fname,
+                                          arg=f"mask[{i}]" if x2 is not None else arg))
+        if mask is not None:
+            bad = sorted({lay.name for lay in self.walk() if not lay.accepts_mask})
+            if bad:
+                raise ValueError(f"{fname}: mask= is not supported by {', '.join(bad)} (they "
+                                 f"would mix padded positions into valid ones); use "
+                                 f"position-wise layers, GlobalSelfAttention, Aggregate and "
+                                 f"GlobalAvgPool with masks")
+        return tuple(out)
 
     def module(self, in_shape, *, seed: int | None = None,
                dtype: torch.dtype = torch.float32) -> nn.Module:

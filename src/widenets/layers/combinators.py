@@ -42,20 +42,37 @@ def _check_layers(layers, func: str) -> tuple[Layer, ...]:
 
 
 # ---------------------------------------------------------------------------- modules
+def call_with_graph(mod: nn.Module, x, pattern, mask):
+    """mod(x), also passing the inputs' graph and mask to modules that read them."""
+    if getattr(mod, "takes_graph", False) and (pattern is not None or mask is not None):
+        return mod(x, pattern, mask=mask)
+    return mod(x)
+
+
 class SerialModule(nn.Sequential):
-    """nn.Sequential whose children may pass tuples of tensors (branches) along."""
+    """nn.Sequential whose children may pass tuples of tensors (branches) along, and that
+    passes forward(x, pattern, mask=...) on to the children that read them."""
+
+    takes_graph = True
+
+    def forward(self, x, pattern=None, mask=None):
+        for mod in self:
+            x = call_with_graph(mod, x, pattern, mask)
+        return x
 
 
 class ParallelModule(nn.Module):
+    takes_graph = True
+
     def __init__(self, mods):
         super().__init__()
         self.branches = nn.ModuleList(mods)
 
-    def forward(self, xs):
+    def forward(self, xs, pattern=None, mask=None):
         if not isinstance(xs, (tuple, list)) or len(xs) != len(self.branches):
             raise ValueError(f"parallel: expected a tuple of {len(self.branches)} inputs, got "
                              f"{type(xs).__name__}")
-        return tuple(m(x) for m, x in zip(self.branches, xs))
+        return tuple(call_with_graph(m, x, pattern, mask) for m, x in zip(self.branches, xs))
 
 
 class FanOutModule(nn.Module):
@@ -91,6 +108,8 @@ class FanInConcatModule(nn.Module):
 # ---------------------------------------------------------------------------- layers
 class Serial(Layer):
     """Layers applied one after another (use `serial(...)`)."""
+
+    accepts_mask = True  # mask= goes on to the layers inside
 
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "serial")
@@ -134,6 +153,8 @@ def serial(*layers: Layer) -> Serial:
 
 class Parallel(Layer):
     """Apply layer i to branch i (use `parallel(...)`, after FanOut)."""
+
+    accepts_mask = True  # mask= goes on to the layers inside
 
     def __init__(self, *layers: Layer):
         self.layers = _check_layers(layers, "parallel")
@@ -190,6 +211,8 @@ class FanOut(Layer):
         torch.Size([3, 3])
     """
 
+    accepts_mask = True  # mask= goes on to the layers inside
+
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"FanOut: n must be a positive int, got {n!r}")
@@ -231,6 +254,8 @@ class FanInSum(Layer):
         ...
         ValueError: FanInSum...
     """
+
+    accepts_mask = True  # mask= goes on to the layers inside
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInSum.kernel")
@@ -423,6 +448,8 @@ class FanInConcat(Layer):
         >>> net.module((4,), seed=0)(torch.randn(3, 4)).shape
         torch.Size([3, 1])
     """
+
+    accepts_mask = True  # mask= goes on to the layers inside
 
     def apply_kernel(self, ks):
         ks = _check_fan_in(ks, "FanInConcat.kernel")

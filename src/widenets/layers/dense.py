@@ -17,6 +17,11 @@ linearly with width, as the empirical NTK of such a network does (Sohl-Dickstein
 with width scale s = 1). Dividing by the width (equivalently a learning rate ∝ 1/width, the
 "width scale that makes it finite") gives the finite limit. The bias contributes 1 whenever it
 exists (b_std is not None), also when initialized at zero.
+
+On channels-first inputs (n, C, *S) (sequences, images, graph nodes) Dense acts on the channel
+axis position by position, as nn.Linear on (n, L, C) tensors: the same layer as a 1x1
+convolution, so the maps above apply to every position pair (p, p') of the kernel in any
+layout, with n = C (docs/math.md §dense-positions).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import nn
 
 from ..kernel import Kernel
 from .base import Layer, as_number, check_parameterization, check_std, new_source, normal_
+from .conv import ConvModule
 
 __all__ = ["Dense", "DenseModule"]
 
@@ -68,6 +74,9 @@ class DenseModule(nn.Module):
 class Dense(Layer):
     """Fully connected layer of width `out` (Lee et al. 2019, eq. 1).
 
+    On channels-first inputs (n, C, *S) it maps the C channels of every position to `out`
+    channels (position-wise, a 1x1 convolution); flat inputs (n, d) as usual.
+
     Args:
         out: output width (the finite module's out_features).
         w_std: σw, weight standard deviation (times 1/√fan_in).
@@ -83,7 +92,16 @@ class Dense(Layer):
         >>> net = wn.serial(wn.Dense(512, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(1))
         >>> net.module((4,), seed=0)(x.float()).shape
         torch.Size([3, 1])
+        >>> import torch, widenets as wn
+        >>> x = torch.randn(2, 3, 5)                      # 2 sequences, 3 channels, length 5
+        >>> net = wn.serial(wn.Dense(8), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> net.kernel(x, get="ntk").shape
+        torch.Size([2, 2])
+        >>> net.module((3, 5), seed=0)(x.float()).shape
+        torch.Size([2, 1])
     """
+
+    accepts_mask = True
 
     def __init__(self, out: int, *, w_std: float = 1.0, b_std: float | None = 0.0,
                  parameterization: str = "ntk"):
@@ -100,10 +118,7 @@ class Dense(Layer):
         if isinstance(k, list):
             raise ValueError(f"Dense.kernel: expected one input, got {len(k)} branches; "
                              f"merge them with FanInSum() or FanInConcat() first")
-        if k.nngp.ndim != 2:
-            raise ValueError(f"Dense.kernel: input must be flat features (n, d); got a kernel "
-                             f"with spatial axes {tuple(k.nngp.shape[2:])}; put Flatten() or "
-                             f"GlobalAvgPool() before Dense")
+        # position-wise on spatial layouts: the maps below act entry by entry on (p, p')
         w2 = self.w_std ** 2
         b2 = (self.b_std or 0.0) ** 2
         # docs/math.md §dense: K' = σw² K + σb² (both parameterizations).
@@ -122,9 +137,16 @@ class Dense(Layer):
                          is_input=False, channels=self.out, sources=new_source())
 
     def build(self, in_shape, generator, dtype):
-        if isinstance(in_shape, list) or len(in_shape) != 1:
-            raise ValueError(f"Dense.module: in_shape must be (features,), got {in_shape!r}; "
-                             f"put Flatten() before Dense for images")
+        if isinstance(in_shape, list) or not 1 <= len(in_shape) <= 4:
+            raise ValueError(f"Dense.module: in_shape must be (features,) or channels-first "
+                             f"(C, *S) with 1 to 3 spatial axes, got {in_shape!r}")
+        if len(in_shape) > 1:           # position-wise: a 1x1 convolution over the channels
+            s = len(in_shape) - 1
+            mod = ConvModule(in_shape[0], self.out, (1,) * s, (1,) * s,
+                             [(0, 0, n) for n in in_shape[1:]], False, as_number(self.w_std),
+                             as_number(self.b_std),
+                             self.parameterization, generator, dtype)
+            return mod, (self.out, *in_shape[1:])
         mod = DenseModule(in_shape[0], self.out, as_number(self.w_std), as_number(self.b_std),
                           self.parameterization, generator, dtype)
         return mod, (self.out,)

@@ -75,6 +75,8 @@ class LayerNorm(Layer):
         [1.0, 1.0, 1.0]
     """
 
+    accepts_mask = True     # per position over channels: padding stays where it is
+
     def __init__(self, *, eps: float = 1e-5, affine: bool = False):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
                 or eps < 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -178,12 +179,20 @@ class SumPool(AvgPool):
 
 
 class GlobalAvgPoolModule(nn.Module):
-    def forward(self, x):
-        return x.mean(dim=tuple(range(2, x.ndim)))
+    takes_graph = True      # reads mask= (average over the valid positions only)
+
+    def forward(self, x, pattern=None, mask=None):
+        if mask is None:
+            return x.mean(dim=tuple(range(2, x.ndim)))
+        w = mask.reshape(x.shape[0], 1, -1).to(x.dtype)
+        return (x.reshape(*x.shape[:2], -1) * w).sum(2) / w.sum(2)
 
 
 class GlobalAvgPool(Layer):
     """Average over all positions: (n, C, *S) -> (n, C). Needs all position pairs.
+
+    With `mask=` the average runs over the valid positions of each input only:
+    K' = Σ_{p, p'} m1(p) m2(p') K(p, p') / (|m1| |m2|).
 
     Example:
         >>> x = torch.randn(2, 3, 8, 8)
@@ -192,6 +201,8 @@ class GlobalAvgPool(Layer):
         torch.Size([2, 2])
     """
 
+    accepts_mask = True
+
     def layout_need(self, need):
         return FULL
 
@@ -199,6 +210,9 @@ class GlobalAvgPool(Layer):
         func = "GlobalAvgPool.kernel"
         k = _single(k, func)
         _need_spatial(k, func, full=True)
+        m1, m2 = k.masks()
+        if m1 is not None:
+            return _exact_symmetric(_masked_global_mean(k, m1, m2))
         mean = lambda t, nb: None if t is None else t.mean(  # noqa: E731
             dim=tuple(range(nb, t.ndim)))
         out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),
@@ -248,6 +262,26 @@ class GlobalSumPool(Layer):
             raise ValueError(f"GlobalSumPool.module: in_shape must be (C, *spatial), got "
                              f"{in_shape!r}")
         return GlobalSumPoolModule(), (in_shape[0],)
+
+
+def _masked_global_mean(k: Kernel, m1, m2) -> Kernel:
+    """Σ_{p, p'} w1(p) w2(p') t(p, p') with w = m / |m| on every kernel tensor."""
+    w1 = m1.to(k.dtype) / m1.sum(1, keepdim=True)
+    w2 = m2.to(k.dtype) / m2.sum(1, keepdim=True)
+    p = w1.shape[1]
+
+    def cross(t):
+        if t is None:
+            return None
+        t = t.reshape(*t.shape[:2], p, p)
+        return torch.einsum("ap,abpq,bq->ab", w1, t, w2)
+
+    def own(t, w):
+        return None if t is None else torch.einsum("ap,apq,aq->a", w, t.reshape(-1, p, p), w)
+
+    return k.replace(nngp=cross(k.nngp), ntk=cross(k.ntk), cov1=own(k.cov1, w1),
+                     cov2=None if k.cov2 is None else own(k.cov2, w2), is_input=False,
+                     diagonal_spatial=False, mask1=None, mask2=None)
 
 
 class FlattenModule(nn.Module):

@@ -152,12 +152,52 @@ def _gigabytes(nbytes: float) -> str:
     return f"{nbytes / 1e9:.2f} GB"
 
 
+def _graph_inputs(kernel_fn, pattern, mask, shape, symmetric: bool):
+    """(pattern1, pattern2, mask1, mask2) of `compute`, one entry per input row checked (the
+    tiles slice them with the inputs; `Layer.kernel` checks the rest per tile)."""
+    if pattern is None and mask is None:
+        return (None,) * 4
+    if not isinstance(kernel_fn, Layer):
+        raise TypeError(f"{_FUNC}: pattern= and mask= need a widenets net as kernel_fn, got "
+                        f"{type(kernel_fn).__name__}")
+    out = []
+    for arg, val in (("pattern", pattern), ("mask", mask)):
+        pair = (val, None) if symmetric else val
+        if val is not None and not symmetric and (not isinstance(val, (tuple, list))
+                                                  or len(val) != 2):
+            raise ValueError(f"{_FUNC}: with x2 given, {arg} must be a pair ({arg}1, {arg}2)")
+        if val is None:
+            pair = (None, None)
+        for v, n, which in zip(pair, shape, ("x1", "x2")):
+            if v is not None and (not hasattr(v, "__len__") or len(v) != n):
+                raise ValueError(f"{_FUNC}: {arg} must hold one entry per input of {which} "
+                                 f"({n}), got {type(v).__name__} of length "
+                                 f"{len(v) if hasattr(v, '__len__') else '?'}")
+        out += list(pair)
+    return tuple(out)
+
+
+def _with_aux(fp: dict | None, pattern, mask) -> dict | None:
+    """The inputs' fingerprint, extended by their pattern and mask when given."""
+    if fp is None or (pattern is None and mask is None):
+        return fp
+    fp = dict(fp)
+    if pattern is not None:
+        parts = (pattern,) if isinstance(pattern, torch.Tensor) else (
+            pattern.edges, pattern.weights)
+        fp["pattern"] = [fingerprint(t) for t in parts]
+    if mask is not None:
+        fp["mask"] = fingerprint(mask)
+    return fp
+
+
 # ------------------------------------------------------------------------------ public
 @renamed_arguments(since="0.2", tile="batch_size")
-def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=None,
-            dtype: torch.dtype = torch.float64, description: str | None = None,
-            device="cpu", threads: int | None = None, progress: bool = False,
-            check_space: bool = True, check_existing: bool = True) -> TileRun:
+def compute(kernel_fn, x1, x2=None, *, store, pattern=None, mask=None, batch_size=None,
+            get=None, client=None, dtype: torch.dtype = torch.float64,
+            description: str | None = None, device="cpu",
+            threads: int | None = None, progress: bool = False, check_space: bool = True,
+            check_existing: bool = True) -> TileRun:
     """Compute a kernel tile by tile into an on-disk store (zarr); rerunning resumes.
 
     Args:
@@ -170,6 +210,9 @@ def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=
         x2: (n2, ...) inputs, or None for the symmetric kernel of x1 (then only the upper
             triangle of tiles is computed; the reader mirrors it).
         store: a directory path; created if missing, continued if it holds the same call.
+        pattern, mask: the graphs and valid-position masks of the inputs, as in
+            `Layer.kernel` ((p1, p2) / (m1, m2), or p1 / m1 when x2 is None); sliced with the
+            inputs for every tile and part of the inputs' fingerprint. Layers only.
         batch_size: the tile edge: a tile holds the kernel of batch_size x batch_size input
             pairs; an int (square) or (b1, b2); the last tiles may be smaller. Symmetric
             kernels need square tiles. One tile of each kernel must fit in a worker's memory
@@ -240,6 +283,7 @@ def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=
                              f"axis, got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}")
     symmetric = x2 is None
     shape = (x1.shape[0], (x1 if symmetric else x2).shape[0])
+    aux = _graph_inputs(kernel_fn, pattern, mask, shape, symmetric)
     root = _as_path(store, _FUNC)
     exists = root.exists() and not (root.is_dir() and not any(root.iterdir()))  # empty: new
     if batch_size is None:
@@ -253,7 +297,8 @@ def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=
 
     wanted = {"format": FORMAT, "kind": kind, "description": desc, "get": list(gets),
               "dtype": _DTYPES[dtype], "symmetric": symmetric, "shape": list(shape),
-              "tile": list(tile), "x1": fingerprint(x1), "x2": fingerprint(x2),
+              "tile": list(tile), "x1": _with_aux(fingerprint(x1), aux[0], aux[2]),
+              "x2": _with_aux(fingerprint(x2), aux[1], aux[3]),
               "widenets_version": __version__}
     created = None
     if not exists:
@@ -280,13 +325,13 @@ def compute(kernel_fn, x1, x2=None, *, store, batch_size=None, get=None, client=
         lay, lock = created
     try:
         return _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile,
-                                symmetric, client, threads, progress, check_space, start)
+                                symmetric, client, threads, progress, check_space, start, aux)
     finally:
         lock.release()
 
 
 def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, tile, symmetric,
-                     client, threads, progress, check_space, start) -> TileRun:
+                     client, threads, progress, check_space, start, aux=(None,) * 4) -> TileRun:
     """Compute the tiles the store lacks (the store is locked by this process)."""
     tiles = tile_list(shape, tile, symmetric)
     done = done_tiles(lay, meta)
@@ -295,7 +340,7 @@ def _compute_missing(kernel_fn, x1, x2, lay, meta, gets, dtype, device, shape, t
         _check_space(lay, meta, todo, dtype)
 
     job = TileJob(kernel_fn=kernel_fn, is_layer=isinstance(kernel_fn, Layer), get=gets,
-                  dtype=dtype, device=device, root=lay.root, meta=meta)
+                  dtype=dtype, device=device, root=lay.root, meta=meta, aux=aux)
     bar = _progress_bar(progress, len(tiles), len(tiles) - len(todo), lay.root)
     try:
         if todo:

@@ -31,6 +31,8 @@ class TileJob:
         device: where kernel_fn runs ("cpu", "cuda", "cuda:1", ...); results come back to CPU.
         root: the store directory (must be visible to every worker).
         meta: the store's metadata.
+        aux: (pattern1, pattern2, mask1, mask2) of the inputs (`compute(pattern=, mask=)`),
+            sliced with them per tile; Nones without.
     """
 
     kernel_fn: object
@@ -40,20 +42,28 @@ class TileJob:
     device: str
     root: Path
     meta: dict
+    aux: tuple = (None, None, None, None)
 
 
-def evaluate(job: TileJob, a: torch.Tensor, b: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def evaluate(job: TileJob, a: torch.Tensor, b: torch.Tensor | None, rows=None,
+             cols=None) -> dict[str, torch.Tensor]:
     """kernel_fn on one pair of input blocks, checked: name -> (len(a), len(b or a)) tensor.
 
     Args:
         a: (r, ...) rows of x1; b: (c, ...) rows of x2, or None for a diagonal tile of a
             symmetric kernel (then kernel_fn sees x2=None and keeps its exact diagonal).
+        rows, cols: slices of x1 / x2 that a and b are, for the patterns and masks in job.aux.
     """
     dev = torch.device(job.device)
     a = a.to(dev)
     b = None if b is None else b.to(dev)
     if job.is_layer:
-        out = job.kernel_fn.kernel(a, b, get=job.get, dtype=job.dtype)
+        extra = {}
+        for name, (first, second) in (("pattern", job.aux[:2]), ("mask", job.aux[2:])):
+            if first is not None:       # the second set is x1 again for symmetric kernels
+                second = first if second is None else second
+                extra[name] = first[rows] if b is None else (first[rows], second[cols])
+        out = job.kernel_fn.kernel(a, b, get=job.get, dtype=job.dtype, **extra)
     else:
         out = job.kernel_fn(a, b, get=job.get)
     if isinstance(out, list):
@@ -103,12 +113,13 @@ def compute_tile(job: TileJob, x1: torch.Tensor, x2: torch.Tensor | None, i: int
     if x2 is None:
         # Symmetric kernels: only i <= j; a diagonal tile is the kernel of one block with itself,
         # made exactly symmetric from its upper triangle (as the reader mirrors the tiles).
-        blocks = evaluate(job, x1[r0:r1], None if i == j else x1[c0:c1])
+        blocks = evaluate(job, x1[r0:r1], None if i == j else x1[c0:c1], slice(r0, r1),
+                          slice(c0, c1))
         if i == j:
             upper = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool).triu()
             blocks = {k: torch.where(upper, v, v.T) for k, v in blocks.items()}
     else:
-        blocks = evaluate(job, x1[r0:r1], x2[c0:c1])
+        blocks = evaluate(job, x1[r0:r1], x2[c0:c1], slice(r0, r1), slice(c0, c1))
     seconds = time.perf_counter() - start
     return {k: np.ascontiguousarray(v.numpy()) for k, v in blocks.items()}, seconds
 
