@@ -197,6 +197,13 @@ class FitResult:
         hyperparameters: the fitted values by name (`wn.hyperparameters(net)`).
         objective: the final objective value (log likelihood, higher is better).
         record: one dict per optimizer step: {"step", "objective", "noise", **values}.
+
+    Example:
+        >>> net = wn.serial(wn.Dense(8), wn.Erf(), wn.Dense(1))
+        >>> x = torch.randn(12, 2, dtype=torch.float64); y = x[:, 0]
+        >>> fit = wn.predict.fit_hyperparameters(net, x, y, kernel="nngp", steps=2)
+        >>> isinstance(fit, wn.predict.FitResult), len(fit.record)
+        (True, 3)
     """
 
     net: Layer
