@@ -4,6 +4,7 @@
     widenets reproduce FIGURE|all [--out DIR] [--quick] [--seed N] [--set key=value ...]
     widenets reproduce --list
     widenets kernel ...            (large tiled kernels; see `widenets kernel --help`)
+    widenets solve STORE --y Y.npy --out ALPHA.npy   (see `widenets solve --help`)
 
 Bad input (unknown figure, unknown --set key, a value of the wrong type or one a figure
 rejects, repeated seeds, an unwritable --out, an --out that already holds a report without
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         kernel[0](sub)
     else:
         sub.add_parser("kernel", help="large tiled kernels (not available in this build yet)")
+    from .solve_cli import add_solve_parser
+
+    add_solve_parser(sub)
     return parser
 
 
@@ -143,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "kernel":
         return int(_kernel_cli()[1](args) or 0)
+    if args.command == "solve":
+        from .solve_cli import run_solve
+
+        return run_solve(args)
     if args.command == "demo":
         return _run(args, ["demo"], "out/demo", "widenets demo", argv)
     # reproduce

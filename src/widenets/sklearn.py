@@ -49,7 +49,7 @@ class _WideNetEstimator(BaseEstimator):
 
     _kernel = "ntk"
 
-    def __init__(self, net=None, *, t=None, learning_rate=1.0, diag_reg=1e-6,
+    def __init__(self, net=None, *, t=None, learning_rate=1.0, diag_reg=0.0,
                  diag_reg_absolute=False):
         self.net = net
         self.t = t
@@ -165,7 +165,8 @@ class NTKRegressor(_WideNetRegressor):
             convergence (eq. 16: the NTK-GP mean Θ(x, X) Θ⁻¹ Y).
         learning_rate: η (only t · η matters for gradient flow).
         diag_reg: ρ added to the diagonal of the train-train NTK, relative to its mean diagonal
-            (1e-6 by default, so that duplicated training points are harmless).
+            (0 by default, as everywhere in widenets: duplicated training points then make
+            `fit` raise an error naming diag_reg; pass e.g. diag_reg=1e-6).
         diag_reg_absolute: True to add diag_reg itself.
 
     Attributes (after fit):
@@ -192,7 +193,8 @@ class NNGPRegressor(_WideNetRegressor):
             whose readout layer alone was trained for t steps.
         learning_rate: η.
         diag_reg: ρ added to the diagonal of the train-train NNGP, relative to its mean
-            diagonal: Gaussian observation noise of variance ρ in the posterior (1e-6 default).
+            diagonal: Gaussian observation noise of variance ρ in the posterior (0 by default;
+            duplicated training points then need diag_reg > 0).
         diag_reg_absolute: True to add diag_reg itself.
 
     Example:

@@ -24,7 +24,7 @@ def test_nngp_posterior_is_gaussian_conditioning(kernels, data):
     torch.testing.assert_close(gp.covariance, cov_ref, rtol=1e-7, atol=1e-8)
     # tensors instead of Kernels, vector targets
     gp2 = wn.predict.gp_inference(k_train.nngp, y[:, 0], k_test_train.nngp.numpy(),
-                                  k_test.nngp)
+                                  k_test.nngp, kernel="nngp")
     torch.testing.assert_close(gp2.mean, mean_ref[:, 0], rtol=1e-7, atol=1e-8)
     assert wn.predict.gp_inference(k_train, y, k_test_train).covariance is None
 

@@ -129,7 +129,8 @@ def test_trained_ensemble_matches_ntk_gaussian_not_nngp():
     ens = wn.predict.gradient_descent_mse_ensemble(net, xtr, y, learning_rate=eta,
                                                    discrete=True)
     pred = ens(steps, xte, compute_cov=True)
-    nngp = wn.predict.gp_inference(k_train, y, net.kernel(xte, xtr), net.kernel(xte))
+    nngp = wn.predict.gp_inference(k_train, y, net.kernel(xte, xtr), net.kernel(xte),
+                                   kernel="nngp")
 
     out = _train_ensemble(net, xtr, xte, y, eta, steps, n_nets, seed=1000)
 

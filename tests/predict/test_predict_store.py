@@ -39,5 +39,8 @@ def test_store_too_large_is_a_clear_error(problem, monkeypatch):
     import widenets.tiles.reader as reader
 
     monkeypatch.setattr(reader, "_available_memory", lambda: 100)
-    with pytest.raises(wn.tiles.KernelTooLargeError, match="tiles.open"):
-        wn.predict.gradient_descent_mse(tmp / "train.zarr", y)
+    # Too large for the eigendecomposition: t = None goes through wn.predict.solve (tested in
+    # test_predict_solve.py); a finite t is refused with a clear error (issue 18).
+    pred = wn.predict.gradient_descent_mse(tmp / "train.zarr", y, diag_reg=1e-6)
+    with pytest.raises(ValueError, match="too large for memory.*only t=None"):
+        pred(1.0)

@@ -229,14 +229,15 @@ def train(model: nn.Module, x, y, *, learning_rate: float, steps: int | None = N
     try:
         recorder(0.0)
         state = {k: v.clone() for k, v in params.items()}
+        diverged = _Divergence(func, eta, method, convention, scale, x.shape[0], dt, recorder)
         if method == "gd":
             for k in range(1, total + 1):
                 v = velocity(state)
                 state = {kk: state[kk] + v[kk] for kk in names}
+                diverged.check_state(state, k)     # every step: report the first bad one
                 if k % every == 0 or k == total:
-                    _check_state(state, func, k)
                     _core.load_params(model, state)
-                    recorder(float(k))
+                    diverged.record(float(k))
         else:
             marks = [every * i for i in range(1, int(math.floor(total / every + 1e-9)) + 1)]
             if not marks or marks[-1] < total - 1e-12:
@@ -248,9 +249,9 @@ def train(model: nn.Module, x, y, *, learning_rate: float, steps: int | None = N
                 for _ in range(n_sub):
                     state = _rk4(velocity, state, h, names)
                 t = mark
-                _check_state(state, func, t)
+                diverged.check_state(state, t)
                 _core.load_params(model, state)
-                recorder(float(t))
+                diverged.record(float(t))
         _core.load_params(model, state)
     finally:
         recorder.close()
@@ -266,12 +267,55 @@ def _rk4(velocity, s, h, names):
     return {k: s[k] + h / 6 * (k1[k] + 2 * k2[k] + 2 * k3[k] + k4[k]) for k in names}
 
 
-def _check_state(state, func, t):
-    for k, v in state.items():
-        if not torch.isfinite(v).all():
-            raise FloatingPointError(f"{func}: parameter {k!r} became non-finite at time {t}; "
-                                     f"lower the learning rate (GD diverges above "
-                                     f"2 / λ_max of the loss Hessian)")
+class _Divergence:
+    """Turns a non-finite parameter or recording into one error: the training diverged, at
+    which step, and the critical learning rate of the linearized dynamics when the NTK at
+    step 0 was recorded (GD on f ← f - η s Θ (f - y) / N is stable iff η < 2 N / (s λ_max(Θ)),
+    N = n for convention "mean", 1 for "sum", s the loss scale)."""
+
+    def __init__(self, func, eta, method, convention, scale, n, dt, recorder):
+        self.func, self.eta, self.method = func, eta, method
+        self.norm = n if convention == "mean" else 1
+        self.scale, self.dt, self.recorder = scale, dt, recorder
+
+    def critical_rate(self) -> float | None:
+        ntk = self.recorder.rows.get("ntk")
+        if not ntk:
+            return None
+        k0 = ntk[0]
+        side = int(round(k0.numel() ** 0.5))
+        lam = float(torch.linalg.eigvalsh(k0.reshape(side, side).double())[-1])
+        return 2.0 * self.norm / (self.scale * lam) if lam > 0 else None
+
+    def error(self, t, what: str) -> FloatingPointError:
+        unit = "step" if self.method == "gd" else "time"
+        rate = self.critical_rate()
+        if rate is not None:
+            hint = (f"gradient descent is unstable above the critical learning rate "
+                    f"2 N / (s λ_max(Θ_0)) = {rate:.4g} (from the NTK recorded at step 0)")
+        else:
+            hint = ("gradient descent is unstable above 2 N / (s λ_max(Θ_0)) of the NTK at "
+                    "initialization (record='ntk' to have it computed, or "
+                    "wn.predict.max_learning_rate on the empirical NTK)")
+        if self.method == "flow":
+            hint += f"; for method='flow' also lower dt (now {self.dt})"
+        return FloatingPointError(f"{self.func}: training diverged at {unit} {t:g} ({what}) "
+                                  f"with learning_rate={self.eta:g}: {hint}; lower "
+                                  f"learning_rate")
+
+    def check_state(self, state, t):
+        for k, v in state.items():
+            if not torch.isfinite(v).all():
+                raise self.error(t, f"parameter {k!r} became non-finite")
+
+    def record(self, t):
+        try:
+            self.recorder(t)
+        except FloatingPointError as e:
+            raise self.error(t, f"recording failed: {e}") from e
+        loss = self.recorder.rows["loss"]
+        if loss and not torch.isfinite(loss[-1]).all():
+            raise self.error(t, "the loss became non-finite")
 
 
 class ScaledModelBase(nn.Module):

@@ -141,7 +141,14 @@ def as_dense_adjacency(p, positions: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def attach(k, pattern1=None, pattern2=None, mask1=None, mask2=None):
-    """The input Kernel `k` with the patterns and masks of its inputs attached (no copies)."""
+    """The input Kernel `k` with the patterns and masks of its inputs attached (no copies).
+
+    Inputs with identical features but different graphs or masks are different inputs: the
+    identical-input record (`Kernel.same_input`, made from the features alone) is dropped, so
+    that no layer writes self-pair values onto pairs whose outputs differ after Aggregate,
+    attention or masked pooling (the input kernel itself is unchanged: equal features give
+    equal entries)."""
     if pattern1 is None and mask1 is None:
         return k
-    return k.replace(pattern1=pattern1, pattern2=pattern2, mask1=mask1, mask2=mask2)
+    return k.replace(pattern1=pattern1, pattern2=pattern2, mask1=mask1, mask2=mask2,
+                     same_input=None)

@@ -9,6 +9,8 @@ docs/math.md §mse-dynamics, §gp, §ensemble.
 * `gradient_descent_mse_ensemble`: the infinite ensemble of trained infinitely wide networks at
   any time (eqs. 14-15).
 * `max_learning_rate`: the largest stable and the critical learning rates (§2.4).
+* `solve`: (K + ρI)⁻¹ Y by Cholesky or preconditioned conjugate gradients, for kernels of any
+  size (tile stores streamed from disk, optionally on Dask).
 
 Kernel arguments are tensors, numpy arrays or `wn.Kernel` objects; `diag_reg` is relative to
 the mean diagonal unless `diag_reg_absolute=True`.
@@ -19,11 +21,13 @@ from .gp import Gaussian, gp_inference
 from .mse import MSEPredictor, gradient_descent_mse, weight_change
 from .ode import ODEPredictor, cross_entropy_loss, gradient_descent, mse_loss
 from .rates import max_learning_rate
+from .solver import Solution, SolveError, solve
 
 __all__ = [
     "gradient_descent_mse", "weight_change", "gradient_descent", "gp_inference",
     "gradient_descent_mse_ensemble", "max_learning_rate", "Gaussian", "MSEPredictor",
     "ODEPredictor", "EnsemblePredictor", "mse_loss", "cross_entropy_loss",
+    "solve", "Solution", "SolveError",
 ]
 
 from .likelihood import (  # noqa: E402

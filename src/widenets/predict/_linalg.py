@@ -25,8 +25,8 @@ import torch
 from ..kernel import Kernel
 
 __all__ = ["as_kernel_matrix", "as_targets", "as_outputs", "check_diag_reg", "check_positive",
-           "regularize", "SymmetricEig", "cholesky", "cho_solve", "as_times", "time_factors",
-           "restore_targets_shape"]
+           "regularize", "SymmetricEig", "cholesky", "check_not_near_singular", "source_eps",
+           "cho_solve", "is_store", "as_times", "time_factors", "restore_targets_shape"]
 
 KERNEL_NAMES = ("nngp", "ntk")
 
@@ -59,6 +59,12 @@ def _check_finite(x: torch.Tensor, *, func: str, arg: str) -> None:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; a kernel or "
                          f"target must be finite (recompute it in float64)")
+
+
+def is_store(k) -> bool:
+    """Whether a kernel argument is a tile store (a directory or `wn.tiles.open`'s array)."""
+    return (isinstance(k, (str, os.PathLike)) and os.path.isdir(k)) or \
+        hasattr(k, "_widenets_source")
 
 
 def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None = None,
@@ -109,8 +115,11 @@ def as_kernel_matrix(k, *, func: str, arg: str, which: str, shape: tuple | None 
                 want_s = ", ".join("n" if s is None else str(s) for s in shape)
                 raise ValueError(f"{func}: {arg} must have shape ({want_s}), got "
                                  f"{tuple(k.shape)}")
+    src = k.dtype
     k = k.to(dtype)
     _check_finite(k, func=func, arg=arg)
+    if src.is_floating_point and torch.finfo(src).eps > torch.finfo(dtype).eps:
+        k.widenets_source_eps = float(torch.finfo(src).eps)    # read by source_eps
     return k
 
 
@@ -229,8 +238,15 @@ class SymmetricEig:
     def __init__(self, k: torch.Tensor, *, diag_reg: float, absolute: bool, func: str,
                  arg: str):
         self.func, self.arg = func, arg
+        eps = source_eps(k)
         k = _check_symmetric(k, func=func, arg=arg)
         k, self.reg = regularize(k, diag_reg, absolute=absolute)
+        # Near-singularity matters only for t = ∞ (require_definite): keep the error for then.
+        try:
+            check_not_near_singular(k, func=func, arg=arg, eps=eps)
+            self._near_singular = None
+        except ValueError as e:
+            self._near_singular = str(e)
         lam, vec = torch.linalg.eigh(k)
         if not (torch.isfinite(lam).all() and torch.isfinite(vec).all()):
             raise FloatingPointError(f"{func}: the eigendecomposition of {arg} produced "
@@ -259,11 +275,63 @@ class SymmetricEig:
         if self.eigenvalues.numel() and self.lam_min <= 0.0:
             raise ValueError(_not_pd_message(self.func, self.arg, self.lam_min, self.lam_max,
                                              f"positive definite, as {why} needs"))
+        if self._near_singular is not None:
+            raise ValueError(self._near_singular + f" ({why} needs an invertible kernel)")
+
+
+def source_eps(k: torch.Tensor) -> float:
+    """Machine epsilon of the precision the kernel was computed in.
+
+    `as_kernel_matrix` converts kernels to float64 and records the dtype they arrived in
+    (a float32 kernel keeps float32's accuracy after the conversion).
+    """
+    return float(getattr(k, "widenets_source_eps", torch.finfo(k.dtype).eps))
+
+
+def check_not_near_singular(k: torch.Tensor, *, func: str, arg: str, eps: float | None = None,
+                            block: int = 1024) -> None:
+    """Refuse a (regularized) train-train kernel with two numerically identical inputs.
+
+    For inputs i != j the feature-space distance relative to their norms is
+    g_ij = (k_ii + k_jj - 2 k_ij) / (k_ii + k_jj)  (0 for duplicated inputs). A pair with
+    g_ij < √eps gives an eigenvalue below g_ij · k_ii, at the level of the kernel's own
+    rounding error near c = 1 (arccos-type kernels lose half the digits there), so a solve would
+    amplify that error to O(1): garbage (docs/math.md §near-singular). The same check
+    serves every kernel ("nngp" and "ntk") and every exact solver (Cholesky, eigh at t = ∞).
+
+    Raises:
+        ValueError: naming the pair and diag_reg.
+    """
+    eps = source_eps(k) if eps is None else eps
+    tau = math.sqrt(eps)
+    n = k.shape[0]
+    d = k.diagonal()
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        s = d[r0:r1, None] + d[None, :]
+        g = (s - 2.0 * k[r0:r1]) / torch.where(s > 0, s, torch.ones_like(s))
+        g = torch.where(s > 0, g, torch.zeros_like(g))
+        rows = torch.arange(r0, r1, device=k.device)
+        g[rows - r0, rows] = math.inf
+        val, where = g.reshape(-1).min(0)
+        if float(val) < tau:
+            i, j = r0 + int(where) // n, int(where) % n
+            raise ValueError(
+                f"{func}: {arg} is numerically singular: training inputs {i} and {j} are the "
+                f"same input as far as the kernel can tell (relative feature distance "
+                f"{float(val):.2g} < {tau:.2g}, the accuracy of a kernel computed with eps "
+                f"{eps:.2g}), so the solve would return noise; remove duplicated inputs or pass "
+                f"diag_reg > 0 (e.g. diag_reg=1e-6, relative to the mean diagonal)")
 
 
 def cholesky(k: torch.Tensor, *, diag_reg: float, absolute: bool, func: str,
              arg: str) -> torch.Tensor:
-    """Lower Cholesky factor of the regularized symmetric kernel, with the diag_reg error."""
+    """Lower Cholesky factor of the regularized symmetric kernel, with the diag_reg errors.
+
+    Refuses kernels that are not positive definite and near-singular ones
+    (`check_not_near_singular`).
+    """
+    eps = source_eps(k)
     k = _check_symmetric(k, func=func, arg=arg)
     k, _ = regularize(k, diag_reg, absolute=absolute)
     chol, info = torch.linalg.cholesky_ex(k)
@@ -271,6 +339,7 @@ def cholesky(k: torch.Tensor, *, diag_reg: float, absolute: bool, func: str,
         lam = torch.linalg.eigvalsh(k)
         raise ValueError(_not_pd_message(func, arg, float(lam[0]), float(lam[-1]),
                                          "positive definite"))
+    check_not_near_singular(k, func=func, arg=arg, eps=eps)
     return chol
 
 
@@ -333,6 +402,8 @@ def time_factors(eig: SymmetricEig, t: torch.Tensor, *, learning_rate: float,
     Raises:
         ValueError: t = ∞ with a singular kernel (suggests diag_reg), or discrete t = ∞ with a
             learning rate at which gradient descent does not converge.
+        FloatingPointError: discrete gradient descent at a finite t > 0 with a learning rate
+            above the largest stable one, 2 / lambda_max (the outputs diverge).
     """
     lam = eig.eigenvalues
     eta = learning_rate
@@ -345,6 +416,16 @@ def time_factors(eig: SymmetricEig, t: torch.Tensor, *, learning_rate: float,
                              f"learning_rate * lambda_max = {eta * eig.lam_max:.4g} >= 2; "
                              f"use learning_rate < max_learning_rate(k_train_train) = "
                              f"{2.0 / eig.lam_max:.4g}")
+    if discrete and eig.lam_max > 0 and eta * eig.lam_max > 2.0 * (1.0 + 1e-12) and \
+            bool((t[~inf] > 0).any()):
+        # |1 - ηλ_max| > 1: the mode λ_max grows like |1 - ηλ_max|^t (Lee et al. 2019 §2.4).
+        raise FloatingPointError(
+            f"{eig.func}: discrete gradient descent diverges at this learning rate: "
+            f"learning_rate * lambda_max = {eta * eig.lam_max:.4g} > 2, so the outputs grow "
+            f"like {abs(1 - eta * eig.lam_max):.4g}^t; the largest stable learning rate is "
+            f"2 / lambda_max = {2.0 / eig.lam_max:.4g} (wn.predict.max_learning_rate) and the "
+            f"critical rate 2 / (lambda_min + lambda_max) = "
+            f"{2.0 / (eig.lam_min + eig.lam_max):.4g}")
     t_fin = torch.where(inf, torch.zeros_like(t), t)
     zero = lam == 0
     lam_safe = torch.where(zero, torch.ones_like(lam), lam)

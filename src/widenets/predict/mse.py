@@ -28,6 +28,7 @@ from ._linalg import (
     as_times,
     check_diag_reg,
     check_positive,
+    is_store,
     restore_targets_shape,
     time_factors,
 )
@@ -61,20 +62,115 @@ class MSEPredictor:
 
     def __init__(self, k_train_train, y_train, *, learning_rate: float = 1.0,
                  diag_reg: float = 0.0, diag_reg_absolute: bool = False,
-                 discrete: bool = False):
+                 discrete: bool = False, solve_options: dict | None = None):
         func = self._func
-        k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train", which="ntk")
         self.learning_rate = check_positive(learning_rate, func=func, arg="learning_rate")
         diag_reg = check_diag_reg(diag_reg, func=func)
         if not isinstance(discrete, bool):
             raise TypeError(f"{func}: discrete must be True or False, got {discrete!r}")
         self.discrete = discrete
+        self._op = None
+        if is_store(k_train_train):
+            from ..tiles import KernelTooLargeError
+
+            try:
+                k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train",
+                                     which="ntk")
+            except KernelTooLargeError:
+                self._init_iterative(k_train_train, y_train, diag_reg, diag_reg_absolute,
+                                     solve_options or {})
+                return
+        else:
+            k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train", which="ntk")
         self.y_train, self._vector = as_targets(y_train, func=func, n=k.shape[0],
                                                 dtype=k.dtype, device=k.device)
         self.eig = SymmetricEig(k, diag_reg=diag_reg, absolute=diag_reg_absolute, func=func,
                                 arg="k_train_train")
         # Vᵀ (f_0 - Y) for the default f_0 = 0, reused by every call that keeps the default.
         self._proj_default = -(self.eig.eigenvectors.T @ self.y_train)
+
+    def _init_iterative(self, store, y_train, diag_reg, absolute, options):
+        """A store too large for the eigendecomposition: t = ∞ through `solve` only."""
+        from .solver import as_operator
+
+        self._op, _ = as_operator(store, kernel="ntk", func=self._func,
+                                  client=options.get("client"),
+                                  check=options.get("check_store", "crc"))
+        self._solve_options = {k: v for k, v in options.items() if k != "check_store"}
+        self._diag_reg, self._absolute = diag_reg, absolute
+        self.eig = None
+        self.y_train, self._vector = as_targets(y_train, func=self._func, n=self._op.shape[0])
+
+    def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Θ_reg⁻¹ rhs through `wn.predict.solve` (stores that do not fit in memory)."""
+        from .solver import solve
+
+        out = solve(self._op, rhs, diag_reg=self._diag_reg, diag_reg_absolute=self._absolute,
+                    check_store=None, **self._solve_options)
+        self.last_solution = out
+        return out.alpha
+
+    def _iterative_call(self, t, fx_train_0, fx_test_0, k_test_train):
+        """t = ∞ for a store: f(X) = Y, f(x) = f_0(x) - Θ(x, X) Θ⁻¹ (f_0(X) - Y) (eqs. 9-11)."""
+        func = self._func
+        tt, scalar = as_times(t, func=func, discrete=self.discrete)
+        if not bool(torch.isinf(tt).all()):
+            raise ValueError(
+                f"{func}: k_train_train is a tile store too large for memory, where only t=None "
+                f"(infinite time, an iterative solve) is available: a finite t needs "
+                f"exp(-η Θ t), i.e. the eigendecomposition of the whole kernel, which is not "
+                f"implemented for stores that do not fit (no Krylov approximation yet); load a "
+                f"smaller kernel, or use t=None")
+        n, k = self.y_train.shape
+        f0 = as_outputs(fx_train_0, func=func, arg="fx_train_0", shape=(n, k),
+                        vector=self._vector, dtype=torch.float64, device="cpu")
+        # eq. 9 at t = ∞ (the regularized Θ drives training): f_∞(X) = Y.
+        alpha = self._solve(f0 - self.y_train)
+        train = restore_targets_shape(self.y_train.clone(), self._vector)
+        times = tt.numel()
+        if k_test_train is None:
+            if fx_test_0 is not None:
+                raise ValueError(f"{func}: fx_test_0 was given without k_test_train; pass the "
+                                 f"(m, n) test-train NTK to get test outputs")
+            return train if scalar else train.expand(times, *train.shape)
+        if is_store(k_test_train):
+            from ..tiles import StoreOperator
+
+            top = StoreOperator(k_test_train if not hasattr(k_test_train, "store")
+                                else k_test_train.store, get="ntk")
+            prod = top.matmul(alpha)
+            m = top.shape[0]
+        else:
+            ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train", which="ntk",
+                                   shape=(None, n))
+            prod, m = ktx @ alpha, ktx.shape[0]
+        f0_test = as_outputs(0.0 if fx_test_0 is None else fx_test_0, func=func,
+                             arg="fx_test_0", shape=(m, k), vector=self._vector,
+                             dtype=torch.float64, device="cpu")
+        test = restore_targets_shape(f0_test - prod, self._vector)   # eqs. 10-11 at t = ∞
+        if scalar:
+            return train, test
+        return train.expand(times, *train.shape), test.expand(times, *test.shape)
+
+    def _op_rho(self) -> float:
+        if self._absolute:
+            return float(self._diag_reg)
+        return float(self._diag_reg) * float(self._op.diagonal().mean()) if self._diag_reg \
+            else 0.0
+
+    def _iterative_weight_change(self, t, fx_train_0):
+        """||ω_∞||² = Σ_c (r_cᵀ α_c - ρ ||α_c||²), α = Θ_reg⁻¹ r, r = f_0(X) - Y (eq. 8, t = ∞)."""
+        tt, scalar = as_times(t, func=self._func, discrete=self.discrete)
+        if not bool(torch.isinf(tt).all()):
+            self._iterative_call(t, fx_train_0, None, None)     # raises the finite-t refusal
+        n, k = self.y_train.shape
+        f0 = as_outputs(fx_train_0, func=self._func, arg="fx_train_0", shape=(n, k),
+                        vector=self._vector, dtype=torch.float64, device="cpu")
+        r = f0 - self.y_train
+        alpha = self._solve(r)
+        sq = (r * alpha).sum() - self._op_rho() * (alpha * alpha).sum()
+        out = torch.sqrt(torch.clamp(sq, min=0.0))
+        return out if scalar else out.expand(tt.numel())
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -134,6 +230,8 @@ class MSEPredictor:
             (or (m,) for vector targets), likewise with a time axis.
         """
         func = self._func
+        if self._op is not None:
+            return self._iterative_call(t, fx_train_0, fx_test_0, k_test_train)
         tt, scalar = self._times(t)
         decay, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
                                    discrete=self.discrete)
@@ -174,6 +272,8 @@ class MSEPredictor:
         Returns:
             A scalar tensor, or (T,) for a 1-D t.
         """
+        if self._op is not None:
+            return self._iterative_weight_change(t, fx_train_0)
         tt, scalar = self._times(t)
         _, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
                                discrete=self.discrete)
@@ -186,7 +286,8 @@ class MSEPredictor:
 
 def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
                          diag_reg: float = 0.0, diag_reg_absolute: bool = False,
-                         discrete: bool = False) -> MSEPredictor:
+                         discrete: bool = False,
+                         solve_options: dict | None = None) -> MSEPredictor:
     """Predict MSE gradient descent in closed form (Lee et al. 2019, eqs. 8-11).
 
     Example:
@@ -211,6 +312,10 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
         diag_reg_absolute: True to add diag_reg itself.
         discrete: True for gradient descent with whole steps, (I - ηΘ)^t; False for gradient
             flow e^{-ηΘt} (t then counts steps of size η as well).
+        solve_options: keyword arguments of `wn.predict.solve` (tol, preconditioner, client,
+            progress, checkpoint, ...) for a tile store too large for memory. Such a store
+            supports only t=None (infinite time, through `solve`); a finite t is refused with
+            an error (it needs the eigendecomposition; no Krylov approximation is provided).
 
     Returns:
         An `MSEPredictor` p with `p(t=None, fx_train_0=0.0, fx_test_0=None,
@@ -221,7 +326,8 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
             shapes, non-finite values.
     """
     return MSEPredictor(k_train_train, y_train, learning_rate=learning_rate, diag_reg=diag_reg,
-                        diag_reg_absolute=diag_reg_absolute, discrete=discrete)
+                        diag_reg_absolute=diag_reg_absolute, discrete=discrete,
+                        solve_options=solve_options)
 
 
 def weight_change(k_train_train, y_train, t=None, fx_train_0=0.0, *, learning_rate: float = 1.0,

@@ -59,7 +59,10 @@ def cross_entropy_loss(fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy_loss}
 
-_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+_METHODS = ("auto", "RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+# method="auto": DOP853 unless η λ_max t > _STIFF (then LSODA, whose steps are not limited by
+# the stability of an explicit method: an explicit solver needs ~η λ_max t steps).
+_STIFF = 1e3
 
 
 class ODEPredictor:
@@ -80,8 +83,8 @@ class ODEPredictor:
     _func = "gradient_descent"
 
     def __init__(self, loss, k_train_train, y_train, *, learning_rate: float = 1.0,
-                 momentum: float | None = None, method: str = "DOP853", rtol: float = 1e-10,
-                 atol: float = 1e-12):
+                 momentum: float | None = None, method: str = "auto", rtol: float = 1e-10,
+                 atol: float = 1e-12, progress: bool = False):
         func = self._func
         if isinstance(loss, str):
             if loss not in LOSSES:
@@ -115,6 +118,35 @@ class ODEPredictor:
                                                 dtype=self.k_train_train.dtype,
                                                 device=self.k_train_train.device)
         self._y_arg = self.y_train[:, 0] if self._vector else self.y_train
+        self.progress = bool(progress)
+        self.nfev = 0               # right-hand side evaluations of the last call
+        self.stopped_at = None      # the time at which the last call's dynamics had converged
+        self._closed_form = None
+        if self.loss is mse_loss and self.momentum is None:
+            # MSE without momentum is linear: the exact closed form (eqs. 9-11) costs the same
+            # at any t, where integrating costs ~η λ_max t steps (issue 17 item 13).
+            from .mse import MSEPredictor
+
+            try:
+                self._closed_form = MSEPredictor(self.k_train_train, self.y_train,
+                                                 learning_rate=self.learning_rate)
+            except ValueError:
+                self._closed_form = None    # not positive semi-definite: integrate instead
+        self._lam_max = None
+
+    def _stiffness(self, t_end: float) -> float:
+        """η λ_max t_end (λ_max by eigvalsh, or 50 power iterations for n > 3000)."""
+        if self._lam_max is None:
+            k = self.k_train_train
+            if k.shape[0] <= 3000:
+                self._lam_max = float(torch.linalg.eigvalsh(0.5 * (k + k.T))[-1])
+            else:
+                v = torch.ones(k.shape[0], dtype=k.dtype, device=k.device)
+                for _ in range(50):
+                    v = k @ v
+                    v = v / torch.linalg.norm(v)
+                self._lam_max = float(v @ (k @ v))
+        return self.learning_rate * max(self._lam_max, 0.0) * t_end
 
     def _loss_gradient(self, f_train: torch.Tensor) -> torch.Tensor:
         """∇_f L at the (n, k) training outputs, as (n, k)."""
@@ -168,6 +200,9 @@ class ODEPredictor:
         """
         func = self._func
         tt, scalar = as_times(t, func=func, discrete=False, allow_inf=False)
+        if self._closed_form is not None:
+            self.nfev, self.stopped_at = 0, None
+            return self._closed_form(t, fx_train_0, fx_test_0, k_test_train)
         kdd = self.k_train_train
         n, k = self.y_train.shape
         dtype, device = kdd.dtype, kdd.device
@@ -222,12 +257,42 @@ class ODEPredictor:
         else:
             from scipy.integrate import solve_ivp  # imported on first use (import time)
 
-            sol = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=self.method,
-                            t_eval=times, rtol=self.rtol, atol=self.atol)
-            if sol.status != 0:
-                raise RuntimeError(f"{func}: the ODE solver ({self.method}) failed: "
+            method = self.method
+            if method == "auto":
+                method = "LSODA" if self._stiffness(t_end) > _STIFF else "DOP853"
+            counter = _Counter(func, t_end, self.progress)
+            atol, rtol = self.atol, self.rtol
+
+            def counted(t_now, state):
+                counter(t_now)
+                return rhs(t_now, state)
+
+            def converged(t_now, state):
+                # Stop once the rest of the run cannot move any output by more than the
+                # tolerance: ||df/dt||_∞ (t_end - t) <= atol + rtol ||f||_∞ (the velocity of a
+                # gradient flow on a convex loss does not grow).
+                v = np.abs(rhs(t_now, state)).max()
+                return v * (t_end - t_now) - (atol + rtol * np.abs(state).max())
+
+            converged.terminal = True
+            converged.direction = -1
+            sol = solve_ivp(counted, (0.0, t_end), state0.cpu().numpy(), method=method,
+                            t_eval=times, rtol=rtol, atol=atol, events=converged)
+            counter.close()
+            self.nfev = counter.calls
+            if sol.status == 1:              # converged before t_end: the state stays put
+                t_stop = float(sol.t_events[0][0])
+                self.stopped_at = t_stop if t_stop < t_end * (1 - 1e-9) else None
+                final = sol.y_events[0][0]
+                got = np.asarray(sol.y, dtype=final.dtype).reshape(final.shape[0], -1)
+                states = np.concatenate(
+                    [got, np.repeat(final[:, None], len(times) - got.shape[1], 1)], 1)
+            elif sol.status != 0:
+                raise RuntimeError(f"{func}: the ODE solver ({method}) failed: "
                                    f"{sol.message}; try method='LSODA' or smaller t")
-            states = sol.y
+            else:
+                self.stopped_at = None
+                states = sol.y
         order = np.searchsorted(times, tt.numpy())
         out = torch.from_numpy(np.ascontiguousarray(states[:n_f, order].T)).to(
             device=device, dtype=dtype).reshape(len(order), n + m, k)
@@ -238,9 +303,36 @@ class ODEPredictor:
         return (train[0], test[0]) if scalar else (train, test)
 
 
+class _Counter:
+    """Counts right-hand side calls; with `progress`, one line a second of the time reached."""
+
+    def __init__(self, func: str, t_end: float, progress: bool):
+        import time
+
+        self.func, self.t_end, self.progress = func, t_end, progress
+        self.calls, self._clock, self._shown = 0, time.perf_counter, -1e300
+
+    def __call__(self, t_now: float) -> None:
+        self.calls += 1
+        if self.progress and self._clock() - self._shown >= 1.0:
+            import sys
+
+            self._shown = self._clock()
+            sys.stderr.write(f"\r{self.func}: t = {t_now:.4g} of {self.t_end:.4g} "
+                             f"({self.calls} evaluations)")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.progress:
+            import sys
+
+            sys.stderr.write("\n")
+
+
 def gradient_descent(loss, k_train_train, y_train, *, learning_rate: float = 1.0,
-                     momentum: float | None = None, method: str = "DOP853",
-                     rtol: float = 1e-10, atol: float = 1e-12) -> ODEPredictor:
+                     momentum: float | None = None, method: str = "auto",
+                     rtol: float = 1e-10, atol: float = 1e-12,
+                     progress: bool = False) -> ODEPredictor:
     """Predict gradient descent with any differentiable loss (and momentum) by solving its ODE.
 
     Example:
@@ -264,11 +356,17 @@ def gradient_descent(loss, k_train_train, y_train, *, learning_rate: float = 1.0
         learning_rate: η; t counts steps of this size.
         momentum: None for plain gradient descent, or heavy-ball β in [0, 1) (second-order
             ODE, seed 002 SM §B; accurate when η λ_max and (1 - β)² are small).
-        method, rtol, atol: scipy.integrate.solve_ivp settings. DOP853 (explicit, 8th order)
-            suits most problems; use "LSODA" or "BDF" when η λ_max t is very large (stiff).
+        method, rtol, atol: scipy.integrate.solve_ivp settings. "auto" (default): DOP853
+            (explicit, 8th order), or LSODA when η λ_max t > 1e3 (stiff: an explicit method
+            would need ~η λ_max t steps). For loss="mse" without momentum the exact closed
+            form of `gradient_descent_mse` is used instead (same cost at any t). The
+            integration stops early once the outputs can no longer move by more than the
+            tolerance before max(t) (the rest of the times get the converged outputs).
+        progress: print the time reached (one line a second) while integrating.
 
     Returns:
         An `ODEPredictor` p with `p(t, fx_train_0=0.0, fx_test_0=None, k_test_train=None)`.
     """
     return ODEPredictor(loss, k_train_train, y_train, learning_rate=learning_rate,
-                        momentum=momentum, method=method, rtol=rtol, atol=atol)
+                        momentum=momentum, method=method, rtol=rtol, atol=atol,
+                        progress=progress)

@@ -1,0 +1,203 @@
+"""Benchmark: `wn.predict.solve` (issue 18). Not a test.
+
+Three tables, every ratio measured in the same run:
+
+1. in memory, n = N_MEM (default 10,000) depth-3 ReLU NTK of inputs in 10 dimensions (an
+   ill-conditioned kernel): Cholesky against CG with the Nyström and the pivoted-Cholesky
+   preconditioners (rank 256), to relative residual 1e-6, and CG without a preconditioner
+   (capped at --cap iterations);
+2. a float32 tile store (depth-3 ReLU NTK of N_STORE inputs of dimension 784, the architecture
+   and inputs of benchmarks/tiles.py, scaled down from its 50,000 inputs on this shared
+   machine): the time to read every stored tile once (the floor for one iteration), CG with and
+   without the Nyström preconditioner: iterations, time per iteration, total, and the peak
+   resident memory of the solving process (VmHWM; each solve in its own subprocess);
+3. the same store solve on a Dask LocalCluster with 2 worker processes against the single
+   process, time per iteration (a fixed number of iterations).
+
+    python benchmarks/solve.py                          # n = 10,000 in memory, 12,000 store
+    python benchmarks/solve.py --n-mem 4000 --n-store 6000 --cap 300   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _net(depth=3):
+    import widenets as wn
+
+    layers = []
+    for _ in range(depth):
+        layers += [wn.Dense(512, w_std=1.5, b_std=0.05), wn.Relu()]
+    return wn.serial(*layers, wn.Dense(1, w_std=1.5, b_std=0.05))
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def in_memory(n: int, cap: int) -> list:
+    import widenets as wn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 10, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 10, generator=g, dtype=torch.float64)     # 10 classes at once
+    t = time.perf_counter()
+    k = _net().kernel(x, get="ntk")
+    rows = [("kernel (in memory, float64)", time.perf_counter() - t, "", "")]
+    t = time.perf_counter()
+    ref = wn.predict.solve(k, y, method="cholesky")
+    rows.append(("Cholesky", time.perf_counter() - t, "", f"{float(ref.residual.max()):.1e}"))
+    for pc in ("nystrom", "pivoted_cholesky", None):
+        t = time.perf_counter()
+        try:
+            sol = wn.predict.solve(k, y, method="cg", preconditioner=pc, rank=256, tol=1e-6,
+                                   max_iter=cap)
+            its = str(sol.iterations)
+        except wn.predict.SolveError as e:
+            sol = e.solution
+            its = f"> {cap} (residual {float(sol.residuals[-1].max()):.1e})"
+        err = float(torch.linalg.norm(sol.alpha - ref.alpha) / torch.linalg.norm(ref.alpha))
+        rows.append((f"CG, preconditioner {pc}", time.perf_counter() - t, its,
+                     f"{float(sol.residual.max()):.1e} (vs Cholesky {err:.1e})"))
+    return rows
+
+
+def make_store(path: Path, n: int, dim: int) -> float:
+    import widenets as wn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float32)
+    t = time.perf_counter()
+    wn.tiles.compute(_net(), x, store=path, batch_size=2048, get="ntk", dtype=torch.float32)
+    return time.perf_counter() - t
+
+
+def store_worker(path: str, mode: str, cap: int, out: str) -> None:
+    """One measurement in a fresh process (so that its peak memory is its own)."""
+    import widenets as wn
+    from widenets.tiles.matvec import _tile_reader
+
+    op = wn.tiles.StoreOperator(path, get="ntk", check="complete")
+    n = op.shape[0]
+    y = torch.randn(n, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    res = {}
+    if mode == "read":
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for _tile in _tile_reader(op.root, op.name, op.meta, op.tiles, 2):
+                pass
+            times.append(time.perf_counter() - t)
+        res["read_s"] = float(np.median(times))
+        t = time.perf_counter()
+        wn.tiles.verify(path)
+        res["verify_s"] = time.perf_counter() - t
+    else:
+        client = cluster = None
+        if mode.startswith("dask"):
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+            op = wn.tiles.StoreOperator(path, get="ntk", check=None, client=client)
+            op.matmul(y)        # warm-up: workers import widenets and open the store once
+        pc = None if mode in ("none", "dask-none", "single-none") else "nystrom"
+        t = time.perf_counter()
+        try:
+            sol = wn.predict.solve(op, y, method="cg", preconditioner=pc, rank=256, tol=1e-6,
+                                   max_iter=cap, check_store=None)
+            res["iterations"] = sol.iterations
+        except wn.predict.SolveError as e:
+            sol = e.solution
+            res["iterations"] = f"> {cap} (residual {float(sol.residuals[-1].max()):.1e})"
+        res.update(total_s=time.perf_counter() - t, per_iteration_s=sol.seconds_per_iteration,
+                   setup_s=sol.setup_seconds, residual=float(sol.residual.max()))
+        if client is not None:
+            client.close()
+            cluster.close()
+    res["peak_rss_gb"] = _peak_rss() / 1e9
+    Path(out).write_text(json.dumps(res))
+
+
+def _run(path, mode, cap) -> dict:
+    out = tempfile.mktemp(suffix=".json")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    subprocess.run([sys.executable, __file__, "--worker", str(path), mode, str(cap), out],
+                   check=True, env=env)
+    res = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-mem", type=int, default=10_000)
+    p.add_argument("--n-store", type=int, default=12_000)
+    p.add_argument("--dim", type=int, default=784)
+    p.add_argument("--cap", type=int, default=300, help="most CG iterations per solve")
+    p.add_argument("--dask-iterations", type=int, default=15)
+    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--skip-memory", action="store_true")
+    a = p.parse_args()
+    if a.worker:
+        store_worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
+        return
+    torch.manual_seed(0)
+    print(f"widenets solve benchmark (threads: torch {torch.get_num_threads()}); a shared, busy "
+          f"machine: compare ratios within this run only\n")
+    if not a.skip_memory:
+        print(f"## in memory, n = {a.n_mem}, 10 right-hand sides, tol 1e-6")
+        print(f"{'what':34s} {'seconds':>9s}  {'iterations':28s} true residual")
+        for what, s, its, res in in_memory(a.n_mem, a.cap):
+            print(f"{what:34s} {s:9.1f}  {its:28s} {res}")
+        print()
+    tmp = Path(tempfile.mkdtemp(prefix="solvebench"))
+    try:
+        store = tmp / "k.zarr"
+        secs = make_store(store, a.n_store, a.dim)
+        size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        print(f"## store: depth-3 ReLU NTK, {a.n_store} inputs of dim {a.dim}, float32, tile "
+              f"2048 ({size / 1e9:.2f} GB on disk, computed in {secs:.0f} s), 10 right-hand "
+              f"sides, tol 1e-6")
+        read = _run(store, "read", a.cap)
+        print(f"read every stored tile once: {read['read_s']:.2f} s (median of 3); CRC check "
+              f"of the store before a solve (wn.tiles.verify): {read['verify_s']:.2f} s")
+        print(f"{'preconditioner':16s} {'iterations':28s} {'s/iteration':>11s} "
+              f"{'/ read':>7s} {'setup s':>8s} {'total s':>8s} {'peak RSS GB':>11s}")
+        for mode in ("nystrom", "none"):
+            r = _run(store, mode, a.cap)
+            print(f"{mode:16s} {str(r['iterations']):28s} {r['per_iteration_s']:11.2f} "
+                  f"{r['per_iteration_s'] / read['read_s']:7.2f} {r['setup_s']:8.1f} "
+                  f"{r['total_s']:8.1f} {r['peak_rss_gb']:11.2f}")
+        print(f"\n## Dask LocalCluster (2 worker processes) vs one process, "
+              f"{a.dask_iterations} CG iterations, no preconditioner")
+        single = _run(store, "single-none", a.dask_iterations)
+        dask = _run(store, "dask-none", a.dask_iterations)
+        print(f"one process: {single['per_iteration_s']:.2f} s/iteration; Dask 2 workers: "
+              f"{dask['per_iteration_s']:.2f} s/iteration (ratio "
+              f"{dask['per_iteration_s'] / single['per_iteration_s']:.2f})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
