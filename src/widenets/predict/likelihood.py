@@ -196,14 +196,15 @@ class FitResult:
         noise: the fitted (or fixed) observation noise variance σ².
         hyperparameters: the fitted values by name (`wn.hyperparameters(net)`).
         objective: the final objective value (log likelihood, higher is better).
-        record: one dict per optimizer step: {"step", "objective", "noise", **values}.
+        record: one dict per evaluation of the objective (L-BFGS line-search trials included;
+            the last entry is the result): {"step", "objective", "noise", **values}.
 
     Example:
         >>> net = wn.serial(wn.Dense(8), wn.Erf(), wn.Dense(1))
         >>> x = torch.randn(12, 2, dtype=torch.float64); y = x[:, 0]
         >>> fit = wn.predict.fit_hyperparameters(net, x, y, kernel="nngp", steps=2)
-        >>> isinstance(fit, wn.predict.FitResult), len(fit.record)
-        (True, 3)
+        >>> isinstance(fit, wn.predict.FitResult), fit.record[-1]["objective"] == fit.objective
+        (True, True)
     """
 
     net: Layer
@@ -266,7 +267,7 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
         objective: "marginal_likelihood" (evidence) or "cv" (`cv_log_likelihood`, with t,
             learning_rate, folds, seed).
         optimizer: "lbfgs" (strong Wolfe line search) or "adam" (with lr).
-        steps: optimizer iterations.
+        steps: optimizer iterations (L-BFGS: at most 2·steps objective evaluations).
         bounds: dict name-or-glob -> (low, high) for constrained hyperparameters.
         dtype: precision of the kernels (float64).
 
@@ -339,11 +340,6 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
         record.append({"step": step, "objective": value, "noise": nz,
                        **{k: float(v.detach()) for k, v in vals.items()}})
 
-    if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
-    else:
-        opt = torch.optim.Adam(leaves, lr=lr)
-
     def closure():
         opt.zero_grad()
         loss = -evaluate()
@@ -352,23 +348,24 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 raise FloatingPointError(f"{func}: non-finite gradient of the objective; "
                                          f"bound the hyperparameters (bounds=) or raise noise")
+        with torch.no_grad():
+            snapshot(len(record), -float(loss))          # the iterate just evaluated
         return loss
 
-    for step in range(steps):
-        before = {k: v.detach().clone() for k, v in params.items()}, u_noise.detach().clone()
-        loss = opt.step(closure)                    # the objective at the iterate before
-        with torch.no_grad():
-            after = {k: v.detach().clone() for k, v in params.items()}, u_noise.detach().clone()
-            for k, v in before[0].items():
-                params[k].copy_(v)
-            u_noise.copy_(before[1])
-            snapshot(step, -float(loss))
-            for k, v in after[0].items():
-                params[k].copy_(v)
-            u_noise.copy_(after[1])
+    if optimizer == "lbfgs":
+        # one L-BFGS run of `steps` iterations, its curvature memory kept across them; the
+        # record has one entry per objective evaluation (line-search trials included)
+        opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=steps, max_eval=2 * steps,
+                                tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
+                                line_search_fn="strong_wolfe")
+        opt.step(closure)
+    else:
+        opt = torch.optim.Adam(leaves, lr=lr)
+        for _ in range(steps):
+            opt.step(closure)
     with torch.no_grad():
         final = float(evaluate())
-    snapshot(steps, final)
+    snapshot(len(record), final)
     vals, nz = current()
     plain = {k: float(v.detach()) for k, v in vals.items()}
     fitted = net.with_hyperparameters(plain)
