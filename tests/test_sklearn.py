@@ -116,3 +116,28 @@ def test_params_stored_verbatim_and_errors():
         wn.sklearn.NTKRegressor(t=-1.0).fit(np.eye(3), np.ones(3))
     with pytest.raises(ValueError, match="not positive definite.*diag_reg"):
         wn.sklearn.NTKRegressor(t=None, diag_reg=0.0).fit(np.ones((3, 2)), np.ones(3))
+
+
+def test_fit_hyperparameters_option_equals_the_direct_fit():
+    """NNGPRegressor(fit_hyperparameters=True) predicts with the σ's and noise that
+    wn.predict.fit_hyperparameters finds (an independent call), and improves the evidence
+    over the default network's."""
+    import widenets as wn
+    from widenets.sklearn import NNGPRegressor, default_net
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3))
+    y = np.sin(2 * x[:, 0]) + 0.05 * rng.standard_normal(40)
+    reg = NNGPRegressor(fit_hyperparameters=True, fit_steps=15).fit(x, y)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    fit = wn.predict.fit_hyperparameters(default_net(), xt, yt, kernel="nngp", tied=True,
+                                         steps=15)
+    assert reg.hyperparameters_ == fit.hyperparameters and reg.noise_ == fit.noise
+    xq = rng.standard_normal((5, 3))
+    ref = wn.predict.gp_inference(fit.net.kernel(xt), yt, fit.net.kernel(torch.tensor(xq), xt),
+                                  kernel="nngp", diag_reg=fit.noise, diag_reg_absolute=True).mean
+    np.testing.assert_allclose(reg.predict(xq), ref.numpy(), rtol=1e-10, atol=1e-12)
+    # the fit raised the evidence above the default network's at the same noise
+    default = wn.predict.marginal_likelihood(default_net(), xt, yt, kernel="nngp",
+                                             noise=fit.noise)
+    assert fit.objective > float(default)

@@ -52,7 +52,7 @@ __all__ = [
     "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
     "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
     "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
-    "monte_carlo_kernel", "empirical", "predict", "sklearn", "tiles", "__version__",
+    "monte_carlo_kernel", "empirical", "predict", "sklearn", "gpytorch", "tiles", "__version__",
     "finite_width", "data",
     "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
     "LayerStructure", "register_structured_layer",
@@ -61,13 +61,22 @@ __all__ = [
 
 
 def __getattr__(name):
-    # `wn.sklearn` imports scikit-learn only when first used.
-    if name == "sklearn":
+    # `wn.sklearn` and `wn.gpytorch` import their libraries only when first used.
+    if name in ("sklearn", "gpytorch"):
         import importlib
 
-        return importlib.import_module(".sklearn", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+from .hyperparameters import (  # noqa: E402
+    hyperparameter_domains,
+    hyperparameter_groups,
+    hyperparameters,
+    with_hyperparameters,
+)
+
+__all__ += ["hyperparameters", "hyperparameter_domains", "hyperparameter_groups",
+            "with_hyperparameters"]
 
 # the rest of neural-tangents' layer catalogue (issue 11)
 from .layers import (  # noqa: E402

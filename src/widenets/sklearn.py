@@ -27,6 +27,7 @@ from .layers import Dense, Relu, serial
 from .layers.base import Layer
 from .predict.ensemble import EnsemblePredictor
 from .predict.gp import gp_inference
+from .predict.likelihood import fit_hyperparameters as fit_kernel_hyperparameters
 
 __all__ = ["NTKRegressor", "NNGPRegressor", "NTKClassifier", "default_net"]
 
@@ -50,12 +51,14 @@ class _WideNetEstimator(BaseEstimator):
     _kernel = "ntk"
 
     def __init__(self, net=None, *, t=None, learning_rate=1.0, diag_reg=0.0,
-                 diag_reg_absolute=False):
+                 diag_reg_absolute=False, fit_hyperparameters=False, fit_steps=30):
         self.net = net
         self.t = t
         self.learning_rate = learning_rate
         self.diag_reg = diag_reg
         self.diag_reg_absolute = diag_reg_absolute
+        self.fit_hyperparameters = fit_hyperparameters
+        self.fit_steps = fit_steps
 
     def _resolved_net(self) -> Layer:
         net = default_net() if self.net is None else self.net
@@ -76,11 +79,21 @@ class _WideNetEstimator(BaseEstimator):
 
     def _fit_targets(self, X, targets: np.ndarray):
         self._t = self._check_t()
+        net = self._resolved_net()
+        x = torch.tensor(X, dtype=torch.float64)
+        y = torch.tensor(targets, dtype=torch.float64)
+        self.diag_reg_, self.diag_reg_absolute_ = self.diag_reg, self.diag_reg_absolute
+        if self.fit_hyperparameters:
+            # σw, σb (tied across layers) and the noise by marginal likelihood; the fitted
+            # noise variance becomes the (absolute) diag_reg (docs/math.md §marginal-likelihood)
+            fit = fit_kernel_hyperparameters(net, x, y, kernel=self._kernel, tied=True,
+                                             steps=self.fit_steps)
+            net, self.hyperparameters_, self.noise_ = fit.net, fit.hyperparameters, fit.noise
+            self.diag_reg_, self.diag_reg_absolute_ = fit.noise, True
+        self.net_ = net
         self.predictor_ = EnsemblePredictor(
-            self._resolved_net(), torch.tensor(X, dtype=torch.float64),
-            torch.tensor(targets, dtype=torch.float64),
-            learning_rate=self.learning_rate, diag_reg=self.diag_reg,
-            diag_reg_absolute=self.diag_reg_absolute)
+            net, x, y, learning_rate=self.learning_rate, diag_reg=self.diag_reg_,
+            diag_reg_absolute=self.diag_reg_absolute_)
         # Factorize now so that a kernel that is not positive definite fails in fit.
         eig = self.predictor_.eig(self._kernel)
         if self._t is None:
@@ -93,11 +106,11 @@ class _WideNetEstimator(BaseEstimator):
         ens = self.predictor_
         if self._kernel == "nngp" and self._t is None:
             # The Bayesian posterior (eq. 13), diag_reg as observation noise.
-            net = self._resolved_net()
+            net = self.net_
             return gp_inference(ens.k_train, ens.targets, net.kernel(X, ens.x_train, get="nngp"),
                                 net.kernel(X, get="nngp") if compute_cov else None,
-                                kernel="nngp", diag_reg=self.diag_reg,
-                                diag_reg_absolute=self.diag_reg_absolute)
+                                kernel="nngp", diag_reg=self.diag_reg_,
+                                diag_reg_absolute=self.diag_reg_absolute_)
         return ens(self._t, X, kernel=self._kernel, compute_cov=compute_cov)
 
     def __sklearn_tags__(self):
@@ -168,9 +181,15 @@ class NTKRegressor(_WideNetRegressor):
             (0 by default, as everywhere in widenets: duplicated training points then make
             `fit` raise an error naming diag_reg; pass e.g. diag_reg=1e-6).
         diag_reg_absolute: True to add diag_reg itself.
+        fit_hyperparameters: fit σw, σb (tied across layers) and the noise variance by
+            maximizing the marginal likelihood of the GP with this estimator's kernel
+            (`wn.predict.fit_hyperparameters`) before predicting; the fitted noise replaces
+            diag_reg (absolute).
+        fit_steps: L-BFGS steps of that fit.
 
     Attributes (after fit):
-        predictor_: the `wn.predict.EnsemblePredictor`; n_features_in_.
+        predictor_: the `wn.predict.EnsemblePredictor`; n_features_in_; net_: the network
+        used (fitted when fit_hyperparameters); hyperparameters_, noise_: the fitted values.
 
     Example:
         >>> x, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0) % 2
@@ -196,6 +215,7 @@ class NNGPRegressor(_WideNetRegressor):
             diagonal: Gaussian observation noise of variance ρ in the posterior (0 by default;
             duplicated training points then need diag_reg > 0).
         diag_reg_absolute: True to add diag_reg itself.
+        fit_hyperparameters, fit_steps: as `NTKRegressor` (with the NNGP's evidence).
 
     Example:
         >>> x, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0) % 2

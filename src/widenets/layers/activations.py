@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..kernel import Kernel
-from .base import Layer
+from .base import Layer, check_hyperparameter_tensor
 
 __all__ = ["Activation", "ABRelu", "Relu", "LeakyRelu", "Abs", "Identity", "Erf", "Gelu", "Sin",
            "Elementwise", "ActivationModule"]
@@ -36,12 +36,36 @@ def _cos_angle(k11, k22, k12):
     return torch.clamp(k12 / prod, -1.0, 1.0), prod
 
 
-def _finite_numbers(func: str, **values) -> tuple[float, ...]:
-    """The activation's parameters as floats; each must be a finite real number."""
+def _finite_numbers(func: str, **values) -> tuple:
+    """The activation's parameters as floats; each must be a finite real number. A 0-d
+    floating tensor is kept (it may require grad: see `widenets.hyperparameters`)."""
+    out = []
     for arg, v in values.items():
+        if isinstance(v, torch.Tensor):
+            out.append(check_hyperparameter_tensor(v, func=func, arg=arg))
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{func}: {arg} must be a finite number, got {v!r}")
-    return tuple(float(v) for v in values.values())
+        out.append(float(v))
+    return tuple(out)
+
+
+def needs_grad(*tensors) -> bool:
+    """True when autograd will differentiate through these (kernels or hyperparameters): the
+    closed forms then take out-of-place paths and keep arccos/arcsin strictly inside (-1, 1),
+    where their derivative is finite (self pairs get exact values from the diagonal formulas)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in tensors)
+
+
+def cosine_limit(dtype: torch.dtype, grad: bool) -> float:
+    """The clamp of a correlation c before arccos/arcsin: 1, or 1 - eps when differentiating."""
+    return 1.0 - torch.finfo(dtype).eps if grad else 1.0
+
+
+def cos_of(value):
+    """cos of a hyperparameter expression: math.cos for numbers, torch.cos for tensors."""
+    return torch.cos(value) if isinstance(value, torch.Tensor) else math.cos(value)
 
 
 class ActivationModule(nn.Module):
@@ -269,6 +293,8 @@ class ABRelu(Activation):
         True
     """
 
+    hyperparameter_domains = {"a": "real", "b": "real"}
+
     def __init__(self, a: float = 0.0, b: float = 1.0):
         self.a, self.b = _finite_numbers(type(self).__name__, a=a, b=b)
 
@@ -285,14 +311,13 @@ class ABRelu(Activation):
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         a, b = self.a, self.b
         if a == b:
-            return a * a * k12, (torch.full_like(k12, a * a) if want_tdot else None)
+            return a * a * k12, (torch.ones_like(k12) * (a * a) if want_tdot else None)
         # Memory-bound: each line below is one pass over the (block of the) kernel, in place
         # on fresh temporaries. With 2π Tdot = (a²+b²)(π - θ) + 2abθ the NNGP is
         # T = √(K11 K22) (c · Tdot + (a - b)² sin θ / (2π)). The variance factors are
         # outer products of small tensors, evaluated symmetrically in (x1, x2).
         s2, ab2 = a * a + b * b, 2 * a * b
-        if torch.is_grad_enabled() and (k11.requires_grad or k22.requires_grad
-                                        or k12.requires_grad):
+        if needs_grad(k11, k22, k12, a, b):
             return self._t_and_tdot_autograd(k11, k22, k12, want_tdot)
         c = torch.mul(torch.rsqrt(torch.clamp(k11, min=_TINY)),
                       torch.rsqrt(torch.clamp(k22, min=_TINY)))
@@ -340,7 +365,7 @@ class ABRelu(Activation):
         return 0.5 * (self.a ** 2 + self.b ** 2) * k
 
     def tdot_diag(self, k):  # θ = 0: Tdot = (a²+b²)/2
-        return torch.full_like(k, 0.5 * (self.a ** 2 + self.b ** 2))
+        return torch.ones_like(k) * (0.5 * (self.a ** 2 + self.b ** 2))
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
@@ -355,6 +380,8 @@ class Relu(ABRelu):
         >>> round(k[0, 0].item(), 4), round(k[0, 1].item(), 4)            # 1/4 and 1/(4π)
         (0.25, 0.0796)
     """
+
+    hyperparameter_domains = {}
 
     def __init__(self):
         super().__init__(0.0, 1.0)
@@ -376,9 +403,14 @@ class LeakyRelu(ABRelu):
         torch.Size([3, 3])
     """
 
+    hyperparameter_domains = {"alpha": "real"}
+
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
         self.alpha = self.a
+
+    def hyperparameters_changed(self) -> None:
+        self.a = self.alpha
 
     def __repr__(self) -> str:
         return f"LeakyRelu(alpha={self.alpha})"
@@ -393,6 +425,8 @@ class Abs(ABRelu):
         >>> k.ntk.shape
         torch.Size([3, 3])
     """
+
+    hyperparameter_domains = {}
 
     def __init__(self):
         super().__init__(-1.0, 1.0)
@@ -414,6 +448,8 @@ class Identity(ABRelu):
         >>> bool(torch.allclose(k1, k2))
         True
     """
+
+    hyperparameter_domains = {}
 
     def __init__(self):
         super().__init__(1.0, 1.0)
@@ -512,6 +548,8 @@ class Sin(Activation):
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = _finite_numbers("Sin", a=a, b=b, c=c)
 
+    hyperparameter_domains = {"a": "real", "b": "real", "c": "real"}
+
     def forward(self, x):
         return self.a * torch.sin(self.b * x + self.c)
 
@@ -519,7 +557,7 @@ class Sin(Activation):
         b2 = self.b ** 2
         s = k11 + k22
         minus = torch.exp(-0.5 * b2 * (s - 2 * k12))
-        plus = torch.exp(-0.5 * b2 * (s + 2 * k12)) * math.cos(2 * self.c)
+        plus = torch.exp(-0.5 * b2 * (s + 2 * k12)) * cos_of(2 * self.c)
         t = 0.5 * self.a ** 2 * (minus - plus)
         tdot = 0.5 * self.a ** 2 * b2 * (minus + plus) if want_tdot else None
         return t, tdot

@@ -22,6 +22,7 @@ from torch import nn
 from ..kernel import Kernel
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
+           "check_hyperparameter_tensor", "as_number",
            "PARAMETERIZATIONS", "LAYOUTS", "DIAGONAL", "FULL"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -77,15 +78,39 @@ def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tens
     return x.to(dtype)
 
 
-def check_std(value, *, func: str, arg: str, allow_none: bool = False) -> float | None:
-    """A standard deviation must be a finite number >= 0 (or None where allowed)."""
+def check_std(value, *, func: str, arg: str, allow_none: bool = False):
+    """A standard deviation must be a finite number >= 0 (or None where allowed).
+
+    A 0-d floating torch tensor is kept as a tensor (it may require grad: kernels are then
+    differentiable with respect to it, see `widenets.hyperparameters`); numbers become floats.
+    """
     if value is None and allow_none:
         return None
+    if isinstance(value, torch.Tensor):
+        check_hyperparameter_tensor(value, func=func, arg=arg)
+        if not bool(value.detach() >= 0):
+            raise ValueError(f"{func}: {arg} must be >= 0, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value < 0:
         raise ValueError(f"{func}: {arg} must be a finite number >= 0"
                          f"{' or None' if allow_none else ''}, got {value!r}")
     return float(value)
+
+
+def check_hyperparameter_tensor(value: torch.Tensor, *, func: str, arg: str) -> torch.Tensor:
+    """A tensor hyperparameter must be a finite 0-d floating tensor on the CPU."""
+    if value.ndim != 0 or not torch.is_floating_point(value) or value.device.type == "meta":
+        raise ValueError(f"{func}: {arg} given as a tensor must be a 0-d floating tensor, got "
+                         f"{_describe(value)}")
+    if not bool(torch.isfinite(value.detach())):
+        raise ValueError(f"{func}: {arg} must be finite, got {value!r}")
+    return value
+
+
+def as_number(value):
+    """A hyperparameter as a plain float (detached): for finite modules and descriptions."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else value
 
 
 def check_parameterization(value, *, func: str) -> str:
@@ -232,6 +257,10 @@ class Layer:
     def build(self, in_shape, generator: torch.Generator | None, dtype: torch.dtype):
         """Return (module, out_shape) of the finite network; shapes exclude the batch axis."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    #: continuous hyperparameters of this layer (attribute name -> "positive" or "real"):
+    #: listed by `wn.hyperparameters`, replaced by `with_hyperparameters`, may be tensors
+    hyperparameter_domains: dict = {}
 
     def layout_need(self, need):
         """The spatial layout this layer needs from its input, given what its output must
@@ -438,6 +467,26 @@ class Layer:
                           cov2=None if k0.x1_is_x2 else b.cov2, row_offset=0)
                 for b, o in zip(first, outs)]
         return done if isinstance(kb, list) else done[0]
+
+    def with_hyperparameters(self, values: dict) -> Layer:
+        """A copy of this network with some hyperparameters replaced (floats or tensors).
+
+        Keys are the names `wn.hyperparameters(net)` lists ("0.w_std") or glob patterns
+        ("*.w_std": one value tied across every Dense/Conv). See `widenets.hyperparameters`.
+
+        Example:
+            >>> import widenets as wn
+            >>> net = wn.serial(wn.Dense(8, w_std=1.0), wn.Relu(), wn.Dense(1, w_std=1.0))
+            >>> wn.hyperparameters(net.with_hyperparameters({"*.w_std": 2.0}))["2.w_std"]
+            2.0
+        """
+        from ..hyperparameters import with_hyperparameters
+
+        return with_hyperparameters(self, values)
+
+    def hyperparameters_changed(self) -> None:
+        """Called on a copy after `with_hyperparameters` set some of its attributes: layers
+        that derive other attributes from their hyperparameters update them here."""
 
     def __rshift__(self, other: Layer) -> Layer:
         from .combinators import serial

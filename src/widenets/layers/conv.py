@@ -28,7 +28,7 @@ from torch import nn
 
 from ..kernel import Kernel
 from . import _spatial as sp
-from .base import Layer, check_parameterization, check_std, new_source, normal_
+from .base import Layer, as_number, check_parameterization, check_std, new_source, normal_
 
 __all__ = ["Conv", "ConvModule"]
 
@@ -135,6 +135,8 @@ class Conv(Layer):
         self.b_std = check_std(b_std, func="Conv", arg="b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization, func="Conv")
 
+    hyperparameter_domains = {"w_std": "positive", "b_std": "positive"}
+
     def _geometry(self, spatial: tuple[int, ...], func: str):
         s = len(spatial)
         if s not in (1, 2, 3):
@@ -211,6 +213,7 @@ class Conv(Layer):
         _, stride, pads = self._geometry(tuple(in_shape[1:]), func)
         window = sp.expand(self._kernel_size, len(in_shape) - 1)
         mod = ConvModule(in_shape[0], self.out_channels, window, stride, pads,
-                         self._padding == "CIRCULAR", self.w_std, self.b_std,
+                         self._padding == "CIRCULAR", as_number(self.w_std),
+                         as_number(self.b_std),
                          self.parameterization, generator, dtype)
         return mod, (self.out_channels, *(p[2] for p in pads))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernel import Kernel
-from .base import Layer, check_parameterization, check_std, new_source, normal_
+from .base import Layer, as_number, check_parameterization, check_std, new_source, normal_
 from .conv import ConvModule
 
 __all__ = ["Dense", "DenseModule"]
@@ -112,6 +112,8 @@ class Dense(Layer):
         self.b_std = check_std(b_std, func="Dense", arg="b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization, func="Dense")
 
+    hyperparameter_domains = {"w_std": "positive", "b_std": "positive"}
+
     def apply_kernel(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             raise ValueError(f"Dense.kernel: expected one input, got {len(k)} branches; "
@@ -126,11 +128,11 @@ class Dense(Layer):
         ntk = None
         if k.ntk is not None:
             if self.parameterization == "ntk":
-                ntk = torch.add(nngp, k.ntk, alpha=w2)        # Θ' = K' + σw² Θ
+                ntk = nngp + w2 * k.ntk                       # Θ' = K' + σw² Θ
             else:
                 bias_term = 0.0 if self.b_std is None else 1.0
                 # Θ' = n K + 1 + σw² Θ
-                ntk = torch.mul(k.nngp, k.channels).add_(bias_term).add_(k.ntk, alpha=w2)
+                ntk = torch.mul(k.nngp, k.channels).add_(bias_term).add_(w2 * k.ntk)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
                          is_input=False, channels=self.out, sources=new_source())
 
@@ -141,9 +143,10 @@ class Dense(Layer):
         if len(in_shape) > 1:           # position-wise: a 1x1 convolution over the channels
             s = len(in_shape) - 1
             mod = ConvModule(in_shape[0], self.out, (1,) * s, (1,) * s,
-                             [(0, 0, n) for n in in_shape[1:]], False, self.w_std, self.b_std,
+                             [(0, 0, n) for n in in_shape[1:]], False, as_number(self.w_std),
+                             as_number(self.b_std),
                              self.parameterization, generator, dtype)
             return mod, (self.out, *in_shape[1:])
-        mod = DenseModule(in_shape[0], self.out, self.w_std, self.b_std, self.parameterization,
-                          generator, dtype)
+        mod = DenseModule(in_shape[0], self.out, as_number(self.w_std), as_number(self.b_std),
+                          self.parameterization, generator, dtype)
         return mod, (self.out,)

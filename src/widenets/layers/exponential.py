@@ -36,12 +36,14 @@ class Exp(Activation):
     def __init__(self, a: float = 1.0, b: float = 1.0):
         self.a, self.b = _finite_numbers("Exp", a=a, b=b)
 
+    hyperparameter_domains = {"a": "real", "b": "real"}
+
     def forward(self, x):
         return self.a * torch.exp(self.b * x)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         b2 = self.b ** 2
-        t = torch.exp((k11 + k22 + 2 * k12).mul_(0.5 * b2)).mul_(self.a ** 2)
+        t = torch.exp((k11 + k22 + 2 * k12) * (0.5 * b2)) * self.a ** 2
         return t, (torch.mul(t, b2) if want_tdot else None)
 
 
@@ -143,7 +145,7 @@ class ExpNormalized(Activation):
         if self.do_clip:
             c = c.clamp_(-1.0, 1.0)
         e = torch.exp(c.add_(self.shift).mul_(self.gamma))
-        return e * prod, (e.mul_(self.gamma) if want_tdot else None)
+        return e * prod, (e * self.gamma if want_tdot else None)
 
     def t_diag(self, k):
         return k * torch.exp(torch.tensor(self.gamma * (1 + self.shift), dtype=k.dtype))

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from ..kernel import Kernel
-from .activations import Activation, _finite_numbers
+from .activations import Activation, _finite_numbers, cosine_limit, needs_grad
 
 __all__ = ["Polynomial", "Monomial", "Hermite", "RectifiedMonomial"]
 
@@ -350,7 +350,8 @@ class RectifiedMonomial(Activation):
         r1, r2 = torch.sqrt(torch.clamp(k11, min=0.0)), torch.sqrt(torch.clamp(k22, min=0.0))
         c = torch.mul(torch.rsqrt(torch.clamp(k11, min=1e-30)),
                       torch.rsqrt(torch.clamp(k22, min=1e-30)))
-        c = (c * k12).clamp_(-1.0, 1.0)
+        lim = cosine_limit(k12.dtype, needs_grad(k11, k22, k12))
+        c = (c * k12).clamp_(-lim, lim)
         theta = torch.arccos(c)
         s = torch.sqrt(torch.clamp(1 - c * c, min=0.0))
         prod = torch.mul(r1, r2)

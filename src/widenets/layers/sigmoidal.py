@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .activations import Activation
+from .activations import Activation, cosine_limit, needs_grad
 
 __all__ = ["Sign", "SigmoidLike"]
 
@@ -48,7 +48,8 @@ class Sign(Activation):
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         c = torch.mul(torch.rsqrt(torch.clamp(k11, min=1e-30)),
                       torch.rsqrt(torch.clamp(k22, min=1e-30)))
-        c = (c * k12).clamp_(-1.0, 1.0)
+        lim = cosine_limit(k12.dtype, needs_grad(k11, k22, k12))
+        c = (c * k12).clamp_(-lim, lim)
         t = torch.arcsin(c).mul_(2 / math.pi)
         return t, (torch.zeros_like(k12) if want_tdot else None)
 
@@ -85,5 +86,5 @@ class SigmoidLike(Activation):
         tdot = None
         if want_tdot:
             det = torch.clamp(p - 4 * a2 * a2 * k12 * k12, min=1e-30)
-            tdot = torch.rsqrt(det).mul_(a2 / math.pi)
+            tdot = torch.rsqrt(det) * (a2 / math.pi)
         return t, tdot

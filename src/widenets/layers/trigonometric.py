@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .activations import Activation, _finite_numbers
+from .activations import Activation, _finite_numbers, cos_of, needs_grad
 
 __all__ = ["Cos", "Rbf", "Gabor"]
 
@@ -49,6 +49,8 @@ class Cos(Activation):
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = _finite_numbers("Cos", a=a, b=b, c=c)
 
+    hyperparameter_domains = {"a": "real", "b": "real", "c": "real"}
+
     def forward(self, x):
         return self.a * torch.cos(self.b * x + self.c)
 
@@ -56,10 +58,10 @@ class Cos(Activation):
         b2 = self.b ** 2
         s = k11 + k22
         minus = torch.exp(-0.5 * b2 * (s - 2 * k12))
-        plus = torch.exp(-0.5 * b2 * (s + 2 * k12)).mul_(math.cos(2 * self.c))
+        plus = torch.exp(-0.5 * b2 * (s + 2 * k12)) * cos_of(2 * self.c)
         half = 0.5 * self.a ** 2
-        tdot = torch.sub(minus, plus).mul_(half * b2) if want_tdot else None
-        return minus.add_(plus).mul_(half), tdot
+        tdot = (minus - plus) * (half * b2) if want_tdot else None
+        return (minus + plus) * half, tdot
 
 
 class Rbf(Activation):
@@ -83,18 +85,20 @@ class Rbf(Activation):
         if self.gamma <= 0:
             raise ValueError(f"Rbf: gamma must be > 0, got {gamma!r}")
 
+    hyperparameter_domains = {"gamma": "positive"}
+
     def forward(self, x):
-        return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + math.pi / 4)
+        return math.sqrt(2) * torch.sin((2 * self.gamma) ** 0.5 * x + math.pi / 4)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
-        t = torch.exp((2 * k12 - (k11 + k22)).mul_(self.gamma))
+        t = torch.exp((2 * k12 - (k11 + k22)) * self.gamma)
         return t, (torch.mul(t, 2 * self.gamma) if want_tdot else None)
 
     def t_diag(self, k):
         return torch.ones_like(k)
 
     def tdot_diag(self, k):
-        return torch.full_like(k, 2 * self.gamma)
+        return torch.ones_like(k) * (2 * self.gamma)
 
 
 class Gabor(Activation):
@@ -120,6 +124,8 @@ class Gabor(Activation):
         # D = 2A - 1 + 4Δ, the exponent x = -(S + 4Δ)/(2D) = (A r - 1)/2, q = K12 r, and
         # E sinh q, E cosh q = (e^{x+q} ∓ e^{x-q})/2: two exponentials instead of four
         # transcendental passes (exp, sinh, cosh).
+        if needs_grad(k11, k22, k12):
+            return self._t_and_tdot_autograd(k11, k22, k12, want_tdot)
         a = (k11 + k22).add_(1)                              # 1 + S (an outer sum, symmetric)
         r = torch.mul(k11, k22).sub_(k12 * k12).mul_(4).add_(a).add_(a).sub_(1).reciprocal_()
         x = torch.mul(a, r).sub_(1).mul_(0.5)
@@ -135,3 +141,18 @@ class Gabor(Activation):
             rhs = torch.mul(k12, k12).mul_(8).add_(inv).mul_(ep + em)
             tdot = lhs.add_(rhs).mul_(r).mul_(r).mul_(half_root)
         return ep.sub_(em).mul_(half_root), tdot
+
+    @staticmethod
+    def _t_and_tdot_autograd(k11, k22, k12, want_tdot):
+        """The same formulas out of place, for autograd."""
+        a = k11 + k22 + 1
+        r = 1 / (4 * (k11 * k22 - k12 * k12) + 2 * a - 1)
+        x = (a * r - 1) * 0.5
+        q = k12 * r
+        ep, em = torch.exp(x + q), torch.exp(x - q)
+        half_root = torch.sqrt(r) * 0.5
+        tdot = None
+        if want_tdot:
+            tdot = ((1 / r + a) * k12 * 4 * (ep - em) + (8 * k12 * k12 + 1 / r) * (ep + em)) \
+                * r * r * half_root
+        return (ep - em) * half_root, tdot

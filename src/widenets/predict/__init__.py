@@ -29,3 +29,12 @@ __all__ = [
     "ODEPredictor", "EnsemblePredictor", "mse_loss", "cross_entropy_loss",
     "solve", "Solution", "SolveError",
 ]
+
+from .likelihood import (  # noqa: E402
+    FitResult,
+    cv_log_likelihood,
+    fit_hyperparameters,
+    marginal_likelihood,
+)
+
+__all__ += ["marginal_likelihood", "cv_log_likelihood", "fit_hyperparameters", "FitResult"]
