@@ -21,9 +21,9 @@ def mc_check():
     """
     def check(make, x, in_shape, *, n_samples=4, tol=0.1, seed=0):
         k = make(256, 1).kernel(x)
-        mcn = wn.monte_carlo_kernel(make(256, 256), x, in_shape=in_shape,
+        mcn = wn.monte_carlo_kernel(make(256, 256), x,
                                     n_samples=n_samples, seed=seed, get="nngp")
-        mct = wn.monte_carlo_kernel(make(256, 1), x, in_shape=in_shape, n_samples=n_samples,
+        mct = wn.monte_carlo_kernel(make(256, 1), x, n_samples=n_samples,
                                     seed=seed, get="ntk")
         err_nngp, err_ntk = _rel(mcn, k.nngp), _rel(mct, k.ntk)
         assert err_nngp < tol, f"NNGP relative error {err_nngp:.3f} >= {tol}"

@@ -197,17 +197,17 @@ def test_tiles_carry_patterns_and_masks(tmp_path):
     a1, a2 = _graphs(7, 6, seed=13), _edge_list(_graphs(5, 6, seed=14))
     m1 = torch.arange(6) < torch.randint(1, 7, (7, 1), generator=torch.Generator().manual_seed(0))
     net = wn.serial(wn.Dense(8), wn.Relu(), wn.Aggregate(), wn.GlobalAvgPool(), wn.Dense(1))
-    sym = wn.tiles.compute(net, x1, store=tmp_path / "sym", pattern=a1, mask=m1, tile=3).load("ntk")
+    sym = wn.tiles.compute(net, x1, store=tmp_path / "sym", pattern=a1, mask=m1, batch_size=3).load(get="ntk")
     want = net.kernel(x1, pattern=a1, mask=m1)
     _close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a), b, rtol=1e-12,  # noqa
                                                      atol=1e-14)
     _close(sym, want.ntk)
-    pair = wn.tiles.compute(net, x1, x2, store=tmp_path / "pair", pattern=(a1, a2), tile=3,
-                            get="nngp").load("nngp")
+    pair = wn.tiles.compute(net, x1, x2, store=tmp_path / "pair", pattern=(a1, a2), batch_size=3,
+                            get="nngp").load(get="nngp")
     _close(pair, net.kernel(x1, x2, pattern=(a1, a2), get="nngp"))
     # another pattern is another kernel: the store refuses to mix them
     with pytest.raises(wn.tiles.StoreMismatchError, match="inputs x1"):
-        wn.tiles.compute(net, x1, store=tmp_path / "sym", pattern=a1.flip(1), mask=m1, tile=3)
+        wn.tiles.compute(net, x1, store=tmp_path / "sym", pattern=a1.flip(1), mask=m1, batch_size=3)
     with pytest.raises(ValueError, match=r"compute: pattern must hold one entry per input of "
                                          r"x1 \(7\)"):
-        wn.tiles.compute(net, x1, store=tmp_path / "bad", pattern=a1[:3], tile=3)
+        wn.tiles.compute(net, x1, store=tmp_path / "bad", pattern=a1[:3], batch_size=3)

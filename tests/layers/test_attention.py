@@ -150,7 +150,7 @@ def test_linear_scaling_false_builds_a_module_and_refuses_the_kernel():
         net.kernel(x)
     mod = net.module((3, 6), seed=0, dtype=torch.float64)
     assert mod[0].w_query is not None and mod[0].w_query.shape == mod[0].w_key.shape
-    est = wn.monte_carlo_kernel(net, x, in_shape=(3, 6), n_samples=1, get="ntk")
+    est = wn.monte_carlo_kernel(net, x, n_samples=1, get="ntk")
     assert est.shape == (4, 4) and torch.isfinite(est).all()
 
 

@@ -293,11 +293,11 @@ def test_activation_matches_monte_carlo(name, x_small):
         return wn.serial(wn.Dense(WIDTH, w_std=w, b_std=b), MC[name](),
                          wn.Dense(out, w_std=1.2, b_std=0.4))
     exact = net(128).kernel(x)
-    mc = wn.monte_carlo_kernel(net(128), x, in_shape=(8,), n_samples=64, get="nngp")
+    mc = wn.monte_carlo_kernel(net(128), x, n_samples=64, get="nngp")
     heavy = name in ("monomial_3", "hermite_3")
     assert rel_err(mc, exact.nngp) < (0.12 if heavy else 0.05)
     x2 = x[:3].flip(1) if hermite else x[:3] * 0.9          # Hermite: keep unit variance
     exact_ntk = net(2).kernel(x, x2, get="ntk")
-    mc_ntk = wn.monte_carlo_kernel(net(2), x, x2, in_shape=(8,), n_samples=32 if heavy else 8,
+    mc_ntk = wn.monte_carlo_kernel(net(2), x, x2, n_samples=32 if heavy else 8,
                                    get="ntk")
     assert rel_err(mc_ntk, exact_ntk) < (0.15 if heavy else 0.06)

@@ -120,11 +120,11 @@ def test_fan_in_prod_monte_carlo(x_small):
     that adds instead of multiplies, or drops one product-rule term of the NTK, is off by
     > 20%."""
     exact = _prod_net(512, 128).kernel(x_small)
-    mc = wn.monte_carlo_kernel(_prod_net(512, 128), x_small, in_shape=(8,), n_samples=64,
+    mc = wn.monte_carlo_kernel(_prod_net(512, 128), x_small, n_samples=64,
                                get="nngp")
     assert rel_err(mc, exact.nngp) < 0.08
     ex = _prod_net(512, 1).kernel(x_small, get="ntk")
-    mct = wn.monte_carlo_kernel(_prod_net(512, 1), x_small, in_shape=(8,), n_samples=16,
+    mct = wn.monte_carlo_kernel(_prod_net(512, 1), x_small, n_samples=16,
                                 get="ntk")
     assert rel_err(mct, ex) < 0.06
 

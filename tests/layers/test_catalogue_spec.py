@@ -65,7 +65,7 @@ def test_spatial_spec_and_tiles_command(tmp_path, capsys):
 def test_dropout_through_tiles_keeps_the_diagonal_convention(tmp_path):
     net = parse_spec("dense(8, b_std=0.2) relu dropout(0.5) dense(1)")
     x = _x(9, 3)
-    run = wn.tiles.compute(net, x, store=tmp_path / "d.zarr", tile=4, get="nngp")
+    run = wn.tiles.compute(net, x, store=tmp_path / "d.zarr", batch_size=4, get="nngp")
     del run
     got = wn.tiles.load_kernel(tmp_path / "d.zarr")
     torch.testing.assert_close(got, net.kernel(x, get="nngp"), rtol=1e-14, atol=0)

@@ -79,7 +79,7 @@ def test_monte_carlo_in_shape_must_fit_inputs():
     with pytest.raises(ValueError, match=r"monte_carlo_kernel: x1 must have shape \(n, \*in_shape\) = \(n, 5\), got \(4, 3\)"):
         wn.monte_carlo_kernel(NET, X, in_shape=(5,), n_samples=1)
     with pytest.raises(ValueError, match="n_samples must be a positive int"):
-        wn.monte_carlo_kernel(NET, X, in_shape=(3,), n_samples=0)
+        wn.monte_carlo_kernel(NET, X, n_samples=0)
 
 
 def test_bad_get():

@@ -42,7 +42,7 @@ def test_nngp_matches_monte_carlo(act, parameterization, x_small):
     # 128 readout units × 64 networks average the output second moments
     net = _net(ACTS[act], 128, parameterization)
     exact = net.kernel(x_small)
-    mc = wn.monte_carlo_kernel(net, x_small, in_shape=(8,), n_samples=64, get="nngp")
+    mc = wn.monte_carlo_kernel(net, x_small, n_samples=64, get="nngp")
     assert rel_err(mc, exact.nngp) < TOL_NNGP
 
 
@@ -52,7 +52,7 @@ def test_nngp_matches_monte_carlo(act, parameterization, x_small):
 def test_ntk_matches_monte_carlo(act, parameterization, x_small):
     net = _net(ACTS[act], 2, parameterization)
     exact = net.kernel(x_small, x_small[:3] * 0.9, get="ntk")
-    mc = wn.monte_carlo_kernel(net, x_small, x_small[:3] * 0.9, in_shape=(8,), n_samples=8,
+    mc = wn.monte_carlo_kernel(net, x_small, x_small[:3] * 0.9, n_samples=8,
                                get="ntk")
     assert rel_err(mc, exact) < TOL
 
@@ -63,9 +63,9 @@ def test_ntk_matches_monte_carlo(act, parameterization, x_small):
 def test_combinators_match_monte_carlo(name, parameterization, x_small):
     net = nets(width=WIDTH, parameterization=parameterization)[name]
     exact = net.kernel(x_small)
-    mc = wn.monte_carlo_kernel(net, x_small, in_shape=(8,), n_samples=8)
+    mc = wn.monte_carlo_kernel(net, x_small, n_samples=8)
     # 3 readout units only: the NNGP estimate is noisier, so more networks are averaged
-    mc_nngp = wn.monte_carlo_kernel(net, x_small, in_shape=(8,), n_samples=200, seed=100,
+    mc_nngp = wn.monte_carlo_kernel(net, x_small, n_samples=200, seed=100,
                                     get="nngp")
     assert rel_err(mc.ntk, exact.ntk) < TOL
     assert rel_err(mc_nngp, exact.nngp) < 2 * TOL

@@ -73,7 +73,7 @@ def test_callable_kernel_fn_monte_carlo(tmp_path):
     x1, x2 = dyadic(13, d=8, seed=6), dyadic(9, d=8, seed=7)
 
     def mc(a, b, get):
-        return wn.monte_carlo_kernel(net, a, b, in_shape=(8,), n_samples=2, seed=3, get=get)
+        return wn.monte_carlo_kernel(net, a, b, n_samples=2, seed=3, get=get)
 
     run = wn.tiles.compute(mc, x1, x2, store=tmp_path / "mc.zarr", batch_size=(5, 4),
                            description="monte_carlo_kernel(erf net, n_samples=2, seed=3)")

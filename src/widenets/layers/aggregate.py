@@ -121,6 +121,7 @@ class Aggregate(Layer):
 
     uses_pattern = True
     accepts_mask = True
+    may_zero_outputs = True      # a node without incoming edges outputs exactly 0
 
     def layout_need(self, need):
         return FULL

@@ -226,6 +226,12 @@ class GlobalSelfAttention(Layer):
 
     accepts_mask = True
 
+    @property
+    def may_zero_outputs(self) -> bool:
+        # relu / abs / identity weights can all vanish (e.g. every logit negative under relu):
+        # an exactly zero output for a nonzero input is then the right answer
+        return self.mechanism != "softmax"
+
     def __init__(self, out_channels: int, key_channels: int, value_channels: int, heads: int,
                  *, w_key_std: float = 1.0, w_value_std: float = 1.0, w_query_std: float = 1.0,
                  w_out_std: float = 1.0, b_std: float | None = None, mechanism: str = "softmax",

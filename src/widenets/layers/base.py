@@ -258,6 +258,10 @@ class Layer:
         """Return (module, out_shape) of the finite network; shapes exclude the batch axis."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    #: True for layers whose output can be exactly zero for a nonzero input by design (the
+    #: underflow check then accepts zero variances)
+    may_zero_outputs: bool = False
+
     #: continuous hyperparameters of this layer (attribute name -> "positive" or "real"):
     #: listed by `wn.hyperparameters`, replaced by `with_hyperparameters`, may be tensors
     hyperparameter_domains: dict = {}
@@ -573,10 +577,13 @@ def _check_underflow(layer: Layer, k, x1, x2, fname: str) -> None:
     zero for an input x that is not all zeros, means the signal shrank below the smallest
     normal number of the dtype and the kernel's values are lost. Exact zeros are legitimate
     only when the network contains a weight layer with w_std = 0 (its output does not depend
-    on the input), or for inputs that are all zeros (with b_std = 0 the kernel is then 0)."""
+    on the input) or a layer that declares `may_zero_outputs` (Aggregate: a node without
+    incoming edges outputs 0), or for inputs that are all zeros (with b_std = 0 the kernel is
+    then 0)."""
     for kk in k if isinstance(k, list) else [k]:
         tiny = torch.finfo(kk.dtype).tiny
-        allow_zero = any(getattr(lay, "w_std", None) == 0 for lay in layer.walk())
+        allow_zero = any(getattr(lay, "w_std", None) == 0 or lay.may_zero_outputs
+                         for lay in layer.walk())
         for x, v, which in ((x1, kk.position_variances()[0], "x1"),
                             (x2, kk.position_variances()[1] if x2 is not None else None, "x2")):
             if x is None or v is None:
@@ -594,8 +601,9 @@ def _check_underflow(layer: Layer, k, x1, x2, fname: str) -> None:
                     f"K(x, x) of {int(bad.sum())} nonzero input(s) of {which} (e.g. row "
                     f"{int(rows[0])}) is {'subnormal' if bool(subnormal.any()) else '0'}, "
                     f"below the smallest normal number {tiny:.3g}{depth}, so every entry of "
-                    f"their kernel lost its digits; use dtype=torch.float64, a larger w_std "
-                    f"(ReLU keeps the variance at w_std = √2) or fewer layers")
+                    f"their kernel lost its digits; use "
+                    f"{'dtype=torch.float64, ' if kk.dtype != torch.float64 else ''}a larger "
+                    f"w_std (ReLU keeps the variance at w_std = √2) or fewer layers")
 
 
 def _underflow_depth(layer, x, dtype) -> str:

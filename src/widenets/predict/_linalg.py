@@ -202,8 +202,8 @@ def _check_symmetric(k: torch.Tensor, *, func: str, arg: str) -> torch.Tensor:
     if k.shape[0] != k.shape[1]:
         raise ValueError(f"{func}: {arg} must be square (n, n) (the train-train kernel), got "
                          f"shape {tuple(k.shape)}")
-    scale = float(k.abs().max()) if k.numel() else 0.0
-    asym = float((k - k.T).abs().max()) if k.numel() else 0.0
+    scale = float(k.detach().abs().max()) if k.numel() else 0.0
+    asym = float((k - k.T).detach().abs().max()) if k.numel() else 0.0
     if asym > 1e-8 * max(scale, 1e-300):
         raise ValueError(f"{func}: {arg} must be symmetric (a train-train kernel), but "
                          f"max|k - kᵀ| = {asym:.3g} relative to max|k| = {scale:.3g}; pass "
