@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tiles.cli import dask_client
+
 __all__ = ["add_solve_parser", "run_solve"]
 
 
@@ -57,16 +59,6 @@ def add_solve_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _dask_client(address: str):
-    from distributed import Client, LocalCluster
-
-    if address == "local" or address.startswith("local:"):
-        n = int(address.split(":", 1)[1]) if ":" in address else 2
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(address), None
-
-
 def run_solve(args: argparse.Namespace) -> int:
     """Run `widenets solve` with parsed arguments; returns the exit status."""
     import torch
@@ -92,7 +84,7 @@ def run_solve(args: argparse.Namespace) -> int:
     client = cluster = None
     try:
         if args.scheduler:
-            client, cluster = _dask_client(args.scheduler)
+            client, cluster = dask_client(args.scheduler)
         sol = solve(args.store, torch.from_numpy(np.asarray(y, dtype=np.float64)),
                     kernel=args.kernel, diag_reg=args.diag_reg,
                     diag_reg_absolute=args.diag_reg_absolute, method=args.method,

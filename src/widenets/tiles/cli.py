@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_kernel_parser", "run_kernel", "load_data", "main"]
+__all__ = ["add_kernel_parser", "run_kernel", "load_data", "dask_client", "main"]
 
 _DTYPES = ("float64", "float32", "float16")
 
@@ -147,7 +147,13 @@ def add_kernel_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _client(address: str):
+def dask_client(address: str):
+    """A dask Client for a `--scheduler` value: "local" / "local:N" starts a LocalCluster of N
+    one-thread workers (returned too, to close it), anything else is a scheduler address.
+
+    Returns:
+        (client, cluster or None).
+    """
     from distributed import Client, LocalCluster
 
     if address == "local" or address.startswith("local:"):
@@ -179,7 +185,7 @@ def run_kernel(args: argparse.Namespace) -> int:
     client = cluster = None
     try:
         if args.scheduler:
-            client, cluster = _client(args.scheduler)
+            client, cluster = dask_client(args.scheduler)
         run = compute(net, torch.from_numpy(x1), None if x2 is None else torch.from_numpy(x2),
                       store=args.out, batch_size=args.batch_size, get=get, client=client,
                       dtype=getattr(torch, args.dtype), device=args.device,
