@@ -17,6 +17,12 @@ from .empirical import (
     register_structured_layer,
     taylor_expand,
 )
+from .hyperparameters import (
+    hyperparameter_domains,
+    hyperparameter_groups,
+    hyperparameters,
+    with_hyperparameters,
+)
 from .kernel import Kernel
 from .layers import (
     ABRelu,
@@ -24,24 +30,43 @@ from .layers import (
     Aggregate,
     AvgPool,
     Conv,
+    ConvLocal,
+    ConvTranspose,
+    Cos,
     Dense,
+    Dropout,
     EdgeList,
     Elementwise,
     Erf,
+    Exp,
+    ExpNormalized,
     FanInConcat,
+    FanInProd,
     FanInSum,
     FanOut,
     Flatten,
+    Gabor,
+    Gaussian,
     Gelu,
     GlobalAvgPool,
     GlobalSelfAttention,
+    GlobalSumPool,
+    Hermite,
     Identity,
     Layer,
     LayerNorm,
     LeakyRelu,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
     Relu,
+    SigmoidLike,
+    Sign,
     Sin,
+    SumPool,
     parallel,
+    repeat,
     serial,
 )
 from .lift import Lifted, lift
@@ -49,14 +74,23 @@ from .lift import Lifted, lift
 __version__ = "0.1.0"
 
 __all__ = [
-    "Kernel", "Layer", "Dense", "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu",
-    "Sin", "Elementwise", "serial", "parallel", "FanOut", "FanInSum", "FanInConcat",
-    "Conv", "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "lift", "Lifted",
-    "monte_carlo_kernel", "empirical", "predict", "sklearn", "gpytorch", "tiles", "__version__",
-    "finite_width", "data",
-    "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
-    "LayerStructure", "register_structured_layer",
+    # the kernel and layers
+    "Kernel", "Layer", "Dense", "Conv", "ConvTranspose", "ConvLocal", "AvgPool", "SumPool",
+    "GlobalAvgPool", "GlobalSumPool", "Flatten", "LayerNorm", "Dropout",
     "GlobalSelfAttention", "Aggregate", "EdgeList",
+    "Relu", "LeakyRelu", "ABRelu", "Abs", "Identity", "Erf", "Gelu", "Sin", "Cos", "Rbf",
+    "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial", "Polynomial",
+    "Hermite", "Sign", "SigmoidLike", "Elementwise",
+    "serial", "parallel", "repeat", "FanOut", "FanInSum", "FanInConcat", "FanInProd",
+    "lift", "Lifted",
+    # hyperparameters
+    "hyperparameters", "hyperparameter_domains", "hyperparameter_groups", "with_hyperparameters",
+    # empirical kernels
+    "empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",
+    "LayerStructure", "register_structured_layer", "monte_carlo_kernel",
+    # subpackages
+    "empirical", "predict", "sklearn", "gpytorch", "tiles", "finite_width", "data",
+    "__version__",
 ]
 
 
@@ -67,42 +101,3 @@ def __getattr__(name):
 
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-from .hyperparameters import (  # noqa: E402
-    hyperparameter_domains,
-    hyperparameter_groups,
-    hyperparameters,
-    with_hyperparameters,
-)
-
-__all__ += ["hyperparameters", "hyperparameter_domains", "hyperparameter_groups",
-            "with_hyperparameters"]
-
-# the rest of neural-tangents' layer catalogue (issue 11)
-from .layers import (  # noqa: E402
-    ConvLocal,
-    ConvTranspose,
-    Cos,
-    Dropout,
-    Exp,
-    ExpNormalized,
-    FanInProd,
-    Gabor,
-    Gaussian,
-    GlobalSumPool,
-    Hermite,
-    Monomial,
-    Polynomial,
-    Rbf,
-    RectifiedMonomial,
-    SigmoidLike,
-    Sign,
-    SumPool,
-    repeat,
-)
-
-__all__ += [
-    "Cos", "Rbf", "Gabor", "Exp", "Gaussian", "ExpNormalized", "Monomial", "RectifiedMonomial",
-    "Polynomial", "Hermite", "Sign", "SigmoidLike", "SumPool", "GlobalSumPool", "FanInProd",
-    "repeat", "Dropout", "ConvTranspose", "ConvLocal",
-]
