@@ -59,6 +59,7 @@ def test_gradient_through_activation_matches_differences(name):
     (lambda v: wn.Cos(v[0], v[1], v[2]), ("a", "b", "c")),
     (lambda v: wn.Rbf(v[0]), ("gamma",)),
     (lambda v: wn.Exp(v[0], v[1]), ("a", "b")),
+    (lambda v: wn.Gaussian(v[0], -0.5), ("a",)),
 ])
 def test_activation_hyperparameter_gradients(make, names):
     """Gradients with respect to the activation's own parameters, through two hidden layers

@@ -91,3 +91,32 @@ def test_gradients_match_central_differences(get):
     # a gradient off by any factor (e.g. σ instead of σ², a missing chain-rule term through
     # the bias) misses this by far more than the O(h²) difference error
     torch.testing.assert_close(grad, fd, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("build, names", [
+    (lambda: wn.serial(wn.Conv(4, 3, padding="SAME"), wn.Relu(), wn.AvgPool(2), wn.Flatten(),
+                       wn.Dense(1)), ["0.w_std", "0.b_std"]),
+    (lambda: wn.serial(wn.ConvTranspose(4, 3, stride=2), wn.Relu(), wn.Flatten(), wn.Dense(1)),
+     ["0.w_std", "0.b_std"]),
+    (lambda: wn.serial(wn.ConvLocal(4, 3), wn.Relu(), wn.Flatten(), wn.Dense(1)),
+     ["0.w_std", "0.b_std"]),
+    (lambda: wn.serial(wn.GlobalSelfAttention(8, 8, 8, 2, b_std=0.1), wn.Relu(),
+                       wn.GlobalAvgPool(), wn.Dense(1)),
+     ["0.w_key_std", "0.w_value_std", "0.w_query_std", "0.w_out_std", "0.b_std"]),
+])
+def test_spatial_layer_gradients_match_central_differences(build, names):
+    """σ's of convolutions (window sums with a tensor scale), transposed and local
+    convolutions and attention, through the full spatial layout, against differences."""
+    x = torch.randn(3, 2, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    start = torch.tensor([0.9, 0.3, 1.1, 0.8, 0.2][:len(names)], dtype=torch.float64)
+    assert set(names) <= set(wn.hyperparameters(build()))
+
+    def f(v):
+        k = build().with_hyperparameters(dict(zip(names, v.unbind()))).kernel(x)
+        return k.nngp.sum() + k.ntk.sum()
+
+    v = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(v), v)
+    fd = torch.stack([(f(start + 1e-6 * e) - f(start - 1e-6 * e)) / 2e-6
+                      for e in torch.eye(len(names), dtype=torch.float64)])
+    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-9)

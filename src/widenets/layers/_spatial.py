@@ -95,6 +95,14 @@ def _slc(ndim: int, axes, s: slice) -> tuple:
     return tuple(out)
 
 
+def add_scaled_(out: torch.Tensor, src: torch.Tensor, scale) -> torch.Tensor:
+    """out += scale·src in place: `alpha=` for a number (no temporary), a product for a tensor
+    scale (a hyperparameter that may require grad: `alpha` takes numbers only)."""
+    if isinstance(scale, torch.Tensor):
+        return out.add_(src * scale)
+    return out.add_(src, alpha=scale)
+
+
 def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: int,
                left: int, right: int, out_size: int, circular: bool,
                joint: bool, scale: float = 1.0) -> torch.Tensor:
@@ -141,11 +149,11 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
                 out = src.clone(memory_format=torch.contiguous_format) if scale == 1.0 \
                     else torch.mul(src, scale)
             else:
-                out.add_(src, alpha=scale)
+                add_scaled_(out, src, scale)
         else:
             if out is None:
                 out = t.new_zeros(shape)
-            out[_slc(nd, axes, slice(o_lo, o_hi + 1))].add_(src, alpha=scale)
+            add_scaled_(out[_slc(nd, axes, slice(o_lo, o_hi + 1))], src, scale)
     if out is None:
         out = t.new_zeros(shape)
     return out

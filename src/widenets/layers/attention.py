@@ -225,6 +225,9 @@ class GlobalSelfAttention(Layer):
     """
 
     accepts_mask = True
+    hyperparameter_domains = {"w_key_std": "positive", "w_value_std": "positive",
+                              "w_query_std": "positive", "w_out_std": "positive",
+                              "b_std": "positive"}
 
     @property
     def may_zero_outputs(self) -> bool:

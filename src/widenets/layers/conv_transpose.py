@@ -87,7 +87,10 @@ def _gather_sum(t: torch.Tensor, axes, idx: list[torch.Tensor], scale: float) ->
         u = t
         for a in axes:
             u = u.index_select(a, ij)
-        out = u.mul_(scale) if out is None else out.add_(u, alpha=scale)
+        if out is None:
+            out = u * scale if isinstance(scale, torch.Tensor) else u.mul_(scale)
+        else:
+            sp.add_scaled_(out, u, scale)
     return out
 
 
@@ -171,6 +174,8 @@ class ConvTranspose(Layer):
         >>> (3 * k[0, 0]).round().tolist()   # how many of the 3 offsets hit an input
         [1.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0]
     """
+
+    hyperparameter_domains = {"w_std": "positive", "b_std": "positive"}
 
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding="VALID",
                  w_std: float = 1.0, b_std: float | None = 0.0,

@@ -70,6 +70,8 @@ class Gaussian(Activation):
     def __init__(self, a: float = 1.0, b: float = -1.0):
         self.a, self.b = _finite_numbers("Gaussian", a=a, b=b)
 
+    hyperparameter_domains = {"a": "real", "b": "real"}
+
     def forward(self, x):
         return self.a * torch.exp(self.b * x * x)
 
