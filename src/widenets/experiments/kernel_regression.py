@@ -302,5 +302,5 @@ def plot(result: Result, path) -> None:
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
         ax.set_ylabel("test accuracy")
         ax.set_title("fitted hyperparameters vs grid and baselines")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     save(fig, path)
