@@ -140,7 +140,7 @@ class Kernel:
         cov2 = self.cov1 if self.cov2 is None else self.cov2
         if not self.is_full_spatial:
             return self.cov1, cov2
-        return _pair_diagonal(self.cov1, 1), _pair_diagonal(cov2, 1)
+        return pair_diagonal(self.cov1, 1), pair_diagonal(cov2, 1)
 
     def broadcast_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """K(x1, x1) and K(x2, x2) at each position, shaped to broadcast against `nngp`.
@@ -170,9 +170,9 @@ class Kernel:
         one = (1,) * s
 
         def full(cov):
-            v = _pair_diagonal(cov, 1)
+            v = pair_diagonal(cov, 1)
             out = f(v.reshape(*v.shape, *one), v.reshape(v.shape[0], *one, *v.shape[1:]), cov)
-            _pair_diagonal(out, 1).copy_(f_diag(v))
+            pair_diagonal(out, 1).copy_(f_diag(v))
             return out
 
         return full(self.cov1), (None if self.cov2 is None else full(self.cov2))
@@ -254,7 +254,7 @@ class Kernel:
                             cov2=cast(self.cov2))
 
 
-def _pair_diagonal(t: torch.Tensor, n_batch: int) -> torch.Tensor:
+def pair_diagonal(t: torch.Tensor, n_batch: int) -> torch.Tensor:
     """The p = p' entries of a full-layout tensor (*batch, *S, *S) -> (*batch, *S), a view."""
     r = (t.ndim - n_batch) // 2
     for _ in range(r):                      # each step appends the diagonal of one axis pair

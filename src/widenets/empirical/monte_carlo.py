@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from ..kernel import Kernel
-from ..layers.base import Layer, _parse_get, _select, as_input_tensor
+from ..layers.base import Layer, as_input_tensor, parse_get, select_kernels
 from .ntk import empirical_ntk
 
 __all__ = ["monte_carlo_kernel"]
@@ -49,7 +49,7 @@ def monte_carlo_kernel(net: Layer, x1, x2=None, *, n_samples: int, seed: int = 0
         raise TypeError(f"{fname}: net must be a widenets layer, got {type(net).__name__}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"{fname}: n_samples must be a positive int, got {n_samples!r}")
-    gets = _parse_get(get, fname)
+    gets = parse_get(get, fname)
     x1 = as_input_tensor(x1, func=fname, arg="x1", dtype=dtype)
     x2t = None if x2 is None else as_input_tensor(x2, func=fname, arg="x2", dtype=dtype)
     shape = tuple(x1.shape[1:])
@@ -88,4 +88,4 @@ def monte_carlo_kernel(net: Layer, x1, x2=None, *, n_samples: int, seed: int = 0
         ntk /= n_samples
     k = Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, x1_is_x2=x2 is None,
                is_gaussian=False, is_input=False, channels=n_out)
-    return k if get is None else _select(k, gets, single=isinstance(get, str))
+    return k if get is None else select_kernels(k, gets, single=isinstance(get, str))

@@ -322,7 +322,7 @@ class Layer:
                 batch_size, int) or batch_size < 1):
             raise ValueError(f"{fname}: batch_size must be a positive int or None, got "
                              f"{batch_size!r}")
-        gets = _parse_get(get, fname)
+        gets = parse_get(get, fname)
         x1 = as_input_tensor(x1, func=fname, arg="x1", dtype=dtype)
         if x2 is not None:
             x2 = as_input_tensor(x2, func=fname, arg="x2", dtype=dtype)
@@ -344,7 +344,7 @@ class Layer:
         _check_underflow(self, k, x1, x2, fname)
         if get is None:
             return k
-        return _select(k, gets, single=isinstance(get, str))
+        return select_kernels(k, gets, single=isinstance(get, str))
 
     def _check_graph_inputs(self, x1, x2, pattern, mask, fname):
         """Validate `pattern=` and `mask=` against the inputs and the network: returns
@@ -502,7 +502,7 @@ class Layer:
         return f"{self.name}({args})"
 
 
-def _parse_get(get, fname: str) -> tuple[str, ...]:
+def parse_get(get, fname: str) -> tuple[str, ...]:
     if get is None:
         return _GET
     gets = (get,) if isinstance(get, str) else tuple(get)
@@ -626,9 +626,9 @@ def _underflow_depth(layer, x, dtype) -> str:
     return ""
 
 
-def _select(k, gets: tuple[str, ...], single: bool):
+def select_kernels(k, gets: tuple[str, ...], single: bool):
     if isinstance(k, list):
-        return [_select(kk, gets, single) for kk in k]
+        return [select_kernels(kk, gets, single) for kk in k]
     out = tuple(getattr(k, g) for g in gets)
     return out[0] if single else out
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ..kernel import Kernel, _pair_diagonal
+from ..kernel import Kernel, pair_diagonal
 from .base import normal_
 from .conv import Conv, pad_input
 
@@ -107,7 +107,7 @@ class ConvLocal(Conv):
         if isinstance(k, list) or not k.is_full_spatial:
             return self._rename(lambda: super(ConvLocal, self).apply_kernel(k))
         # the shared-weight conv of the diagonal (p, p), then zeros between distinct positions
-        diag = lambda t, nb: None if t is None else _pair_diagonal(t, nb).contiguous()  # noqa
+        diag = lambda t, nb: None if t is None else pair_diagonal(t, nb).contiguous()  # noqa
         kd = k.replace(nngp=diag(k.nngp, 2), ntk=diag(k.ntk, 2), cov1=diag(k.cov1, 1),
                        cov2=diag(k.cov2, 1), diagonal_spatial=True)
         out = self._rename(lambda: super(ConvLocal, self).apply_kernel(kd))
@@ -117,7 +117,7 @@ class ConvLocal(Conv):
                 return None
             spatial = t.shape[nb:]
             z = t.new_zeros((*t.shape[:nb], *spatial, *spatial))
-            _pair_diagonal(z, nb).copy_(t)
+            pair_diagonal(z, nb).copy_(t)
             return z
 
         return out.replace(nngp=embed(out.nngp, 2), ntk=embed(out.ntk, 2),

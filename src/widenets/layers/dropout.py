@@ -22,7 +22,7 @@ import math
 
 from torch import nn
 
-from ..kernel import Kernel, _pair_diagonal
+from ..kernel import Kernel, pair_diagonal
 from .base import Layer
 
 __all__ = ["Dropout"]
@@ -68,7 +68,7 @@ class Dropout(Layer):
             if cov is None:
                 return None
             cov = cov.clone()
-            (_pair_diagonal(cov, 1) if full else cov).mul_(gain)
+            (pair_diagonal(cov, 1) if full else cov).mul_(gain)
             return cov
 
         def batch_diagonal(t):               # entries x1_i = x2_i at equal positions
@@ -77,7 +77,7 @@ class Dropout(Layer):
             t = t.clone()
             if k.x1_is_x2:
                 d = t.narrow(1, k.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0)
-                (_pair_diagonal(d, 1) if full else d).mul_(gain)
+                (pair_diagonal(d, 1) if full else d).mul_(gain)
             return t
 
         return k.replace(nngp=batch_diagonal(k.nngp), ntk=batch_diagonal(k.ntk),

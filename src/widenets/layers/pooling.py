@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernel import Kernel, _pair_diagonal
+from ..kernel import Kernel, pair_diagonal
 from . import _spatial as sp
 from .base import DIAGONAL, FULL, Layer
 from .conv import pad_input, spatial_padding
@@ -316,7 +316,7 @@ class Flatten(Layer):
             if t is None:
                 return None
             if full:
-                t = _pair_diagonal(t, nb)
+                t = pair_diagonal(t, nb)
             return t.contiguous().mean(dim=tuple(range(nb, t.ndim)))
 
         out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),

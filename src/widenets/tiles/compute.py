@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..deprecation import renamed_arguments
-from ..layers.base import Layer, _parse_get, as_input_tensor
+from ..layers.base import Layer, as_input_tensor, parse_get
 from .store import (
     FORMAT,
     StoreLayout,
@@ -263,7 +263,7 @@ def compute(kernel_fn, x1, x2=None, *, store, pattern=None, mask=None, batch_siz
     from .. import __version__
 
     start = time.perf_counter()
-    gets = _parse_get(get, _FUNC)
+    gets = parse_get(get, _FUNC)
     if len(set(gets)) != len(gets):
         raise ValueError(f"{_FUNC}: get lists a kernel twice: {get!r}")
     gets = tuple(g for g in ("nngp", "ntk") if g in gets)  # one canonical order

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._memory import available_memory as _available_memory
-from ..layers.base import _parse_get
+from ..layers.base import parse_get
 from .store import (
     CorruptTileError,
     IncompleteStoreError,
@@ -55,7 +55,7 @@ def _select_gets(meta: dict, get, func: str) -> tuple[tuple[str, ...], bool]:
     stored = tuple(meta["get"])
     if get is None:
         return stored, len(stored) == 1
-    gets = _parse_get(get, func)
+    gets = parse_get(get, func)
     missing = [g for g in gets if g not in stored]
     if missing:
         raise ValueError(f"{func}: the store holds {', '.join(stored)} but {missing[0]!r} was "
