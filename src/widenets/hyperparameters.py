@@ -47,7 +47,7 @@ def _entries(net: Layer):
         raise TypeError(f"hyperparameters: net must be a widenets layer, got "
                         f"{type(net).__name__}")
     for path, layer in _walk(net):
-        for attr, domain in type(layer).hyperparameter_domains.items():
+        for attr, domain in layer.hyperparameter_domains.items():
             if domain not in DOMAINS:
                 raise TypeError(f"{type(layer).__name__}.hyperparameter_domains: domain of "
                                 f"{attr!r} must be one of {DOMAINS}, got {domain!r}")
@@ -174,7 +174,7 @@ def with_hyperparameters(net: Layer, values: dict) -> Layer:
         kids = _children(layer)
         new = layer if not kids else _rebuild(
             layer, [rebuild(c, f"{prefix}{i}.") for i, c in enumerate(kids)])
-        mine = {attr: chosen[prefix + attr] for attr in type(layer).hyperparameter_domains
+        mine = {attr: chosen[prefix + attr] for attr in layer.hyperparameter_domains
                 if prefix + attr in chosen}
         if mine:
             new = copy.copy(new) if new is layer else new

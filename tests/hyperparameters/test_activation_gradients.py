@@ -60,6 +60,8 @@ def test_gradient_through_activation_matches_differences(name):
     (lambda v: wn.Rbf(v[0]), ("gamma",)),
     (lambda v: wn.Exp(v[0], v[1]), ("a", "b")),
     (lambda v: wn.Gaussian(v[0], -0.5), ("a",)),
+    (lambda v: wn.Polynomial([v[0], v[1], v[2]]), ("coef_0", "coef_1", "coef_2")),
+    (lambda v: wn.ExpNormalized(v[0], -v[1]), ("gamma", "shift")),
 ])
 def test_activation_hyperparameter_gradients(make, names):
     """Gradients with respect to the activation's own parameters, through two hidden layers

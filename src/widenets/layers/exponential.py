@@ -133,6 +133,8 @@ class ExpNormalized(Activation):
             raise TypeError(f"ExpNormalized: do_clip must be a bool, got {do_clip!r}")
         self.do_clip = do_clip
 
+    hyperparameter_domains = {"gamma": "real", "shift": "real"}
+
     def forward(self, x):
         raise ValueError("ExpNormalized.module: ExpNormalized is a kernel map without a "
                          "finite network; use it in .kernel() only")
@@ -146,12 +148,15 @@ class ExpNormalized(Activation):
         c = k12 / prod
         if self.do_clip:
             c = c.clamp_(-1.0, 1.0)
-        e = torch.exp(c.add_(self.shift).mul_(self.gamma))
+        e = torch.exp((c + self.shift) * self.gamma)
         return e * prod, (e * self.gamma if want_tdot else None)
 
+    def _diag_factor(self, k):
+        """exp(γ(1 + shift)) in k's dtype (a tensor that keeps tensor hyperparameters' grad)."""
+        return torch.exp(torch.as_tensor(self.gamma * (1 + self.shift), dtype=k.dtype))
+
     def t_diag(self, k):
-        return k * torch.exp(torch.tensor(self.gamma * (1 + self.shift), dtype=k.dtype))
+        return k * self._diag_factor(k)
 
     def tdot_diag(self, k):
-        return torch.full_like(k, self.gamma * float(torch.exp(torch.tensor(
-            self.gamma * (1 + self.shift), dtype=torch.float64))))
+        return torch.ones_like(k) * (self.gamma * self._diag_factor(k))

@@ -41,7 +41,13 @@ def _check_degree(value, func: str) -> int:
 
 
 def _poly(coefs: Sequence[float], x: torch.Tensor) -> torch.Tensor:
-    """Σ_j coefs[j] x^j by Horner (a fresh tensor shaped like x)."""
+    """Σ_j coefs[j] x^j by Horner (a fresh tensor shaped like x). Tensor coefficients (tensor
+    hyperparameters, `widenets.hyperparameters`) take an out-of-place path for autograd."""
+    if any(isinstance(cf, torch.Tensor) for cf in coefs):
+        out = torch.zeros_like(x) + coefs[-1]
+        for cf in reversed(coefs[:-1]):
+            out = out * x + cf
+        return out
     out = torch.full_like(x, float(coefs[-1]))
     for cf in reversed(coefs[:-1]):
         out.mul_(x).add_(float(cf))
@@ -56,7 +62,8 @@ def _hermite_tables(coef: Sequence[float]) -> list[tuple[int, list[float]]]:
         b = [coef[m + 2 * j] * math.factorial(m + 2 * j)
              / (math.factorial(m) * math.factorial(j) * 2 ** j)
              for j in range((deg - m) // 2 + 1)]
-        if any(v != 0 for v in b):
+        # a tensor coefficient keeps its term even at 0: its gradient there is not 0
+        if any(isinstance(v, torch.Tensor) or v != 0 for v in b):
             out.append((m, b))
     return out
 
@@ -110,14 +117,36 @@ class Polynomial(Activation):
         self.coef = tuple(vals)
         self._tables = _hermite_tables(vals)
 
+    @property
+    def hyperparameter_domains(self) -> dict:
+        """Each coefficient is a real hyperparameter named coef_<i> (`wn.hyperparameters`)."""
+        return {f"coef_{i}": "real" for i in range(len(self.coef))}
+
+    def __getattr__(self, name):
+        # coef_<i> reads coefficient i (for wn.hyperparameters)
+        if name.startswith("coef_") and name[5:].isdigit() and "coef" in vars(self):
+            i = int(name[5:])
+            if i < len(self.coef):
+                return self.coef[i]
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        # coef_<i> replaces coefficient i (for with_hyperparameters)
+        if name.startswith("coef_") and name[5:].isdigit() and "coef" in vars(self):
+            coef = list(self.coef)
+            coef[int(name[5:])] = value
+            object.__setattr__(self, "coef", tuple(coef))
+            return
+        object.__setattr__(self, name, value)
+
+    def hyperparameters_changed(self) -> None:
+        self._tables = _hermite_tables(list(self.coef))
+
     def _fname(self) -> str:
         return "Polynomial"
 
     def forward(self, x):
-        out = torch.full_like(x, self.coef[-1])
-        for cf in reversed(self.coef[:-1]):
-            out = out * x + cf
-        return out
+        return _poly(self.coef, x)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         tables = self._tables
@@ -157,6 +186,8 @@ class Monomial(Polynomial):
         >>> round(float(k.nngp[0, 0]), 12), round(float(k.ntk[0, 0]), 12)  # 3K², 4K·Θ at K = 1
         (3.0, 4.0)
     """
+
+    hyperparameter_domains = {}     # the degree is not continuous
 
     def __init__(self, degree: int):
         self.degree = _check_degree(degree, "Monomial")
