@@ -188,17 +188,18 @@ def cv_log_likelihood(net: Layer, x, y, *, kernel: str = "ntk", noise, t=None,
     _check_net(net, func)
     _check_kernel(kernel, func)
     noise = _check_noise(noise, func)
-    kern = net.kernel(x, dtype=dtype)
-    n = kern.nngp.shape[0]
-    yy = _targets(y, n, func).to(kern.nngp.dtype)
-    tt = torch.tensor([math.inf if t is None else float(t)], dtype=kern.nngp.dtype)
-    total = kern.nngp.new_zeros(())
+    # the NTK only when it is the trained kernel: the NNGP path needs K alone
+    kern = net.kernel(x, dtype=dtype, get=("nngp", "ntk") if kernel == "ntk" else "nngp")
+    nngp, theta = kern if kernel == "ntk" else (kern, kern)
+    n = nngp.shape[0]
+    yy = _targets(y, n, func).to(nngp.dtype)
+    tt = torch.tensor([math.inf if t is None else float(t)], dtype=nngp.dtype)
+    total = nngp.new_zeros(())
     for val in _folds(n, folds, seed, func):
         train = torch.ones(n, dtype=torch.bool)
         train[val] = False
         tr = train.nonzero()[:, 0]
-        theta = (kern.ntk if kernel == "ntk" else kern.nngp)
-        k_tt = kern.nngp[val][:, val]
+        k_tt = nngp[val][:, val]
         th_dd = theta[tr][:, tr]
         th_td = theta[val][:, tr]
         eig = SymmetricEig(th_dd, diag_reg=0.0, absolute=True, func=func,
@@ -208,9 +209,9 @@ def cv_log_likelihood(net: Layer, x, y, *, kernel: str = "ntk", noise, t=None,
         g = (v * gain[0]) @ v.T                       # Θ⁻¹(I - e^{-ηΘt})
         a = th_td @ g                                  # Θ(x, X) G_t
         mean = a @ yy[tr]                              # eq. 14
-        kt = kern.nngp[val][:, tr]
+        kt = nngp[val][:, tr]
         cross = a @ kt.T
-        cov = k_tt + a @ kern.nngp[tr][:, tr] @ a.T - (cross + cross.T)      # eq. 15
+        cov = k_tt + a @ nngp[tr][:, tr] @ a.T - (cross + cross.T)      # eq. 15
         total = total + gaussian_log_likelihood(cov, yy[val] - mean, noise, func=func,
                                                 arg="held-out predictive covariance")
     return total
