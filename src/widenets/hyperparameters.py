@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 
-import torch
-
-from .layers.base import Layer, check_hyperparameter_tensor, check_std
+from .layers.base import Layer, check_real, check_std
 
 __all__ = ["hyperparameters", "hyperparameter_domains", "with_hyperparameters", "match_names",
            "hyperparameter_groups"]
@@ -103,17 +100,9 @@ def match_names(names, patterns, *, func: str, arg: str) -> dict:
 
 
 def _check_value(value, *, domain: str, name: str, func: str):
-    if isinstance(value, torch.Tensor):
-        check_hyperparameter_tensor(value, func=func, arg=name)
-        if domain == "positive" and not bool(value.detach() >= 0):
-            raise ValueError(f"{func}: {name} must be >= 0, got {value!r}")
-        return value
-    if domain == "positive":
-        return check_std(value, func=func, arg=name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{func}: {name} must be a finite number or a 0-d tensor, got "
-                         f"{value!r}")
-    return float(value)
+    """The layers' own checks: `check_std` (≥ 0) or `check_real`, numbers or 0-d tensors."""
+    check = check_std if domain == "positive" else check_real
+    return check(value, func=func, arg=name)
 
 
 def _rebuild(layer: Layer, new_children: list[Layer]) -> Layer:

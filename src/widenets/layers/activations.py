@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..kernel import Kernel
-from .base import Layer, check_hyperparameter_tensor
+from .base import Layer, check_real
 
 __all__ = ["Activation", "ABRelu", "Relu", "LeakyRelu", "Abs", "Identity", "Erf", "Gelu", "Sin",
            "Elementwise", "ActivationModule"]
@@ -39,15 +39,7 @@ def _cos_angle(k11, k22, k12):
 def _finite_numbers(func: str, **values) -> tuple:
     """The activation's parameters as floats; each must be a finite real number. A 0-d
     floating tensor is kept (it may require grad: see `widenets.hyperparameters`)."""
-    out = []
-    for arg, v in values.items():
-        if isinstance(v, torch.Tensor):
-            out.append(check_hyperparameter_tensor(v, func=func, arg=arg))
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{func}: {arg} must be a finite number, got {v!r}")
-        out.append(float(v))
-    return tuple(out)
+    return tuple(check_real(v, func=func, arg=arg) for arg, v in values.items())
 
 
 def needs_grad(*tensors) -> bool:

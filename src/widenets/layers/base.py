@@ -22,7 +22,7 @@ from torch import nn
 from ..kernel import Kernel
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
-           "check_hyperparameter_tensor", "as_number",
+           "check_hyperparameter_tensor", "check_real", "as_number",
            "PARAMETERIZATIONS", "LAYOUTS", "DIAGONAL", "FULL"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -95,6 +95,16 @@ def check_std(value, *, func: str, arg: str, allow_none: bool = False):
             or value < 0:
         raise ValueError(f"{func}: {arg} must be a finite number >= 0"
                          f"{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def check_real(value, *, func: str, arg: str):
+    """A real hyperparameter: a finite number (returned as float) or a finite 0-d floating
+    tensor (kept: it may require grad)."""
+    if isinstance(value, torch.Tensor):
+        return check_hyperparameter_tensor(value, func=func, arg=arg)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{func}: {arg} must be a finite number, got {value!r}")
     return float(value)
 
 
