@@ -53,6 +53,17 @@ def pad_input(x: torch.Tensor, pads, circular: bool) -> torch.Tensor:
     return F.pad(x, flat, mode="circular" if circular else "constant")
 
 
+def scale_and_bias(out: torch.Tensor, mod: nn.Module) -> torch.Tensor:
+    """out·w_scale + b_scale·bias (per channel, axis 1) for the conv-like modules: their
+    parameterization multipliers (1 in the standard parameterization)."""
+    if mod.w_scale != 1.0:
+        out = out * mod.w_scale
+    if mod.bias is not None:
+        b = mod.bias * mod.b_scale if mod.b_scale != 1.0 else mod.bias
+        out = out + b.reshape(-1, *([1] * (out.ndim - 2)))
+    return out
+
+
 class ConvModule(nn.Module):
     """The finite convolution of `Conv`: weight (out, in, *kernel_size) as in torch."""
 
@@ -79,13 +90,8 @@ class ConvModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_input(x, self.pads, self.circular)
-        out = _CONV[len(self.kernel_size)](x, self.weight, stride=self.stride)
-        if self.w_scale != 1.0:
-            out = out * self.w_scale
-        if self.bias is not None:
-            b = self.bias * self.b_scale if self.b_scale != 1.0 else self.bias
-            out = out + b.reshape(-1, *([1] * len(self.kernel_size)))
-        return out
+        return scale_and_bias(_CONV[len(self.kernel_size)](x, self.weight, stride=self.stride),
+                              self)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, "

@@ -36,6 +36,7 @@ from torch import nn
 from ..kernel import Kernel
 from . import _spatial as sp
 from .base import Layer, check_parameterization, check_std, new_source, normal_
+from .conv import scale_and_bias
 
 __all__ = ["ConvTranspose", "ConvTransposeModule"]
 
@@ -134,12 +135,7 @@ class ConvTransposeModule(nn.Module):
             if y.shape[axis] < out:                  # past the full output: zeros
                 pad = [0, 0] * (y.ndim - 1 - axis) + [0, out - y.shape[axis]]
                 y = F.pad(y, pad)
-        if self.w_scale != 1.0:
-            y = y * self.w_scale
-        if self.bias is not None:
-            b = self.bias * self.b_scale if self.b_scale != 1.0 else self.bias
-            y = y + b.reshape(-1, *([1] * len(self.kernel_size)))
-        return y
+        return scale_and_bias(y, self)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, out={self.out_channels}, "
