@@ -213,11 +213,7 @@ class GlobalAvgPool(Layer):
         m1, m2 = k.masks()
         if m1 is not None:
             return _exact_symmetric(_masked_global_mean(k, m1, m2))
-        mean = lambda t, nb: None if t is None else t.mean(  # noqa: E731
-            dim=tuple(range(nb, t.ndim)))
-        out = k.replace(nngp=mean(k.nngp, 2), ntk=mean(k.ntk, 2), cov1=mean(k.cov1, 1),
-                        cov2=mean(k.cov2, 1), is_input=False, diagonal_spatial=False)
-        return _exact_symmetric(out)
+        return _reduce_positions(k, torch.mean)
 
     def build(self, in_shape, generator, dtype):
         if isinstance(in_shape, list) or len(in_shape) < 2:
@@ -251,17 +247,24 @@ class GlobalSumPool(Layer):
         func = "GlobalSumPool.kernel"
         k = _single(k, func)
         _need_spatial(k, func, full=True)
-        total = lambda t, nb: None if t is None else t.sum(  # noqa: E731
-            dim=tuple(range(nb, t.ndim)))
-        out = k.replace(nngp=total(k.nngp, 2), ntk=total(k.ntk, 2), cov1=total(k.cov1, 1),
-                        cov2=total(k.cov2, 1), is_input=False, diagonal_spatial=False)
-        return _exact_symmetric(out)
+        return _reduce_positions(k, torch.sum)
 
     def build(self, in_shape, generator, dtype):
         if isinstance(in_shape, list) or len(in_shape) < 2:
             raise ValueError(f"GlobalSumPool.module: in_shape must be (C, *spatial), got "
                              f"{in_shape!r}")
         return GlobalSumPoolModule(), (in_shape[0],)
+
+
+def _reduce_positions(k: Kernel, reduce) -> Kernel:
+    """GlobalAvgPool / GlobalSumPool on the full layout: `reduce` (torch.mean or torch.sum)
+    over every position pair of the kernels and self-pair kernels."""
+    def over(t, n_batch):
+        return None if t is None else reduce(t, dim=tuple(range(n_batch, t.ndim)))
+
+    out = k.replace(nngp=over(k.nngp, 2), ntk=over(k.ntk, 2), cov1=over(k.cov1, 1),
+                    cov2=over(k.cov2, 1), is_input=False, diagonal_spatial=False)
+    return _exact_symmetric(out)
 
 
 def _masked_global_mean(k: Kernel, m1, m2) -> Kernel:
