@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiles.cli import dask_client
+from .tiles.cli import dask_session
 
 __all__ = ["add_solve_parser", "run_solve"]
 
@@ -81,17 +81,15 @@ def run_solve(args: argparse.Namespace) -> int:
         print(f"widenets solve: error: the folder of --out {args.out!r} does not exist",
               file=err)
         return 2
-    client = cluster = None
     try:
-        if args.scheduler:
-            client, cluster = dask_client(args.scheduler)
-        sol = solve(args.store, torch.from_numpy(np.asarray(y, dtype=np.float64)),
-                    kernel=args.kernel, diag_reg=args.diag_reg,
-                    diag_reg_absolute=args.diag_reg_absolute, method=args.method,
-                    preconditioner=None if args.preconditioner == "none"
-                    else args.preconditioner, rank=args.rank, tol=args.tol,
-                    max_iter=args.max_iter, client=client, progress=not args.no_progress,
-                    checkpoint=args.checkpoint, checkpoint_seconds=args.checkpoint_seconds)
+        with dask_session(args.scheduler) as client:
+            sol = solve(args.store, torch.from_numpy(np.asarray(y, dtype=np.float64)),
+                        kernel=args.kernel, diag_reg=args.diag_reg,
+                        diag_reg_absolute=args.diag_reg_absolute, method=args.method,
+                        preconditioner=None if args.preconditioner == "none"
+                        else args.preconditioner, rank=args.rank, tol=args.tol,
+                        max_iter=args.max_iter, client=client, progress=not args.no_progress,
+                        checkpoint=args.checkpoint, checkpoint_seconds=args.checkpoint_seconds)
     except KeyboardInterrupt:
         print("\nwidenets solve: interrupted" + (f"; rerun to continue from {args.checkpoint}"
                                                  if args.checkpoint else ""), file=err)
@@ -105,11 +103,6 @@ def run_solve(args: argparse.Namespace) -> int:
     except (TileStoreError, OSError, RuntimeError, FloatingPointError) as e:
         print(f"widenets solve: error: {e}", file=err)
         return 1
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
     np.save(out, sol.alpha.numpy())
     np.save(out.with_name(out.stem + ".residuals.npy"), sol.residuals.numpy())
     print(f"{out}: alpha {tuple(sol.alpha.shape)} by {sol.method}"

@@ -15,12 +15,13 @@ separated, an optional header line). Inputs are (n, features...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_kernel_parser", "run_kernel", "load_data", "dask_client", "main"]
+__all__ = ["add_kernel_parser", "run_kernel", "load_data", "dask_session", "main"]
 
 _DTYPES = ("float64", "float32", "float16")
 
@@ -147,20 +148,27 @@ def add_kernel_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def dask_client(address: str):
-    """A dask Client for a `--scheduler` value: "local" / "local:N" starts a LocalCluster of N
-    one-thread workers (returned too, to close it), anything else is a scheduler address.
-
-    Returns:
-        (client, cluster or None).
-    """
+@contextlib.contextmanager
+def dask_session(address: str | None):
+    """The dask Client of a `--scheduler` value, closed on exit (with its cluster): None for
+    no address (compute in this process), a LocalCluster of N one-thread workers for "local" /
+    "local:N", otherwise a client of the scheduler at that address."""
+    if not address:
+        yield None
+        return
     from distributed import Client, LocalCluster
 
+    cluster = None
     if address == "local" or address.startswith("local:"):
         n = int(address.split(":", 1)[1]) if ":" in address else 2
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(address), None
+    client = Client(cluster if cluster is not None else address)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def run_kernel(args: argparse.Namespace) -> int:
@@ -182,25 +190,19 @@ def run_kernel(args: argparse.Namespace) -> int:
         x1 = x1.reshape(len(x1), -1)
         x2 = None if x2 is None else x2.reshape(len(x2), -1)
     get = ("nngp", "ntk") if args.get == "both" else args.get
-    client = cluster = None
     try:
-        if args.scheduler:
-            client, cluster = dask_client(args.scheduler)
-        run = compute(net, torch.from_numpy(x1), None if x2 is None else torch.from_numpy(x2),
-                      store=args.out, batch_size=args.batch_size, get=get, client=client,
-                      dtype=getattr(torch, args.dtype), device=args.device,
-                      threads=args.threads, progress=not args.no_progress)
+        with dask_session(args.scheduler) as client:
+            run = compute(net, torch.from_numpy(x1),
+                          None if x2 is None else torch.from_numpy(x2), store=args.out,
+                          batch_size=args.batch_size, get=get, client=client,
+                          dtype=getattr(torch, args.dtype), device=args.device,
+                          threads=args.threads, progress=not args.no_progress)
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=err)
         return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=err)
         return 1
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
     print(f"{run.store}: {run.tiles_total} tiles ({run.tiles_computed} computed, "
           f"{run.tiles_skipped} already done) in {run.seconds:.1f} s")
     return 0
