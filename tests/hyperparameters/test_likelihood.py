@@ -108,6 +108,12 @@ def test_fit_options_and_errors():
         wn.predict.fit_hyperparameters(_net(), x, y, bounds={"0.w_std": (2.0, 1.0)})
     with pytest.raises(ValueError, match="names key"):
         wn.predict.fit_hyperparameters(_net(), x, y, names="*.gamma")
+    # bad targets are named as the argument `y` of the function called, before any kernel
+    with pytest.raises(ValueError, match=r"fit_hyperparameters: y must have one row per "
+                                         r"training input \(15\), got shape \(4,\)"):
+        wn.predict.fit_hyperparameters(_net(), x, y[:4])
+    with pytest.raises(ValueError, match="fit_hyperparameters: y contains 1 NaN"):
+        wn.predict.fit_hyperparameters(_net(), x, torch.cat([y[:-1], y.new_full((1,), float("nan"))]))
 
 
 def test_closed_form_gradient_equals_autograd_through_cholesky():

@@ -108,7 +108,8 @@ def gaussian_log_likelihood(k: torch.Tensor, y: torch.Tensor, noise, *, func: st
 
 
 def _targets(y, n: int, func: str) -> torch.Tensor:
-    y, _ = as_targets(y, func=func, n=n, dtype=torch.float64, device=torch.device("cpu"))
+    y, _ = as_targets(y, func=func, n=n, arg="y", dtype=torch.float64,
+                      device=torch.device("cpu"))
     return y
 
 
@@ -323,6 +324,10 @@ def fit_hyperparameters(net: Layer, x, y, *, kernel: str = "ntk", names=None, ti
         raise ValueError(f"{func}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{func}: steps must be a positive int, got {steps!r}")
+    if not hasattr(x, "shape") or len(x.shape) < 2:
+        raise ValueError(f"{func}: x must be an (n, ...) tensor or array of inputs, got "
+                         f"{type(x).__name__} of shape {getattr(x, 'shape', None)}")
+    _targets(y, x.shape[0], func)       # bad targets are named here, before any kernel
     groups = hyperparameter_groups(net, names=names, tied=tied, func=func)
     if not groups and not learn_noise:
         raise ValueError(f"{func}: nothing to fit: names selects no hyperparameter and "
