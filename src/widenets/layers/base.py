@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._checks import as_input_tensor
+from .._checks import describe as _describe
 from ..kernel import Kernel
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
@@ -30,52 +32,6 @@ LAYOUTS = ("auto", "diagonal", "full")
 #: spatial layout needs (see `Layer.layout_need`), ordered: FULL serves DIAGONAL too
 DIAGONAL, FULL = 1, 2
 _GET = ("nngp", "ntk")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__} {x!r}"[:120]
-
-
-def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tensor:
-    """Check a user's input batch and return it as a `dtype` tensor.
-
-    Raises:
-        TypeError: not array-like, or integer/bool/complex dtype.
-        ValueError: rank < 2 (no batch axis) or non-finite entries.
-    """
-    if not isinstance(x, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(x, np.ndarray):
-                x = torch.from_numpy(x)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{func}: {arg} must be a torch.Tensor or numpy array of floats, "
-                            f"got {_describe(x)}") from None
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{func}: {arg} must hold floating-point values, got dtype {x.dtype}; "
-                        f"convert with {arg}.to(torch.float64)")
-    if x.ndim < 2:
-        raise ValueError(f"{func}: {arg} must have a batch axis first, shape (n, features...), "
-                         f"got shape {tuple(x.shape)}; use {arg}[None] for a single input")
-    if x.device.type == "meta":
-        raise ValueError(f"{func}: {arg} must hold values, got a meta tensor of shape "
-                         f"{tuple(x.shape)} (shape only, no data); create it on a real device")
-    if x.shape[0] == 0:
-        raise ValueError(f"{func}: {arg} must hold at least one input (row), got shape "
-                         f"{tuple(x.shape)} with 0 rows")
-    if 0 in x.shape[1:]:
-        raise ValueError(f"{func}: {arg} must have at least one feature per input, got shape "
-                         f"{tuple(x.shape)} (an axis of size 0 after the batch axis)")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; "
-                         f"remove or impute them first")
-    return x.to(dtype)
 
 
 def check_std(value, *, func: str, arg: str, allow_none: bool = False):
