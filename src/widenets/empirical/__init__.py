@@ -7,10 +7,9 @@
 * `monte_carlo_kernel`: averages over random finite networks of a widenets layer.
 """
 
-from .jacobian import jacobian_ntk
 from .linearize import TaylorModel, linearize, taylor_expand
 from .monte_carlo import monte_carlo_kernel
-from .ntk import empirical_nngp, empirical_ntk
+from .ntk import empirical_nngp, empirical_ntk, jacobian_ntk
 from .structure import LayerStructure, register_structured_layer
 
 __all__ = ["empirical_ntk", "empirical_nngp", "linearize", "taylor_expand", "TaylorModel",

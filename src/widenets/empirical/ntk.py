@@ -11,6 +11,8 @@ kernel in blocks of x1 x x2 rows when `batch_size` is set.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ._target import (
@@ -29,7 +31,7 @@ from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
 from .structured import StructuredEngine, make_plan
 
-__all__ = ["empirical_ntk", "empirical_nngp"]
+__all__ = ["empirical_ntk", "empirical_nngp", "jacobian_ntk"]
 
 
 def _probe_batch(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
@@ -281,3 +283,28 @@ def _outputs(target: Target, x: torch.Tensor, batch_size: int | None, arg: str) 
     with torch.no_grad():
         return torch.cat([target.call_checked(x[i:i + b], arg, x.shape)
                           for i in range(0, x.shape[0], b)])
+
+
+def jacobian_ntk(model, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """Deprecated since 0.2 (removed in 0.3): `empirical_ntk(model, x1, x2,
+    implementation="jacobian")`, which it calls after a FutureWarning.
+
+    Args:
+        model, x1, x2: as in `empirical_ntk`.
+
+    Returns:
+        (n1, n2) empirical NTK, mean over outputs.
+
+    Example:
+        >>> import warnings
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x = torch.randn(4, 3)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", FutureWarning)
+        ...     old = wn.empirical.jacobian_ntk(model, x)
+        >>> bool(torch.equal(old, wn.empirical_ntk(model, x, implementation="jacobian")))
+        True
+    """
+    warnings.warn("jacobian_ntk is deprecated since 0.2; use empirical_ntk(model, x1, x2, "
+                  "implementation='jacobian')", FutureWarning, stacklevel=2)
+    return empirical_ntk(model, x1, x2, implementation="jacobian", mode="trace")
