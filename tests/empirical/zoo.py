@@ -8,10 +8,31 @@ library: one torch.autograd.grad call per input and output, on the model's own f
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
 import widenets as wn
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def benchmark_module(stem: str):
+    """A module of benchmarks/ loaded by path (registered under its file name, so that the
+    benchmark scripts' own `import empirical_models` finds it)."""
+    if stem not in sys.modules:
+        spec = importlib.util.spec_from_file_location(stem, BENCHMARKS / f"{stem}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[stem]
+
+
+#: the benchmark's models (benchmarks/empirical_models.py), shared with the tests
+MODELS = benchmark_module("empirical_models")
 
 DT = torch.float64
 
@@ -185,40 +206,10 @@ class CausalDecoder(nn.Module):
         return self.head(h[:, -1])
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.short = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                       nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        h = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(h)) + self.short(x))
-
-
-class TinyResNet(nn.Module):
-    """ResNet-style: stem conv + BatchNorm (eval, non-trivial running statistics), a block with
-    an identity shortcut, a strided block with a 1x1 conv shortcut, global average pool."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
-                                  nn.ReLU())
-        self.blocks = nn.Sequential(BasicBlock(3, 3, 1), BasicBlock(3, 4, 2))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
-
-
 def _resnet():
-    m = _init(TinyResNet(), 11)
+    # stem conv + BatchNorm (eval, non-trivial running statistics), a block with an identity
+    # shortcut, a strided block with a 1x1 conv shortcut, global average pool
+    m = _init(MODELS.ResNet((3, 4), depth=1, in_channels=2, out=2), 11)
     with torch.no_grad():
         for i, bn in enumerate(b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
             c = bn.num_features
