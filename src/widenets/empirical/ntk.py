@@ -63,16 +63,19 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             products for nn.Linear (also on sequences, batch-first or sequence-first),
             nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention (so nn.Transformer*Layer; see
             `attention.py`), widenets' Dense/Conv modules, cheap per-input Jacobians for the
-            scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm, autograd Jacobians of
-            the other parameters only; see `structure.py`) or "auto"
+            scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm and for bare
+            parameters broadcast along the batch in forward (learned positions, class
+            tokens, gains: `bare.py`), autograd Jacobians of the other parameters only; see
+            `structure.py`) or "auto"
             (the fastest by the estimate in `widenets.empirical.cost`: multiply-adds and
             dispatched operations, weighted by per-process timings of this device). All are
             exact and agree to rounding. Where "auto" can miss the fastest: the estimates are
             within a factor ~2 of measured times, so when two implementations are that close
             (small convolutional networks on CPU, where the vmapped per-input Jacobians of
             "jacobian" run near the backward floor) it may pick the one up to ~1.5x slower;
-            a bare nn.Parameter used in forward (e.g. learned positions) costs "structured" one
-            per-input Jacobian pass through the whole model.
+            a parameter used in forward other than through elementwise arithmetic or expand
+            (e.g. `x @ self.w`) costs "structured" one per-input Jacobian pass through the
+            whole model.
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].

@@ -6,7 +6,8 @@ tensor δ added to its output makes the cotangents ∂f_a/∂y available as ∂f
 outputs at once (a backward pass per output, batched over the output basis). Inputs are
 processed independently by the model (checked: BatchNorm must be in eval mode), so row i of the
 batched cotangent belongs to input i. Each known parameter's contribution is then contracted in
-the cheaper of the two exact forms of `factors.py`; the parameters of other modules get
+the cheaper of the exact forms of `factors.py`; bare parameters broadcast along the batch get
+their per-input gradients from recorded cotangents too (`bare.py`); the other parameters get
 per-sample autograd Jacobians (of those parameters only).
 
 `make_plan` decides once per call which modules are known, and verifies each description: on a
@@ -91,7 +92,8 @@ class Plan:
         flops: forward multiply-adds per input (None when not counted).
         act: output elements of all leaf modules per input (an activation-memory estimate).
         batched_backward: compute the output cotangents by one backward pass vmapped over the
-            outputs (False for models with convolutions: a loop over outputs is faster).
+            outputs (False for models with convolutions, where a loop over outputs is
+            faster, and when the vmapped pass failed or was wrong on the probe).
         ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
