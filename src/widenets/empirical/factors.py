@@ -98,7 +98,8 @@ def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
 
 
 def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
-    """(n, C_in, *spatial) -> patches (n, G, P, C_in/G · prod(ksize)), ordered as the weight."""
+    """(n, C_in, *spatial) -> patches (n, G, P, C_in/G · prod(ksize)), ordered as the weight
+    (1-d and 2-d: a non-contiguous view of F.unfold's im2col)."""
     nd = len(ksize)
     pads = _conv_pads(st, ksize, nd)
     if any(p for pair in pads for p in pair):
@@ -107,6 +108,16 @@ def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
             x = F.pad(x, flat)
         else:
             x = F.pad(x, flat, mode=st.padding_mode)
+    if nd <= 2:
+        # im2col: (n, C k, P), channels outer as in the weight; returned as a transposed view
+        # (the Jacobian form multiplies by its transpose, which is then contiguous)
+        x2 = x if nd == 2 else x[:, :, None]
+        k2 = tuple(ksize) if nd == 2 else (1, ksize[0])
+        dil = tuple(st.dilation) if nd == 2 else (1, st.dilation[0])
+        stride = tuple(st.stride) if nd == 2 else (1, st.stride[0])
+        cols = F.unfold(x2, k2, dilation=dil, stride=stride)
+        n, ck, p = cols.shape
+        return cols.reshape(n, st.groups, ck // st.groups, p).transpose(2, 3)
     for d in range(nd):
         span = st.dilation[d] * (ksize[d] - 1) + 1
         x = x.unfold(2 + d, span, st.stride[d])
