@@ -92,8 +92,10 @@ class Plan:
         flops: forward multiply-adds per input (None when not counted).
         act: output elements of all leaf modules per input (an activation-memory estimate).
         batched_backward: compute the output cotangents by one backward pass vmapped over the
-            outputs (False for models with convolutions, where a loop over outputs is
-            faster, and when the vmapped pass failed or was wrong on the probe).
+            outputs (set to False when the vmapped pass fails or is wrong: then a loop over
+            outputs).
+        batched_checked: the vmapped pass was compared with a plain backward pass once (on
+            the first block; `output_basis_grads(check=True)`), so later blocks skip it.
         ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
@@ -105,6 +107,7 @@ class Plan:
     flops: float | None = None
     act: float = 0.0
     batched_backward: bool = True
+    batched_checked: bool = False
     ops: int | None = None
     n_tensors: int = 0
 
@@ -170,14 +173,16 @@ def _split(records: list[list], grads: list[torch.Tensor]) -> list[list[tuple]]:
 
 
 def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
-                       batched: bool = True, check: bool = True) -> list[torch.Tensor]:
+                       batched: bool = True, check: bool = True, axes=None,
+                       status: dict | None = None) -> list[torch.Tensor]:
     """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O).
 
     batched: one backward pass vmapped over the O outputs (`is_grads_batched`); else (or when
-    an op has no batching rule, or a wrong one) one backward pass per output. The loop is the
-    faster of the two for convolutions, whose vmapped backward is slow in torch 2.x CPU builds.
-    check: compare the batched result with one plain backward pass (`_projection_matches`);
-    `make_plan` does it once on the probe, so the structured engine skips it.
+    an op has no batching rule, or a wrong one) one backward pass per output. (torch 2.13 CPU:
+    the vmapped pass is the faster one for convolutions too, ~15% on a ResNet-18.)
+    check: compare the batched result with one plain backward pass (`_projection_matches`;
+    axes: the batch axis of each input, default 0); the structured engine checks its first
+    block only. status: if given, status["batched"] says whether the batched result was used.
     """
     n, o = out.shape
     basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
@@ -189,10 +194,12 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
                 grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
                                             allow_unused=True, retain_graph=True)
             grads = _fill(grads, inputs, o)
-            if check and not _projection_matches(out, inputs, grads):
+            if check and not _projection_matches(out, inputs, grads, axes=axes):
                 grads = None            # a batching rule that runs but is wrong
         except RuntimeError:            # an op without a batching rule
             grads = None
+    if status is not None:
+        status["batched"] = grads is not None
     if grads is None:                   # one backward pass per output
         grads = [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
         for a in range(o):
@@ -437,39 +444,13 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             return make_plan(target, x_probe, count_flops=count_flops, seed=seed,
                              x_shape=x_shape, attention=False)
     verified = _verify(layers, records, out, p_req, k, seed)
-    convs = target.module is not None and any(
-        isinstance(m, nn.modules.conv._ConvNd) for m in target.module.modules())
-    rec_of = {id(layer): rec for layer, rec in zip(layers, records, strict=True)}
-    batched = not convs and o > 1 and _batched_backward_works(
-        out, [(d, 0 if layer.structure.kind == "attention" else layer.batch_axis)
-              for layer in verified for _, ds in rec_of[id(layer)] for d in ds])
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
     flops = _forward_macs(verified, records, layers, fallback, target) if count_flops else None
     return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
                 fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
-                act=act[0] / k, batched_backward=batched, ops=ops,
+                act=act[0] / k, batched_backward=o > 1, ops=ops,
                 n_tensors=len(target.params))
-
-
-def _batched_backward_works(out: torch.Tensor, deltas: list[tuple[torch.Tensor, int]]) -> bool:
-    """Whether the backward pass vmapped over the outputs runs and is right on the probe (an op
-    without a batching rule, or with a wrong one, makes the engine loop over outputs).
-    deltas: (δ, its batch axis) of the verified layers."""
-    if not deltas:
-        return False
-    inputs = [d for d, _ in deltas]
-    basis = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)[:, None, :]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*performance drop.*")
-            grads = torch.autograd.grad(out, inputs, basis.expand(-1, *out.shape),
-                                        is_grads_batched=True, allow_unused=True,
-                                        retain_graph=True)
-    except RuntimeError:
-        return False
-    return _projection_matches(out, inputs, _fill(grads, inputs, out.shape[1]),
-                               axes=[ax for _, ax in deltas])
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
@@ -501,7 +482,7 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
     for r in range(k):
         vr = torch.zeros_like(v)
         vr[r] = v[r]
-        g = torch.autograd.grad(out, leaves, vr, allow_unused=True, retain_graph=True)
+        g = torch.autograd.grad(out, leaves, vr, allow_unused=True, retain_graph=r < k - 1)
         rows.append([torch.zeros_like(x) if gi is None else gi for gi, x in zip(g, leaves,
                                                                                  strict=True)])
     stacked = [torch.stack([row[j] for row in rows]) for j in range(len(leaves))]
@@ -602,8 +583,17 @@ class StructuredEngine:
                 raise RuntimeError(
                     f"{self.target.func}: a layer changed how it is called between the probe "
                     f"and the batch of {n}; use implementation='jacobian'")
-            grads = output_basis_grads(out, _deltas(records),
-                                       batched=self.plan.batched_backward, check=False)
+            plan = self.plan
+            axes = [0 if layer.structure.kind == "attention" else layer.batch_axis
+                    for layer, rec in zip(layers, records, strict=True)
+                    for _, ds in rec for _ in ds]
+            status: dict = {}
+            grads = output_basis_grads(out, _deltas(records), batched=plan.batched_backward,
+                                       check=not plan.batched_checked, axes=axes,
+                                       status=status)
+            if plan.batched_backward:
+                plan.batched_checked = True
+                plan.batched_backward = status["batched"]
             del out
             for layer, rec, gs in zip(layers, records, _split(records, grads), strict=True):
                 fs = _call_factors(layer, rec, gs, n)
