@@ -69,10 +69,13 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             `structure.py`) or "auto"
             (the fastest by the estimate in `widenets.empirical.cost`: multiply-adds and
             dispatched operations, weighted by per-process timings of this device). All are
-            exact and agree to rounding. Where "auto" can miss the fastest: the estimates are
-            within a factor ~2 of measured times, so when two implementations are that close
-            (small convolutional networks on CPU, where the vmapped per-input Jacobians of
-            "jacobian" run near the backward floor) it may pick the one up to ~1.5x slower;
+            exact and agree to rounding. Where "auto" can miss the fastest (why it is not
+            always within 10% of it): the estimates are within a factor ~2 of measured
+            times, so when two implementations are closer than that it may pick the one up
+            to ~1.5x slower. On the benchmark's models (benchmarks/empirical_ntk.py) it picks
+            "structured", the fastest by 2x or more for the transformer and the MLP; on a
+            ResNet-18 on CPU "structured" and "jacobian" differ by ~10% in multiply-adds and
+            their measured order changes from run to run;
             a parameter used in forward other than through elementwise arithmetic or expand
             (e.g. `x @ self.w`) costs "structured" one per-input Jacobian pass through the
             whole model.
