@@ -15,12 +15,13 @@
    and with the sparse EdgeList, in the same run (and the Aggregate step alone, on a
    precomputed kernel). Dense costs 4 P³ flops per pair and aggregation, sparse O(E·P).
 
-    python benchmarks/attention.py [--repeats 3] [--n 128] [--graphs 2]
+    python benchmarks/attention.py [--repeats 3] [--n 128] [--graphs 2] [--only graphs]
 
 Times are medians (and minima) of `repeats` runs after a warm-up.
 """
 
 import argparse
+import os
 
 import torch
 from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
@@ -56,9 +57,19 @@ def main():
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--length", type=int, default=32)
     ap.add_argument("--graphs", type=int, default=2)
+    ap.add_argument("--only", choices=("attention", "graphs"), default=None,
+                    help="run one of the two parts")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f} (a busy machine slows both columns)")
 
+    if args.only != "graphs":
+        attention_part(args)
+    if args.only != "attention":
+        graph_part(args)
+
+
+def attention_part(args):
     n, length = args.n, args.length
     x = torch.randn(n, 8, length, generator=torch.Generator().manual_seed(0))
     pairs = n * (n + 1) / 2                    # x2 = x1: only blocks I <= J are computed
@@ -79,6 +90,9 @@ def main():
     print("* attention matmul flops (8 L³ per pair and layer) / best total time: a lower bound; "
           "the rest is the softmax, ReLU and pooling passes over (N, N, L, L) tensors")
 
+
+
+def graph_part(args):
     nodes, edges = 1000, 5000
     print(f"\n2. Aggregate, {args.graphs} graphs of {nodes} nodes and {edges} edges, float64 "
           f"(median / min of {args.repeats})")
