@@ -110,6 +110,14 @@ def test_standard_module_equal_logits_gradients():
     assert abs(float(mod.w_value.detach().var()) / (1.5 ** 2 / c) - 1) < 0.1
     assert abs(float(mod.w_out.detach().var()) / (0.8 ** 2 / v) - 1) < 0.15
     assert float(mod.bias.detach().abs().max()) < 1.0          # N(0, 0.2²), not N(0, 1)
+    # tied W_QK ~ N(0, σQσK/C); untied (1/√d logits) W_K ~ N(0, σK²/C), W_Q ~ N(0, σQ²/C)
+    kw = dict(w_query_std=1.5, w_key_std=0.6, parameterization="standard")
+    tied = wn.GlobalSelfAttention(3, 512, 8, 4, **kw).module((c, 6), seed=1)
+    untied = wn.GlobalSelfAttention(3, 512, 8, 4, linear_scaling=False, **kw).module((c, 6),
+                                                                                    seed=1)
+    for w, var in ((tied.w_key, 1.5 * 0.6 / c), (untied.w_key, 0.6 ** 2 / c),
+                   (untied.w_query, 1.5 ** 2 / c)):
+        assert abs(float(w.detach().var()) / var - 1) < 0.1
 
 
 def test_identity_attention_with_equal_logits_is_average_pooling():
