@@ -171,6 +171,16 @@ class Activation(Layer):
     def gamma_correction_diag(self, k):
         return self.gamma_correction(k, k, k)
 
+    def fused_formula(self):
+        """The fused engine's form of T and Tdot (`widenets.layers.engine`), or None.
+
+        Returns (name, formula, constants): `formula(k11, k22, k12, p, want_tdot)` computes
+        (T, Tdot or None) from broadcasting tensors and `p`, a 1-D tensor holding `constants`
+        (floats derived from the hyperparameters, so that one compiled graph serves every
+        value). It must equal `t_and_tdot` to rounding and be exactly symmetric in (k11, k22).
+        None (the default) keeps this activation on the eager path."""
+        return None
+
     # ------------------------------------------------------------- bookkeeping
     def _gamma_weight(self, k: Kernel):
         """g when k's NTK holds g·y y' from LayerNorm γ (see Kernel.gamma_term), else None;
@@ -340,6 +350,15 @@ class ABRelu(Activation):
         t = (c * tdot + torch.sin(theta) * ((s2 - ab2) / (2 * math.pi))) * root
         return t, (tdot if want_tdot else None)
 
+    def fused_formula(self):
+        a, b = self.a, self.b
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or a == b \
+                or type(self).t_and_tdot is not ABRelu.t_and_tdot:
+            return None
+        s2, ab2 = a * a + b * b, 2 * a * b
+        return "abrelu", abrelu_formula, (s2 / 2, (ab2 - s2) / (2 * math.pi),
+                                          (s2 - ab2) / (2 * math.pi))
+
     def gamma_correction(self, k11, k22, k12):
         # x φ'(x) = φ(x) (positive homogeneity), so E[uv φ'(u)φ'(v)] = T and the correction
         # T - K12 Tdot = (a-b)² √(K11K22) sin θ / (2π) (docs/math.md §layernorm-affine)
@@ -479,6 +498,11 @@ class Erf(Activation):
     def forward(self, x):
         return torch.erf(x)
 
+    def fused_formula(self):
+        if type(self).t_and_tdot is not Erf.t_and_tdot:
+            return None
+        return "erf", erf_formula, ()
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         # erf(x) = s(√2 x) with s(y) = erf(y/√2): rescale the covariance by 2.
         f, d, _, _ = _erf_scaled(2 * k11, 2 * k22, 2 * k12)
@@ -514,6 +538,11 @@ class Gelu(Activation):
     def forward(self, x):
         return torch.nn.functional.gelu(x)
 
+    def fused_formula(self):
+        if type(self).t_and_tdot is not Gelu.t_and_tdot:
+            return None
+        return "gelu", gelu_formula, ()
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         f, d, p, det = _erf_scaled(k11, k22, k12)
         t = 0.25 * k12 + 0.25 * (k12 * f + d * (k11 * k22 + k12 * k12 * (1 - k11 * k22) / p))
@@ -545,6 +574,14 @@ class Sin(Activation):
     def forward(self, x):
         return self.a * torch.sin(self.b * x + self.c)
 
+    def fused_formula(self):
+        if any(isinstance(v, torch.Tensor) for v in (self.a, self.b, self.c)) \
+                or type(self).t_and_tdot is not Sin.t_and_tdot:
+            return None
+        b2 = self.b ** 2
+        return "sin", sin_formula, (-0.5 * b2, math.cos(2 * self.c), 0.5 * self.a ** 2,
+                                    0.5 * self.a ** 2 * b2)
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         b2 = self.b ** 2
         s = k11 + k22
@@ -553,6 +590,60 @@ class Sin(Activation):
         t = 0.5 * self.a ** 2 * (minus - plus)
         tdot = 0.5 * self.a ** 2 * b2 * (minus + plus) if want_tdot else None
         return t, tdot
+
+
+# --------------------------------------------------------------------------- fused forms
+# The fused engine (widenets.layers.engine) compiles these into one pass per layer. Each is the
+# eager formula above, out of place, with the hyperparameters in a tensor `p` and the variances
+# entering only through lo = min(k11, k22) and hi = max(k11, k22): the result is then exactly
+# symmetric in (k11, k22) whatever order the compiled code evaluates products in.
+def abrelu_formula(k11, k22, k12, p, want_tdot: bool):
+    """ABRelu (docs/math.md §relu); p = (s2/2, (2ab - s2)/(2π), (s2 - 2ab)/(2π)), s2 = a²+b²."""
+    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
+    c = torch.rsqrt(torch.clamp(lo, min=_TINY)) * torch.rsqrt(torch.clamp(hi, min=_TINY)) * k12
+    c = torch.clamp(c, -1.0, 1.0)
+    theta = torch.arccos(c)
+    tdot = theta * p[1] + p[0]
+    t = (c * tdot + torch.sin(theta) * p[2]) * (
+        torch.sqrt(torch.clamp(lo, min=0.0)) * torch.sqrt(torch.clamp(hi, min=0.0)))
+    return t, (tdot if want_tdot else None)
+
+
+def erf_formula(k11, k22, k12, p, want_tdot: bool):
+    """Erf (docs/math.md §erf), as `_erf_scaled` at twice the covariance."""
+    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
+    prod = (1 + 2 * lo) * (1 + 2 * hi)
+    k2 = 2 * k12
+    t = (2 / math.pi) * torch.arcsin(torch.clamp(k2 / torch.sqrt(prod), -1.0, 1.0))
+    if not want_tdot:
+        return t, None
+    det = torch.clamp(prod - k2 * k2, min=_TINY)
+    return t, 2 * ((2 / math.pi) / torch.sqrt(det))
+
+
+def gelu_formula(k11, k22, k12, p, want_tdot: bool):
+    """Gelu (docs/math.md §gelu), the closed form of `Gelu.t_and_tdot`."""
+    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
+    prod = (1 + lo) * (1 + hi)
+    f = (2 / math.pi) * torch.arcsin(torch.clamp(k12 / torch.sqrt(prod), -1.0, 1.0))
+    det = torch.clamp(prod - k12 * k12, min=_TINY)
+    d = (2 / math.pi) / torch.sqrt(det)
+    vv = lo * hi
+    t = 0.25 * k12 + 0.25 * (k12 * f + d * (vv + k12 * k12 * (1 - vv) / prod))
+    if not want_tdot:
+        return t, None
+    tdot = 0.25 * (1 + f + k12 * d * (1 / (1 + lo) + 1 / (1 + hi))
+                   + (2 / math.pi) * k12 / det ** 1.5)
+    return t, tdot
+
+
+def sin_formula(k11, k22, k12, p, want_tdot: bool):
+    """Sin (docs/math.md §sin, a sin(bx + c)); p = (-b²/2, cos 2c, a²/2, a²b²/2)."""
+    s = torch.minimum(k11, k22) + torch.maximum(k11, k22)
+    minus = torch.exp(p[0] * (s - 2 * k12))
+    plus = torch.exp(p[0] * (s + 2 * k12)) * p[1]
+    t = p[2] * (minus - plus)
+    return t, (p[3] * (minus + plus) if want_tdot else None)
 
 
 # --------------------------------------------------------------------------- any φ by quadrature

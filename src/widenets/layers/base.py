@@ -458,14 +458,16 @@ class Layer:
         rows = max(1, self.block_entries // per_row)
         whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
                                     for lay in self.walk())
+        from .engine import apply as apply_layer   # fused or eager (widenets.set_engine)
+
         if rows >= n1 or whole:
-            k = self.apply_kernel(k0)
+            k = apply_layer(self, k0)
             check_finite(k, fname, layer=self, k0=k0)
             return k
         outs, first = None, None
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
-            kb = self.apply_kernel(k0.row_block(r0, r1))
+            kb = apply_layer(self, k0.row_block(r0, r1))
             check_finite(kb, fname, layer=self, k0=k0.row_block(r0, r1))
             blocks = kb if isinstance(kb, list) else [kb]
             if outs is None:
