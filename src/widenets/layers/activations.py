@@ -174,11 +174,12 @@ class Activation(Layer):
     def fused_formula(self):
         """The fused engine's form of T and Tdot (`widenets.layers.engine`), or None.
 
-        Returns (name, formula, constants): `formula(k11, k22, k12, p, want_tdot)` computes
-        (T, Tdot or None) from broadcasting tensors and `p`, a 1-D tensor holding `constants`
-        (floats derived from the hyperparameters, so that one compiled graph serves every
-        value). It must equal `t_and_tdot` to rounding and be exactly symmetric in (k11, k22).
-        None (the default) keeps this activation on the eager path."""
+        Returns (name, prep, formula, constants): `prep(v)` maps variances to a tuple of
+        per-input factors (eager, n numbers); `formula(u1, u2, k12, p, want_tdot)` computes
+        (T, Tdot or None) from the factors of x1 and x2 (broadcasting tensors), the covariance
+        and `p`, a 1-D tensor holding `constants` (floats derived from the hyperparameters, so
+        that one compiled graph serves every value). It must equal `t_and_tdot` to rounding and
+        be exactly symmetric in (u1, u2). None (the default) keeps this activation eager."""
         return None
 
     # ------------------------------------------------------------- bookkeeping
@@ -356,7 +357,7 @@ class ABRelu(Activation):
                 or type(self).t_and_tdot is not ABRelu.t_and_tdot:
             return None
         s2, ab2 = a * a + b * b, 2 * a * b
-        return "abrelu", abrelu_formula, (s2 / 2, (ab2 - s2) / (2 * math.pi),
+        return "abrelu", abrelu_prep, abrelu_formula, (s2 / 2, (ab2 - s2) / (2 * math.pi),
                                           (s2 - ab2) / (2 * math.pi))
 
     def gamma_correction(self, k11, k22, k12):
@@ -501,7 +502,7 @@ class Erf(Activation):
     def fused_formula(self):
         if type(self).t_and_tdot is not Erf.t_and_tdot:
             return None
-        return "erf", erf_formula, ()
+        return "erf", erf_prep, erf_formula, ()
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         # erf(x) = s(√2 x) with s(y) = erf(y/√2): rescale the covariance by 2.
@@ -541,7 +542,7 @@ class Gelu(Activation):
     def fused_formula(self):
         if type(self).t_and_tdot is not Gelu.t_and_tdot:
             return None
-        return "gelu", gelu_formula, ()
+        return "gelu", gelu_prep, gelu_formula, ()
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         f, d, p, det = _erf_scaled(k11, k22, k12)
@@ -579,7 +580,7 @@ class Sin(Activation):
                 or type(self).t_and_tdot is not Sin.t_and_tdot:
             return None
         b2 = self.b ** 2
-        return "sin", sin_formula, (-0.5 * b2, math.cos(2 * self.c), 0.5 * self.a ** 2,
+        return "sin", sin_prep, sin_formula, (-0.5 * b2, math.cos(2 * self.c), 0.5 * self.a ** 2,
                                     0.5 * self.a ** 2 * b2)
 
     def t_and_tdot(self, k11, k22, k12, want_tdot):
@@ -594,52 +595,66 @@ class Sin(Activation):
 
 # --------------------------------------------------------------------------- fused forms
 # The fused engine (widenets.layers.engine) compiles these into one pass per layer. Each is the
-# eager formula above, out of place, with the hyperparameters in a tensor `p` and the variances
-# entering only through lo = min(k11, k22) and hi = max(k11, k22): the result is then exactly
-# symmetric in (k11, k22) whatever order the compiled code evaluates products in.
-def abrelu_formula(k11, k22, k12, p, want_tdot: bool):
-    """ABRelu (docs/math.md §relu); p = (s2/2, (2ab - s2)/(2π), (s2 - 2ab)/(2π)), s2 = a²+b²."""
-    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
-    c = torch.rsqrt(torch.clamp(lo, min=_TINY)) * torch.rsqrt(torch.clamp(hi, min=_TINY)) * k12
-    c = torch.clamp(c, -1.0, 1.0)
-    theta = torch.arccos(c)
-    tdot = theta * p[1] + p[0]
-    t = (c * tdot + torch.sin(theta) * p[2]) * (
-        torch.sqrt(torch.clamp(lo, min=0.0)) * torch.sqrt(torch.clamp(hi, min=0.0)))
+# eager formula above, out of place, with the hyperparameters in a tensor `p`. The per-input
+# factors (square roots of variances...) come from `prep`, evaluated eagerly on the variances
+# (n numbers, not n² pairs); `formula` combines those of x1 (u1) and x2 (u2) only through
+# sums and products of two operands, so the result is exactly symmetric in (x1, x2) whatever
+# order the compiled code evaluates the rest in.
+def abrelu_prep(v):
+    return torch.rsqrt(torch.clamp(v, min=_TINY)), torch.sqrt(torch.clamp(v, min=0.0))
+
+
+def abrelu_formula(u1, u2, k12, p, want_tdot: bool):
+    """ABRelu (docs/math.md §relu); p = (s2/2, (2ab - s2)/(2π), (s2 - 2ab)/(2π)), s2 = a²+b².
+    sin θ = √((1 - c)(1 + c)) (no cancellation: 1 - c is exact near c = 1)."""
+    c = torch.clamp(u1[0] * u2[0] * k12, -1.0, 1.0)
+    tdot = torch.arccos(c) * p[1] + p[0]
+    t = (c * tdot + torch.sqrt((1 - c) * (1 + c)) * p[2]) * (u1[1] * u2[1])
     return t, (tdot if want_tdot else None)
 
 
-def erf_formula(k11, k22, k12, p, want_tdot: bool):
+def erf_prep(v):
+    one = 1 + 2 * v
+    return one, torch.sqrt(one)
+
+
+def erf_formula(u1, u2, k12, p, want_tdot: bool):
     """Erf (docs/math.md §erf), as `_erf_scaled` at twice the covariance."""
-    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
-    prod = (1 + 2 * lo) * (1 + 2 * hi)
     k2 = 2 * k12
-    t = (2 / math.pi) * torch.arcsin(torch.clamp(k2 / torch.sqrt(prod), -1.0, 1.0))
+    t = (2 / math.pi) * torch.arcsin(torch.clamp(k2 / (u1[1] * u2[1]), -1.0, 1.0))
     if not want_tdot:
         return t, None
-    det = torch.clamp(prod - k2 * k2, min=_TINY)
-    return t, 2 * ((2 / math.pi) / torch.sqrt(det))
+    det = torch.clamp(u1[0] * u2[0] - k2 * k2, min=_TINY)
+    return t, (4 / math.pi) / torch.sqrt(det)
 
 
-def gelu_formula(k11, k22, k12, p, want_tdot: bool):
+def gelu_prep(v):
+    one = 1 + v
+    return v, one, 1 / one, torch.sqrt(one)
+
+
+def gelu_formula(u1, u2, k12, p, want_tdot: bool):
     """Gelu (docs/math.md §gelu), the closed form of `Gelu.t_and_tdot`."""
-    lo, hi = torch.minimum(k11, k22), torch.maximum(k11, k22)
-    prod = (1 + lo) * (1 + hi)
-    f = (2 / math.pi) * torch.arcsin(torch.clamp(k12 / torch.sqrt(prod), -1.0, 1.0))
+    prod = u1[1] * u2[1]
+    f = (2 / math.pi) * torch.arcsin(torch.clamp(k12 / (u1[3] * u2[3]), -1.0, 1.0))
     det = torch.clamp(prod - k12 * k12, min=_TINY)
     d = (2 / math.pi) / torch.sqrt(det)
-    vv = lo * hi
+    vv = u1[0] * u2[0]
     t = 0.25 * k12 + 0.25 * (k12 * f + d * (vv + k12 * k12 * (1 - vv) / prod))
     if not want_tdot:
         return t, None
-    tdot = 0.25 * (1 + f + k12 * d * (1 / (1 + lo) + 1 / (1 + hi))
-                   + (2 / math.pi) * k12 / det ** 1.5)
+    tdot = 0.25 * (1 + f + k12 * d * (u1[2] + u2[2])
+                   + (2 / math.pi) * k12 / (det * torch.sqrt(det)))
     return t, tdot
 
 
-def sin_formula(k11, k22, k12, p, want_tdot: bool):
+def sin_prep(v):
+    return (v,)
+
+
+def sin_formula(u1, u2, k12, p, want_tdot: bool):
     """Sin (docs/math.md §sin, a sin(bx + c)); p = (-b²/2, cos 2c, a²/2, a²b²/2)."""
-    s = torch.minimum(k11, k22) + torch.maximum(k11, k22)
+    s = u1[0] + u2[0]
     minus = torch.exp(p[0] * (s - 2 * k12))
     plus = torch.exp(p[0] * (s + 2 * k12)) * p[1]
     t = p[2] * (minus - plus)

@@ -130,19 +130,19 @@ def _unit_source(formula, want_ntk: bool, name: str):
     c = (w, b, α, β, γ): K' = w K + b, Θ' = α K + β + γ Θ, docs/math.md §dense), then the
     activation. A fresh code object per key keeps each key's compiled code apart."""
     if want_ntk:
-        def unit(x, y, v1, v2, c, p):
+        def unit(x, y, u1, u2, c, p):
             k12 = c[0] * x + c[1]
             theta = c[2] * x + c[3] + c[4] * y
-            t, tdot = formula(v1, v2, k12, p, True)
-            return t, tdot * theta                    # Θ' = Tdot(K) Θ  (docs/math.md §activations)
+            t, tdot = formula(u1, u2, k12, p, True)
+            return t, tdot * theta               # Θ' = Tdot(K) Θ  (docs/math.md §activations)
     else:
-        def unit(x, v1, v2, c, p):
-            return formula(v1, v2, c[0] * x + c[1], p, False)[0]
+        def unit(x, u1, u2, c, p):
+            return formula(u1, u2, c[0] * x + c[1], p, False)[0]
     code = unit.__code__.replace(co_name=name)
     return types.FunctionType(code, unit.__globals__, name, unit.__defaults__, unit.__closure__)
 
 
-def _dummy_inputs(key):
+def _dummy_inputs(key, prep):
     """Small inputs of the key's class: sizes >= 2, distinct from each other and from the
     lengths of the coefficient tensors (5 and < 5), so that no size is specialized."""
     _, want_ntk, dtype, device, flat, _ = key
@@ -153,10 +153,11 @@ def _dummy_inputs(key):
     x = (rand(m, n, r) - 0.5) * torch.sqrt(v1 * v2)
     c = torch.tensor([1.5, 0.1, 1.5, 0.1, 1.5], dtype=dtype)
     args = [x, rand(m, n, r)] if want_ntk else [x]
-    return [t.to(device) for t in (*args, v1, v2, c)]
+    dev = lambda ts: tuple(t.to(device) for t in ts)  # noqa: E731
+    return [*dev(args), dev(prep(v1)), dev(prep(v2)), c.to(device)]
 
 
-def _compile(key, formula, consts):
+def _compile(key, prep, formula, consts):
     """Compile and check the unit of `key` (the caller holds `_compile_lock`)."""
     import torch._dynamo  # noqa: F401  (fails where torch.compile is unsupported)
 
@@ -167,7 +168,7 @@ def _compile(key, formula, consts):
            f"{'flat' if flat else 'spatial'}"
     src = _unit_source(formula, want_ntk, name)
     fn = torch.compile(src, dynamic=True, fullgraph=True)
-    args = _dummy_inputs(key)
+    args = _dummy_inputs(key, prep)
     p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
     with torch.no_grad():
         got = fn(*args, p)
@@ -196,7 +197,7 @@ def _warn_once(reason: str, stacklevel: int = 4) -> None:
                   stacklevel=stacklevel)
 
 
-def _compiled_now(key, formula, consts):
+def _compiled_now(key, prep, formula, consts):
     """The compiled unit of `key`, compiling it here if needed; None if that failed."""
     with _compile_lock:
         with _lock:
@@ -205,7 +206,7 @@ def _compiled_now(key, formula, consts):
             if key in _failed:
                 return None
         try:
-            fn = _compile(key, formula, consts)
+            fn = _compile(key, prep, formula, consts)
         except Exception as err:  # noqa: BLE001 - any failure means: stay eager
             with _lock:
                 _failed[key] = reason = _reason(err)
@@ -217,7 +218,7 @@ def _compiled_now(key, formula, consts):
     return None
 
 
-def _compile_in_background(key, formula, consts) -> None:
+def _compile_in_background(key, prep, formula, consts) -> None:
     with _lock:
         if key in _compiled or key in _failed or key in _pending:
             return
@@ -227,7 +228,7 @@ def _compile_in_background(key, formula, consts) -> None:
         torch.set_num_threads(key[-1])     # this thread's own setting (compiled into the code)
         try:
             with _compile_lock:
-                fn = _compile(key, formula, consts)
+                fn = _compile(key, prep, formula, consts)
             with _lock:
                 _compiled[key] = fn
         except Exception as err:  # noqa: BLE001 - announced by the next kernel call
@@ -275,9 +276,9 @@ def fused_available(dtype: torch.dtype = torch.float64, device="cpu") -> bool:
     """
     from .activations import Relu
 
-    kind, formula, consts = Relu().fused_formula()
+    kind, prep, formula, consts = Relu().fused_formula()
     key = (kind, True, dtype, torch.device(device), True, torch.get_num_threads())
-    return _compiled_now(key, formula, consts) is not None
+    return _compiled_now(key, prep, formula, consts) is not None
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -291,10 +292,10 @@ class _Call:
         rows = k.n2 if k.x1_is_x2 else max(k.n1, k.n2)
         self.work = rows * per_row
 
-    def unit(self, key, formula, consts):
+    def unit(self, key, prep, formula, consts):
         """The compiled unit to use for `key` in this call, or None (eager)."""
         if self.mode == "fused":
-            return _compiled_now(key, formula, consts)
+            return _compiled_now(key, prep, formula, consts)
         if self.work < AUTO_MIN_ENTRIES:
             return None
         with _lock:
@@ -312,7 +313,7 @@ class _Call:
             if key not in decided:
                 decided[key] = _compiled.get(key)
                 if decided[key] is None and key not in _failed:
-                    _compile_in_background(key, formula, consts)
+                    _compile_in_background(key, prep, formula, consts)
             fn = decided[key]
         if reason is not None:
             _warn_once(reason, stacklevel=5)
@@ -411,7 +412,7 @@ def _unit(dense: Dense | None, act: Activation, k, call: _Call):
     coef = _affine(dense, k)
     if spec is None or coef is None:
         return None
-    kind, formula, consts = spec
+    kind, prep, formula, consts = spec
     want_ntk = k.ntk is not None
     m, n = k.n1, k.n2
     tail = tuple(k.nngp.shape[2:])
@@ -419,7 +420,7 @@ def _unit(dense: Dense | None, act: Activation, k, call: _Call):
     for s in tail:
         r *= s
     key = (kind, want_ntk, k.dtype, k.nngp.device, r == 1, torch.get_num_threads())
-    fn = call.unit(key, formula, consts)
+    fn = call.unit(key, prep, formula, consts)
     if fn is None:
         return None
 
@@ -432,22 +433,22 @@ def _unit(dense: Dense | None, act: Activation, k, call: _Call):
     else:
         pre = k
     b1, b2_ = pre.broadcast_variances()
-    v1 = b1.expand(m, 1, *tail).reshape(m, 1, r).contiguous()
-    v2 = b2_.expand(1, n, *tail).reshape(1, n, r).contiguous()
+    u1 = [t.expand(m, 1, *tail).reshape(m, 1, r).contiguous() for t in prep(b1)]
+    u2 = [t.expand(1, n, *tail).reshape(1, n, r).contiguous() for t in prep(b2_)]
     x = k.nngp.reshape(m, n, r).contiguous()
     args = [x, k.ntk.reshape(m, n, r).contiguous()] if want_ntk else [x]
     # sizes of 1 would compile a specialized graph: duplicate that row/column, drop it after
     if m == 1:
         args = [torch.cat([a, a], 0) for a in args]
-        v1 = torch.cat([v1, v1], 0)
+        u1 = [torch.cat([t, t], 0) for t in u1]
     if n == 1:
         args = [torch.cat([a, a], 1) for a in args]
-        v2 = torch.cat([v2, v2], 1)
+        u2 = [torch.cat([t, t], 1) for t in u2]
     dtype, device = k.dtype, k.nngp.device
     c = torch.tensor(coef, dtype=dtype, device=device)
     p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
     with torch.no_grad():
-        out = fn(*args, v1, v2, c, p)
+        out = fn(*args, tuple(u1), tuple(u2), c, p)
     nngp, ntk = out if want_ntk else (out, None)
     nngp = nngp[:m, :n].reshape(m, n, *tail)
     ntk = None if ntk is None else ntk[:m, :n].reshape(m, n, *tail)
