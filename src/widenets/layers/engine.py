@@ -126,9 +126,9 @@ _sticky: dict = {}
 
 
 def _unit_source(formula, want_ntk: bool, name: str):
-    """The function compiled for one key: the affine map of the weight layer (coefficients
-    c = (w, b, α, β, γ): K' = w K + b, Θ' = α K + β + γ Θ, docs/math.md §dense), then the
-    activation. A fresh code object per key keeps each key's compiled code apart."""
+    """The function compiled for one key: the affine map of the Dense before the activation
+    (coefficients c = (w, b, α, β, γ): K' = w K + b, Θ' = α K + β + γ Θ, docs/math.md §dense),
+    then the activation. A fresh code object per key keeps each key's compiled code apart."""
     if want_ntk:
         def unit(x, y, u1, u2, c, p):
             k12 = c[0] * x + c[1]
@@ -150,9 +150,9 @@ def _dummy_inputs(key, prep):
     g = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
     v1, v2 = 1 + rand(m, 1, r), 1 + rand(1, n, r)
-    x = (rand(m, n, r) - 0.5) * torch.sqrt(v1 * v2)
+    x, y = (rand(m, n, r) - 0.5) * torch.sqrt(v1 * v2), rand(m, n, r)
     c = torch.tensor([1.5, 0.1, 1.5, 0.1, 1.5], dtype=dtype)
-    args = [x, rand(m, n, r)] if want_ntk else [x]
+    args = [x, y] if want_ntk else [x]
     dev = lambda ts: tuple(t.to(device) for t in ts)  # noqa: E731
     return [*dev(args), dev(prep(v1)), dev(prep(v2)), c.to(device)]
 
@@ -400,22 +400,22 @@ def _affine(dense: Dense | None, k: Kernel):
     return (w2, b2, float(k.channels), 0.0 if dense.b_std is None else 1.0, w2)  # n K + 1 + σw²Θ
 
 
-def _unit(dense: Dense | None, act: Activation, k, call: _Call):
-    """dense (or nothing) then act on k in one compiled pass; None when it does not apply (the
-    caller runs the layers eagerly, which also raises their errors)."""
+def _unit(weight: Dense | None, act: Activation, k, call: _Call):
+    """weight (or nothing) then act on k in one compiled pass; None when it does not apply
+    (the caller runs the layers eagerly, which also raises their errors)."""
     if not isinstance(k, Kernel) or k.same_input is not None or k.gamma_term is not None \
             or any(_is_gamma_token(s) for s in k.sources) or _needs_grad(k):
         return None
-    if dense is None and not k.is_gaussian:
+    if weight is None and not k.is_gaussian:
         return None
     spec = act.fused_formula()
-    coef = _affine(dense, k)
+    coef = _affine(weight, k)
     if spec is None or coef is None:
         return None
     kind, prep, formula, consts = spec
     want_ntk = k.ntk is not None
     m, n = k.n1, k.n2
-    tail = tuple(k.nngp.shape[2:])
+    tail = tuple(k.nngp.shape[2:])           # positions or position pairs
     r = 1
     for s in tail:
         r *= s
@@ -423,12 +423,11 @@ def _unit(dense: Dense | None, act: Activation, k, call: _Call):
     fn = call.unit(key, prep, formula, consts)
     if fn is None:
         return None
-
     # the weight layer's variances and fields, as Dense.apply_kernel computes them
-    if dense is not None:
+    if weight is not None:
         w2, b2 = coef[0], coef[1]
         pre = k.replace(cov1=w2 * k.cov1 + b2, cov2=None if k.cov2 is None else w2 * k.cov2 + b2,
-                        is_gaussian=True, is_input=False, channels=dense.out,
+                        is_gaussian=True, is_input=False, channels=weight.out,
                         sources=new_source())
     else:
         pre = k
@@ -461,8 +460,8 @@ def _unit(dense: Dense | None, act: Activation, k, call: _Call):
         if ntk is not None:
             tdot_self = pre.map_variances(act.tdot_diag, act.tdot)[0]
             a, b, g = coef[2], coef[3], coef[4]
-            xd = _self_pairs(k, k.nngp)
-            theta_d = a * xd + b + g * _self_pairs(k, k.ntk)      # the weight layer's Θ there
+            xd, yd = _self_pairs(k, k.nngp), _self_pairs(k, k.ntk)
+            theta_d = a * xd + b + g * yd          # the weight layer's Θ on the self pairs
             pre.set_batch_diagonal(ntk, tdot_self * theta_d)
     return pre.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False,
                        is_input=False, gamma_term=None)
