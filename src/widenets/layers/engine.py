@@ -12,8 +12,8 @@ Mechanism: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA), chosen by mea
 * one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial layout,
   thread count): hyperparameters travel in a tensor and the sizes are dynamic, so no value of a
   hyperparameter and no N recompiles; all layouts are viewed as (rows, columns, positions);
-* Inductor caches the generated code on disk (across processes: warm starts take ~2 s per
-  graph, cold ones ~10-30 s on a 2-core machine);
+* Inductor caches the generated code on disk (across processes: warm starts took 2-4 s per
+  graph, cold ones 15-60 s on the busy 2-core development machine);
 * `"auto"` (the default) never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never
   waits for a compile: it starts it in a background thread and stays eager until it is done.
 
