@@ -17,6 +17,7 @@ import torch
 from .._memory import available_memory
 from ..kernel import Kernel
 from .base import DIAGONAL, FULL, check_finite, input_kernel
+from .engine import apply as apply_layer
 from .patterns import attach
 
 __all__ = ["spatial_kernel", "full_layout_bytes_per_pair", "available_memory"]
@@ -82,7 +83,7 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         speed = math.isqrt(max(_TARGET_BLOCK_BYTES // (math.prod(spatial) ** 2 * itemsize), 1))
         b = min(fits, max(speed, _MIN_BLOCK))
     if b >= n1 and b >= n2:
-        k = layer.apply_kernel(
+        k = apply_layer(layer,
             attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:
         k = _blocked(layer, x1, x2, b, want_ntk, aux)
@@ -107,7 +108,7 @@ def _blocked(layer, x1, x2, b: int, want_ntk: bool, aux):
                 p2 = m2 = None
             else:
                 kx2 = (x1 if x2 is None else x2)[c0:c1]
-            blocks[bi, bj] = layer.apply_kernel(attach(
+            blocks[bi, bj] = apply_layer(layer, attach(
                 input_kernel(x1[r0:r1], kx2, want_ntk=want_ntk, layout="full"), p1, p2, m1, m2))
     first = blocks[0, 0]
     if isinstance(first, list):

@@ -102,8 +102,7 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     d = x1.shape[1]
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
-        nngp = (x1 / d) @ x1.T
-        nngp = torch.add(nngp, nngp.T).mul_(0.5)   # BLAS need not return a symmetric Gram
+        nngp = symmetrize_((x1 / d) @ x1.T)   # BLAS need not return a symmetric Gram
         cov2 = None
     else:
         nngp = (x1 / d) @ x2.T
@@ -116,6 +115,26 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     if x2 is None:
         k.set_batch_diagonal(nngp, cov1)
     return _mark_same_inputs(k, x1, x2)
+
+
+#: edge of the tiles `symmetrize_` transposes (cache-sized: a whole-matrix t + t.T reads one
+#: operand across rows, 20x slower at N = 4000)
+_SYM_TILE = 256
+
+
+def symmetrize_(t: torch.Tensor) -> torch.Tensor:
+    """t <- (t + tᵀ)/2 in place for a square matrix, tile by tile: entry (i, j) becomes
+    (t[i, j] + t[j, i]) * 0.5, bitwise the same as torch.add(t, t.T).mul_(0.5)."""
+    n = t.shape[0]
+    for i in range(0, n, _SYM_TILE):
+        a = t[i:i + _SYM_TILE, i:i + _SYM_TILE]
+        a.copy_(torch.add(a, a.T).mul_(0.5))
+        for j in range(i + _SYM_TILE, n, _SYM_TILE):
+            a, b = t[i:i + _SYM_TILE, j:j + _SYM_TILE], t[j:j + _SYM_TILE, i:i + _SYM_TILE]
+            s = torch.add(a, b.T).mul_(0.5)
+            a.copy_(s)
+            b.copy_(s.T)
+    return t
 
 
 def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
@@ -414,14 +433,16 @@ class Layer:
         rows = max(1, self.block_entries // per_row)
         whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
                                     for lay in self.walk())
+        from .engine import apply as apply_layer  # fused or eager (widenets.set_engine)
+
         if rows >= n1 or whole:
-            k = self.apply_kernel(k0)
+            k = apply_layer(self, k0)
             check_finite(k, fname, layer=self, k0=k0)
             return k
         outs, first = None, None
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
-            kb = self.apply_kernel(k0.row_block(r0, r1))
+            kb = apply_layer(self, k0.row_block(r0, r1))
             check_finite(kb, fname, layer=self, k0=k0.row_block(r0, r1))
             blocks = kb if isinstance(kb, list) else [kb]
             if outs is None:
