@@ -38,3 +38,7 @@ from .likelihood import (  # noqa: E402
 )
 
 __all__ += ["marginal_likelihood", "cv_log_likelihood", "fit_hyperparameters", "FitResult"]
+
+from .krylov import KrylovDynamics, krylov_dynamics  # noqa: E402
+
+__all__ += ["krylov_dynamics", "KrylovDynamics"]
