@@ -299,6 +299,43 @@ class MSEPredictor:
             return train[0], test[0]
         return train, test
 
+    def gain_weights(self, t=None, fx_train_0=0.0) -> torch.Tensor:
+        """W_t = Θ⁻¹ (I - e^{-ηΘt}) (Y - f_0(X)), so that f_t(x) = f_0(x) + Θ(x, X) W_t.
+
+        One eigendecomposition, `solve` (t = ∞) or Lanczos run (finite t, stores too large for
+        memory) serves any number of test points: multiply by Θ(x, X) in blocks of test rows.
+
+        Args:
+            t: as in `__call__`.
+            fx_train_0: as in `__call__`.
+
+        Returns:
+            (n, k) (or (n,) for vector targets), with a leading time axis for a 1-D t.
+
+        Example:
+            >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+            >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+            >>> predict = wn.predict.gradient_descent_mse(net.kernel(x_train), y_train)
+            >>> w = predict.gain_weights(2.0)
+            >>> k_test = net.kernel(x_test, x_train).ntk.double()
+            >>> bool(torch.allclose(k_test @ w, predict(2.0, 0.0, 0.0, k_test)[1]))
+            True
+        """
+        tt, scalar = self._times(t)
+        n, k = self.y_train.shape
+        if self._op is not None:
+            f0 = as_outputs(fx_train_0, func=self._func, arg="fx_train_0", shape=(n, k),
+                            vector=self._vector, dtype=torch.float64, device="cpu")
+            _, gain, _ = self._iterative_factors(tt, f0 - self.y_train)
+            out = -gain
+        else:
+            _, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
+                                   discrete=self.discrete)
+            vec = self.eig.eigenvectors
+            out = -self._apply(vec, gain, self._residual_projection(fx_train_0))
+        out = restore_targets_shape(out, self._vector)
+        return out[0] if scalar else out
+
     def weight_change(self, t=None, fx_train_0=0.0) -> torch.Tensor:
         """||θ_t - θ_0||, the parameter displacement of the linearized network (eq. 8).
 
