@@ -411,15 +411,22 @@ def _check_store_inputs(k_train, x: torch.Tensor, kernel: str, func: str) -> Non
 
 
 def _check_sampled_entries(k_train, net, x, kernel: str, func: str, store: bool) -> None:
-    """A few entries of k_train recomputed from net and X (catches another net or X)."""
+    """A few entries of k_train recomputed from net and X (catches another net or X; for a
+    store, among the inputs of its first tile row: its fingerprint covers every input)."""
     n = x.shape[0]
-    idx = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(np.int64))
-    fresh = net.kernel(x[idx], get=kernel)
+    op = None
     if store:
         from .predict.solver import as_operator
 
         op, _ = as_operator(k_train, kernel=kernel, func=func, check=None)
-        stored = op.columns(idx)[idx]
+        n = min(n, op.meta["tile"][0])     # inputs of the first tile: one tile is read
+    idx = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(np.int64))
+    fresh = net.kernel(x[idx], get=kernel)
+    if store:
+        from .tiles.matvec import read_block
+
+        tile = np.asarray(read_block(op.root, op.name, op.meta, 0, 0), dtype=np.float64)
+        stored = torch.from_numpy(tile[np.ix_(idx, idx)])
         eps = float(np.finfo(op.dtype).eps)
     else:
         stored = k_train[idx][:, idx]
