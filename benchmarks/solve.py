@@ -19,6 +19,7 @@ Three tables, every ratio measured in the same run:
     python benchmarks/solve.py --skip-memory --n-store 50000 --store big.zarr   # the issue's
         # store (5.45 GB, kept and reused: a finished store is resumed in seconds)
     python benchmarks/solve.py --worker big.zarr single-none 3 out.json  # 3 iterations only
+    python benchmarks/solve.py --worker big.zarr ratio 3 out.json  # read pass vs product, x3
 
 Each tile is multiplied 64 rows at a time in float64 (tiles/matvec.py): converting a whole
 2048² float32 tile first made a product 2.3x slower per tile (57 ms against 25 ms, one thread,
@@ -106,7 +107,20 @@ def store_worker(path: str, mode: str, cap: int, out: str) -> None:
     n = op.shape[0]
     y = torch.randn(n, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     res = {}
-    if mode == "read":
+    if mode == "ratio":
+        # One pass that only reads the tiles, then one product (10 columns), alternating, in
+        # the same process: the per-iteration cost against its floor under the same load.
+        reads, prods = [], []
+        for _ in range(cap):
+            t = time.perf_counter()
+            for _tile in _tile_reader(op.root, op.name, op.meta, op.tiles, 2):
+                pass
+            reads.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            op.matmul(y)
+            prods.append(time.perf_counter() - t)
+        res.update(read_s=float(np.median(reads)), product_s=float(np.median(prods)))
+    elif mode == "read":
         times = []
         for _ in range(3):
             t = time.perf_counter()
