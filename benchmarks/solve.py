@@ -16,6 +16,14 @@ Three tables, every ratio measured in the same run:
 
     python benchmarks/solve.py                          # n = 10,000 in memory, 12,000 store
     python benchmarks/solve.py --n-mem 4000 --n-store 6000 --cap 300   # a quick run
+    python benchmarks/solve.py --skip-memory --n-store 50000 --store big.zarr   # the issue's
+        # store (5.45 GB, kept and reused: a finished store is resumed in seconds)
+    python benchmarks/solve.py --worker big.zarr single-none 3 out.json  # 3 iterations only
+    python benchmarks/solve.py --worker big.zarr ratio 3 out.json  # read pass vs product, x3
+
+Each tile is multiplied 64 rows at a time in float64 (tiles/matvec.py): converting a whole
+2048² float32 tile first made a product 2.3x slower per tile (57 ms against 25 ms, one thread,
+measured while developing it).
 """
 
 from __future__ import annotations
@@ -99,7 +107,20 @@ def store_worker(path: str, mode: str, cap: int, out: str) -> None:
     n = op.shape[0]
     y = torch.randn(n, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     res = {}
-    if mode == "read":
+    if mode == "ratio":
+        # One pass that only reads the tiles, then one product (10 columns), alternating, in
+        # the same process: the per-iteration cost against its floor under the same load.
+        reads, prods = [], []
+        for _ in range(cap):
+            t = time.perf_counter()
+            for _tile in _tile_reader(op.root, op.name, op.meta, op.tiles, 2):
+                pass
+            reads.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            op.matmul(y)
+            prods.append(time.perf_counter() - t)
+        res.update(read_s=float(np.median(reads)), product_s=float(np.median(prods)))
+    elif mode == "read":
         times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -124,7 +145,7 @@ def store_worker(path: str, mode: str, cap: int, out: str) -> None:
         t = time.perf_counter()
         try:
             sol = wn.predict.solve(op, y, method="cg", preconditioner=pc, rank=256, tol=1e-6,
-                                   max_iter=cap, check_store=None)
+                                   max_iter=cap, check_store=None, progress=True)
             res["iterations"] = sol.iterations
         except wn.predict.SolveError as e:
             sol = e.solution
@@ -156,12 +177,18 @@ def main() -> None:
     p.add_argument("--cap", type=int, default=300, help="most CG iterations per solve")
     p.add_argument("--dask-iterations", type=int, default=15)
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--cap-none", type=int, default=None,
+                   help="most CG iterations without a preconditioner (default --cap)")
+    p.add_argument("--store", default=None,
+                   help="where the store goes (kept; an existing complete store is reused)")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-store", action="store_true")
     a = p.parse_args()
     if a.worker:
         store_worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
         return
     torch.manual_seed(0)
+    sys.stdout.reconfigure(line_buffering=True)
     print(f"widenets solve benchmark (threads: torch {torch.get_num_threads()}); a shared, busy "
           f"machine: compare ratios within this run only\n")
     if not a.skip_memory:
@@ -170,13 +197,16 @@ def main() -> None:
         for what, s, its, res in in_memory(a.n_mem, a.cap):
             print(f"{what:34s} {s:9.1f}  {its:28s} {res}")
         print()
+    if a.skip_store:
+        return
     tmp = Path(tempfile.mkdtemp(prefix="solvebench"))
     try:
-        store = tmp / "k.zarr"
-        secs = make_store(store, a.n_store, a.dim)
+        store = Path(a.store) if a.store else tmp / "k.zarr"
+        secs = make_store(store, a.n_store, a.dim)      # a no-op resume for a finished store
         size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         print(f"## store: depth-3 ReLU NTK, {a.n_store} inputs of dim {a.dim}, float32, tile "
-              f"2048 ({size / 1e9:.2f} GB on disk, computed in {secs:.0f} s), 10 right-hand "
+              f"2048 ({size / 1e9:.2f} GB on disk, computed or resumed in {secs:.0f} s), 10 "
+              f"right-hand "
               f"sides, tol 1e-6")
         read = _run(store, "read", a.cap)
         print(f"read every stored tile once: {read['read_s']:.2f} s (median of 3); CRC check "
@@ -184,7 +214,7 @@ def main() -> None:
         print(f"{'preconditioner':16s} {'iterations':28s} {'s/iteration':>11s} "
               f"{'/ read':>7s} {'setup s':>8s} {'total s':>8s} {'peak RSS GB':>11s}")
         for mode in ("nystrom", "none"):
-            r = _run(store, mode, a.cap)
+            r = _run(store, mode, a.cap if mode == "nystrom" else (a.cap_none or a.cap))
             print(f"{mode:16s} {str(r['iterations']):28s} {r['per_iteration_s']:11.2f} "
                   f"{r['per_iteration_s'] / read['read_s']:7.2f} {r['setup_s']:8.1f} "
                   f"{r['total_s']:8.1f} {r['peak_rss_gb']:11.2f}")

@@ -141,3 +141,102 @@ def test_fit_hyperparameters_option_equals_the_direct_fit():
     default = wn.predict.marginal_likelihood(default_net(), xt, yt, kernel="nngp",
                                              noise=fit.noise)
     assert fit.objective > float(default)
+
+
+# ------------------------------------------------------------------ precomputed kernels (issue 18)
+@pytest.fixture
+def stores(tmp_path):
+    """Train-train stores (NNGP and NTK, float64 and float32) of the regression inputs."""
+    xtr = _regression_data()[0]
+    x = torch.from_numpy(xtr)
+    paths = {}
+    for dtype in (torch.float64, torch.float32):
+        path = tmp_path / f"k-{dtype}.zarr"
+        wn.tiles.compute(NET, x, store=path, batch_size=16, dtype=dtype)
+        paths[dtype] = path
+    return paths
+
+
+@pytest.fixture
+def too_large(monkeypatch):
+    """Every store is 'too large' for memory: predictions go through solve / Lanczos."""
+    import widenets.predict.solver as solver
+    import widenets.tiles.reader as reader
+
+    monkeypatch.setattr(reader, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(solver, "available_memory", lambda: 10_000)
+
+
+@pytest.mark.parametrize("iterative", [False, True], ids=["fits", "too-large"])
+def test_estimators_fitted_on_a_store_equal_the_in_memory_ones(stores, request, iterative):
+    """fit(X, y, k_train=store) against fit(X, y) on the same data: NTK at t = None and a finite
+    t (Lanczos when too large), multi-output, the NNGP posterior with its std, the classifier.
+    A wrong factor anywhere (weights not Θ⁻¹, t not applied, NNGP/NTK swapped) is O(1)."""
+    if iterative:
+        request.getfixturevalue("too_large")
+    xtr, ytr, xte, _ = _regression_data()
+    store = stores[torch.float64]
+    opts = dict(tol=1e-11)
+    for t in (None, 2.0):
+        ref = wn.sklearn.NTKRegressor(NET, t=t, diag_reg=1e-4).fit(xtr, ytr)
+        got = wn.sklearn.NTKRegressor(NET, t=t, diag_reg=1e-4, solve_options=opts).fit(
+            xtr, ytr, k_train=store)
+        assert (got.predictor_.eig is None) == iterative
+        np.testing.assert_allclose(got.predict(xte), ref.predict(xte), rtol=1e-7, atol=1e-9)
+    y2 = np.stack([ytr, -ytr], 1)
+    np.testing.assert_allclose(
+        wn.sklearn.NTKRegressor(NET, t=2.0, diag_reg=1e-4, solve_options=opts).fit(
+            xtr, y2, k_train=store).predict(xte),
+        wn.sklearn.NTKRegressor(NET, t=2.0, diag_reg=1e-4).fit(xtr, y2).predict(xte),
+        rtol=1e-7, atol=1e-9)
+    ref = wn.sklearn.NNGPRegressor(NET, diag_reg=1e-3).fit(xtr, ytr)
+    got = wn.sklearn.NNGPRegressor(NET, diag_reg=1e-3, solve_options=opts).fit(
+        xtr, ytr, k_train=store)
+    for a, b in zip(got.predict(xte, return_std=True), ref.predict(xte, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    labels = (ytr > 0).astype(int)
+    clf = wn.sklearn.NTKClassifier(NET, diag_reg=1e-4, solve_options=opts).fit(
+        xtr, labels, k_train=store)
+    ref_clf = wn.sklearn.NTKClassifier(NET, diag_reg=1e-4).fit(xtr, labels)
+    np.testing.assert_allclose(clf.decision_function(xte), ref_clf.decision_function(xte),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_a_float32_store_a_matrix_and_the_ntk_covariance(stores):
+    xtr, ytr, xte, _ = _regression_data()
+    ref = wn.sklearn.NTKRegressor(NET, diag_reg=1e-3).fit(xtr, ytr)
+    # float32 store: the kernel itself differs by float32 rounding (~1e-7 relative).
+    got = wn.sklearn.NTKRegressor(NET, diag_reg=1e-3).fit(xtr, ytr,
+                                                          k_train=stores[torch.float32])
+    np.testing.assert_allclose(got.predict(xte), ref.predict(xte), rtol=1e-3, atol=1e-4)
+    # A matrix (here the NTK tensor) and the NTK-GP covariance (eq. 16) from a two-kernel store.
+    k = NET.kernel(torch.from_numpy(xtr), get="ntk")
+    got = wn.sklearn.NTKRegressor(NET, diag_reg=1e-3).fit(xtr, ytr, k_train=k)
+    np.testing.assert_allclose(got.predict(xte), ref.predict(xte), rtol=1e-9, atol=1e-11)
+    got = wn.sklearn.NTKRegressor(NET, diag_reg=1e-3).fit(xtr, ytr,
+                                                          k_train=stores[torch.float64])
+    for a, b in zip(got.predict(xte, return_std=True), ref.predict(xte, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_a_store_of_other_inputs_or_another_net_is_refused(stores):
+    xtr, ytr, xte, _ = _regression_data()
+    store = stores[torch.float64]
+    reg = wn.sklearn.NTKRegressor(NET, diag_reg=1e-3)
+    with pytest.raises(ValueError, match="NTKRegressor.fit: k_train was computed from other "
+                                         "inputs than X"):
+        reg.fit(xtr + 1e-9, ytr, k_train=store)                # a tiny change is caught
+    with pytest.raises(ValueError, match="must be the symmetric \\(20, 20\\)"):
+        reg.fit(xtr[:20], ytr[:20], k_train=store)
+    other = wn.serial(wn.Dense(256, w_std=1.2, b_std=0.1), wn.Relu(), wn.Dense(1))
+    with pytest.raises(ValueError, match="k_train does not match the NTK of this estimator's "
+                                         "net"):
+        wn.sklearn.NTKRegressor(other, diag_reg=1e-3).fit(xtr, ytr, k_train=store)
+    with pytest.raises(ValueError, match="k_train does not match"):            # a matrix
+        wn.sklearn.NTKRegressor(other, diag_reg=1e-3).fit(
+            xtr, ytr, k_train=NET.kernel(torch.from_numpy(xtr), get="ntk"))
+    with pytest.raises(ValueError, match="fit_hyperparameters=True changes the kernel"):
+        wn.sklearn.NTKRegressor(NET, fit_hyperparameters=True).fit(xtr, ytr, k_train=store)
+    fitted = wn.sklearn.NTKRegressor(NET, t=1.0, diag_reg=1e-3).fit(xtr, ytr, k_train=store)
+    with pytest.raises(ValueError, match="finite t is not available"):
+        fitted.predict(xte, return_std=True)

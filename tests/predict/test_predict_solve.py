@@ -206,9 +206,11 @@ def test_predictions_from_a_store_too_large_for_memory(store, monkeypatch, tmp_p
         for kernel in ("nngp", "ntk")}
     mse_ref = wn.predict.gradient_descent_mse(kd[1].double(), y, **kw)(None, 0.0, 0.0,
                                                                        kt[1].double())
+    import widenets.predict.solver as solver
     import widenets.tiles.reader as reader
 
     monkeypatch.setattr(reader, "_available_memory", lambda: 10_000)   # nothing "fits"
+    monkeypatch.setattr(solver, "available_memory", lambda: 10_000)
     opts = dict(tol=1e-11)
     for kernel in ("nngp", "ntk"):
         gp = wn.predict.gp_inference(path, y, test_path, ktt, kernel=kernel,
@@ -220,8 +222,12 @@ def test_predictions_from_a_store_too_large_for_memory(store, monkeypatch, tmp_p
     train, test = pred(None, 0.0, 0.0, test_path)
     torch.testing.assert_close(test, mse_ref[1], rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(train, mse_ref[0], rtol=1e-7, atol=1e-8)
-    with pytest.raises(ValueError, match="only t=None"):
-        pred(10.0)
+    assert pred.eig is None                     # the iterative path (solve, Lanczos)
+    # A finite t: Lanczos over the store (tested in depth in test_predict_krylov.py).
+    finite = wn.predict.gradient_descent_mse(kd[1].double(), y, **kw)(10.0, 0.0, 0.0,
+                                                                      kt[1].double())
+    got = pred(10.0, 0.0, 0.0, test_path)
+    torch.testing.assert_close(got[1], finite[1], rtol=1e-7, atol=1e-8)
 
 
 def test_dask_workers_split_the_tiles_and_give_the_same_solve(store):

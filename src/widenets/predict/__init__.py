@@ -11,6 +11,8 @@ docs/math.md §mse-dynamics, §gp, §ensemble.
 * `max_learning_rate`: the largest stable and the critical learning rates (§2.4).
 * `solve`: (K + ρI)⁻¹ Y by Cholesky or preconditioned conjugate gradients, for kernels of any
   size (tile stores streamed from disk, optionally on Dask).
+* `krylov_dynamics`: exp(-ηΘt) V and Θ⁻¹(I - exp(-ηΘt)) V by Lanczos, with an error bound: the
+  finite-time predictions for kernels too large for the eigendecomposition.
 
 Kernel arguments are tensors, numpy arrays or `wn.Kernel` objects; `diag_reg` is relative to
 the mean diagonal unless `diag_reg_absolute=True`.
@@ -38,3 +40,7 @@ from .likelihood import (  # noqa: E402
 )
 
 __all__ += ["marginal_likelihood", "cv_log_likelihood", "fit_hyperparameters", "FitResult"]
+
+from .krylov import KrylovDynamics, krylov_dynamics  # noqa: E402
+
+__all__ += ["krylov_dynamics", "KrylovDynamics"]

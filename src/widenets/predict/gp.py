@@ -252,9 +252,16 @@ def _gp_store(k_train_train, y_train, k_test_train, k_test_test, *, kernel, diag
         if getattr(nngp_op, "name", "nngp") != "nngp":
             raise ValueError(f"{func}: the NTK covariance (eq. 16) needs the NNGP as well as "
                              f"the NTK; the store of k_train_train holds only the NTK")
-        kt = (_test_operator(k_test_train, "nngp", func, None)[0].load()
-              if test_op is not None else
-              _nngp_blocks(k_train_train, k_test_train, n, m, func)[1])
+        if test_op is not None:
+            kt = _test_operator(k_test_train, "nngp", func, None)[0].load()
+        elif getattr(k_test_train, "nngp", None) is None:
+            raise ValueError(f"{func}: the NTK covariance (eq. 16) needs the NNGP as well as "
+                             f"the NTK; pass a wn.Kernel with both fields for k_test_train "
+                             f"(net.kernel(x_test, x_train)), or k_test_test=None for the "
+                             f"mean only")
+        else:
+            kt = as_kernel_matrix(k_test_train, func=func, arg="k_test_train", which="nngp",
+                                  shape=(m, n))
         a = b.T                                      # Θ(x, X) Θ⁻¹
         cov = _ntk_covariance(k_tt, a, nngp_op.matmul(a.T.contiguous()), kt)   # eq. 16
     return Gaussian(mean, _checked_posterior(cov, k_tt, func))

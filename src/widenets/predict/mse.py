@@ -18,6 +18,7 @@ outputs, which is this Θ).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._linalg import (
@@ -34,6 +35,9 @@ from ._linalg import (
 )
 
 __all__ = ["gradient_descent_mse", "weight_change", "MSEPredictor"]
+
+# solve_options that also apply to the Lanczos path of finite times (krylov_dynamics).
+_KRYLOV_OPTIONS = ("tol", "max_iter", "client", "progress")
 
 
 class MSEPredictor:
@@ -62,26 +66,39 @@ class MSEPredictor:
 
     def __init__(self, k_train_train, y_train, *, learning_rate: float = 1.0,
                  diag_reg: float = 0.0, diag_reg_absolute: bool = False,
-                 discrete: bool = False, solve_options: dict | None = None):
+                 discrete: bool = False, solve_options: dict | None = None,
+                 kernel: str = "ntk"):
         func = self._func
+        if kernel not in ("nngp", "ntk"):
+            raise ValueError(f"{func}: kernel must be 'ntk' (train every layer) or 'nngp' "
+                             f"(train the readout only), got {kernel!r}")
+        self.kernel = kernel
+        if solve_options is not None and not isinstance(solve_options, dict):
+            raise TypeError(f"{func}: solve_options must be a dict of wn.predict.solve keyword "
+                            f"arguments or None, got {type(solve_options).__name__}")
         self.learning_rate = check_positive(learning_rate, func=func, arg="learning_rate")
         diag_reg = check_diag_reg(diag_reg, func=func)
         if not isinstance(discrete, bool):
             raise TypeError(f"{func}: discrete must be True or False, got {discrete!r}")
         self.discrete = discrete
         self._op = None
-        if is_store(k_train_train):
-            from ..tiles import KernelTooLargeError
+        if is_store(k_train_train) or _is_store_operator(k_train_train):
+            from .solver import _fits_in_memory, as_operator
 
-            try:
-                k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train",
-                                     which="ntk")
-            except KernelTooLargeError:
-                self._init_iterative(k_train_train, y_train, diag_reg, diag_reg_absolute,
-                                     solve_options or {})
+            opts = solve_options or {}
+            op, _ = as_operator(k_train_train, kernel=kernel, func=func,
+                                client=opts.get("client"), check=opts.get("check_store", "crc"))
+            if not _fits_in_memory(op) or opts.get("client") is not None:
+                # Too large for the eigendecomposition (kernel, eigenvectors, workspace):
+                # t = ∞ by `solve`, finite t by Lanczos; only products with the store.
+                self._init_iterative(op, y_train, diag_reg, diag_reg_absolute, opts)
                 return
+            k = op.load()
+            eps = float(np.finfo(op.dtype).eps)
+            if eps > torch.finfo(k.dtype).eps:
+                k.widenets_source_eps = eps          # read by source_eps (float32 stores)
         else:
-            k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train", which="ntk")
+            k = as_kernel_matrix(k_train_train, func=func, arg="k_train_train", which=kernel)
         self.y_train, self._vector = as_targets(y_train, func=func, n=k.shape[0],
                                                 dtype=k.dtype, device=k.device)
         self.eig = SymmetricEig(k, diag_reg=diag_reg, absolute=diag_reg_absolute, func=func,
@@ -89,13 +106,10 @@ class MSEPredictor:
         # Vᵀ (f_0 - Y) for the default f_0 = 0, reused by every call that keeps the default.
         self._proj_default = -(self.eig.eigenvectors.T @ self.y_train)
 
-    def _init_iterative(self, store, y_train, diag_reg, absolute, options):
-        """A store too large for the eigendecomposition: t = ∞ through `solve` only."""
-        from .solver import as_operator
-
-        self._op, _ = as_operator(store, kernel="ntk", func=self._func,
-                                  client=options.get("client"),
-                                  check=options.get("check_store", "crc"))
+    def _init_iterative(self, op, y_train, diag_reg, absolute, options):
+        """A store too large for the eigendecomposition: t = ∞ through `solve`, finite t by
+        Lanczos (`krylov_dynamics`)."""
+        self._op = op
         self._solve_options = {k: v for k, v in options.items() if k != "check_store"}
         self._diag_reg, self._absolute = diag_reg, absolute
         self.eig = None
@@ -110,47 +124,77 @@ class MSEPredictor:
         self.last_solution = out
         return out.alpha
 
+    def _krylov(self, r: torch.Tensor, times: torch.Tensor):
+        """exp(-ηΘt) r and Θ⁻¹(I - exp(-ηΘt)) r at finite times by Lanczos (docs/math.md
+        §krylov)."""
+        from .krylov import krylov_dynamics
+
+        opts = {key: v for key, v in self._solve_options.items() if key in _KRYLOV_OPTIONS}
+        out = krylov_dynamics(self._op, r, times, learning_rate=self.learning_rate,
+                              diag_reg=self._diag_reg, diag_reg_absolute=self._absolute,
+                              discrete=self.discrete, check_store=None, **opts)
+        self.last_krylov = out
+        return out
+
+    def _iterative_factors(self, tt: torch.Tensor, r: torch.Tensor):
+        """decay(Θ) r and gain(Θ) r for every time: (T, n, k) each, and gainᵀ Θ gain (T, k).
+
+        Finite times by Lanczos, t = ∞ by `solve` (decay = 0, gain = Θ⁻¹ r).
+        """
+        n, k = r.shape
+        decay = torch.zeros(tt.numel(), n, k, dtype=torch.float64)
+        gain = torch.zeros_like(decay)
+        energy = torch.zeros(tt.numel(), k, dtype=torch.float64)
+        fin = torch.isfinite(tt)
+        if bool(fin.any()):
+            kr = self._krylov(r, tt[fin])
+            decay[fin], gain[fin], energy[fin] = kr.decay, kr.gain, kr.gain_energy
+        if not bool(fin.all()):
+            alpha = self._solve(r)
+            gain[~fin] = alpha
+            energy[~fin] = (r * alpha).sum(0)                     # rᵀ Θ⁻¹ r
+        return decay, gain, energy
+
     def _iterative_call(self, t, fx_train_0, fx_test_0, k_test_train):
-        """t = ∞ for a store: f(X) = Y, f(x) = f_0(x) - Θ(x, X) Θ⁻¹ (f_0(X) - Y) (eqs. 9-11)."""
+        """A store too large for memory: eqs. 9-11 with the factors of `_iterative_factors`."""
         func = self._func
         tt, scalar = as_times(t, func=func, discrete=self.discrete)
-        if not bool(torch.isinf(tt).all()):
-            raise ValueError(
-                f"{func}: k_train_train is a tile store too large for memory, where only t=None "
-                f"(infinite time, an iterative solve) is available: a finite t needs "
-                f"exp(-η Θ t), i.e. the eigendecomposition of the whole kernel, which is not "
-                f"implemented for stores that do not fit (no Krylov approximation yet); load a "
-                f"smaller kernel, or use t=None")
         n, k = self.y_train.shape
         f0 = as_outputs(fx_train_0, func=func, arg="fx_train_0", shape=(n, k),
                         vector=self._vector, dtype=torch.float64, device="cpu")
-        # eq. 9 at t = ∞ (the regularized Θ drives training): f_∞(X) = Y.
-        alpha = self._solve(f0 - self.y_train)
-        train = restore_targets_shape(self.y_train.clone(), self._vector)
+        decay, gain, _ = self._iterative_factors(tt, f0 - self.y_train)
         times = tt.numel()
+        # eq. 9: f_t(X) = Y + e^{-ηΘt} (f_0(X) - Y)  (0 at t = ∞).
+        train = restore_targets_shape(self.y_train + decay, self._vector)
         if k_test_train is None:
             if fx_test_0 is not None:
                 raise ValueError(f"{func}: fx_test_0 was given without k_test_train; pass the "
                                  f"(m, n) test-train NTK to get test outputs")
-            return train if scalar else train.expand(times, *train.shape)
+            return train[0] if scalar else train
+        flat = gain.permute(1, 0, 2).reshape(n, times * k)      # every time in one product
         if is_store(k_test_train):
             from ..tiles import StoreOperator
 
             top = StoreOperator(k_test_train if not hasattr(k_test_train, "store")
-                                else k_test_train.store, get="ntk")
-            prod = top.matmul(alpha)
+                                else k_test_train.store, get=self.kernel)
+            if top.shape[1] != n:
+                raise ValueError(f"{func}: k_test_train must have shape (m, {n}), got "
+                                 f"{top.shape}")
+            prod = top.matmul(flat)
             m = top.shape[0]
         else:
-            ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train", which="ntk",
-                                   shape=(None, n))
-            prod, m = ktx @ alpha, ktx.shape[0]
+            ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train",
+                                   which=self.kernel, shape=(None, n))
+            prod, m = ktx @ flat, ktx.shape[0]
+        prod = prod.reshape(m, times, k).permute(1, 0, 2)
         f0_test = as_outputs(0.0 if fx_test_0 is None else fx_test_0, func=func,
                              arg="fx_test_0", shape=(m, k), vector=self._vector,
                              dtype=torch.float64, device="cpu")
-        test = restore_targets_shape(f0_test - prod, self._vector)   # eqs. 10-11 at t = ∞
+        # eqs. 10-11: f_t(x) = f_0(x) - Θ(x, X) Θ⁻¹ (I - e^{-ηΘt}) (f_0(X) - Y).
+        test = restore_targets_shape(f0_test - prod, self._vector)
         if scalar:
-            return train, test
-        return train.expand(times, *train.shape), test.expand(times, *test.shape)
+            return train[0], test[0]
+        return train, test
 
     def _op_rho(self) -> float:
         if self._absolute:
@@ -159,18 +203,15 @@ class MSEPredictor:
             else 0.0
 
     def _iterative_weight_change(self, t, fx_train_0):
-        """||ω_∞||² = Σ_c (r_cᵀ α_c - ρ ||α_c||²), α = Θ_reg⁻¹ r, r = f_0(X) - Y (eq. 8, t = ∞)."""
+        """||ω_t||² = Σ_c (g_cᵀ Θ_reg g_c - ρ ||g_c||²), g = gain(Θ_reg) r (eq. 8)."""
         tt, scalar = as_times(t, func=self._func, discrete=self.discrete)
-        if not bool(torch.isinf(tt).all()):
-            self._iterative_call(t, fx_train_0, None, None)     # raises the finite-t refusal
         n, k = self.y_train.shape
         f0 = as_outputs(fx_train_0, func=self._func, arg="fx_train_0", shape=(n, k),
                         vector=self._vector, dtype=torch.float64, device="cpu")
-        r = f0 - self.y_train
-        alpha = self._solve(r)
-        sq = (r * alpha).sum() - self._op_rho() * (alpha * alpha).sum()
+        _, gain, energy = self._iterative_factors(tt, f0 - self.y_train)
+        sq = energy.sum(1) - self._op_rho() * (gain * gain).sum((1, 2))
         out = torch.sqrt(torch.clamp(sq, min=0.0))
-        return out if scalar else out.expand(tt.numel())
+        return out[0] if scalar else out
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -245,8 +286,8 @@ class MSEPredictor:
                 raise ValueError(f"{func}: fx_test_0 was given without k_test_train; pass the "
                                  f"(m, n) test-train NTK to get test outputs")
             return train[0] if scalar else train
-        ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train", which="ntk",
-                               shape=(None, self.n_train)).to(vec.device)
+        ktx = as_kernel_matrix(k_test_train, func=func, arg="k_test_train",
+                               which=self.kernel, shape=(None, self.n_train)).to(vec.device)
         m, k = ktx.shape[0], self.y_train.shape[1]
         f0_test = as_outputs(0.0 if fx_test_0 is None else fx_test_0, func=func,
                              arg="fx_test_0", shape=(m, k), vector=self._vector,
@@ -257,6 +298,43 @@ class MSEPredictor:
         if scalar:
             return train[0], test[0]
         return train, test
+
+    def gain_weights(self, t=None, fx_train_0=0.0) -> torch.Tensor:
+        """W_t = Θ⁻¹ (I - e^{-ηΘt}) (Y - f_0(X)), so that f_t(x) = f_0(x) + Θ(x, X) W_t.
+
+        One eigendecomposition, `solve` (t = ∞) or Lanczos run (finite t, stores too large for
+        memory) serves any number of test points: multiply by Θ(x, X) in blocks of test rows.
+
+        Args:
+            t: as in `__call__`.
+            fx_train_0: as in `__call__`.
+
+        Returns:
+            (n, k) (or (n,) for vector targets), with a leading time axis for a 1-D t.
+
+        Example:
+            >>> net = wn.serial(wn.Dense(64, w_std=1.5), wn.Relu(), wn.Dense(1))
+            >>> x_train, x_test, y_train = torch.randn(6, 3), torch.randn(2, 3), torch.randn(6, 1)
+            >>> predict = wn.predict.gradient_descent_mse(net.kernel(x_train), y_train)
+            >>> w = predict.gain_weights(2.0)
+            >>> k_test = net.kernel(x_test, x_train).ntk.double()
+            >>> bool(torch.allclose(k_test @ w, predict(2.0, 0.0, 0.0, k_test)[1]))
+            True
+        """
+        tt, scalar = self._times(t)
+        n, k = self.y_train.shape
+        if self._op is not None:
+            f0 = as_outputs(fx_train_0, func=self._func, arg="fx_train_0", shape=(n, k),
+                            vector=self._vector, dtype=torch.float64, device="cpu")
+            _, gain, _ = self._iterative_factors(tt, f0 - self.y_train)
+            out = -gain
+        else:
+            _, gain = time_factors(self.eig, tt, learning_rate=self.learning_rate,
+                                   discrete=self.discrete)
+            vec = self.eig.eigenvectors
+            out = -self._apply(vec, gain, self._residual_projection(fx_train_0))
+        out = restore_targets_shape(out, self._vector)
+        return out[0] if scalar else out
 
     def weight_change(self, t=None, fx_train_0=0.0) -> torch.Tensor:
         """||θ_t - θ_0||, the parameter displacement of the linearized network (eq. 8).
@@ -284,10 +362,19 @@ class MSEPredictor:
         return out[0] if scalar else out
 
 
+def _is_store_operator(k) -> bool:
+    """Whether k is a `wn.tiles.StoreOperator` (tiles imported only when it may be one)."""
+    if not (hasattr(k, "matmul") and hasattr(k, "meta")):
+        return False
+    from ..tiles import StoreOperator
+
+    return isinstance(k, StoreOperator)
+
+
 def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
                          diag_reg: float = 0.0, diag_reg_absolute: bool = False,
-                         discrete: bool = False,
-                         solve_options: dict | None = None) -> MSEPredictor:
+                         discrete: bool = False, solve_options: dict | None = None,
+                         kernel: str = "ntk") -> MSEPredictor:
     """Predict MSE gradient descent in closed form (Lee et al. 2019, eqs. 8-11).
 
     Example:
@@ -302,9 +389,11 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
         True
 
     Args:
-        k_train_train: (n, n) NTK on the training inputs (a tensor, a numpy array or a
-            `wn.Kernel`, whose `ntk` is used); the empirical NTK of a finite network predicts
-            that network's linearization, the analytic NTK the infinite-width limit.
+        k_train_train: (n, n) NTK on the training inputs (a tensor, a numpy array, a
+            `wn.Kernel`, whose `ntk` is used, or a tile store: its directory, `wn.tiles.open`'s
+            array or a `wn.tiles.StoreOperator`, of any size); the empirical NTK of a finite
+            network predicts that network's linearization, the analytic NTK the
+            infinite-width limit.
         y_train: (n,) or (n, k) targets; each column trains independently.
         learning_rate: η. The loss is the total ½ Σ ||f - y||² (not the mean over samples).
         diag_reg: ρ added to the diagonal of k_train_train. Relative by default: ρ =
@@ -312,10 +401,16 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
         diag_reg_absolute: True to add diag_reg itself.
         discrete: True for gradient descent with whole steps, (I - ηΘ)^t; False for gradient
             flow e^{-ηΘt} (t then counts steps of size η as well).
-        solve_options: keyword arguments of `wn.predict.solve` (tol, preconditioner, client,
-            progress, checkpoint, ...) for a tile store too large for memory. Such a store
-            supports only t=None (infinite time, through `solve`); a finite t is refused with
-            an error (it needs the eigendecomposition; no Krylov approximation is provided).
+        solve_options: for a tile store too large for the eigendecomposition (a store of
+            any size, a `wn.tiles.StoreOperator`, or any store with a Dask `client`): keyword
+            arguments of `wn.predict.solve` (tol, preconditioner, rank, max_iter, client,
+            progress, checkpoint, check_store), used for t = None; a finite t goes through
+            `wn.predict.krylov_dynamics` (Lanczos, docs/math.md §krylov), which takes tol,
+            max_iter, client and progress from the same dict. The Lanczos error estimate of
+            the last call is in `predictor.last_krylov`. Ask for all times in one call: one
+            Lanczos run serves them all.
+        kernel: "ntk" (default; train every layer) or "nngp" (train only the readout): which
+            kernel of a `wn.Kernel` or a two-kernel store drives training.
 
     Returns:
         An `MSEPredictor` p with `p(t=None, fx_train_0=0.0, fx_test_0=None,
@@ -327,7 +422,7 @@ def gradient_descent_mse(k_train_train, y_train, *, learning_rate: float = 1.0,
     """
     return MSEPredictor(k_train_train, y_train, learning_rate=learning_rate, diag_reg=diag_reg,
                         diag_reg_absolute=diag_reg_absolute, discrete=discrete,
-                        solve_options=solve_options)
+                        solve_options=solve_options, kernel=kernel)
 
 
 def weight_change(k_train_train, y_train, t=None, fx_train_0=0.0, *, learning_rate: float = 1.0,

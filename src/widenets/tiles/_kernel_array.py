@@ -5,6 +5,8 @@ from __future__ import annotations
 import dask.array as da
 import torch
 
+from .whole import missing_tiles, read_whole
+
 __all__ = ["KernelArray"]
 
 
@@ -22,9 +24,7 @@ class KernelArray(da.Array):
         Args:
             device: where to put the tensor (default CPU).
         """
-        from .reader import _missing, _read_whole
-
         lay, meta, name, check = self._widenets_source
-        t = torch.from_numpy(_read_whole(lay, meta, name, skip=set(_missing(lay, meta)),
+        t = torch.from_numpy(read_whole(lay, meta, name, skip=set(missing_tiles(lay, meta)),
                                          check=check, func="KernelArray.load"))
         return t if device is None else t.to(device)

@@ -16,18 +16,17 @@ import torch
 from .._memory import available_memory as _available_memory
 from ..layers.base import parse_get
 from .store import (
-    CorruptTileError,
     IncompleteStoreError,
     StoreLayout,
     _array,
     check_tile,
     done_tiles,
-    read_block,
     read_checked_block,
     read_metadata,
     remove_record,
     tile_list,
 )
+from .whole import missing_tiles, read_whole
 
 __all__ = ["open", "load_kernel", "status", "verify", "KernelTooLargeError"]
 
@@ -63,15 +62,9 @@ def _select_gets(meta: dict, get, func: str) -> tuple[tuple[str, ...], bool]:
     return gets, isinstance(get, str)
 
 
-def _missing(lay: StoreLayout, meta: dict) -> list[tuple[int, int]]:
-    done = done_tiles(lay, meta, repair=False)
-    return [t for t in tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
-            if t not in done]
-
-
 def _check_complete(lay: StoreLayout, meta: dict, func: str, allow_incomplete: bool) -> list:
     """The missing tiles; an error when there are any and allow_incomplete is False."""
-    missing = _missing(lay, meta)
+    missing = missing_tiles(lay, meta)
     if missing and not allow_incomplete:
         total = len(tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"]))
         raise IncompleteStoreError(
@@ -170,33 +163,6 @@ def _tiled(stored, lay, meta, name, missing, check, func):
                      for i in range(n1)])
 
 
-def _read_whole(lay: StoreLayout, meta: dict, name: str, skip=frozenset(), *,
-                check: bool = True, func: str = "tiles.load_kernel") -> np.ndarray:
-    """The (n1, n2) kernel, read tile by tile (tiles in `skip` stay NaN), CRC-checked unless
-    check is False, mirrored."""
-    n1, n2 = meta["shape"]
-    out = np.full((n1, n2), np.nan, dtype=np.dtype(meta["dtype"]))
-    b1, b2 = meta["tile"]
-    for i, j in tile_list((n1, n2), (b1, b2), meta["symmetric"]):
-        if (i, j) in skip:
-            continue
-        if check:
-            block = read_checked_block(lay, meta, name, i, j, func=func)
-        else:
-            try:
-                block = read_block(lay.root, name, meta, i, j)
-            except Exception as e:  # noqa: BLE001 - any undecodable chunk is damage
-                raise CorruptTileError(
-                    f"{func}: tile ({i}, {j}) of the {name} kernel in {str(lay.root)!r} is "
-                    f"unreadable ({type(e).__name__}: {e}); rerun the compute call that made "
-                    f"the store to recompute damaged tiles (wn.tiles.verify(store) lists them)"
-                ) from None
-        out[i * b1:i * b1 + block.shape[0], j * b2:j * b2 + block.shape[1]] = block
-        if meta["symmetric"] and i < j:
-            out[j * b2:j * b2 + block.shape[1], i * b1:i * b1 + block.shape[0]] = block.T
-    return out
-
-
 def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None,
                 check: bool = True):
     """Load a stored kernel into memory as torch tensor(s), if it fits.
@@ -250,7 +216,7 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None,
     _check_complete(lay, meta, func, allow_incomplete=False)
     out = []
     for name in gets:
-        t = torch.from_numpy(_read_whole(lay, meta, name, check=check, func=func))
+        t = torch.from_numpy(read_whole(lay, meta, name, check=check, func=func))
         out.append(t if device is None else t.to(device))
     return out[0] if single else tuple(out)
 
@@ -268,7 +234,7 @@ def status(store) -> dict:
     """
     lay, meta = read_metadata(store, func="tiles.status")
     tiles = tile_list(tuple(meta["shape"]), tuple(meta["tile"]), meta["symmetric"])
-    missing = _missing(lay, meta)
+    missing = missing_tiles(lay, meta)
     return {"tiles_total": len(tiles), "tiles_done": len(tiles) - len(missing),
             "missing": missing, "metadata": meta}
 
