@@ -1,0 +1,171 @@
+"""The kernel of the raw inputs (the start of every `net.kernel`) and the checks of input
+batches. Below every other module of `widenets.layers`: it imports none of them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..kernel import Kernel
+
+__all__ = ["as_input_tensor", "input_kernel", "DIAGONAL", "FULL"]
+
+#: spatial layout needs (see `Layer.layout_need`), ordered: FULL serves DIAGONAL too
+DIAGONAL, FULL = 1, 2
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tensor:
+    """Check a user's input batch and return it as a `dtype` tensor.
+
+    Raises:
+        TypeError: not array-like, or integer/bool/complex dtype.
+        ValueError: rank < 2 (no batch axis) or non-finite entries.
+    """
+    if not isinstance(x, torch.Tensor):
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{func}: {arg} must be a torch.Tensor or numpy array of floats, "
+                            f"got {_describe(x)}") from None
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{func}: {arg} must hold floating-point values, got dtype {x.dtype}; "
+                        f"convert with {arg}.to(torch.float64)")
+    if x.ndim < 2:
+        raise ValueError(f"{func}: {arg} must have a batch axis first, shape (n, features...), "
+                         f"got shape {tuple(x.shape)}; use {arg}[None] for a single input")
+    if x.device.type == "meta":
+        raise ValueError(f"{func}: {arg} must hold values, got a meta tensor of shape "
+                         f"{tuple(x.shape)} (shape only, no data); create it on a real device")
+    if x.shape[0] == 0:
+        raise ValueError(f"{func}: {arg} must hold at least one input (row), got shape "
+                         f"{tuple(x.shape)} with 0 rows")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{func}: {arg} must have at least one feature per input, got shape "
+                         f"{tuple(x.shape)} (an axis of size 0 after the batch axis)")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; "
+                         f"remove or impute them first")
+    return x.to(dtype)
+
+
+
+def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
+                 layout: str | None = None) -> Kernel:
+    """The kernel of the raw inputs: second moments averaged over features (channels).
+
+    For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
+    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (docs/math.md §input). The input NTK is zero (no parameters yet).
+
+    For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
+    C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout
+    asked for: "diagonal" (n1, n2, *S), or "full" (n1, n2, *S, *S) (see `widenets.kernel`).
+    """
+    if x1.ndim != 2:
+        return _spatial_input_kernel(x1, x2, want_ntk=want_ntk, layout=layout)
+    d = x1.shape[1]
+    cov1 = (x1 * x1).sum(1) / d
+    if x2 is None:
+        nngp = (x1 / d) @ x1.T
+        nngp = torch.add(nngp, nngp.T).mul_(0.5)   # BLAS need not return a symmetric Gram
+        cov2 = None
+    else:
+        nngp = (x1 / d) @ x2.T
+        cov2 = (x2 * x2).sum(1) / d
+    # the input NTK is zero: a broadcast view (layers only read it), no memory pass
+    zero = torch.zeros((), dtype=nngp.dtype, device=nngp.device).expand(nngp.shape)
+    k = Kernel(nngp=nngp, ntk=zero if want_ntk else None, cov1=cov1,
+               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=d,
+               sources=frozenset())
+    if x2 is None:
+        k.set_batch_diagonal(nngp, cov1)
+    return _mark_same_inputs(k, x1, x2)
+
+
+def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
+    """Record the pairs of identical inputs (Kernel.same_input) and give them exactly the
+    self-pair kernel, so that c = 1 holds exactly for them (docs/math.md §near-diagonal).
+    Rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
+    rows = x1.reshape(x1.shape[0], -1) if x2 is None else \
+        torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
+    if rows.shape[0] < 2:
+        return k
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    id1 = inverse[:x1.shape[0]]
+    id2 = id1 if x2 is None else inverse[x1.shape[0]:]
+    mask = id1[:, None] == id2[None, :]
+    if x2 is None:
+        mask.fill_diagonal_(False)
+    if not bool(mask.any()):
+        return k
+    k = k.replace(same_input=mask)
+    k.write_same_input(k.nngp, k.cov1)
+    return k
+
+
+#: inputs with at most this many channels get their kernel by elementwise passes (exact
+#: agreement of the layouts); wider inputs by matrix products
+_LOOP_CHANNELS = 32
+
+
+def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kernel:
+    if x1.ndim > 5 or layout not in ("diagonal", "full"):
+        raise ValueError(f"kernel: inputs must be (n, features) or channels-first (n, C, L), "
+                         f"(n, C, H, W), (n, C, D, H, W), got shape {tuple(x1.shape)}")
+    n1, c = x1.shape[:2]
+    spatial = tuple(x1.shape[2:])
+    p = math.prod(spatial)
+    a = x1.reshape(n1, c, p)
+    b = a if x2 is None else x2.reshape(x2.shape[0], c, p)
+    n2 = b.shape[0]
+    full = layout == "full"
+    if c <= _LOOP_CHANNELS:
+        # Σ_c as c elementwise passes, in the same order in both layouts, so that the diagonal
+        # layout is exactly the diagonal of the full one
+        def pairs(u, v, batch):
+            shape_u = (u.shape[0], 1, p, 1) if (batch and full) else \
+                (u.shape[0], 1, p) if batch else (u.shape[0], p, 1) if full else (u.shape[0], p)
+            shape_v = (1, v.shape[0], 1, p) if (batch and full) else \
+                (1, v.shape[0], p) if batch else (v.shape[0], 1, p) if full else (v.shape[0], p)
+            acc = None
+            for ch in range(c):
+                term = u[:, ch].reshape(shape_u) * v[:, ch].reshape(shape_v)
+                acc = term if acc is None else acc.add_(term)
+            return acc / c
+    else:
+        def pairs(u, v, batch):
+            if full and not batch:      # self pairs (n, P, P)
+                return torch.bmm(u.transpose(1, 2), v) / c
+            if full:        # K(p, p') = Σ_c x_c(p) x'_c(p') / C: (n1 P, C) @ (C, n2 P)
+                ut = u.transpose(1, 2).reshape(-1, c)
+                vt = v.transpose(1, 2).reshape(-1, c)
+                out = (ut @ vt.T / c).reshape(u.shape[0], p, v.shape[0], p)
+                return out.transpose(1, 2).contiguous()
+            if batch:       # K(p, p) batched over positions: (P, n1, C) @ (P, C, n2)
+                return (torch.bmm(u.permute(2, 0, 1), v.permute(2, 1, 0)) / c).permute(
+                    1, 2, 0).contiguous()
+            return (u * v).sum(1) / c
+    tail = (*spatial, *spatial) if full else spatial
+    nngp = pairs(a, b, True).reshape(n1, n2, *tail)
+    var = lambda x: pairs(x, x, False).reshape(x.shape[0], *tail)  # noqa: E731
+    cov1 = var(a)
+    cov2 = None if x2 is None else var(b)
+    k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
+               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=c,
+               sources=frozenset(), diagonal_spatial=layout == "diagonal")
+    if x2 is None:
+        k.set_batch_diagonal(nngp, cov1)
+    return _mark_same_inputs(k, x1, x2)
+
