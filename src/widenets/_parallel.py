@@ -8,15 +8,24 @@ independent tasks taken in order from a shared counter by P pool threads, each r
 with ONE intra-op thread (torch releases the GIL inside its operations). A stalled thread then
 delays only its own block while the others take the remaining ones; nothing waits at a barrier.
 
-Thread counts (`block_threads`), in this order:
-* a limit set around the call by `threads_limit` (the tile runner uses it so that its tile
-  threads x block threads do not oversubscribe the machine);
-* otherwise torch's intra-op thread count of the calling thread, `torch.get_num_threads()`,
-  which follows `OMP_NUM_THREADS`, `torch.set_num_threads` and `widenets --threads`;
-* never more than the cores this process may run on (`os.sched_getaffinity`).
-The machine's load does not lower the default: the blocks are handed out dynamically, so a job
-sharing the cores with others gets its fair share of CPU time without the barrier losses that
-made extra threads harmful (measured by benchmarks/contention.py; see its docstring).
+Thread counts (`block_threads`): the smallest of
+* torch's intra-op thread count of the calling thread, `torch.get_num_threads()`, which
+  follows `OMP_NUM_THREADS`, `torch.set_num_threads` and `widenets --threads`;
+* the cores this process may run on (`os.sched_getaffinity`);
+* a limit set around the call by `threads_limit` (the tile runner's, so that tile threads x
+  block threads do not oversubscribe the machine);
+* the cores not taken by other work right now: the cores minus the threads of other work
+  that are runnable at the call (the first number of the fourth field of /proc/loadavg, less
+  the calling thread; scaled by the share of the machine's CPUs this process may use). At
+  least 1.
+Why the load counts: the pool threads share Python's GIL between torch operations. When the
+cores are oversubscribed, a thread descheduled while it holds the GIL stalls the others of its
+job the way a descheduled OpenMP thread stalls a barrier (measured on the busy 2-core machine:
+two block threads cost 1.1-1.3x the CPU time of one and ran no faster), so a job that finds
+the cores busy takes one thread per free core, and one thread when none is free. The count is
+read at each `net.kernel` call (one read of /proc/loadavg), so a job adapts when the machine
+gets busy or quiet; it is instantaneous (the one-minute load average would count this job's
+own threads of the previous call and lag a minute behind).
 
 torch's thread setting and these threads: `torch.set_num_threads` is per thread for OpenMP
 (an OpenMP ICV of the calling thread) but also stores a process-wide value that a thread
@@ -43,7 +52,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["block_threads", "threads_limit", "usable_cores", "run_in_order", "torch_threads"]
+__all__ = ["block_threads", "threads_limit", "usable_cores", "others_running", "run_in_order",
+           "torch_threads"]
 
 _local = threading.local()
 
@@ -57,13 +67,31 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def others_running() -> int:
+    """Threads of other work runnable now on this process's cores: /proc/loadavg's count of
+    runnable threads less the calling one, scaled to this process's share of the machine's
+    CPUs; 0 where unknown (no /proc)."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    others = max(0, runnable - 1)
+    total = os.cpu_count() or 1
+    cores = usable_cores()
+    return others * cores // total if cores < total else others
+
+
 def block_threads() -> int:
-    """How many pool threads compute the blocks of a kernel called from this thread (see the
-    module docstring for the policy)."""
-    n = min(torch.get_num_threads(), usable_cores())
+    """How many threads compute the blocks of a kernel called from this thread (the calling
+    thread and pool threads; see the module docstring for the policy)."""
+    cores = usable_cores()
+    n = min(torch.get_num_threads(), cores)
     limit = getattr(_local, "limit", None)
     if limit is not None:
         n = min(n, limit)
+    if n > 1:
+        n = min(n, cores - others_running())
     return max(1, n)
 
 
@@ -166,13 +194,15 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
                  threads: int) -> None:
     """consume(i, fn(items[i])) for i = 0, 1, ... in order, with fn on `threads` threads.
 
-    `fn` runs on pool threads with one torch thread each and the caller's grad and inference
-    modes; `consume` runs in the calling thread, in order. With threads <= 1 (or one item) it
-    is the plain loop. At most 2 x threads results wait for `consume` at any time.
+    The calling thread is one of the `threads`: it computes items too, and consumes the
+    finished ones in order between its own items (consuming first, so that at most
+    2 x threads results wait). The other threads - 1 are pool threads. Every fn runs with one
+    torch thread and the caller's grad and inference modes. With threads <= 1 (or one item)
+    it is the plain loop.
 
     Raises:
-        The exception of the first failing item in order (after all started items finished);
-        an exception of `consume` or a KeyboardInterrupt likewise stops the lanes first.
+        The exception of the first failing item in order, after every started item finished;
+        an exception of `consume` or a KeyboardInterrupt likewise stops and waits first.
     """
     n = len(items)
     threads = min(threads, n)
@@ -183,56 +213,72 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
 
     cond = threading.Condition()
     window = 2 * threads
-    state = {"next": 0, "consumed": 0, "stop": False, "running": threads}
+    lanes = threads - 1                     # pool threads; the caller is the last lane
+    state = {"next": 0, "consumed": 0, "stop": False, "running": lanes}
     done: dict[int, object] = {}
     errors: dict[int, BaseException] = {}
     grad = torch.is_grad_enabled()
     inference = torch.is_inference_mode_enabled()
+
+    def take() -> int | None:               # under cond: the next item, if one may start
+        i = state["next"]
+        if state["stop"] or i >= n or i >= state["consumed"] + window:
+            return None
+        state["next"] = i + 1
+        return i
+
+    def compute(i: int) -> None:
+        try:
+            result, error = fn(items[i]), None
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller, in order
+            result, error = None, e
+        with cond:
+            if error is None:
+                done[i] = result
+            else:
+                errors[i] = error
+                state["stop"] = True
+            cond.notify_all()
 
     def lane() -> None:
         try:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 while True:
                     with cond:
-                        while not state["stop"] and state["next"] < n and \
-                                state["next"] >= state["consumed"] + window:
+                        i = take()
+                        while i is None and not state["stop"] and state["next"] < n:
                             cond.wait()
-                        if state["stop"] or state["next"] >= n:
-                            return
-                        i = state["next"]
-                        state["next"] += 1
-                    try:
-                        result, error = fn(items[i]), None
-                    except BaseException as e:  # noqa: BLE001 - re-raised by the caller
-                        result, error = None, e
-                    with cond:
-                        if error is None:
-                            done[i] = result
-                        else:
-                            errors[i] = error
-                            state["stop"] = True
-                        cond.notify_all()
-                    del result, error
+                            i = take()
+                    if i is None:
+                        return
+                    compute(i)
         finally:
             with cond:
                 state["running"] -= 1
                 cond.notify_all()
 
-    _POOL.run(lane, threads)
+    _POOL.run(lane, lanes)
     try:
         with torch_threads(1):
-            for i in range(n):
+            while state["consumed"] < n:
                 with cond:
-                    while i not in done and i not in errors:
+                    c = state["consumed"]
+                    if c in errors:
+                        raise errors.pop(c)
+                    ready = c in done
+                    result = done.pop(c) if ready else None
+                    i = None if ready else take()
+                    if not ready and i is None:
                         cond.wait()
-                    if i in errors:
-                        raise errors.pop(i)
-                    result = done.pop(i)
-                consume(i, result)
-                del result
-                with cond:
-                    state["consumed"] = i + 1
-                    cond.notify_all()
+                        continue
+                if ready:
+                    consume(c, result)
+                    result = None
+                    with cond:
+                        state["consumed"] = c + 1
+                        cond.notify_all()
+                else:
+                    compute(i)
     except BaseException:
         with cond:
             state["stop"] = True
@@ -242,4 +288,4 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
         with cond:
             while state["running"]:
                 cond.wait()
-        _POOL.release(threads)
+        _POOL.release(lanes)

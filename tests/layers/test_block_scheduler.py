@@ -30,6 +30,7 @@ def threads(monkeypatch):
 
     def set_threads(n):
         monkeypatch.setattr(parallel, "usable_cores", lambda: n)
+        monkeypatch.setattr(parallel, "others_running", lambda: 0)     # an idle machine
         torch.set_num_threads(n)
         assert parallel.block_threads() == n
 
@@ -66,7 +67,8 @@ def _kernels(net, x, y, threads, n, **kw):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(schedule, "compute_block", spy)
         threaded = net.kernel(x, y, **kw)
-    assert len(names) > 1 and all(s.startswith("widenets-block") for s in names), names
+    # the calling thread computes blocks too; the others are the pool's
+    assert len(names) > 1 and any(s.startswith("widenets-block") for s in names), names
     return serial, threaded
 
 
@@ -222,12 +224,38 @@ def test_grad_and_no_grad_modes_reach_the_workers(threads):
 
 
 # ------------------------------------------------------------------------------ policy
+def test_others_running_reads_the_runnable_threads(monkeypatch, tmp_path):
+    """/proc/loadavg's fourth field counts the runnable threads, the reader included."""
+    import builtins
+
+    real_open = builtins.open
+    fake = tmp_path / "loadavg"
+
+    def fake_open(path, *a, **kw):
+        return real_open(fake if path == "/proc/loadavg" else path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    for text, cores, expect in (("9.01 9.29 7.22 8/126 16866", 8, 7),
+                                ("0.01 0.02 0.00 1/126 16866", 8, 0),
+                                ("9.01 9.29 7.22 9/126 16866", 2, 2),   # 8 others x 2/8 cores
+                                ("garbage", 8, 0)):
+        fake.write_text(text)
+        monkeypatch.setattr(parallel, "usable_cores", lambda c=cores: c)
+        assert parallel.others_running() == expect, text
+
+
 def test_thread_count_policy(monkeypatch):
     old = torch.get_num_threads()
     monkeypatch.setattr(parallel, "usable_cores", lambda: 3)
+    monkeypatch.setattr(parallel, "others_running", lambda: 0)
     try:
         torch.set_num_threads(8)
         assert parallel.block_threads() == 3            # never more than the cores
+        for others, expect in ((1, 2), (2, 1), (7, 1)):  # the cores other work takes now
+            monkeypatch.setattr(parallel, "others_running", lambda o=others: o)
+            assert parallel.block_threads() == expect
+        monkeypatch.setattr(parallel, "others_running", lambda: 0)
         torch.set_num_threads(2)
         assert parallel.block_threads() == 2            # torch's (OMP_NUM_THREADS) setting
         with parallel.threads_limit(1):

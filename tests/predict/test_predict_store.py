@@ -36,9 +36,9 @@ def test_store_paths_and_lazy_arrays_equal_in_memory_kernels(problem):
 
 def test_store_too_large_is_a_clear_error(problem, monkeypatch):
     _, _, _, y, tmp = problem
-    import widenets.tiles.reader as reader
+    import widenets._memory as memory
 
-    monkeypatch.setattr(reader, "_available_memory", lambda: 100)
+    monkeypatch.setattr(memory, "available_memory", lambda: 100)
     # Too large for the eigendecomposition: t = None goes through wn.predict.solve (tested in
     # test_predict_solve.py); a finite t is refused with a clear error (issue 18).
     pred = wn.predict.gradient_descent_mse(tmp / "train.zarr", y, diag_reg=1e-6)
