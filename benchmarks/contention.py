@@ -18,6 +18,7 @@ workers); and "per-op" (the blocks in one thread, each elementwise operation spl
 torch's OpenMP threads: the behaviour before issue 14, reproduced with `threads_limit(1)`).
 
     python benchmarks/contention.py [--n 4000] [--repeats 5] [--dtype float32]
+                                    [--schedulers blocks "blocks, all threads" per-op]
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS,
+                    help="which schedulers to time (default all; 'per-op' is the slow one on "
+                         "a busy machine)")
     ap.add_argument("--job", default=None, choices=SCHEDULERS, help=argparse.SUPPRESS)
     ap.add_argument("--job-threads", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
@@ -144,45 +148,50 @@ def main() -> None:
 
     dtype = getattr(torch, args.dtype)
     net, x = _net(), _inputs(args.n, dtype)
-    fns = {s: _kernel_fn(net, x, dtype, s) for s in SCHEDULERS}
+    fns = {s: _kernel_fn(net, x, dtype, s) for s in args.schedulers}
     gram = lambda: x @ x.T  # noqa: E731
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N = {args.n}, "
-          f"{args.dtype}, medians of {args.repeats} runs after a warm-up")
-
-    def measure():
-        out = {s: times_of(f, args.repeats)[0] for s, f in fns.items()}
-        out["gram"] = times_of(gram, args.repeats)[0]
-        return out
-
-    idle = measure()
-    load = _spawn("--load")
-    try:
-        busy = measure()
-    finally:
-        load.kill()
-        load.wait()
-
+          f"{args.dtype}, medians of {args.repeats} runs after a warm-up; /proc/loadavg at "
+          f"the start: {_loadavg()}")
     print("\n| situation | scheduler | `net.kernel` (s) | Gram `x @ x.T` (s) | kernel / Gram |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, t in (("machine otherwise idle", idle), ("a second torch job running", busy)):
-        for s in fns:
-            print(f"| {name} | {s} | {t[s]:.3f} | {t['gram']:.3f} | {t[s] / t['gram']:.2f} |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
+    times = {}
+    for name in ("machine otherwise idle", "a second torch job running"):
+        load = _spawn("--load") if name.startswith("a second") else None
+        try:
+            t = times[name] = {"gram": times_of(gram, args.repeats)[0]}
+            for s, f in fns.items():
+                t[s] = times_of(f, args.repeats)[0]
+                print(f"| {name} | {s} | {t[s]:.3f} | {t['gram']:.3f} | "
+                      f"{t[s] / t['gram']:.2f} |", flush=True)
+        finally:
+            if load is not None:
+                load.kill()
+                load.wait()
+    idle, busy = times.values()
     g = busy["gram"] / idle["gram"]
     print(f"\nslowdown under the second job: Gram x{g:.2f}; " + "; ".join(
-        f"kernel ({s}) x{busy[s] / idle[s]:.2f} = {busy[s] / idle[s] / g:.2f}x the Gram's "
-        f"(target <= 1.5)" for s in fns))
+        f"kernel ({s}) x{busy[s] / idle[s]:.2f} = {busy[s] / idle[s] / g:.2f}x the Gram's"
+        for s in fns) + " (target <= 1.5x)")
 
     one = _two_jobs(args, "blocks", 1)
     print("\n| two widenets jobs at once | job 1 (s) | job 2 (s) | / one-thread config |")
     print("| --- | --- | --- | --- |")
     print(f"| one thread each (`torch.set_num_threads(1)`) | {one[0]:.3f} | {one[1]:.3f} | "
-          f"1.00 |")
+          f"1.00 |", flush=True)
     ref = max(one)
     for s in fns:
         t = _two_jobs(args, s, None)
         print(f"| default threads, {s} | {t[0]:.3f} | {t[1]:.3f} | {max(t) / ref:.2f} "
               f"(target <= 1.2) |", flush=True)
+    print(f"\n/proc/loadavg at the end: {_loadavg()}")
 
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
 
 if __name__ == "__main__":
     main()
