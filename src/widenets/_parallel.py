@@ -4,9 +4,10 @@ Why not torch's own threads: torch runs every elementwise operation as an OpenMP
 region that ends in a barrier. A kernel is thousands of such operations over cache-sized
 blocks, so on a busy machine a single descheduled thread stalls every one of them (issue 14
 measured 3.5x slowdowns where the Gram matrix slowed 2.1x). Here the blocks of a kernel are
-independent tasks taken in order from a shared counter by P pool threads, each running torch
-with ONE intra-op thread (torch releases the GIL inside its operations). A stalled thread then
-delays only its own block while the others take the remaining ones; nothing waits at a barrier.
+independent tasks taken in order from a shared counter by P threads (the calling thread and
+P - 1 pool threads), each running torch with ONE intra-op thread (torch releases the GIL inside
+its operations). A stalled thread then delays only its own block while the others take the
+remaining ones; nothing waits at a barrier.
 
 Thread counts (`block_threads`): the smallest of
 * torch's intra-op thread count of the calling thread, `torch.get_num_threads()`, which
@@ -32,8 +33,9 @@ torch's thread setting and these threads: `torch.set_num_threads` is per thread 
 copies on its first torch operation. A pool thread therefore initializes torch, then sets one
 thread for itself; the process-wide value is restored by the thread that grew the pool (in a
 `finally`), so only threads that start their first torch operation during that instant (a
-millisecond, once per process) could see 1. The calling thread also computes with one
-intra-op thread while it assembles the blocks, restored in a `finally` as well.
+millisecond, once per process) could see 1. The calling thread computes and assembles blocks
+with one intra-op thread too, its setting restored in a `finally` (which rewrites the
+process-wide value the same way).
 
 Results are bitwise those of the serial loop: each block is computed by the same operations
 on the same data, whichever thread runs it, and results are consumed in block order. An
