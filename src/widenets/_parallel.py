@@ -23,7 +23,10 @@ Why the load counts: the pool threads share Python's GIL between torch operation
 cores are oversubscribed, a thread descheduled while it holds the GIL stalls the others of its
 job the way a descheduled OpenMP thread stalls a barrier (measured on the busy 2-core machine:
 two block threads cost 1.1-1.3x the CPU time of one and ran no faster), so a job that finds
-the cores busy takes one thread per free core, and one thread when none is free. The count is
+the cores busy takes one thread per free core, and one thread when none is free; that thread
+runs torch with one intra-op thread too (torch's own threads would bring the barriers back:
+10x slower there). A kernel small enough for one block runs on the calling thread with
+torch's intra-op threads, `block_threads()` of them at most. The count is
 read at each `net.kernel` call (one read of /proc/loadavg), so a job adapts when the machine
 gets busy or quiet; it is instantaneous (the one-minute load average would count this job's
 own threads of the previous call and lag a minute behind).
@@ -55,7 +58,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = ["block_threads", "threads_limit", "usable_cores", "others_running", "run_in_order",
-           "torch_threads"]
+           "torch_threads", "one_block_threads"]
 
 _local = threading.local()
 
@@ -121,6 +124,12 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def one_block_threads(threads: int):
+    """The context for a kernel computed as a single block by this thread: torch's intra-op
+    threads, `threads` (from `block_threads`) of them at most."""
+    return torch_threads(max(1, min(threads, torch.get_num_threads())))
 
 
 # ------------------------------------------------------------------------------ the pool
@@ -200,18 +209,22 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
     finished ones in order between its own items (consuming first, so that at most
     2 x threads results wait). The other threads - 1 are pool threads. Every fn runs with one
     torch thread and the caller's grad and inference modes. With threads <= 1 (or one item)
-    it is the plain loop.
+    it is the plain loop, with one torch thread; a single item runs with torch's threads,
+    at most `threads` of them.
 
     Raises:
         The exception of the first failing item in order, after every started item finished;
         an exception of `consume` or a KeyboardInterrupt likewise stops and waits first.
     """
     n = len(items)
-    threads = min(threads, n)
-    if threads <= 1 or not _threads_usable():
-        for i, item in enumerate(items):
-            consume(i, fn(item))
+    if n <= 1 or threads <= 1 or not _threads_usable():
+        # one item: torch's own threads, `threads` of them at most; several items on one
+        # thread: one torch thread (a busy machine: no barrier per operation)
+        with one_block_threads(threads) if n <= 1 else torch_threads(1):
+            for i, item in enumerate(items):
+                consume(i, fn(item))
         return
+    threads = min(threads, n)
 
     cond = threading.Condition()
     window = 2 * threads

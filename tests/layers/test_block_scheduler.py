@@ -224,6 +224,35 @@ def test_grad_and_no_grad_modes_reach_the_workers(threads):
 
 
 # ------------------------------------------------------------------------------ policy
+def test_busy_cores_give_one_thread_with_one_torch_thread(monkeypatch):
+    """With every core taken by other work, the blocks run on the calling thread with ONE
+    torch thread (torch's intra-op threads would stall at their barriers); a one-block kernel
+    uses torch's threads up to block_threads()."""
+    old = torch.get_num_threads()
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    seen = []
+    real = schedule.compute_block
+
+    def spy(layer, k):
+        seen.append((threading.current_thread() is threading.main_thread(),
+                     torch.get_num_threads()))
+        return real(layer, k)
+
+    monkeypatch.setattr(schedule, "compute_block", spy)
+    net = wn.serial(wn.Dense(4), wn.Relu())
+    try:
+        torch.set_num_threads(2)
+        for others, blocks, expect in ((5, 8, 1), (5, 1 << 18, 1), (0, 1 << 18, 2)):
+            monkeypatch.setattr(parallel, "others_running", lambda o=others: o)
+            net.block_entries = blocks
+            seen.clear()
+            net.kernel(_x(20, 3))
+            assert seen and all(s == (True, expect) for s in seen), (others, blocks, seen)
+            assert torch.get_num_threads() == 2                 # restored
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_others_running_reads_the_runnable_threads(monkeypatch, tmp_path):
     """/proc/loadavg's fourth field counts the runnable threads, the reader included."""
     import builtins

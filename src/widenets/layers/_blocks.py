@@ -18,7 +18,7 @@ import math
 import torch
 
 from .._memory import memory_budget
-from .._parallel import block_threads
+from .._parallel import block_threads, one_block_threads
 from ._checks import check_finite
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._schedule import compute_block, kernel_in_block_pairs, kernel_in_row_blocks
@@ -70,9 +70,10 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
     cpu = x1.device.type == "cpu"
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
                                   threads=block_threads() if cpu else 1, fname=fname)
-    if b >= n1 and b >= n2:
-        k = compute_block(layer, attach(
-            input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
+    if b >= n1 and b >= n2:               # one block: torch's threads, `threads` at most
+        with one_block_threads(threads):
+            k = compute_block(layer, attach(
+                input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:
         k = kernel_in_block_pairs(layer, x1, x2, b, want_ntk, aux, threads=threads)
     check_finite(k, fname)

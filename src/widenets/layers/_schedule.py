@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._parallel import block_threads, run_in_order
+from .._parallel import block_threads, one_block_threads, run_in_order
 from ..kernel import Kernel
 from ._checks import check_finite
 from ._inputs import input_kernel
@@ -63,8 +63,9 @@ def kernel_in_row_blocks(layer, k0: Kernel, fname: str, *, threads: int | None =
     threads = _threads_for(k0) if threads is None else threads
     bounds = [(0, n1)] if whole else row_bounds(n1, max(1, k0.nngp[0].numel()),
                                                 layer.block_entries, threads)
-    if len(bounds) == 1:
-        k = compute_block(layer, k0)
+    if len(bounds) == 1:                  # one block: torch's threads, `threads` at most
+        with one_block_threads(threads):
+            k = compute_block(layer, k0)
         check_finite(k, fname, layer=layer, k0=k0)
         return k
 
