@@ -49,11 +49,15 @@ def _gib(b: float) -> str:
 
 
 def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
-                   layout: str, batch_size: int | None, fname: str, aux=(None,) * 4):
+                   layout: str, batch_size: int | None, fname: str, aux=(None,) * 4,
+                   threads: int | None = None):
     """`layer`'s kernel on channels-first inputs, in the layout it needs, blocked if needed.
 
     `aux` = (pattern1, pattern2, mask1, mask2) of the inputs (`Layer.kernel(pattern=, mask=)`),
-    sliced along with the inputs in every block."""
+    sliced along with the inputs in every block. `threads`: the call's thread count (None:
+    `block_threads()` on the CPU, 1 elsewhere)."""
+    if threads is None:
+        threads = block_threads() if x1.device.type == "cpu" else 1
     if layout == "full":
         need = FULL
     else:
@@ -63,13 +67,12 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
     if need == DIAGONAL:
         return kernel_in_row_blocks(
             layer, attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), *aux),
-            fname)
+            fname, threads=threads)
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    cpu = x1.device.type == "cpu"
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
-                                  threads=block_threads() if cpu else 1, fname=fname)
+                                  threads=threads, fname=fname)
     if b >= n1 and b >= n2:               # one block: torch's threads, `threads` at most
         with one_block_threads(threads):
             k = compute_block(layer, attach(

@@ -12,6 +12,7 @@ of tensors in the torch forward.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._parallel import block_threads, one_block_threads
 from ._blocks import spatial_kernel
 from ._checks import check_finite, check_underflow, strip_bookkeeping
 from ._inputs import DIAGONAL, FULL, _describe, as_input_tensor, input_kernel
@@ -190,11 +192,18 @@ class Layer:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
         aux = self._check_graph_inputs(x1, x2, pattern, mask, fname)
-        if x1.ndim == 2:
-            k = kernel_in_row_blocks(self, input_kernel(x1, x2, want_ntk="ntk" in gets), fname)
-        else:
-            k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
-                               batch_size=batch_size, fname=fname, aux=aux)
+        # one thread count for the whole call (widenets._parallel): the blocks' threads, and
+        # at most as many torch threads for what runs on this thread (the input Gram matrix)
+        cpu = x1.device.type == "cpu"
+        threads = block_threads() if cpu else 1
+        with one_block_threads(threads) if cpu else contextlib.nullcontext():
+            if x1.ndim == 2:
+                k = kernel_in_row_blocks(self, input_kernel(x1, x2, want_ntk="ntk" in gets),
+                                         fname, threads=threads)
+            else:
+                k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
+                                   batch_size=batch_size, fname=fname, aux=aux,
+                                   threads=threads)
         k = strip_bookkeeping(k)
         check_underflow(self, k, x1, x2, fname)
         if get is None:
