@@ -1,21 +1,24 @@
 """Steadiness on a shared machine (issue 14): the analytic kernel next to other jobs.
 
 Depth-3 ReLU MLP (Dense 512), NNGP + NTK, N inputs of dimension 784, float32, torch's default
-threads. Every number is a median of several timed runs after a warm-up, and every reference
-is measured in the same run:
+threads. Every number is a median over several rounds after a warm-up, and every reference is
+measured in the same rounds (interleaved, so that a change of the machine's load during the
+run affects all columns alike):
 
-1. idle: `net.kernel` and the bare Gram matrix `x @ x.T`;
-2. busy: the same while a second torch process (started here) multiplies matrices in a loop;
-   the kernel's slowdown is compared with the Gram's (target: at most 1.5x the Gram's);
-3. two widenets kernel jobs at once (two processes started here, synchronized after their
-   warm-up), with default threads against the one-thread configuration
-   (`torch.set_num_threads(1)` in both jobs; target: each at most 1.2x that).
+1. idle and busy: `net.kernel` and the bare Gram matrix `x @ x.T`, each round once with the
+   machine otherwise idle and once while a second torch process (started here) multiplies
+   1024 x 1024 matrices in a loop (it is paused with SIGSTOP for the idle half of each round).
+   Target: the kernel's slowdown at most 1.5x the Gram's.
+2. two widenets kernel jobs at once (two processes started here; each round starts both
+   together): default threads against the one-thread configuration
+   (`torch.set_num_threads(1)` in both jobs). Target: each at most 1.2x that.
 
-Each row is measured for three schedulers: "blocks" (the default: the kernel's row blocks on
-one-thread workers, `widenets._parallel`, as many as the cores that other work leaves free at
-the call); "blocks, all threads" (the same with the load ignored: torch's thread count of
-workers); and "per-op" (the blocks in one thread, each elementwise operation split over
-torch's OpenMP threads: the behaviour before issue 14, reproduced with `threads_limit(1)`).
+Schedulers: "blocks" (the default: the kernel's row blocks on one-thread workers,
+`widenets._parallel`, as many as the cores that other work leaves free at the call);
+"blocks, all threads" (the same with the load ignored: torch's thread count of workers);
+"per-op" (the blocks in one thread, each elementwise operation split over torch's OpenMP
+threads: the behaviour before issue 14, reproduced with `threads_limit(1)` and the load
+ignored).
 
     python benchmarks/contention.py [--n 4000] [--repeats 5] [--dtype float32]
                                     [--schedulers blocks "blocks, all threads" per-op]
@@ -24,20 +27,23 @@ torch's OpenMP threads: the behaviour before issue 14, reproduced with `threads_
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
+import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
 
 import widenets as wn
 import widenets._parallel as parallel
-from widenets._parallel import threads_limit
 
 HERE = Path(__file__).resolve()
+SCHEDULERS = ("blocks", "blocks, all threads", "per-op")
+ONE_THREAD = "one thread"
 
 
 def _net():
@@ -51,44 +57,49 @@ def _inputs(n: int, dtype) -> torch.Tensor:
     return torch.randn(n, 784, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-SCHEDULERS = ("blocks", "blocks, all threads", "per-op")
+@contextlib.contextmanager
+def _load_ignored():
+    real = parallel.others_running
+    parallel.others_running = lambda: 0
+    try:
+        yield
+    finally:
+        parallel.others_running = real
 
 
 def _kernel_fn(net, x, dtype, scheduler: str):
-    if scheduler == "blocks":
-        return lambda: net.kernel(x, dtype=dtype)
-    if scheduler == "blocks, all threads":
-        def all_threads():
-            real = parallel.others_running
-            parallel.others_running = lambda: 0
-            try:
-                return net.kernel(x, dtype=dtype)
-            finally:
-                parallel.others_running = real
-        return all_threads
-
-    def per_op():
-        with threads_limit(1):
+    def run():
+        if scheduler == "blocks":
             return net.kernel(x, dtype=dtype)
-    return per_op
+        if scheduler == ONE_THREAD:
+            with parallel.torch_threads(1):
+                return net.kernel(x, dtype=dtype)
+        with _load_ignored():
+            if scheduler == "per-op":
+                with parallel.threads_limit(1):
+                    return net.kernel(x, dtype=dtype)
+            return net.kernel(x, dtype=dtype)
+    return run
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------ child jobs
 def _job(args) -> None:
-    """A kernel job in its own process: warm up, say 'ready', wait for 'go', time, print."""
-    if args.job_threads:
-        torch.set_num_threads(args.job_threads)
+    """A kernel job in its own process: warm up every scheduler, say 'ready', then run the
+    one named on each line of stdin and print its time."""
     dtype = getattr(torch, args.dtype)
-    fn = _kernel_fn(_net(), _inputs(args.n, dtype), dtype, args.job)
-    fn()
+    net, x = _net(), _inputs(args.n, dtype)
+    fns = {s: _kernel_fn(net, x, dtype, s) for s in (ONE_THREAD, *args.schedulers)}
+    for f in fns.values():
+        f()
     print("ready", flush=True)
-    sys.stdin.readline()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    print(json.dumps(times), flush=True)
+    for line in sys.stdin:
+        print(_timed(fns[line.strip()]), flush=True)
 
 
 def _load() -> None:
@@ -110,22 +121,11 @@ def _spawn(*extra: str) -> subprocess.Popen:
     return p
 
 
-def _two_jobs(args, scheduler: str, threads: int | None) -> list[float]:
-    """Medians of two simultaneous kernel jobs."""
-    extra = ["--job", scheduler, "--n", str(args.n), "--repeats", str(args.repeats),
-             "--dtype", args.dtype]
-    if threads:
-        extra += ["--job-threads", str(threads)]
-    jobs = [_spawn(*extra) for _ in range(2)]
-    for p in jobs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    medians = []
-    for p in jobs:
-        times = sorted(json.loads(p.stdout.readline()))
-        p.wait()
-        medians.append(times[len(times) // 2])
-    return medians
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 # ------------------------------------------------------------------------------ main
@@ -137,8 +137,7 @@ def main() -> None:
     ap.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS,
                     help="which schedulers to time (default all; 'per-op' is the slow one on "
                          "a busy machine)")
-    ap.add_argument("--job", default=None, choices=SCHEDULERS, help=argparse.SUPPRESS)
-    ap.add_argument("--job-threads", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load:
@@ -148,50 +147,72 @@ def main() -> None:
 
     dtype = getattr(torch, args.dtype)
     net, x = _net(), _inputs(args.n, dtype)
-    fns = {s: _kernel_fn(net, x, dtype, s) for s in args.schedulers}
-    gram = lambda: x @ x.T  # noqa: E731
+    fns = {"gram": lambda: x @ x.T}
+    fns.update({s: _kernel_fn(net, x, dtype, s) for s in args.schedulers})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N = {args.n}, "
-          f"{args.dtype}, medians of {args.repeats} runs after a warm-up; /proc/loadavg at "
-          f"the start: {_loadavg()}")
-    print("\n| situation | scheduler | `net.kernel` (s) | Gram `x @ x.T` (s) | kernel / Gram |")
-    print("| --- | --- | --- | --- | --- |", flush=True)
-    times = {}
-    for name in ("machine otherwise idle", "a second torch job running"):
-        load = _spawn("--load") if name.startswith("a second") else None
-        try:
-            t = times[name] = {"gram": times_of(gram, args.repeats)[0]}
-            for s, f in fns.items():
-                t[s] = times_of(f, args.repeats)[0]
-                print(f"| {name} | {s} | {t[s]:.3f} | {t['gram']:.3f} | "
-                      f"{t[s] / t['gram']:.2f} |", flush=True)
-        finally:
-            if load is not None:
-                load.kill()
-                load.wait()
-    idle, busy = times.values()
-    g = busy["gram"] / idle["gram"]
-    print(f"\nslowdown under the second job: Gram x{g:.2f}; " + "; ".join(
-        f"kernel ({s}) x{busy[s] / idle[s]:.2f} = {busy[s] / idle[s] / g:.2f}x the Gram's"
-        for s in fns) + " (target <= 1.5x)")
+          f"{args.dtype}, medians of {args.repeats} interleaved rounds after a warm-up; "
+          f"/proc/loadavg at the start: {_loadavg()}", flush=True)
 
-    one = _two_jobs(args, "blocks", 1)
-    print("\n| two widenets jobs at once | job 1 (s) | job 2 (s) | / one-thread config |")
+    # 1. idle / busy, interleaved: the load process is paused for the idle half of each round
+    load = _spawn("--load")
+    times = {w: {k: [] for k in fns} for w in ("idle", "busy")}
+    try:
+        os.kill(load.pid, signal.SIGSTOP)
+        for f in fns.values():
+            f()
+        for _ in range(args.repeats):
+            for when in ("idle", "busy"):
+                os.kill(load.pid, signal.SIGSTOP if when == "idle" else signal.SIGCONT)
+                time.sleep(0.3)
+                for k, f in fns.items():
+                    times[when][k].append(_timed(f))
+    finally:
+        load.kill()
+        load.wait()
+    med = {w: {k: statistics.median(v) for k, v in t.items()} for w, t in times.items()}
+    print("\n| situation | scheduler | `net.kernel` (s) | Gram `x @ x.T` (s) | kernel / Gram |")
+    print("| --- | --- | --- | --- | --- |")
+    for when, name in (("idle", "machine otherwise idle"),
+                       ("busy", "a second torch job running")):
+        t = med[when]
+        for s in args.schedulers:
+            print(f"| {name} | {s} | {t[s]:.3f} | {t['gram']:.3f} | {t[s] / t['gram']:.2f} |")
+    g = med["busy"]["gram"] / med["idle"]["gram"]
+    print(f"\nslowdown under the second job: Gram x{g:.2f}; " + "; ".join(
+        f"kernel ({s}) x{med['busy'][s] / med['idle'][s]:.2f} = "
+        f"{med['busy'][s] / med['idle'][s] / g:.2f}x the Gram's" for s in args.schedulers)
+        + " (target <= 1.5x)", flush=True)
+
+    # 2. two jobs at once, every round both jobs start each configuration together
+    extra = ["--job", "--n", str(args.n), "--dtype", args.dtype, "--schedulers",
+             *args.schedulers]
+    jobs = [_spawn(*extra) for _ in range(2)]
+    configs = (ONE_THREAD, *args.schedulers)
+    pair = {c: [[], []] for c in configs}
+    try:
+        for _ in range(args.repeats):
+            for c in configs:
+                for p in jobs:
+                    p.stdin.write(c + "\n")
+                    p.stdin.flush()
+                for i, p in enumerate(jobs):
+                    pair[c][i].append(float(p.stdout.readline()))
+    finally:
+        for p in jobs:
+            p.stdin.close()
+            p.wait()
+    meds = {c: [statistics.median(v) for v in pair[c]] for c in configs}
+    ref = max(meds[ONE_THREAD])
+    print("\n| two widenets jobs at once | job 1 (s) | job 2 (s) | slower job / one-thread "
+          "config |")
     print("| --- | --- | --- | --- |")
-    print(f"| one thread each (`torch.set_num_threads(1)`) | {one[0]:.3f} | {one[1]:.3f} | "
-          f"1.00 |", flush=True)
-    ref = max(one)
-    for s in fns:
-        t = _two_jobs(args, s, None)
-        print(f"| default threads, {s} | {t[0]:.3f} | {t[1]:.3f} | {max(t) / ref:.2f} "
-              f"(target <= 1.2) |", flush=True)
+    for c in configs:
+        label = "one thread each (`torch.set_num_threads(1)`)" if c == ONE_THREAD else \
+            f"default threads, {c}"
+        print(f"| {label} | {meds[c][0]:.3f} | {meds[c][1]:.3f} | {max(meds[c]) / ref:.2f} |")
+    print("(target <= 1.2)")
     print(f"\n/proc/loadavg at the end: {_loadavg()}")
 
-
-def _loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "unknown"
 
 if __name__ == "__main__":
     main()

@@ -172,6 +172,15 @@ class Layer:
             A `Kernel`, a tensor or a tuple of tensors, as `get` asks (lists of these when the
             network ends in several branches).
         """
+        # One thread count for the whole call (widenets._parallel): the blocks' threads, and
+        # at most as many torch threads for everything that runs on this thread (the input
+        # checks and Gram matrix): on a busy machine every OpenMP region costs a barrier.
+        cpu = not (isinstance(x1, torch.Tensor) and x1.device.type != "cpu")
+        threads = block_threads() if cpu else 1
+        with one_block_threads(threads) if cpu else contextlib.nullcontext():
+            return self._kernel(x1, x2, pattern, mask, get, dtype, layout, batch_size, threads)
+
+    def _kernel(self, x1, x2, pattern, mask, get, dtype, layout, batch_size, threads):
         fname = f"{self.name}.kernel"
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"{fname}: dtype must be a torch floating dtype, got {dtype!r}")
@@ -192,18 +201,12 @@ class Layer:
                 raise ValueError(f"{fname}: x1 and x2 must be on the same device, got "
                                  f"{x1.device} and {x2.device}")
         aux = self._check_graph_inputs(x1, x2, pattern, mask, fname)
-        # one thread count for the whole call (widenets._parallel): the blocks' threads, and
-        # at most as many torch threads for what runs on this thread (the input Gram matrix)
-        cpu = x1.device.type == "cpu"
-        threads = block_threads() if cpu else 1
-        with one_block_threads(threads) if cpu else contextlib.nullcontext():
-            if x1.ndim == 2:
-                k = kernel_in_row_blocks(self, input_kernel(x1, x2, want_ntk="ntk" in gets),
-                                         fname, threads=threads)
-            else:
-                k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
-                                   batch_size=batch_size, fname=fname, aux=aux,
-                                   threads=threads)
+        if x1.ndim == 2:
+            k = kernel_in_row_blocks(self, input_kernel(x1, x2, want_ntk="ntk" in gets), fname,
+                                     threads=threads)
+        else:
+            k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
+                               batch_size=batch_size, fname=fname, aux=aux, threads=threads)
         k = strip_bookkeeping(k)
         check_underflow(self, k, x1, x2, fname)
         if get is None:
