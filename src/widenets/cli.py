@@ -25,15 +25,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _kernel_cli():
-    """(add_kernel_parser, run_kernel) from widenets.tiles.cli, or None while it is missing."""
-    try:
-        from .tiles.cli import add_kernel_parser, run_kernel
-    except ImportError:
-        return None
-    return add_kernel_parser, run_kernel
-
-
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder for PNGs, result.json and index.html "
@@ -76,13 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--list", action="store_true", help="list the reproducible figures")
     _add_run_options(rep, "out/FIGURE")
 
-    kernel = _kernel_cli()
-    if kernel is not None:
-        kernel[0](sub)
-    else:
-        sub.add_parser("kernel", help="large tiled kernels (not available in this build yet)")
     from .solve_cli import add_solve_parser
+    from .tiles.cli import add_kernel_parser
 
+    add_kernel_parser(sub)
     add_solve_parser(sub)
     return parser
 
@@ -149,13 +137,12 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["kernel"] and _kernel_cli() is None:
-        return _fail("`widenets kernel` (tiled large kernels) is not available in this "
-                     "build yet")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "kernel":
-        return int(_kernel_cli()[1](args) or 0)
+        from .tiles.cli import run_kernel
+
+        return int(run_kernel(args) or 0)
     if args.command == "solve":
         from .solve_cli import run_solve
 

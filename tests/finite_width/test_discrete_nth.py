@@ -161,5 +161,5 @@ def test_chunk_size_is_a_deprecated_alias(deep):
     with pytest.warns(FutureWarning, match="implementation='mlp' is deprecated"):
         c = fw.higher_order_kernel(model, x, order=3, implementation="mlp")
     assert torch.allclose(a, c, rtol=1e-12, atol=1e-14)
-    with pytest.raises(ValueError, match="higher_order_kernel: batch_size must be an int"):
+    with pytest.raises(ValueError, match="higher_order_kernel: batch_size must be a positive int"):
         fw.higher_order_kernel(model, x, order=3, batch_size=0)

@@ -18,17 +18,14 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._checks import as_tensor, check_batch_size, check_choice, check_finite_values
+from .._checks import describe as _describe
+
 __all__ = ["Target", "resolve_target", "check_inputs", "check_choice", "check_batch_size",
            "check_fixed_function", "MODES", "IMPLEMENTATIONS"]
 
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__} {x!r}"[:120]
 
 
 @dataclass
@@ -190,39 +187,12 @@ def check_inputs(x1, x2, *, func: str):
 
 
 def _as_tensor(x, func: str, arg: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        try:
-            import numpy as np
-        except ImportError:  # pragma: no cover - numpy is a dependency
-            np = None
-        if np is not None and isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        else:
-            raise TypeError(f"{func}: {arg} must be a torch.Tensor or numpy array, got "
-                            f"{_describe(x)}")
+    x = as_tensor(x, func=func, arg=arg)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{func}: {arg} must have a non-empty batch axis first, shape "
                          f"(n, *input_shape), got shape {tuple(x.shape)}")
-    if torch.is_floating_point(x) and not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; remove or "
-                         f"impute them first")
+    check_finite_values(x, func=func, arg=arg)
     return x
-
-
-def check_choice(value, allowed: tuple[str, ...], *, func: str, arg: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{func}: {arg} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def check_batch_size(batch_size, *, func: str) -> int | None:
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"{func}: batch_size must be a positive int (inputs per block) or None "
-                         f"for one block, got {batch_size!r}")
-    return batch_size
 
 
 # ------------------------------------------------------------------ a fixed function per input

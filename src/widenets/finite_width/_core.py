@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from .._checks import as_input_tensor
 from ..empirical import empirical_ntk
-from ..layers.base import as_input_tensor
 
 __all__ = ["ntk", "params_of", "outputs", "jacobian", "jvp_outputs", "vjp_outputs", "hvp",
-           "CONVENTIONS", "flow_rate", "check_model", "check_x", "check_y", "check_positive",
-           "check_int", "load_params", "flat_dot"]
+           "CONVENTIONS", "flow_rate", "check_model", "check_x", "check_y",
+           "load_params", "flat_dot"]
 
 #: Loss conventions. "mean": L = (1/2n) Σ_i ||f(x_i) - y_i||² (Huang & Yau 2020, seed 000,
 #: eq. 2); "sum": L = (1/2) Σ_i ||f(x_i) - y_i||² (Lee et al. 2019, seed 002, §2.2).
@@ -129,23 +129,6 @@ def check_y(y, func: str, n: int, n_out: int, dtype) -> torch.Tensor:
     if not torch.isfinite(y).all():
         raise ValueError(f"{func}: y contains NaN or infinite entries")
     return y.to(dtype)
-
-
-def check_positive(value, func: str, arg: str, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = value == value and value != float("inf") and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{func}: {arg} must be a finite number "
-                         f"{'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def check_int(value, func: str, arg: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{func}: {arg} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def check_convention(value, func: str) -> str:

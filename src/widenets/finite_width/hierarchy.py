@@ -34,9 +34,10 @@ from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import jvp, vmap
 
+from .._checks import check_batch_size, check_positive
 from ..deprecation import renamed_arguments
 from . import _core, _discrete, _mlp
-from ._core import check_convention, check_model, check_positive, check_x, flow_rate
+from ._core import check_convention, check_model, check_x, flow_rate
 
 __all__ = ["IMPLEMENTATIONS", "higher_order_kernel", "nth_kernels", "truncated_nth",
            "NTHKernels", "NTHResult", "k3_hvp_count"]
@@ -164,12 +165,6 @@ def _check_implementation(implementation, model, func: str) -> str:
     return implementation
 
 
-def _check_batch_size(batch_size, func: str) -> int | None:
-    if batch_size is not None:
-        _core.check_int(batch_size, func, "batch_size")
-    return batch_size
-
-
 @renamed_arguments(since="0.2", chunk_size="batch_size")
 def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
                         batch_size: int | None = None,
@@ -211,7 +206,7 @@ def higher_order_kernel(model: nn.Module, xs, order: int = 3, *, x_first=None,
     check_model(model, func)
     if order not in (2, 3, 4):
         raise ValueError(f"{func}: order must be 2, 3 or 4, got {order!r}")
-    batch_size = _check_batch_size(batch_size, func)
+    batch_size = check_batch_size(batch_size, func=func)
     x = check_x(xs, func, "xs", model)
     xf = None if x_first is None else check_x(x_first, func, "x_first", model)
     if xf is not None and xf.shape[1:] != x.shape[1:]:
@@ -308,7 +303,7 @@ def nth_kernels(model: nn.Module, x, *, order: int = 3, x_test=None,
         raise ValueError(f"{func}: order must be 2, 3 or 4, got {order!r}")
     if not isinstance(discrete, bool):
         raise TypeError(f"{func}: discrete must be a bool, got {type(discrete).__name__}")
-    batch_size = _check_batch_size(batch_size, func)
+    batch_size = check_batch_size(batch_size, func=func)
     x = check_x(x, func, "x", model)
     xt = None if x_test is None else check_x(x_test, func, "x_test", model)
     _check_scalar_output(model, x, func)
@@ -433,7 +428,7 @@ def truncated_nth(model: nn.Module | None, x=None, y=None, *, order: int = 3, ti
     if order not in (2, 3, 4):
         raise ValueError(f"{func}: order must be 2, 3 or 4, got {order!r}")
     check_convention(convention, func)
-    eta = check_positive(learning_rate, func, "learning_rate")
+    eta = check_positive(learning_rate, func=func, arg="learning_rate")
     if not isinstance(discrete, bool):
         raise TypeError(f"{func}: discrete must be a bool, got {type(discrete).__name__}")
     t_eval = _check_times(times, func)

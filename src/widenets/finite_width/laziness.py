@@ -24,6 +24,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import jvp
 
+from .._checks import check_positive
 from . import _core
 from ._core import check_model, check_x
 from .training import ScaledModelBase, TrainRecord
@@ -285,7 +286,7 @@ def scaled(model: nn.Module, alpha: float) -> ScaledModel:
         True
     """
     check_model(model, "scaled")
-    alpha = _core.check_positive(alpha, "scaled", "alpha")
+    alpha = check_positive(alpha, func="scaled", arg="alpha")
     return ScaledModel(model, alpha)
 
 

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from .._checks import check_int, check_positive
 from . import _core
-from ._core import check_convention, check_model, check_positive, check_x
+from ._core import check_convention, check_model, check_x
 
 __all__ = ["train", "TrainRecord", "RECORDABLE"]
 
@@ -183,7 +184,7 @@ def train(model: nn.Module, x, y, *, learning_rate: float, steps: int | None = N
     if method not in ("gd", "flow"):
         raise ValueError(f"{func}: method must be 'gd' or 'flow', got {method!r}")
     check_convention(convention, func)
-    eta = check_positive(learning_rate, func, "learning_rate")
+    eta = check_positive(learning_rate, func=func, arg="learning_rate")
     rec = (record,) if isinstance(record, str) else tuple(record)
     bad = [r for r in rec if r not in RECORDABLE]
     if bad:
@@ -197,20 +198,20 @@ def train(model: nn.Module, x, y, *, learning_rate: float, steps: int | None = N
     if scale is None:
         scale = 1.0 / float(model.alpha) ** 2 if hasattr(model, "alpha") and \
             isinstance(model, ScaledModelBase) else 1.0
-    scale = check_positive(scale, func, "loss_scale")
+    scale = check_positive(scale, func=func, arg="loss_scale")
     if method == "gd":
         total = steps
         if total is None or time is not None:
             raise ValueError(f"{func}: method='gd' needs steps=<int> (and no time)")
-        total = _core.check_int(total, func, "steps", minimum=0)
-        every = _core.check_int(record_every, func, "record_every")
+        total = check_int(total, func=func, arg="steps", minimum=0)
+        every = check_int(record_every, func=func, arg="record_every")
     else:
         total = time if time is not None else steps
         if total is None:
             raise ValueError(f"{func}: method='flow' needs time=<float>")
-        total = check_positive(total, func, "time", allow_zero=True)
-        every = check_positive(record_every, func, "record_every")
-        dt = check_positive(dt, func, "dt")
+        total = check_positive(total, func=func, arg="time", allow_zero=True)
+        every = check_positive(record_every, func=func, arg="record_every")
+        dt = check_positive(dt, func=func, arg="dt")
 
     params = _core.params_of(model)
     names = list(params)

@@ -19,8 +19,8 @@ import torch
 
 from .._memory import memory_budget
 from .._parallel import block_threads, one_block_threads
-from ._checks import check_finite
 from ._inputs import DIAGONAL, FULL, input_kernel
+from ._kernel_checks import check_finite
 from ._schedule import compute_block, kernel_in_block_pairs, kernel_in_row_blocks
 from .patterns import attach
 

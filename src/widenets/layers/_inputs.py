@@ -1,5 +1,6 @@
-"""The kernel of the raw inputs (the start of every `net.kernel`) and the checks of input
-batches. Below every other module of `widenets.layers`: it imports none of them."""
+"""The kernel of the raw inputs, the start of every `net.kernel` (the inputs are checked by
+`widenets._checks.as_input_tensor` first). Below every other module of `widenets.layers`: it
+imports none of them."""
 
 from __future__ import annotations
 
@@ -9,57 +10,10 @@ import torch
 
 from ..kernel import Kernel
 
-__all__ = ["as_input_tensor", "input_kernel", "DIAGONAL", "FULL"]
+__all__ = ["input_kernel", "DIAGONAL", "FULL"]
 
 #: spatial layout needs (see `Layer.layout_need`), ordered: FULL serves DIAGONAL too
 DIAGONAL, FULL = 1, 2
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__} {x!r}"[:120]
-
-
-def as_input_tensor(x, *, func: str, arg: str, dtype: torch.dtype) -> torch.Tensor:
-    """Check a user's input batch and return it as a `dtype` tensor.
-
-    Raises:
-        TypeError: not array-like, or integer/bool/complex dtype.
-        ValueError: rank < 2 (no batch axis) or non-finite entries.
-    """
-    if not isinstance(x, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(x, np.ndarray):
-                x = torch.from_numpy(x)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{func}: {arg} must be a torch.Tensor or numpy array of floats, "
-                            f"got {_describe(x)}") from None
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{func}: {arg} must hold floating-point values, got dtype {x.dtype}; "
-                        f"convert with {arg}.to(torch.float64)")
-    if x.ndim < 2:
-        raise ValueError(f"{func}: {arg} must have a batch axis first, shape (n, features...), "
-                         f"got shape {tuple(x.shape)}; use {arg}[None] for a single input")
-    if x.device.type == "meta":
-        raise ValueError(f"{func}: {arg} must hold values, got a meta tensor of shape "
-                         f"{tuple(x.shape)} (shape only, no data); create it on a real device")
-    if x.shape[0] == 0:
-        raise ValueError(f"{func}: {arg} must hold at least one input (row), got shape "
-                         f"{tuple(x.shape)} with 0 rows")
-    if 0 in x.shape[1:]:
-        raise ValueError(f"{func}: {arg} must have at least one feature per input, got shape "
-                         f"{tuple(x.shape)} (an axis of size 0 after the batch axis)")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; "
-                         f"remove or impute them first")
-    return x.to(dtype)
-
 
 
 def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,

@@ -20,8 +20,8 @@ import torch
 
 from .._parallel import block_threads, one_block_threads, run_in_order
 from ..kernel import Kernel
-from ._checks import check_finite
 from ._inputs import input_kernel
+from ._kernel_checks import check_finite
 from .patterns import attach
 
 __all__ = ["compute_block", "kernel_in_row_blocks", "kernel_in_block_pairs", "row_bounds",

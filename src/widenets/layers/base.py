@@ -20,10 +20,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._checks import as_input_tensor
+from .._checks import describe as _describe
 from .._parallel import block_threads, one_block_threads
 from ._blocks import spatial_kernel
-from ._checks import check_finite, check_underflow, strip_bookkeeping
-from ._inputs import DIAGONAL, FULL, _describe, as_input_tensor, input_kernel
+from ._inputs import DIAGONAL, FULL, input_kernel
+from ._kernel_checks import check_finite, check_underflow, strip_bookkeeping
 from ._schedule import kernel_in_row_blocks
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
@@ -33,6 +35,7 @@ __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_param
 PARAMETERIZATIONS = ("ntk", "standard")
 LAYOUTS = ("auto", "diagonal", "full")
 _GET = ("nngp", "ntk")
+
 
 def check_std(value, *, func: str, arg: str, allow_none: bool = False):
     """A standard deviation must be a finite number >= 0 (or None where allowed).

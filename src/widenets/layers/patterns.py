@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from .._checks import describe as _describe
+
 __all__ = ["EdgeList", "check_pattern", "check_mask", "as_dense_adjacency", "attach"]
 
 
@@ -83,12 +85,6 @@ class EdgeList:
     def __repr__(self) -> str:
         return (f"EdgeList(n={self.edges.shape[0]}, edges per graph={self.edges.shape[1]}, "
                 f"weighted={self.weights is not None})")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__}"
 
 
 def check_pattern(p, *, n: int, positions: int, func: str, arg: str, dtype: torch.dtype):

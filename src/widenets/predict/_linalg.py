@@ -19,9 +19,9 @@ import math
 import os
 from numbers import Real
 
-import numpy as np
 import torch
 
+from .._checks import as_tensor, check_finite_values, check_positive
 from ..kernel import Kernel
 
 __all__ = ["as_kernel_matrix", "as_targets", "as_outputs", "check_diag_reg", "check_positive",
@@ -31,34 +31,13 @@ __all__ = ["as_kernel_matrix", "as_targets", "as_outputs", "check_diag_reg", "ch
 KERNEL_NAMES = ("nngp", "ntk")
 
 
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    if isinstance(x, np.ndarray):
-        return f"a {x.dtype} numpy array of shape {x.shape}"
-    return f"{type(x).__name__} {x!r}"[:120]
-
-
 def _to_tensor(x, *, func: str, arg: str, what: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif isinstance(x, (list, tuple)):
-        try:
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(f"{func}: {arg} must be {what}, got {_describe(x)}") from None
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{func}: {arg} must be {what}, got {_describe(x)}")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{func}: {arg} must hold real numbers, got dtype {x.dtype}")
-    return x
+    return as_tensor(x, func=func, arg=arg, what=what, allow_lists=True)
 
 
 def _check_finite(x: torch.Tensor, *, func: str, arg: str) -> None:
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{func}: {arg} contains {bad} NaN or infinite entries; a kernel or "
-                         f"target must be finite (recompute it in float64)")
+    check_finite_values(x, func=func, arg=arg,
+                        hint="a kernel or target must be finite (recompute it in float64)")
 
 
 def is_store(k) -> bool:
@@ -174,15 +153,6 @@ def check_diag_reg(diag_reg, *, func: str) -> float:
             not math.isfinite(diag_reg) or diag_reg < 0:
         raise ValueError(f"{func}: diag_reg must be a finite number >= 0, got {diag_reg!r}")
     return float(diag_reg)
-
-
-def check_positive(value, *, func: str, arg: str, allow_zero: bool = False) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and \
-        (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{func}: {arg} must be a finite number "
-                         f"{'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 def regularize(k: torch.Tensor, diag_reg: float, *, absolute: bool) -> tuple[torch.Tensor, float]:

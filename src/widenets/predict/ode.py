@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._checks import describe as _describe
 from ._linalg import (
-    _describe,
     as_kernel_matrix,
     as_outputs,
     as_targets,

@@ -36,6 +36,7 @@ from numbers import Real
 import numpy as np
 import torch
 
+from .._checks import check_choice, check_int
 from .._memory import memory_budget
 from ._linalg import (
     KERNEL_NAMES,
@@ -344,21 +345,6 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------ checks
-def _check_choice(value, options, arg):
-    if value not in options:
-        raise ValueError(f"{_FUNC}: {arg} must be one of {options}, got {value!r}")
-    return value
-
-
-def _check_int(value, arg, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{_FUNC}: {arg} must be a positive int"
-                         f"{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
 def _fits_in_memory(op) -> bool:
     """Room for the kernel, its regularized copy and the factor within the memory budget
     (`widenets._memory.memory_budget`: half of the memory available now)."""
@@ -424,10 +410,10 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"{_FUNC}: kernel must be 'nngp' or 'ntk', got {kernel!r}")
     diag_reg = check_diag_reg(diag_reg, func=_FUNC)
-    _check_choice(method, METHODS, "method")
-    _check_choice(preconditioner, PRECONDITIONERS, "preconditioner")
-    rank = _check_int(rank, "rank")
-    max_iter = _check_int(max_iter, "max_iter")
+    check_choice(method, METHODS, func=_FUNC, arg="method")
+    check_choice(preconditioner, PRECONDITIONERS, func=_FUNC, arg="preconditioner")
+    rank = check_int(rank, func=_FUNC, arg="rank", allow_none=True)
+    max_iter = check_int(max_iter, func=_FUNC, arg="max_iter", allow_none=True)
     if isinstance(tol, bool) or not isinstance(tol, Real) or not 0 < tol < 1:
         raise ValueError(f"{_FUNC}: tol must be a number in (0, 1), got {tol!r}")
     if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, Real) or \

@@ -208,7 +208,7 @@ def run_kernel(args: argparse.Namespace) -> int:
         x1 = load_data(args.data, arg="--data", header=args.header)
         x2 = None if args.x2 is None else load_data(args.x2, arg="--x2", header=args.header)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=err)
+        print(f"widenets: error: {e}", file=err)
         return 2
     if args.flatten:
         x1 = x1.reshape(len(x1), -1)
@@ -225,7 +225,7 @@ def run_kernel(args: argparse.Namespace) -> int:
         print(f"\n{e or 'interrupted'}", file=err)
         return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"error: {e}", file=err)
+        print(f"widenets: error: {e}", file=err)
         return 1
     print(f"{run.store}: {run.tiles_total} tiles ({run.tiles_computed} computed, "
           f"{run.tiles_skipped} already done) in {run.seconds:.1f} s")
