@@ -13,21 +13,18 @@ run affects all columns alike):
    together): default threads against the one-thread configuration
    (`torch.set_num_threads(1)` in both jobs). Target: each at most 1.2x that.
 
-Schedulers: "blocks" (the default: the kernel's row blocks on one-thread workers,
-`widenets._parallel`, as many as the cores that other work leaves free at the call);
-"blocks, all threads" (the same with the load ignored: torch's thread count of workers);
-"per-op" (the blocks in one thread, each elementwise operation split over torch's OpenMP
-threads: the behaviour before issue 14, reproduced with `threads_limit(1)` and the load
-ignored).
+Schedulers: "blocks" (the default: the kernel's row blocks on torch's thread count of
+one-thread workers, `widenets._parallel`) and "per-op" (the blocks in one thread, each
+elementwise operation split over torch's OpenMP threads: the behaviour before issue 14,
+reproduced by replacing the scheduler's `run_in_order` with a plain loop).
 
     python benchmarks/contention.py [--n 4000] [--repeats 5] [--dtype float32]
-                                    [--schedulers blocks "blocks, all threads" per-op]
+                                    [--schedulers blocks per-op]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import statistics
@@ -40,9 +37,10 @@ import torch
 
 import widenets as wn
 import widenets._parallel as parallel
+import widenets.layers._schedule as schedule
 
 HERE = Path(__file__).resolve()
-SCHEDULERS = ("blocks", "blocks, all threads", "per-op")
+SCHEDULERS = ("blocks", "per-op")
 ONE_THREAD = "one thread"
 
 
@@ -57,16 +55,6 @@ def _inputs(n: int, dtype) -> torch.Tensor:
     return torch.randn(n, 784, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-@contextlib.contextmanager
-def _load_ignored():
-    real = parallel.others_running
-    parallel.others_running = lambda: 0
-    try:
-        yield
-    finally:
-        parallel.others_running = real
-
-
 def _kernel_fn(net, x, dtype, scheduler: str):
     def run():
         if scheduler == "blocks":
@@ -74,12 +62,18 @@ def _kernel_fn(net, x, dtype, scheduler: str):
         if scheduler == ONE_THREAD:
             with parallel.torch_threads(1):
                 return net.kernel(x, dtype=dtype)
-        with _load_ignored():
-            if scheduler == "per-op":
-                with parallel.threads_limit(1):
-                    return net.kernel(x, dtype=dtype)
+        real = schedule.run_in_order              # per-op: a plain loop, torch's threads
+        schedule.run_in_order = _plain_loop
+        try:
             return net.kernel(x, dtype=dtype)
+        finally:
+            schedule.run_in_order = real
     return run
+
+
+def _plain_loop(fn, items, consume, *, threads):
+    for i, item in enumerate(items):
+        consume(i, fn(item))
 
 
 def _timed(fn) -> float:

@@ -175,7 +175,6 @@ def test_threads_flag_sets_torch_blas_and_the_kernels_block_threads(monkeypatch,
     assert cli.main(["demo", "--quick", "--threads", "0"]) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     monkeypatch.setattr(parallel, "usable_cores", lambda: 8)
-    monkeypatch.setattr(parallel, "others_running", lambda: 0)
     old = torch.get_num_threads()
     with threadpool_limits(limits=None):          # restores the BLAS limits afterwards
         try:

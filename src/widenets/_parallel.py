@@ -14,22 +14,20 @@ Thread counts (`block_threads`): the smallest of
   follows `OMP_NUM_THREADS`, `torch.set_num_threads` and `widenets --threads`;
 * the cores this process may run on (`os.sched_getaffinity`);
 * a limit set around the call by `threads_limit` (the tile runner's, so that tile threads x
-  block threads do not oversubscribe the machine);
-* the cores not taken by other work right now: the cores minus the threads of other work
-  that are runnable at the call (the first number of the fourth field of /proc/loadavg, less
-  the calling thread; scaled by the share of the machine's CPUs this process may use). At
-  least 1.
-Why the load counts: the pool threads share Python's GIL between torch operations. When the
-cores are oversubscribed, a thread descheduled while it holds the GIL stalls the others of its
-job the way a descheduled OpenMP thread stalls a barrier (measured on the busy 2-core machine:
-two block threads cost 1.1-1.3x the CPU time of one and ran no faster), so a job that finds
-the cores busy takes one thread per free core, and one thread when none is free; that thread
-runs torch with one intra-op thread too (torch's own threads would bring the barriers back:
-10x slower there). A kernel small enough for one block runs on the calling thread with
-torch's intra-op threads, `block_threads()` of them at most. The count is
-read at each `net.kernel` call (one read of /proc/loadavg), so a job adapts when the machine
-gets busy or quiet; it is instantaneous (the one-minute load average would count this job's
-own threads of the previous call and lag a minute behind).
+  block threads do not oversubscribe the machine).
+Everything else of a `net.kernel` call runs on the calling thread with ONE torch thread
+(torch's threads would bring the barriers back: a kernel of 200 inputs took 12x longer with two
+on the busy machine), except large steps (`big_op_threads`: the input Gram matrix, a kernel
+that cannot be cut into blocks) which use `block_threads()` torch threads.
+
+The machine's load does not lower the count. A variant that took one thread per core left
+free by other runnable threads (/proc/loadavg) was measured against this one on the busy 2-core
+machine (benchmarks/contention.py, interleaved rounds): next to a second torch job it was 1.3x
+slower (1.6x the Gram's slowdown against 1.0x), and two widenets jobs at once ran alike with
+either. Blocks are handed out dynamically, so a job with more threads than its share of the
+cores loses little (the threads share Python's GIL between operations: a thread descheduled
+while it holds the GIL delays its job's other threads, a far rarer stall than a barrier per
+operation), while under the operating system's per-thread fair share it gets more CPU time.
 
 torch's thread setting and these threads: `torch.set_num_threads` is per thread for OpenMP
 (an OpenMP ICV of the calling thread) but also stores a process-wide value that a thread
@@ -57,8 +55,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["block_threads", "threads_limit", "usable_cores", "others_running", "run_in_order",
-           "torch_threads", "one_block_threads"]
+__all__ = ["block_threads", "threads_limit", "usable_cores", "run_in_order", "torch_threads",
+           "big_op_threads", "PARALLEL_MIN_WORK"]
 
 _local = threading.local()
 
@@ -72,31 +70,13 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def others_running() -> int:
-    """Threads of other work runnable now on this process's cores: /proc/loadavg's count of
-    runnable threads less the calling one, scaled to this process's share of the machine's
-    CPUs; 0 where unknown (no /proc)."""
-    try:
-        with open("/proc/loadavg") as f:
-            runnable = int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    others = max(0, runnable - 1)
-    total = os.cpu_count() or 1
-    cores = usable_cores()
-    return others * cores // total if cores < total else others
-
-
 def block_threads() -> int:
     """How many threads compute the blocks of a kernel called from this thread (the calling
     thread and pool threads; see the module docstring for the policy)."""
-    cores = usable_cores()
-    n = min(torch.get_num_threads(), cores)
+    n = min(torch.get_num_threads(), usable_cores())
     limit = getattr(_local, "limit", None)
     if limit is not None:
         n = min(n, limit)
-    if n > 1:
-        n = min(n, cores - others_running())
     return max(1, n)
 
 
@@ -126,10 +106,17 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def one_block_threads(threads: int):
-    """The context for a kernel computed as a single block by this thread: torch's intra-op
-    threads, `threads` (from `block_threads`) of them at most."""
-    return torch_threads(max(1, min(threads, torch.get_num_threads())))
+#: work (scalar multiply-adds or elementwise operations) below which a step of `net.kernel` on
+#: the calling thread runs with one torch thread, about 50 ms of one core: splitting its
+#: operations costs barriers, which on a busy machine cost far more than small operations
+#: (measured: a kernel of 200 inputs took 8-12x longer with two threads)
+PARALLEL_MIN_WORK = 1 << 27
+
+
+def big_op_threads(threads: int, work: int):
+    """torch_threads for a step of the calling thread of about `work` scalar operations (the
+    input Gram matrix, a kernel that is one block): `threads` if it is large, else 1."""
+    return torch_threads(threads if work >= PARALLEL_MIN_WORK else 1)
 
 
 # ------------------------------------------------------------------------------ the pool
@@ -209,8 +196,7 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
     finished ones in order between its own items (consuming first, so that at most
     2 x threads results wait). The other threads - 1 are pool threads. Every fn runs with one
     torch thread and the caller's grad and inference modes. With threads <= 1 (or one item)
-    it is the plain loop, with one torch thread; a single item runs with torch's threads,
-    at most `threads` of them.
+    it is the plain loop, with one torch thread.
 
     Raises:
         The exception of the first failing item in order, after every started item finished;
@@ -218,9 +204,8 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
     """
     n = len(items)
     if n <= 1 or threads <= 1 or not _threads_usable():
-        # one item: torch's own threads, `threads` of them at most; several items on one
-        # thread: one torch thread (a busy machine: no barrier per operation)
-        with one_block_threads(threads) if n <= 1 else torch_threads(1):
+        # one thread: one torch thread (no barrier per operation)
+        with torch_threads(1):
             for i, item in enumerate(items):
                 consume(i, fn(item))
         return
@@ -229,7 +214,10 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
     cond = threading.Condition()
     window = 2 * threads
     lanes = threads - 1                     # pool threads; the caller is the last lane
-    state = {"next": 0, "consumed": 0, "stop": False, "running": lanes}
+    # inflight: items started and not finished. The caller waits for those only, not for
+    # pool threads that have not woken up yet (on a busy machine that takes milliseconds;
+    # such a lane finds nothing left and returns)
+    state = {"next": 0, "consumed": 0, "stop": False, "inflight": 0}
     done: dict[int, object] = {}
     errors: dict[int, BaseException] = {}
     grad = torch.is_grad_enabled()
@@ -240,6 +228,7 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
         if state["stop"] or i >= n or i >= state["consumed"] + window:
             return None
         state["next"] = i + 1
+        state["inflight"] += 1
         return i
 
     def compute(i: int) -> None:
@@ -253,24 +242,20 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
             else:
                 errors[i] = error
                 state["stop"] = True
+            state["inflight"] -= 1
             cond.notify_all()
 
     def lane() -> None:
-        try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                while True:
-                    with cond:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            while True:
+                with cond:
+                    i = take()
+                    while i is None and not state["stop"] and state["next"] < n:
+                        cond.wait()
                         i = take()
-                        while i is None and not state["stop"] and state["next"] < n:
-                            cond.wait()
-                            i = take()
-                    if i is None:
-                        return
-                    compute(i)
-        finally:
-            with cond:
-                state["running"] -= 1
-                cond.notify_all()
+                if i is None:
+                    return
+                compute(i)
 
     _POOL.run(lane, lanes)
     try:
@@ -301,6 +286,6 @@ def run_in_order(fn: Callable, items: Sequence, consume: Callable[[int, object],
         raise
     finally:
         with cond:
-            while state["running"]:
+            while state["inflight"]:
                 cond.wait()
         _POOL.release(lanes)

@@ -37,8 +37,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: each config's)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch, BLAS and the kernels' blocks (default: "
-                        "torch's default, i.e. OMP_NUM_THREADS or the cores; the kernels use "
-                        "fewer while other work keeps the cores busy)")
+                        "torch's default, i.e. OMP_NUM_THREADS or the cores)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config field, typed against the config "
                         "(repeatable; lists as comma-separated values, e.g. widths=64,256)")
@@ -97,8 +96,8 @@ def _list_figures() -> int:
 
 def _apply_threads(n: int) -> None:
     """`--threads N` for the rest of the run: torch's intra-op threads, which the analytic
-    kernels' block threads follow (never more than the free cores, see
-    `widenets._parallel`), and the numpy/scipy BLAS threads."""
+    kernels' block threads follow (never more than the cores, see `widenets._parallel`),
+    and the numpy/scipy BLAS threads."""
     import torch
     from threadpoolctl import threadpool_limits
 

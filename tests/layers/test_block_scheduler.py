@@ -30,7 +30,6 @@ def threads(monkeypatch):
 
     def set_threads(n):
         monkeypatch.setattr(parallel, "usable_cores", lambda: n)
-        monkeypatch.setattr(parallel, "others_running", lambda: 0)     # an idle machine
         torch.set_num_threads(n)
         assert parallel.block_threads() == n
 
@@ -224,10 +223,11 @@ def test_grad_and_no_grad_modes_reach_the_workers(threads):
 
 
 # ------------------------------------------------------------------------------ policy
-def test_busy_cores_give_one_thread_with_one_torch_thread(monkeypatch):
-    """With every core taken by other work, the blocks run on the calling thread with ONE
-    torch thread (torch's intra-op threads would stall at their barriers); a one-block kernel
-    uses torch's threads up to block_threads()."""
+def test_the_calling_thread_uses_one_torch_thread_except_for_large_steps(monkeypatch):
+    """With one block thread (here the tile runner's limit) the blocks run on the calling
+    thread with ONE torch thread, and so does a small kernel that is one block (torch's
+    intra-op threads would stall at their barriers); only steps of PARALLEL_MIN_WORK or
+    more get torch's threads, block_threads() of them at most."""
     old = torch.get_num_threads()
     monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
     seen = []
@@ -242,49 +242,28 @@ def test_busy_cores_give_one_thread_with_one_torch_thread(monkeypatch):
     net = wn.serial(wn.Dense(4), wn.Relu())
     try:
         torch.set_num_threads(2)
-        for others, blocks, expect in ((5, 8, 1), (5, 1 << 18, 1), (0, 1 << 18, 2)):
-            monkeypatch.setattr(parallel, "others_running", lambda o=others: o)
+        for limit, blocks, expect in ((1, 8, 1), (1, 1 << 18, 1), (2, 1 << 18, 1)):
             net.block_entries = blocks
             seen.clear()
-            net.kernel(_x(20, 3))
-            assert seen and all(s == (True, expect) for s in seen), (others, blocks, seen)
+            with parallel.threads_limit(limit):
+                net.kernel(_x(20, 3))
+            assert seen and all(s == (True, expect) for s in seen), (limit, blocks, seen)
             assert torch.get_num_threads() == 2                 # restored
+        for elements, expect in ((parallel.PARALLEL_MIN_WORK, 2),
+                                 (parallel.PARALLEL_MIN_WORK - 1, 1)):
+            with parallel.big_op_threads(2, elements):
+                assert torch.get_num_threads() == expect
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
-
-
-def test_others_running_reads_the_runnable_threads(monkeypatch, tmp_path):
-    """/proc/loadavg's fourth field counts the runnable threads, the reader included."""
-    import builtins
-
-    real_open = builtins.open
-    fake = tmp_path / "loadavg"
-
-    def fake_open(path, *a, **kw):
-        return real_open(fake if path == "/proc/loadavg" else path, *a, **kw)
-
-    monkeypatch.setattr(builtins, "open", fake_open)
-    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
-    for text, cores, expect in (("9.01 9.29 7.22 8/126 16866", 8, 7),
-                                ("0.01 0.02 0.00 1/126 16866", 8, 0),
-                                ("9.01 9.29 7.22 9/126 16866", 2, 2),   # 8 others x 2/8 cores
-                                ("garbage", 8, 0)):
-        fake.write_text(text)
-        monkeypatch.setattr(parallel, "usable_cores", lambda c=cores: c)
-        assert parallel.others_running() == expect, text
 
 
 def test_thread_count_policy(monkeypatch):
     old = torch.get_num_threads()
     monkeypatch.setattr(parallel, "usable_cores", lambda: 3)
-    monkeypatch.setattr(parallel, "others_running", lambda: 0)
     try:
         torch.set_num_threads(8)
         assert parallel.block_threads() == 3            # never more than the cores
-        for others, expect in ((1, 2), (2, 1), (7, 1)):  # the cores other work takes now
-            monkeypatch.setattr(parallel, "others_running", lambda o=others: o)
-            assert parallel.block_threads() == expect
-        monkeypatch.setattr(parallel, "others_running", lambda: 0)
         torch.set_num_threads(2)
         assert parallel.block_threads() == 2            # torch's (OMP_NUM_THREADS) setting
         with parallel.threads_limit(1):

@@ -13,10 +13,9 @@ from widenets.tiles.cli import dask_session, local_cluster_layout
 
 @pytest.fixture
 def four_cores(monkeypatch):
-    """This process sees 4 free cores and torch uses 4 threads (restored afterwards)."""
+    """This process sees 4 cores and torch uses 4 threads (restored afterwards)."""
     old = torch.get_num_threads()
     monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
-    monkeypatch.setattr(parallel, "others_running", lambda: 0)
     torch.set_num_threads(4)
     yield
     torch.set_num_threads(old)

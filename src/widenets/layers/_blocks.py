@@ -13,15 +13,21 @@ of one block; then as many blocks run at once as the budget holds, at most `bloc
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from .._memory import memory_budget
-from .._parallel import block_threads, one_block_threads
+from .._parallel import big_op_threads, block_threads
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._kernel_checks import check_finite
-from ._schedule import compute_block, kernel_in_block_pairs, kernel_in_row_blocks
+from ._schedule import (
+    PASSES_PER_LAYER,
+    compute_block,
+    kernel_in_block_pairs,
+    kernel_in_row_blocks,
+)
 from .patterns import attach
 
 __all__ = ["spatial_kernel", "full_layout_bytes_per_pair", "full_layout_plan"]
@@ -73,8 +79,11 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
                                   threads=threads, fname=fname)
-    if b >= n1 and b >= n2:               # one block: torch's threads, `threads` at most
-        with one_block_threads(threads):
+    if b >= n1 and b >= n2:               # one block: torch's threads if it is large
+        size = n1 * n2 * math.prod(x1.shape[2:]) ** 2 * PASSES_PER_LAYER * len(list(
+            layer.walk()))
+        with big_op_threads(threads, size) if x1.device.type == "cpu" else \
+                contextlib.nullcontext():
             k = compute_block(layer, attach(
                 input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:

@@ -16,9 +16,11 @@ block's input Kernel.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from .._parallel import block_threads, one_block_threads, run_in_order
+from .._parallel import big_op_threads, block_threads, run_in_order
 from ..kernel import Kernel
 from ._inputs import input_kernel
 from ._kernel_checks import check_finite
@@ -28,8 +30,11 @@ __all__ = ["compute_block", "kernel_in_row_blocks", "kernel_in_block_pairs", "ro
            "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
-#: (load balance), but not below this many entries (per-operation overheads dominate below)
-MIN_BLOCK_ENTRIES = 1 << 14
+#: (load balance), but not below this many entries (per-operation overheads and handing
+#: blocks to threads dominate below; a kernel of 200 x 200 inputs stays one block)
+MIN_BLOCK_ENTRIES = 1 << 16
+#: elementwise passes per layer and kernel entry, roughly (for the work of one-block kernels)
+PASSES_PER_LAYER = 16
 
 
 def compute_block(layer, k: Kernel):
@@ -63,8 +68,9 @@ def kernel_in_row_blocks(layer, k0: Kernel, fname: str, *, threads: int | None =
     threads = _threads_for(k0) if threads is None else threads
     bounds = [(0, n1)] if whole else row_bounds(n1, max(1, k0.nngp[0].numel()),
                                                 layer.block_entries, threads)
-    if len(bounds) == 1:                  # one block: torch's threads, `threads` at most
-        with one_block_threads(threads):
+    if len(bounds) == 1:                  # one block: torch's threads if it is large
+        with big_op_threads(threads, k0.nngp.numel() * PASSES_PER_LAYER * len(list(
+                layer.walk()))) if k0.nngp.device.type == "cpu" else contextlib.nullcontext():
             k = compute_block(layer, k0)
         check_finite(k, fname, layer=layer, k0=k0)
         return k

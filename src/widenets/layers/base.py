@@ -22,7 +22,7 @@ from torch import nn
 
 from .._checks import as_input_tensor
 from .._checks import describe as _describe
-from .._parallel import block_threads, one_block_threads
+from .._parallel import big_op_threads, block_threads, torch_threads
 from ._blocks import spatial_kernel
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._kernel_checks import check_finite, check_underflow, strip_bookkeeping
@@ -175,12 +175,12 @@ class Layer:
             A `Kernel`, a tensor or a tuple of tensors, as `get` asks (lists of these when the
             network ends in several branches).
         """
-        # One thread count for the whole call (widenets._parallel): the blocks' threads, and
-        # at most as many torch threads for everything that runs on this thread (the input
-        # checks and Gram matrix): on a busy machine every OpenMP region costs a barrier.
+        # One thread count for the whole call (widenets._parallel): the blocks' threads; on
+        # this thread one torch thread (every OpenMP region costs a barrier, which on a busy
+        # machine costs more than a small operation), more only for large steps.
         cpu = not (isinstance(x1, torch.Tensor) and x1.device.type != "cpu")
         threads = block_threads() if cpu else 1
-        with one_block_threads(threads) if cpu else contextlib.nullcontext():
+        with torch_threads(1) if cpu else contextlib.nullcontext():
             return self._kernel(x1, x2, pattern, mask, get, dtype, layout, batch_size, threads)
 
     def _kernel(self, x1, x2, pattern, mask, get, dtype, layout, batch_size, threads):
@@ -205,8 +205,11 @@ class Layer:
                                  f"{x1.device} and {x2.device}")
         aux = self._check_graph_inputs(x1, x2, pattern, mask, fname)
         if x1.ndim == 2:
-            k = kernel_in_row_blocks(self, input_kernel(x1, x2, want_ntk="ntk" in gets), fname,
-                                     threads=threads)
+            gram = x1.shape[0] * (x1 if x2 is None else x2).shape[0] * x1.shape[1]
+            with big_op_threads(threads, gram) if x1.device.type == "cpu" else \
+                    contextlib.nullcontext():
+                k0 = input_kernel(x1, x2, want_ntk="ntk" in gets)
+            k = kernel_in_row_blocks(self, k0, fname, threads=threads)
         else:
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
                                batch_size=batch_size, fname=fname, aux=aux, threads=threads)

@@ -230,7 +230,7 @@ def compute(kernel_fn, x1, x2=None, *, store, pattern=None, mask=None, batch_siz
             (a layer's default is its repr). Stored and compared on resume.
         device: torch device kernel_fn runs on, on every worker ("cuda" for GPU workers).
         threads: in-process tile threads (default 1: a layer's kernel already computes each
-            tile's blocks on the free cores). With more, each tile's blocks get
+            tile's blocks on all the cores). With more, each tile's blocks get
             cores / threads of them, so that the machine is not oversubscribed.
         progress: show a progress bar over tiles with an ETA (tqdm).
         check_space: refuse to start when the free disk space is smaller than the missing
