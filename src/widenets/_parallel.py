@@ -34,9 +34,11 @@ torch's thread setting and these threads: `torch.set_num_threads` is per thread 
 copies on its first torch operation. A pool thread therefore initializes torch, then sets one
 thread for itself; the process-wide value is restored by the thread that grew the pool (in a
 `finally`), so only threads that start their first torch operation during that instant (a
-millisecond, once per process) could see 1. The calling thread computes and assembles blocks
-with one intra-op thread too, its setting restored in a `finally` (which rewrites the
-process-wide value the same way).
+millisecond, once per process) could see 1. During a `net.kernel` call the calling thread
+runs with one torch thread (more for large steps), its setting restored in a `finally`; as
+`torch.set_num_threads` writes the process-wide value too, another thread of the program that
+makes its FIRST torch operation during the call starts with that count (threads that already
+ran torch keep theirs).
 
 Results are bitwise those of the serial loop: each block is computed by the same operations
 on the same data, whichever thread runs it, and results are consumed in block order. An
