@@ -15,13 +15,22 @@ Memory traffic: the torch profiler records every op with its input shapes; the b
 written by the ops on position-pair tensors (>= 2^16 elements), divided by the copy bandwidth
 measured in the same run (best of 7 copies of 256 MiB, read + write), give the time the same
 passes would need if each ran at copy speed; their ratio to the measured time says how close to
-the memory-bandwidth limit the implementation runs (on a shared machine both are noisy).
+the memory-bandwidth limit the implementation runs (on a shared machine both are noisy). The
+traffic is that of the eager engine's passes (the profiler does not see inside a compiled
+unit), so for the fused engine "bandwidth-bound / min" compares the same reference passes
+with the fused time.
 
-    python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle]
+Engines (issue 14, docs/guide/kernels.md §engine): each case runs with every engine of
+--engines, alternating within one run; the fused engine fuses each activation's passes (the
+convolution and pooling sums stay eager). Compile cost: the first fused call, reported apart.
+
+    python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle] [--engines eager fused]
 """
 
 import argparse
 import math
+import statistics
+import time
 
 import torch
 from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
@@ -71,6 +80,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-myrtle", action="store_true")
+    ap.add_argument("--engines", nargs="+", default=["eager", "fused"],
+                    choices=["eager", "fused", "auto"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     args = ap.parse_args()
     gap, flat, myrtle = nets()
     ref = {(torch.float32, 64): 5.1, (torch.float32, 128): 20.8,
@@ -79,29 +91,54 @@ def main():
     bandwidth = copy_bandwidth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s (best of 7)")
-    print("| network | N | dtype | nngp+ntk median (s) | min (s) | JAX reference, quoted (s) | "
-          "speed-up of min vs reference (same dtype / best) | pair-tensor traffic (GB) | "
-          "bandwidth-bound time (s) | bandwidth-bound / min |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    cases = [("gap", gap, n, (1, 8, 8)) for n in (64, 128)]
-    cases += [("flatten", flat, n, (1, 8, 8)) for n in (64, 128)]
+    print("| network | N | dtype | engine | nngp+ntk median (s) | min (s) | JAX reference, quoted "
+          "(s) | speed-up of min vs reference (same dtype / best) | pair-tensor traffic (GB) | "
+          "bandwidth-bound time (s) | bandwidth-bound / min | eager / this (medians) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cases = [("gap", gap, n, (1, 8, 8)) for n in args.sizes]
+    cases += [("flatten", flat, n, (1, 8, 8)) for n in args.sizes]
     if not args.skip_myrtle:
         cases += [("myrtle5", myrtle, 64, (3, 16, 16))]
+    first, compile_cost = {}, {}
     for name, net, n, shape in cases:
         for dtype in (torch.float32, torch.float64):
             x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
             run = lambda: net.kernel(x, dtype=dtype)  # noqa: B023, E731
             reps = 1 if name == "myrtle5" else args.repeats
-            med, best = times_of(run, reps)
+            times = {e: [] for e in args.engines}
+            for e in args.engines:                        # warm-up (compiles if fused)
+                wn.set_engine(e)
+                t0 = time.perf_counter()
+                run()
+                if e == "fused":
+                    first[name, dtype] = time.perf_counter() - t0
+            for _ in range(reps):
+                for e in args.engines:
+                    wn.set_engine(e)
+                    t0 = time.perf_counter()
+                    run()
+                    times[e].append(time.perf_counter() - t0)
+            wn.set_engine("eager")
             item = torch.empty((), dtype=dtype).element_size()
             traffic = pair_tensor_bytes(run) * item
             bound = traffic / bandwidth
             r = ref.get((dtype, n)) if name == "gap" else None
-            speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
-            med_s = f"{med:.3f}" if reps > 1 else f"{med:.3f} (1 run)"
-            print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {med_s} | "
-                  f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
-                  f"{bound:.3f} | {bound / best:.0%} |", flush=True)
+            for e in args.engines:
+                med, best = statistics.median(times[e]), min(times[e])
+                if e == "fused" and (name, dtype) not in compile_cost:
+                    compile_cost[name, dtype] = first[name, dtype] - med
+                speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
+                med_s = f"{med:.3f}" if reps > 1 else f"{med:.3f} (1 run)"
+                vs = statistics.median(times["eager"]) / med if "eager" in times else float("nan")
+                print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {e} | {med_s} | "
+                      f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
+                      f"{bound:.3f} | {bound / best:.0%} | {vs:.2f} |", flush=True)
+    if compile_cost:
+        print("\nfused engine compile cost (first call minus median; units are shared between "
+              "networks, so later cases may show ~0):")
+        for (name, dtype), c in compile_cost.items():
+            print(f"  {name} {str(dtype).replace('torch.', '')}: {c:.1f} s")
+    wn.set_engine("auto")
 
 
 if __name__ == "__main__":

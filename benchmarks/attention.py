@@ -14,13 +14,17 @@
    Aggregate, Dense, ReLU, Aggregate, GlobalAvgPool, Dense) with the dense (n, P, P) adjacency
    and with the sparse EdgeList, in the same run (and the Aggregate step alone, on a
    precomputed kernel). Dense costs 4 P³ flops per pair and aggregation, sparse O(E·P).
+   Dense and sparse runs alternate; the speed-up is the median of the paired ratios.
 
-    python benchmarks/attention.py [--repeats 3] [--n 128] [--graphs 2]
+    python benchmarks/attention.py [--repeats 3] [--n 128] [--graphs 2] [--only graphs]
 
 Times are medians (and minima) of `repeats` runs after a warm-up.
 """
 
 import argparse
+import os
+import statistics
+import time
 
 import torch
 from _timing import times_of  # noqa: E402  (benchmarks/_timing.py)
@@ -56,9 +60,19 @@ def main():
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--length", type=int, default=32)
     ap.add_argument("--graphs", type=int, default=2)
+    ap.add_argument("--only", choices=("attention", "graphs"), default=None,
+                    help="run one of the two parts")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f} (a busy machine slows both columns)")
 
+    if args.only != "graphs":
+        attention_part(args)
+    if args.only != "attention":
+        graph_part(args)
+
+
+def attention_part(args):
     n, length = args.n, args.length
     x = torch.randn(n, 8, length, generator=torch.Generator().manual_seed(0))
     pairs = n * (n + 1) / 2                    # x2 = x1: only blocks I <= J are computed
@@ -79,6 +93,9 @@ def main():
     print("* attention matmul flops (8 L³ per pair and layer) / best total time: a lower bound; "
           "the rest is the softmax, ReLU and pooling passes over (N, N, L, L) tensors")
 
+
+
+def graph_part(args):
     nodes, edges = 1000, 5000
     print(f"\n2. Aggregate, {args.graphs} graphs of {nodes} nodes and {edges} edges, float64 "
           f"(median / min of {args.repeats})")
@@ -90,21 +107,36 @@ def main():
     check = (net.kernel(xg, pattern=sparse, get="ntk") - net.kernel(xg, pattern=dense,
                                                                      get="ntk")).abs().max()
     print(f"max |sparse - dense| NTK: {float(check):.2e}")
-    rows = []
-    for label, pat in (("dense (n, P, P)", dense), ("sparse EdgeList", sparse)):
-        rows.append((label, *times_of(lambda: net.kernel(xg, pattern=pat), args.repeats)))
+    # dense and sparse alternate within each repeat, so that a change of load on a shared
+    # machine hits both; the speed-up is the median of the per-repeat ratios
+    whole = paired_times([lambda: net.kernel(xg, pattern=dense),
+                          lambda: net.kernel(xg, pattern=sparse)], args.repeats)
     # the Aggregate step alone on the kernel of Dense + ReLU (all node pairs)
     head = wn.serial(wn.Dense(8, b_std=0.1), wn.Relu())
     k0 = head.kernel(xg, layout="full").replace(pattern1=dense)
     k1 = k0.replace(pattern1=sparse)
     agg = wn.Aggregate()
-    step = [("Aggregate step, dense", *times_of(lambda: agg.apply_kernel(k0), args.repeats)),
-            ("Aggregate step, sparse", *times_of(lambda: agg.apply_kernel(k1), args.repeats))]
-    print(f"{'':<28}{'median s':>10}{'min s':>9}{'speed-up':>10}")
-    for group in (rows, step):
-        for label, med, mn in group:
-            print(f"{label:<28}{med:>10.3f}{mn:>9.3f}{group[0][1] / med:>10.1f}")
+    step = paired_times([lambda: agg.apply_kernel(k0), lambda: agg.apply_kernel(k1)],
+                        args.repeats)
+    print(f"{'':<36}{'median s':>10}{'min s':>9}{'speed-up':>10}")
+    for what, (times, ratio) in (("network", whole), ("Aggregate step", step)):
+        for form, t in zip(("dense (n, P, P)", "sparse EdgeList"), times):
+            up = f"{ratio:>10.1f}" if form.startswith("sparse") else f"{1.0:>10.1f}"
+            print(f"{what + ', ' + form:<36}{statistics.median(t):>10.3f}{min(t):>9.3f}{up}")
 
+
+def paired_times(fns, repeats):
+    """Times of [reference, other] run alternately `repeats` times after a warm-up each:
+    ([times of each], median over repeats of reference time / other time)."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for t, fn in zip(times, fns):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return times, statistics.median(a / b for a, b in zip(times[0], times[1]))
 
 if __name__ == "__main__":
     main()

@@ -35,6 +35,7 @@ import threading
 import time
 
 import torch
+from empirical_models import TokenTransformer, TutorialCNN, mlp, resnet18  # noqa: E402
 from torch import nn
 
 import widenets as wn
@@ -122,27 +123,7 @@ def _once(fn, device):
 
 
 # --------------------------------------------------------------------------------- models
-def mlp(width: int, device, dtype=torch.float32) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, 10)).to(device, dtype)
-
-
-class TutorialCNN(nn.Module):
-    """The CNN of the torch.func "Neural Tangent Kernels" tutorial: 3 convs, then linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, (3, 3))
-        self.conv2 = nn.Conv2d(32, 32, (3, 3))
-        self.conv3 = nn.Conv2d(32, 32, (3, 3))
-        self.fc = nn.Linear(21632, 10)
-
-    def forward(self, x):
-        x = self.conv1(x).relu()
-        x = self.conv2(x).relu()
-        x = self.conv3(x)
-        return self.fc(x.flatten(1))
+# (benchmarks/empirical_models.py, shared with the tests)
 
 
 def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -168,8 +149,11 @@ def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         return k / o
 
 
-def auto_choice(model, x, mode: str) -> str:
-    """What implementation="auto" picks for these inputs (same estimate as empirical_ntk)."""
+def auto_choice(model, x, mode: str, *, with_costs: bool = False):
+    """What implementation="auto" picks for these inputs (same estimate as empirical_ntk); with
+    `with_costs`, also the cost model's multiply-add estimates: name -> MACs, with "floor"
+    (one forward, O backward passes with parameter gradients, the n x n Gram of the O P
+    per-input gradient entries: n F (1 + 2 O) + n² O P)."""
     from widenets.empirical._target import resolve_target
     from widenets.empirical.cost import (
         DEFAULT_BUDGET_BYTES,
@@ -184,7 +168,14 @@ def auto_choice(model, x, mode: str) -> str:
     budget = DEFAULT_BUDGET_BYTES // x.element_size()
     n = x.shape[0]
     costs = estimate_costs(plan, n, n, mode, symmetric=True, blocks=(n, n), budget=budget)
-    return choose_implementation(costs, budget, calibrate(x.device, torch.float32))
+    choice = choose_implementation(costs, budget, calibrate(x.device, torch.float32))
+    if not with_costs:
+        return choice
+    macs = {k: v[0] for k, v in costs.items()}
+    o, f = plan.out_dim, plan.flops
+    macs["floor"] = n * f * (1 + 2 * o) + n * n * o * plan.n_params
+    macs["torch.func recipe"] = macs["jacobian"]
+    return choice, macs
 
 
 # ------------------------------------------------------------------------------- sections
@@ -287,63 +278,6 @@ def section_width(args, device):
 
 
 # ------------------------------------------------------------------------ section "floor"
-class TokenTransformer(nn.Module):
-    """Token embedding + sinusoidal positions (a buffer, as in the torch transformer tutorial)
-    + nn.TransformerEncoder (eval mode) + linear head on the mean over positions. (A learned
-    position nn.Parameter added in forward is exact too, but goes through the autograd path:
-    per-input Jacobians through the whole network, about the cost of the torch.func recipe.)"""
-
-    def __init__(self, vocab=1000, d=64, heads=4, ff=128, layers=2, length=24, out=10):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d)
-        pos = torch.arange(length)[:, None] / 10000 ** (torch.arange(0, d, 2) / d)
-        self.register_buffer("pos", torch.cat([pos.sin(), pos.cos()], 1))
-        layer = nn.TransformerEncoderLayer(d, heads, ff, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, out)
-
-    def forward(self, idx):
-        return self.head(self.enc(self.emb(idx) + self.pos).mean(1))
-
-
-class _Block(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.short = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                       nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        h = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(h)) + self.short(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 for 3x32x32 (CIFAR stem: 3x3 conv, no max-pool; [2, 2, 2, 2] basic blocks,
-    strided 1x1 shortcuts, BatchNorm, global average pool). width=64 is the standard 11 M
-    parameter network; the benchmark uses a narrower one on this machine."""
-
-    def __init__(self, width=64, out=10):
-        super().__init__()
-        w = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]),
-                                  nn.ReLU())
-        blocks, c = [], w[0]
-        for i, wi in enumerate(w):
-            blocks += [_Block(c, wi, 1 if i == 0 else 2), _Block(wi, wi, 1)]
-            c = wi
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(c, out)
-
-    def forward(self, x):
-        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
-
-
 def torch_func_ntk(model, x):
     """The torch.func tutorial recipe, trace mode: per-input Jacobians by vmap(jacrev), then
     Σ_a J_a J_aᵀ / O."""
@@ -391,7 +325,7 @@ def floor_models(args, device):
     n_t, n_r = args.n_transformer, args.n_resnet
     tr = TokenTransformer(d=args.d_model).to(device).eval()
     xt = torch.randint(0, 1000, (n_t, 24), device=device)
-    rn = ResNet18(width=args.resnet_width).to(device).eval()
+    rn = resnet18(width=args.resnet_width).to(device).eval()
     xr = torch.randn(n_r, 3, 32, 32, device=device)
     ml = mlp(512, device)
     xm = torch.randn(args.n_mlp, 784, device=device)
@@ -407,8 +341,9 @@ def section_floor(args, device):
     print(f"\n### Backward floor and torch.func recipe, mode='trace', float32, {device} "
           f"(median of {args.repeats} after a warm-up; runs slower than {args.cap:.0f} s: "
           f"one run)\n")
-    print("| model | implementation | median s | peak MB | x floor | x torch.func | rel. diff |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| model | implementation | median s | peak MB | x floor | x torch.func | rel. diff "
+          "| est. GMAC |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     for label, model, x in floor_models(args, device):
         fns = {"floor": backward_floor(model, x),
                "torch.func recipe": lambda model=model, x=x: torch_func_ntk(model, x)}
@@ -424,7 +359,7 @@ def section_floor(args, device):
             for name in ("torch.func recipe", "jacobian"):
                 fns.pop(name, None)
                 print(f"| {label} | {name} | skipped: its per-input Jacobians take "
-                      f"{jac_gb:.1f} GB | | | | |", flush=True)
+                      f"{jac_gb:.1f} GB | | | | | |", flush=True)
         slow, fast = {}, {}
         for name, fn in fns.items():           # a first run decides who is repeated
             t, mem, res = _once(fn, device)
@@ -435,42 +370,76 @@ def section_floor(args, device):
         refname = "torch.func recipe" if "torch.func recipe" in res else "structured"
         floor, ref = res["floor"][0], res[refname][0]
         k_ref = res[refname][2]
-        choice = auto_choice(model, x, "trace")
+        choice, macs = auto_choice(model, x, "trace", with_costs=True)
+        macs["auto"] = macs[choice]
         for name, (t, mem, k) in res.items():
             err = "" if name == "floor" else f"{float((k - k_ref).norm() / k_ref.norm()):.1e}"
             note = f" (chose {choice})" if name == "auto" else ""
             note += " (1 run)" if name in slow else ""
             vs = f"{t / ref:.2f}" if refname == "torch.func recipe" else "-"
+            gmac = f"{macs[name] / 1e9:.2f}" if name in macs else ""
             print(f"| {label} | {name}{note} | {t:.3f} | {mem:.0f} | {t / floor:.2f} | "
-                  f"{vs} | {err} |", flush=True)
+                  f"{vs} | {err} | {gmac} |", flush=True)
+        print(f"| {label} | multiply-adds, recipe / structured (the speed-up if both ran at "
+              f"the same rate) | | | | {macs['jacobian'] / macs['structured']:.2f} | | |",
+              flush=True)
+
+
+_MEMORY_RUN = """
+import resource, sys, time
+import torch
+sys.path.insert(0, {bench!r})
+from empirical_models import resnet18
+import widenets as wn
+from widenets.empirical import ntk
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+model = resnet18(64, out={outputs}).to({device!r}).eval()
+x = torch.randn({n}, 3, 32, 32, device={device!r})
+blocks = []
+real = ntk._auto_block
+ntk._auto_block = lambda *a: blocks.append(real(*a)) or blocks[-1]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+k = wn.empirical_ntk(model, x, mode="trace")
+t = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = torch.cuda.max_memory_allocated() if {device!r} == "cuda" else 0
+print(t, base / 2**10, peak / 2**10, cuda / 2**20, blocks[0] if blocks else None,
+      bool(torch.isfinite(k).all()))
+"""
 
 
 def section_memory(args, device):
-    """Peak memory of batch_size=None on ResNet-18 (width 64, 11 M parameters), 3x32x32, trace
-    mode, for growing n: with inputs blocked by the memory estimate the peak stays flat."""
+    """Peak memory of batch_size=None on ResNet-18 (width 64, 11.2 M parameters), 3x32x32,
+    trace mode, for growing n. Each n runs in a fresh process and reports its maximum resident
+    set size over its whole life (getrusage ru_maxrss: every allocation of torch's CPU allocator
+    counts, which tracemalloc does not see), including Python, torch and the model (the "base"
+    column, measured in the same process just before the call); on CUDA also
+    torch.cuda.max_memory_allocated."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     print(f"\n### Memory: ResNet-18 (11.2 M params, {args.memory_outputs} output(s)), 3x32x32, "
-          f"mode='trace', batch_size=None, float32, {device} (one run each)\n")
-    print("| n | implementation | seconds | peak MB | blocks of |")
-    print("|---|---|---|---|---|", flush=True)
-    torch.manual_seed(0)
-    model = ResNet18(width=64, out=args.memory_outputs).to(device).eval()
-    from widenets.empirical import ntk as ntk_mod
-
-    chosen = {}
-    real = ntk_mod._auto_block
-
-    def spy(*a, **k):
-        chosen["b"] = real(*a, **k)
-        return chosen["b"]
-
-    ntk_mod._auto_block = spy
-    try:
-        for n in args.memory_n:
-            x = torch.randn(n, 3, 32, 32, device=device)
-            t, mem, _ = _once(lambda x=x: wn.empirical_ntk(model, x, mode="trace"), device)
-            print(f"| {n} | auto | {t:.1f} | {mem:.0f} | {chosen.get('b') or n} |", flush=True)
-    finally:
-        ntk_mod._auto_block = real
+          f"mode='trace', batch_size=None (auto), float32, {device} (one run each, fresh "
+          f"process; max RSS of the whole process)\n")
+    print("| n | seconds | process max RSS MB | of which before the call MB | CUDA peak MB "
+          "| blocks of |")
+    print("|---|---|---|---|---|---|", flush=True)
+    bench = str(Path(__file__).resolve().parent)
+    for n in args.memory_n:
+        code = _MEMORY_RUN.format(bench=bench, threads=torch.get_num_threads(),
+                                  outputs=args.memory_outputs, device=device, n=n)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"| {n} | failed: {res.stderr.strip().splitlines()[-1][:120]} | | | | |",
+                  flush=True)
+            continue
+        t, base, peak, cuda, block, finite = res.stdout.split()
+        cuda_mb = f"{float(cuda):.0f}" if device == "cuda" else "-"
+        print(f"| {n} | {float(t):.1f} | {float(peak):.0f} | {float(base):.0f} | {cuda_mb} | "
+              f"{n if block == 'None' else block} |", flush=True)
 
 
 def main():

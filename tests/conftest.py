@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# The suite computes its kernels with the eager engine: no test pays a compile it did not ask
+# for (the "auto" engine would compile in the background for the larger kernels). The engine
+# tests (tests/layers/test_engine.py) switch to "fused" explicitly.
+os.environ.setdefault("WIDENETS_ENGINE", "eager")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -69,6 +69,7 @@ from .layers import (
     repeat,
     serial,
 )
+from .layers.engine import get_engine, set_engine
 from .lift import Lifted, lift
 
 __version__ = "0.1.0"
@@ -91,6 +92,8 @@ __all__ = [
     # subpackages
     "empirical", "predict", "sklearn", "gpytorch", "tiles", "finite_width", "data",
     "__version__",
+    # the kernel engine (fused or eager per-pair arithmetic)
+    "set_engine", "get_engine",
 ]
 
 

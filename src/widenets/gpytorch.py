@@ -10,6 +10,14 @@ The network's hyperparameters (`wn.hyperparameters`) become GPyTorch parameters:
 prior. ExactGP, its likelihoods, its solvers and its training loop work unchanged. The kernel
 is evaluated by `net.kernel` in float64 (exact symmetric diagonal when x1 is x2) and returned
 in the inputs' dtype. Needs the optional extra: `pip install widenets[gp]`.
+
+`diag=True` (GPyTorch's predictive variances) computes only the n kernels K(x1_i, x2_i), O(n):
+the n inputs become the n positions of one channels-first input (x.T[None]) and the network
+runs in the diagonal layout, which for position-wise layers (Dense, activations, LayerNorm,
+the fan-in/fan-out combinators) is, entry by entry, the same computation as the flat kernel's
+diagonal (docs/math.md §dense-positions). Networks with any other layer (e.g. Dropout, whose
+kernel depends on whether two inputs are the same one) take the diagonals of 256 x 256 blocks
+of the flat kernel instead: O(256 n), still exact.
 """
 
 from __future__ import annotations
@@ -30,9 +38,47 @@ from .hyperparameters import (
     hyperparameters,
     match_names,
 )
+from .layers.activations import Activation
 from .layers.base import Layer, as_number
+from .layers.combinators import (
+    FanInConcat,
+    FanInProd,
+    FanInSum,
+    FanOut,
+    Parallel,
+    Repeat,
+    Serial,
+)
+from .layers.dense import Dense
+from .layers.normalization import LayerNorm
 
 __all__ = ["NNGPKernel", "NTKKernel"]
+
+
+#: layers whose kernel on channels-first inputs acts on every position as on one flat input
+#: (Dense on positions is a 1x1 convolution; activations and LayerNorm are per position)
+_POSITION_WISE = (Activation, Dense, LayerNorm, FanInConcat, FanInProd, FanInSum, FanOut,
+                 Parallel, Repeat, Serial)
+_DIAGONAL_BLOCK = 256
+
+
+def _kernel_diagonal(net: Layer, x1: torch.Tensor, x2: torch.Tensor | None, get: str,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """K(x1_i, x2_i) for i = 1..n (x2 None: x1), flat (n, d) inputs, without the n x n matrix.
+
+    Position-wise networks: one call on the inputs as positions, diagonal layout (O(n)).
+    Others: the diagonals of _DIAGONAL_BLOCK-sized blocks of the flat kernel (O(block·n))."""
+    n = x1.shape[0]
+    if all(isinstance(lay, _POSITION_WISE) for lay in net.walk()):
+        pos1 = x1.T[None]                                        # (1, d, n): inputs at positions
+        pos2 = None if x2 is None else x2.T[None]
+        k = net.kernel(pos1, pos2, get=get, dtype=dtype, layout="diagonal")
+        if isinstance(k, torch.Tensor) and k.shape == (1, 1, n):
+            return k.reshape(n)
+    blocks = [(net.kernel(x1[i:i + _DIAGONAL_BLOCK],
+                          None if x2 is None else x2[i:i + _DIAGONAL_BLOCK], get=get,
+                          dtype=dtype)).diagonal() for i in range(0, n, _DIAGONAL_BLOCK)]
+    return torch.cat(blocks)
 
 
 def _parameter_name(label: str) -> str:
@@ -107,9 +153,15 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
                              f"{tuple(x1.shape)} and {tuple(x2.shape)}")
         net = self.net.with_hyperparameters(self.hyperparameter_values())
         same = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
-        k = net.kernel(x1, None if same else x2, get=self.get, dtype=self.dtype_)
-        k = k.to(x1.dtype)
-        return k.diagonal() if diag else k
+        if diag:
+            if x1.shape != x2.shape:
+                raise ValueError(f"{func}: diag=True needs x1 and x2 of the same shape (the "
+                                 f"kernels K(x1_i, x2_i)), got {tuple(x1.shape)} and "
+                                 f"{tuple(x2.shape)}")
+            k = _kernel_diagonal(net, x1, None if same else x2, self.get, self.dtype_)
+        else:
+            k = net.kernel(x1, None if same else x2, get=self.get, dtype=self.dtype_)
+        return k.to(x1.dtype)
 
 
 class NNGPKernel(_NetworkKernel):

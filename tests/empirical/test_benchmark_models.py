@@ -2,31 +2,23 @@
 equals the per-input autograd reference to 1e-10 relative (rounding ~1e-15; a missing term,
 factor or transposition is O(1)), so the benchmark times exact kernels."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 import widenets as wn
 
-from .zoo import reference_ntk
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "empirical_ntk.py"
+from .zoo import MODELS, benchmark_module, reference_ntk
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("empirical_ntk_benchmark", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("empirical_ntk")
 
 
 def models(bench):
     torch.manual_seed(0)
-    tr = bench.TokenTransformer(vocab=20, d=8, heads=2, ff=12, layers=2, length=5, out=3)
-    rn = bench.ResNet18(width=2, out=3)
+    tr = MODELS.TokenTransformer(vocab=20, d=8, heads=2, ff=12, layers=2, length=5, out=3)
+    rn = MODELS.resnet18(width=2, out=3)
     with torch.no_grad():
         for bn in (m for m in rn.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.3, 0.3)
@@ -35,7 +27,7 @@ def models(bench):
                             torch.randint(0, 20, (2, 5))),
             "resnet18": (rn.double().eval(), torch.randn(3, 3, 8, 8, dtype=torch.float64),
                          torch.randn(2, 3, 8, 8, dtype=torch.float64)),
-            "mlp": (bench.mlp(6, "cpu", torch.float64), torch.randn(3, 784, dtype=torch.float64),
+            "mlp": (MODELS.mlp(6, "cpu", torch.float64), torch.randn(3, 784, dtype=torch.float64),
                     torch.randn(2, 784, dtype=torch.float64))}
 
 

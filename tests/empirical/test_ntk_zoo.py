@@ -81,11 +81,14 @@ def test_structured_accelerates_the_known_layers(name):
     assert set(plan.fallback) == set(target.params) - expected
 
 
-@pytest.mark.parametrize("form", ["gram", "jacobian"])
+@pytest.mark.parametrize("form", ["gram", "jacobian", "sparse"])
 @pytest.mark.parametrize("name", ["grouped_dilated_conv", "embedding", "shared_multi_output"])
 def test_gram_and_jacobian_forms_agree(name, form, references, monkeypatch):
-    """Force each per-layer form: both must give the reference (the automatic choice picks one
-    form per layer, so this covers the other)."""
+    """Force each per-layer form: all must give the reference (the automatic choice picks one
+    form per layer, so this covers the others). "sparse" (factors.index_contract) applies to
+    the embedding only (the others then take "gram"); the embedding model has repeated tokens
+    and a padding index, so a pair missed or counted twice, or a padded token that
+    contributes, is an O(1) error."""
     import widenets.empirical.structured as st
 
     monkeypatch.setattr(st, "choose_form", lambda *a, **k: form)

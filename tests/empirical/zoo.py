@@ -8,10 +8,31 @@ library: one torch.autograd.grad call per input and output, on the model's own f
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
 import widenets as wn
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def benchmark_module(stem: str):
+    """A module of benchmarks/ loaded by path (registered under its file name, so that the
+    benchmark scripts' own `import empirical_models` finds it)."""
+    if stem not in sys.modules:
+        spec = importlib.util.spec_from_file_location(stem, BENCHMARKS / f"{stem}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[stem]
+
+
+#: the benchmark's models (benchmarks/empirical_models.py), shared with the tests
+MODELS = benchmark_module("empirical_models")
 
 DT = torch.float64
 
@@ -48,8 +69,9 @@ class Residual(nn.Module):
 
 
 class Norms(nn.Module):
-    """LayerNorm and BatchNorm (eval, non-trivial running statistics) have layer rules; PReLU
-    and a bare parameter used in forward go through the generic autograd path."""
+    """LayerNorm and BatchNorm (eval, non-trivial running statistics) have layer rules, a bare
+    gain used in forward the bare-parameter rule; PReLU goes through the generic autograd
+    path."""
 
     def __init__(self):
         super().__init__()
@@ -184,40 +206,10 @@ class CausalDecoder(nn.Module):
         return self.head(h[:, -1])
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.short = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                       nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        h = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(h)) + self.short(x))
-
-
-class TinyResNet(nn.Module):
-    """ResNet-style: stem conv + BatchNorm (eval, non-trivial running statistics), a block with
-    an identity shortcut, a strided block with a 1x1 conv shortcut, global average pool."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
-                                  nn.ReLU())
-        self.blocks = nn.Sequential(BasicBlock(3, 3, 1), BasicBlock(3, 4, 2))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
-
-
 def _resnet():
-    m = _init(TinyResNet(), 11)
+    # stem conv + BatchNorm (eval, non-trivial running statistics), a block with an identity
+    # shortcut, a strided block with a 1x1 conv shortcut, global average pool
+    m = _init(MODELS.ResNet((3, 4), depth=1, in_channels=2, out=2), 11)
     with torch.no_grad():
         for i, bn in enumerate(b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
             c = bn.num_features
@@ -271,6 +263,31 @@ class CustomAttention(nn.Module):
     def forward(self, x):
         h = torch.tanh(self.inp(x))
         return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+class BareParams(nn.Module):
+    """Bare parameters used in forward: a class token (expand, then cat), learned positions
+    added in place, a gain used twice; `mixed` is used elementwise and inside torch.diag, and
+    `log_scale` only through exp(): those two must go to the autograd path (their rewritten
+    uses miss part of the gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos = nn.Parameter(torch.zeros(4, 4))
+        self.gain = nn.Parameter(torch.ones(4))
+        self.mixed = nn.Parameter(torch.ones(4))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):                                  # x: (n, 3, 2)
+        t = self.lin(x)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1)
+        h += self.pos
+        h = torch.tanh(h) * self.gain
+        h = torch.sin(h * self.gain) * self.mixed
+        return self.head((h.mean(1) @ torch.diag(self.mixed)) * self.log_scale.exp())
 
 
 def _mlp():
@@ -373,7 +390,12 @@ ZOO = {
                   "out.bias"}),
     "layernorm_batchnorm_eval": (_norms, *X5,
                                  {"l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight",
-                                  "l3.bias", "ln.weight", "ln.bias", "bn.weight", "bn.bias"}),
+                                  "l3.bias", "ln.weight", "ln.bias", "bn.weight", "bn.bias",
+                                  "gain"}),
+    "bare_parameters": (lambda: (_init(BareParams(), 16), None), _x((5, 3, 2), 42),
+                        _x((3, 3, 2), 43),
+                        {"lin.weight", "lin.bias", "cls", "pos", "gain", "head.weight",
+                         "head.bias"}),
     "embedding": (_tokens, *TOK, {"emb.weight", "pos.weight", "pos.bias", "head.weight",
                                   "head.bias"}),
     "shared_multi_output": (lambda: (_init(Shared(), 6), None), _x((5, 4), 17), _x((3, 4), 18),
@@ -384,7 +406,8 @@ ZOO = {
                        _x((3, 3), 22), {"inp.weight", "inp.bias", "mid.bias"}),
     "partly_frozen": (_frozen, _x((5, 6), 23), _x((3, 6), 24),
                       {"0.bias", "2.weight", "2.bias", "4.weight"}),
-    "function": (_function, _x((5, 4), 25), _x((3, 4), 26), set()),
+    # b1 is added to the batch: a bare parameter; w1, w2 enter through matrix products
+    "function": (_function, _x((5, 4), 25), _x((3, 4), 26), {"b1"}),
     "transformer": (lambda: (_init(Transformer(True), 10), None), _x((5, 3, 4), 28),
                     _x((3, 3, 4), 29), ENC_LAYER | {"head.weight", "head.bias"}),
     # sequence-first: the Linear/LayerNorm inputs are (L, n, d); the probe finds batch axis 1
@@ -414,7 +437,7 @@ def _layer_names(prefix, names):
 ZOO.update({
     "token_transformer_encoder": (
         lambda: (_init(TokenEncoder(), 12).eval(), None), *TOK_ENC,
-        {"emb.weight", "head.weight", "head.bias"}
+        {"emb.weight", "pos", "head.weight", "head.bias"}
         | {f"enc.layers.{i}.{p}" for i in range(2)
            for p in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
                      "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")
@@ -434,7 +457,7 @@ ZOO.update({
         | {"blocks.1.short.0.weight", "blocks.1.short.1.weight", "blocks.1.short.1.bias"}),
     "vit_patch_attention": (
         lambda: (_init(PatchViT(), 14), None), _x((5, 2, 4, 4), 36), _x((3, 2, 4, 4), 37),
-        {"patch.weight", "patch.bias", "kv.weight", "kv.bias", "norm.weight", "norm.bias",
+        {"patch.weight", "patch.bias", "pos", "kv.weight", "kv.bias", "norm.weight", "norm.bias",
          "head.weight", "head.bias", "attn.q_proj_weight", "attn.k_proj_weight",
          "attn.v_proj_weight", "attn.out_proj.weight"}),
     "custom_attention_temperature": (

@@ -57,6 +57,69 @@ def test_equal_logits_softmax_is_average_pooling():
                 _close(k.ntk[:, :, p, q], want_ntk)
 
 
+def test_standard_equal_logits_softmax_is_pooling_then_two_dense_layers():
+    # standard parameterization, σ_Q = 0: f = (x̄ W_V) W_O + b at every position (x̄ the mean
+    # over the valid keys), i.e. GlobalAvgPool, Dense(V, σ_V, no bias) and Dense(O, σ_O, σ_b),
+    # both standard: Θ' = σO²σV² Θ̄ + (C σO² + V σV²) K̄ + 1 (docs/math.md §attention-standard).
+    # Exact to rounding, so any wrong factor fails: C and V swapped (C = 8, V = 6), the NTK
+    # parameterization's 2σO²σV², a missing +1 of the bias or a missing σO²σV² on Θ.
+    x = _x()
+    std = dict(parameterization="standard")
+    head = wn.serial(wn.Dense(8, b_std=0.3, **std), wn.Relu(), wn.Dense(8, **std))
+    att = wn.GlobalSelfAttention(5, 8, 6, 2, w_query_std=0.0, w_value_std=1.5, w_out_std=0.8,
+                                 b_std=0.2, **std)
+    dense = wn.serial(wn.GlobalAvgPool(), wn.Dense(6, w_std=1.5, b_std=None, **std),
+                      wn.Dense(5, w_std=0.8, b_std=0.2, **std))
+    for mask in (None, torch.arange(6) < torch.tensor([[6], [2], [5], [1]])):
+        k = wn.serial(head, att).kernel(x, mask=mask)
+        want = wn.serial(head, dense).kernel(x, mask=mask)
+        for p in range(6):
+            for q in range(6):
+                _close(k.nngp[:, :, p, q], want.nngp)
+                _close(k.ntk[:, :, p, q], want.ntk)
+    # the NNGP is that of the NTK parameterization (the same function at initialization)
+    ntk_par = wn.GlobalSelfAttention(5, 8, 6, 2, w_value_std=1.5, w_out_std=0.8, b_std=0.2)
+    std_par = wn.GlobalSelfAttention(5, 8, 6, 2, w_value_std=1.5, w_out_std=0.8, b_std=0.2,
+                                     **std)
+    _close(wn.serial(head, std_par).kernel(x).nngp, wn.serial(head, ntk_par).kernel(x).nngp)
+
+
+def test_standard_module_equal_logits_gradients():
+    # the finite standard layer with σ_Q = 0 (tied W_QK = 0: logits and their gradient vanish)
+    # is f(x) = (x̄ W_V) W_O + b: its empirical NTK
+    # (autograd over all parameters, output channel 0) is, exactly,
+    #     Σ_v W_O[v, 0]² x̄·x̄' + Σ_v (x̄ W_V)_v (x̄' W_V)_v + 1,
+    # and the weights have the standard variances σV²/C, σO²/V (checked on their sample
+    # variances: 4096 draws each, within 10%; a missing 1/fan-in is off by 8x or more)
+    c, v = 8, 64
+    att = wn.GlobalSelfAttention(3, 64, v, 4, w_query_std=0.0, w_value_std=1.5, w_out_std=0.8,
+                                 b_std=0.2, parameterization="standard")
+    mod = att.module((c, 6), seed=0, dtype=torch.float64)
+    x = _x(3, c=c)
+    out = mod(x)
+    xbar = x.mean(-1)                                                 # (n, C)
+    w_v = mod.w_value.permute(1, 0, 2).reshape(c, v)                  # heads side by side
+    _close(out, (xbar @ w_v @ mod.w_out + mod.bias)[..., None].expand_as(out))
+    params = list(mod.parameters())
+    jac = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        out[i, 0, 0], params, retain_graph=True, allow_unused=True) if g is not None])
+        for i in range(3)])
+    feats = xbar @ w_v
+    want = (mod.w_out[:, 0] ** 2).sum() * xbar @ xbar.T + feats @ feats.T + 1
+    _close(jac @ jac.T, want)
+    assert abs(float(mod.w_value.detach().var()) / (1.5 ** 2 / c) - 1) < 0.1
+    assert abs(float(mod.w_out.detach().var()) / (0.8 ** 2 / v) - 1) < 0.15
+    assert float(mod.bias.detach().abs().max()) < 1.0          # N(0, 0.2²), not N(0, 1)
+    # tied W_QK ~ N(0, σQσK/C); untied (1/√d logits) W_K ~ N(0, σK²/C), W_Q ~ N(0, σQ²/C)
+    kw = dict(w_query_std=1.5, w_key_std=0.6, parameterization="standard")
+    tied = wn.GlobalSelfAttention(3, 512, 8, 4, **kw).module((c, 6), seed=1)
+    untied = wn.GlobalSelfAttention(3, 512, 8, 4, linear_scaling=False, **kw).module((c, 6),
+                                                                                    seed=1)
+    for w, var in ((tied.w_key, 1.5 * 0.6 / c), (untied.w_key, 0.6 ** 2 / c),
+                   (untied.w_query, 1.5 ** 2 / c)):
+        assert abs(float(w.detach().var()) / var - 1) < 0.1
+
+
 def test_identity_attention_with_equal_logits_is_average_pooling():
     # inputs constant over positions with |x|²/C = 1 and σ_Q σ_K = 1/L: identity attention
     # weighs every key by exactly 1/L, i.e. global average pooling (then σ_O σ_V)
@@ -164,8 +227,9 @@ def test_attention_errors():
         wn.GlobalSelfAttention(4, 8, 8, 2, mechanism="tanh")
     with pytest.raises(ValueError, match=r"pos_emb must be one of .*got 'rope'"):
         wn.GlobalSelfAttention(4, 8, 8, 2, pos_emb="rope")
-    with pytest.raises(ValueError, match=r"parameterization='standard' is not supported"):
-        wn.GlobalSelfAttention(4, 8, 8, 2, parameterization="standard")
+    with pytest.raises(ValueError, match=r"GlobalSelfAttention: parameterization must be one "
+                                         r"of \('ntk', 'standard'\), got 'mup'"):
+        wn.GlobalSelfAttention(4, 8, 8, 2, parameterization="mup")
     with pytest.raises(ValueError, match=r"w_key_std must be a finite number >= 0"):
         wn.GlobalSelfAttention(4, 8, 8, 2, w_key_std=-1.0)
     x = _x()
@@ -214,3 +278,25 @@ def test_lift_multihead_attention_names_the_difference():
         wn.lift(Block(batch_first=True, bias=False), (5, 8))
     with pytest.raises(LiftError, match=r"batch_first=False.*biases on the query/key/value"):
         wn.lift(Block(), (5, 8))
+
+
+def test_standard_hyperparameter_gradients_match_central_differences():
+    # tensor σ's in the standard parameterization: autograd through C_v σO² + V σV² and the
+    # logits against central differences (a σ instead of σ² in the fan-in terms would fail)
+    names = ["0.w_key_std", "0.w_value_std", "0.w_query_std", "0.w_out_std", "0.b_std"]
+    build = lambda: wn.serial(  # noqa: E731
+        wn.GlobalSelfAttention(8, 8, 6, 2, b_std=0.1, parameterization="standard"), wn.Relu(),
+        wn.GlobalAvgPool(), wn.Dense(1, parameterization="standard"))
+    x = _x(3, c=2)
+    start = torch.tensor([0.9, 0.3, 1.1, 0.8, 0.2], dtype=torch.float64)
+
+    def f(v):
+        k = build().with_hyperparameters(dict(zip(names, v.unbind()))).kernel(x)
+        return k.nngp.sum() + k.ntk.sum()
+
+    v = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(v), v)
+    fd = torch.stack([(f(start + 1e-6 * e) - f(start - 1e-6 * e)) / 2e-6
+                      for e in torch.eye(len(names), dtype=torch.float64)])
+    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-9)
+    assert float(g[1]) != 0.0 and float(g[3]) != 0.0

@@ -98,8 +98,8 @@ def test_dense_empirical_ntk_is_exact(parameterization, b_std, x_small):
     ntk: σw² ⟨x, x'⟩/d + σb²;  standard: ⟨x, x'⟩ + 1 (bias present)."""
     net = wn.Dense(5, w_std=1.7, b_std=b_std, parameterization=parameterization)
     exact = net.kernel(x_small, x_small[:4], get="ntk")
-    emp = wn.empirical.jacobian_ntk(net.module((8,), seed=3, dtype=torch.float64), x_small,
-                                    x_small[:4])
+    emp = wn.empirical_ntk(net.module((8,), seed=3, dtype=torch.float64), x_small, x_small[:4],
+                           implementation="jacobian")
     torch.testing.assert_close(emp, exact, rtol=1e-12, atol=1e-12)
     has_bias = b_std is not None
     gram = x_small @ x_small[:4].T

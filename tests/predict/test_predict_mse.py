@@ -10,7 +10,7 @@ from scipy.integrate import solve_ivp
 from torch.func import functional_call, jacrev
 
 import widenets as wn
-from widenets.empirical.jacobian import jacobian_ntk
+from widenets.empirical import empirical_ntk
 
 
 def test_gradient_flow_matches_solve_ivp(kernels, data):
@@ -72,7 +72,8 @@ def test_discrete_matches_explicit_steps_on_linearized_network(net, data):
     j_tr, _ = _linearized(model, x_train)
     j_te, _ = _linearized(model, x_test)
     theta = j_tr @ j_tr.T
-    torch.testing.assert_close(theta, jacobian_ntk(model, x_train), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(theta, empirical_ntk(model, x_train, implementation="jacobian"),
+                               rtol=1e-10, atol=1e-10)
     g = torch.Generator().manual_seed(2)
     f0 = torch.randn(y.shape, generator=g, dtype=torch.float64)
     f0_test = torch.randn(5, 3, generator=g, dtype=torch.float64)

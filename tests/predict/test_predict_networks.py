@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 import widenets as wn
-from widenets.empirical.jacobian import jacobian_ntk
+from widenets.empirical import empirical_ntk
 
 
 def _toy_data(n_train, n_test, d, seed=0):
@@ -30,7 +30,8 @@ def _relative_errors(width, seed, xtr, xte, y, steps, scales=(1.0,)):
     net = wn.serial(wn.Dense(width, w_std=1.5, b_std=0.1), wn.Relu(),
                     wn.Dense(1, w_std=1.5, b_std=0.1))
     model = net.module((xtr.shape[1],), seed=seed, dtype=torch.float64)
-    theta, theta_tx = jacobian_ntk(model, xtr), jacobian_ntk(model, xte, xtr)
+    theta = empirical_ntk(model, xtr, implementation="jacobian")
+    theta_tx = empirical_ntk(model, xte, xtr, implementation="jacobian")
     with torch.no_grad():
         f0, f0_te = model(xtr), model(xte)
     eta = 0.25 * wn.predict.max_learning_rate(theta)

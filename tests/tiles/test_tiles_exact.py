@@ -97,18 +97,19 @@ def test_open_get_selection(tmp_path, net):
 def test_callable_kernel_fn_empirical_ntk(tmp_path):
     # An empirical-NTK closure over a finite torch module (explicit Jacobians); equal to the
     # in-memory empirical NTK up to BLAS rounding of the Jacobian products (1e-12 relative).
-    from widenets.empirical import jacobian_ntk
+    from widenets.empirical import empirical_ntk
 
     model = wn.serial(wn.Dense(32, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(3)).module(
         (8,), seed=0, dtype=torch.float64)
     x = dyadic(11, d=8, seed=8)
 
     def entk(a, b, get):
-        return jacobian_ntk(model, a, b)
+        return empirical_ntk(model, a, b, implementation="jacobian")
 
     run = wn.tiles.compute(entk, x, store=tmp_path / "e.zarr", batch_size=4, get="ntk",
-                           description="jacobian_ntk of a 32-wide relu module, seed 0")
-    torch.testing.assert_close(run.load(), jacobian_ntk(model, x), rtol=1e-12, atol=1e-14)
+                           description="jacobian empirical NTK of a 32-wide relu module, seed 0")
+    torch.testing.assert_close(run.load(), empirical_ntk(model, x, implementation="jacobian"),
+                               rtol=1e-12, atol=1e-14)
 
 
 def test_kernel_array_pickles_and_computes_like_dask(tmp_path, net):

@@ -37,7 +37,7 @@ from torch import nn
 from .factors import Factor
 
 __all__ = ["AttentionStructure", "describe_attention", "recording_forward", "attention_factors",
-           "no_fused_attention"]
+           "no_fused_attention", "math_attention"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,14 @@ def no_fused_attention():
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(prev)
+
+
+def math_attention():
+    """Context: scaled_dot_product_attention on its math backend (the fused CPU/CUDA kernels
+    have no forward-mode AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _float_mask(mask, dtype):

@@ -42,6 +42,8 @@ import time
 
 import torch
 
+from .factors import form_costs
+
 __all__ = ["DEFAULT_BUDGET_BYTES", "estimate_costs", "choose_implementation", "calibrate"]
 
 #: Memory the automatic choices (implementation, intermediate chunking, caching of blocks) aim
@@ -123,8 +125,6 @@ def estimate_costs(plan, n1: int, n2: int, mode: str, *, symmetric: bool,
         symmetric: x2 is None.
         budget: elements an intermediate may hold (for the per-layer form choice).
     """
-    from .factors import form_costs
-
     f = float(plan.flops or 0.0)
     o = plan.out_dim
     m = o * o if mode == "full" else o

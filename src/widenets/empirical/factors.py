@@ -25,6 +25,13 @@ d_in d_out); convolutions with many positions (T² ≫ d_in d_out) in "jacobian"
 `choose_form` picks per layer with these formulas. Elementwise-affine layers (normalization
 scales, kind "diag": ∂f_a/∂W[k] = s Σ_t C[a, i, t, k] z[i, t, k]) have only the Jacobian form,
 which is cheap: (n1 + n2) O T d + n1 n2 m d.
+
+Embeddings (kind "index") have a third, sparse form (`index_contract`): the Jacobian of input i
+has one row per distinct token v of the input, R_i[v] = s Σ_{t: idx_t = v} C[a, i, t, :], and
+Θ_W[i, j] = Σ_v R_i[v] · R'_j[v] runs over the tokens the two inputs share. With m_v the number
+of inputs that contain token v, the pairs number Σ_v m_v m'_v ≤ n1 T1 n2, so the cost is at most
+n1 n2 T1 m d (usually far less: only shared tokens meet), against n1 n2 T1 T2 (1 + m d) for
+"gram" and n1 n2 m V d for "jacobian".
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import torch.nn.functional as F
 from .structure import LayerStructure
 
 __all__ = ["Factor", "factors_for_call", "concat_calls", "gram_contract", "jacobian_form",
-           "jacobian_contract", "choose_form", "form_costs", "conv_patches"]
+           "jacobian_contract", "trace_rows", "index_contract", "choose_form", "form_costs",
+           "conv_patches"]
 
 
 @dataclass
@@ -90,7 +98,8 @@ def _conv_pads(st: LayerStructure, ksize, nd: int) -> list[tuple[int, int]]:
 
 
 def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
-    """(n, C_in, *spatial) -> patches (n, G, P, C_in/G · prod(ksize)), ordered as the weight."""
+    """(n, C_in, *spatial) -> patches (n, G, P, C_in/G · prod(ksize)), ordered as the weight
+    (1-d and 2-d: a non-contiguous view of F.unfold's im2col)."""
     nd = len(ksize)
     pads = _conv_pads(st, ksize, nd)
     if any(p for pair in pads for p in pair):
@@ -99,6 +108,16 @@ def conv_patches(x: torch.Tensor, st: LayerStructure, ksize) -> torch.Tensor:
             x = F.pad(x, flat)
         else:
             x = F.pad(x, flat, mode=st.padding_mode)
+    if nd <= 2:
+        # im2col: (n, C k, P), channels outer as in the weight; returned as a transposed view
+        # (the Jacobian form multiplies by its transpose, which is then contiguous)
+        x2 = x if nd == 2 else x[:, :, None]
+        k2 = tuple(ksize) if nd == 2 else (1, ksize[0])
+        dil = tuple(st.dilation) if nd == 2 else (1, st.dilation[0])
+        stride = tuple(st.stride) if nd == 2 else (1, st.stride[0])
+        cols = F.unfold(x2, k2, dilation=dil, stride=stride)
+        n, ck, p = cols.shape
+        return cols.reshape(n, st.groups, ck // st.groups, p).transpose(2, 3)
     for d in range(nd):
         span = st.dilation[d] * (ksize[d] - 1) + 1
         x = x.unfold(2 + d, span, st.stride[d])
@@ -319,6 +338,79 @@ def jacobian_contract(j1: torch.Tensor, j2: torch.Tensor, mode: str) -> torch.Te
         .permute(0, 2, 1, 3)
 
 
+def trace_rows(f: Factor) -> torch.Tensor:
+    """Eq. 1 as (n, O P) rows for mode "trace": Σ_a J_a J'_aᵀ only needs each input's Jacobian
+    entries in one fixed order, so the order is the cheapest to produce (for a dense factor
+    the batched product A_iᵀ (T x d_in)ᵀ C_i (T x O d_out): no copy of the Jacobian). Both sides
+    of a contraction must come from this function."""
+    o, g, t, d = f.shape
+    n = f.n
+    if f.kind == "dense":
+        k = f.a.shape[-1]
+        c = f.c.permute(1, 2, 3, 0, 4).reshape(n * g, t, o * d)
+        j = torch.bmm(f.a.reshape(n * g, t, k).transpose(1, 2), c).reshape(n, -1)
+    elif f.kind == "ones":
+        j = f.c.sum(dim=3).movedim(1, 0).reshape(n, -1)
+    else:
+        j = jacobian_form(f).reshape(n, -1)
+        return j
+    return j if f.scale == 1.0 else j * f.scale
+
+
+def _token_rows(f: Factor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows (R, O, d), input of each row (R,), token of each row (R,)): one row per distinct
+    (input, token) pair, the sum of the cotangents at the positions holding that token."""
+    n, t = f.a.shape
+    v = f.d_in
+    valid = f.a >= 0
+    keys = (torch.arange(n, device=f.a.device)[:, None] * v + f.a.clamp(min=0))[valid]
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    src = f.c[:, :, 0][:, valid]                                  # (O, n_valid, d)
+    rows = torch.zeros((uniq.shape[0], f.c.shape[0], f.c.shape[-1]), dtype=f.c.dtype,
+                       device=f.c.device)
+    rows.index_add_(0, inverse, src.transpose(0, 1))
+    return rows, uniq // v, uniq % v
+
+
+def index_contract(f1: Factor, f2: Factor, mode: str, budget: int) -> torch.Tensor:
+    """The sparse form of an embedding's contribution (module docstring): Σ over pairs of
+    (input, token) rows of x1 and x2 with the same token of their dot products.
+
+    Returns (n1, n2, O, O) for full, (n1, n2) summed over outputs for trace, (n1, n2, O) for
+    diagonal. Pairs are found and contracted in chunks of at most `budget` elements."""
+    r1, i1, v1 = _token_rows(f1)
+    r2, i2, v2 = (r1, i1, v1) if f1 is f2 else _token_rows(f2)
+    n1, n2 = f1.n, f2.n
+    o, d = r1.shape[1], r1.shape[2]
+    shape = {"trace": (), "diagonal": (o,), "full": (o, o)}[mode]
+    out = torch.zeros((n1 * n2, *shape), dtype=r1.dtype, device=r1.device)
+    order = torch.argsort(v2)
+    v2s = v2[order]
+    # rows of x2 with the token of each row of x1: the run [lo, hi) of the sorted tokens
+    lo = torch.searchsorted(v2s, v1)
+    hi = torch.searchsorted(v2s, v1, right=True)
+    counts = hi - lo
+    per_pair = o * d * (o if mode == "full" else 1) + o * d
+    step = max(1, budget // max(1, per_pair))
+    starts = torch.cumsum(counts, 0) - counts
+    total = int(counts.sum())
+    for p0 in range(0, total, step):
+        p = torch.arange(p0, min(total, p0 + step), device=r1.device)
+        a = torch.searchsorted(starts, p, right=True) - 1          # row of x1 of each pair
+        b = order[lo[a] + (p - starts[a])]                          # row of x2 of each pair
+        x, y = r1[a], r2[b]
+        if mode == "trace":
+            val = (x * y).sum(dim=(1, 2))
+        elif mode == "diagonal":
+            val = (x * y).sum(dim=2)
+        else:
+            val = torch.bmm(x, y.transpose(1, 2))
+        out.index_add_(0, i1[a] * n2 + i2[b], val)
+    s = f1.scale * f2.scale
+    out = out.reshape(n1, n2, *shape)
+    return out if s == 1.0 else out * s
+
+
 def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str,
                symmetric: bool) -> tuple[float, float, float, float]:
     """Costs of one parameter's factor pair, in multiply-adds and elements.
@@ -332,17 +424,18 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
     o, g, t1, d = shape1
     t2 = shape2[2]
     m = o * o if mode == "full" else o
+    if kind == "index":                        # the sparse form: at most n1 n2 T pairs
+        sparse = n1 * n2 * min(t1, t2) * (m * d + m)
+        return 0.0, float(sparse), math.inf, 0.0
     if kind == "diag":                         # no Gram form: Jacobian (n, O, d_out) only
         jac = (n1 + (0 if symmetric else n2)) * o * t1 * d + n1 * n2 * m * d
         return math.inf, 0.0, float(jac), float((n1 + (0 if symmetric else n2)) * o * d)
-    din_gram = {"dense": d_in, "index": 1, "ones": 0}[kind]
+    din_gram = d_in if kind == "dense" else 0
     kx = n1 * n2 * g * t1 * t2 * din_gram
     kc = n1 * n2 * g * t1 * t2 * (m * d + m)
     p = g * d_in * d
     form_din = d_in if kind == "dense" else 1
     form = n1 * o * g * t1 * form_din * d + (0 if symmetric else n2 * o * g * t2 * form_din * d)
-    if kind == "index":
-        form += (n1 + (0 if symmetric else n2)) * o * p    # zero-filling the sparse Jacobian
     jac = form + n1 * n2 * m * p
     mem = (n1 + (0 if symmetric else n2)) * o * p
     return float(kx), float(kc), float(jac), float(mem)
@@ -351,7 +444,10 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
 def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool,
                 budget: int) -> str:
     """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
-    multiply-adds (the jacobian form only within `budget` elements)."""
+    multiply-adds (the jacobian form only within `budget` elements); "sparse" for an embedding
+    (`index_contract`)."""
+    if all(f.kind == "index" for f in f1s):
+        return "sparse"
     gram = jac = mem = 0.0
     for f1, f2 in zip(f1s, f2s, strict=True):
         kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,

@@ -11,10 +11,10 @@ import torch
 from torch.func import jacrev, vmap
 
 from ._target import Target
+from .attention import math_attention
 from .factors import jacobian_contract
-from .ntvp import math_attention
 
-__all__ = ["jacobian_ntk", "per_sample_jacobians", "JacobianEngine"]
+__all__ = ["per_sample_jacobians", "JacobianEngine"]
 
 
 def per_sample_jacobians(target: Target, names: list[str], x: torch.Tensor,
@@ -101,13 +101,3 @@ class JacobianEngine:
     @staticmethod
     def state_bytes(state) -> int:
         return sum(j.numel() * j.element_size() for j in state)
-
-
-def jacobian_ntk(model, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    """(n1, n2) empirical NTK, mean over outputs, by explicit Jacobians.
-
-    Kept for compatibility: `empirical_ntk(model, x1, x2, implementation="jacobian")`.
-    """
-    from .ntk import empirical_ntk
-
-    return empirical_ntk(model, x1, x2, implementation="jacobian", mode="trace")

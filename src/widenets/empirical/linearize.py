@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import jvp
 
 from ._target import resolve_target
-from .ntvp import math_attention
+from .attention import math_attention
 
 __all__ = ["TaylorModel", "linearize", "taylor_expand"]
 

@@ -11,6 +11,8 @@ kernel in blocks of x1 x x2 rows when `batch_size` is set.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .._memory import memory_budget
@@ -30,7 +32,7 @@ from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
 from .structured import StructuredEngine, make_plan
 
-__all__ = ["empirical_ntk", "empirical_nngp"]
+__all__ = ["empirical_ntk", "empirical_nngp", "jacobian_ntk"]
 
 
 def _probe_batch(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
@@ -62,16 +64,22 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             products for nn.Linear (also on sequences, batch-first or sequence-first),
             nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention (so nn.Transformer*Layer; see
             `attention.py`), widenets' Dense/Conv modules, cheap per-input Jacobians for the
-            scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm, autograd Jacobians of
-            the other parameters only; see `structure.py`) or "auto"
+            scales of LayerNorm/GroupNorm/BatchNorm(eval)/InstanceNorm and for bare
+            parameters broadcast along the batch in forward (learned positions, class
+            tokens, gains: `bare.py`), autograd Jacobians of the other parameters only; see
+            `structure.py`) or "auto"
             (the fastest by the estimate in `widenets.empirical.cost`: multiply-adds and
             dispatched operations, weighted by per-process timings of this device). All are
-            exact and agree to rounding. Where "auto" can miss the fastest: the estimates are
-            within a factor ~2 of measured times, so when two implementations are that close
-            (small convolutional networks on CPU, where the vmapped per-input Jacobians of
-            "jacobian" run near the backward floor) it may pick the one up to ~1.5x slower;
-            a bare nn.Parameter used in forward (e.g. learned positions) costs "structured" one
-            per-input Jacobian pass through the whole model.
+            exact and agree to rounding. Where "auto" can miss the fastest (why it is not
+            always within 10% of it): the estimates are within a factor ~2 of measured
+            times, so when two implementations are closer than that it may pick the one up
+            to ~1.5x slower. On the benchmark's models (benchmarks/empirical_ntk.py) it picks
+            "structured", the fastest by 2x or more for the transformer and the MLP; on a
+            ResNet-18 on CPU "structured" and "jacobian" differ by ~10% in multiply-adds and
+            their measured order changes from run to run;
+            a parameter used in forward other than through elementwise arithmetic or expand
+            (e.g. `x @ self.w`) costs "structured" one per-input Jacobian pass through the
+            whole model.
         mode: "trace": (n1, n2), the mean over the O outputs of Θ[a, a] (comparable with the
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
@@ -285,3 +293,28 @@ def _outputs(target: Target, x: torch.Tensor, batch_size: int | None, arg: str) 
     with torch.no_grad():
         return torch.cat([target.call_checked(x[i:i + b], arg, x.shape)
                           for i in range(0, x.shape[0], b)])
+
+
+def jacobian_ntk(model, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """Deprecated since 0.2 (removed in 0.3): `empirical_ntk(model, x1, x2,
+    implementation="jacobian")`, which it calls after a FutureWarning.
+
+    Args:
+        model, x1, x2: as in `empirical_ntk`.
+
+    Returns:
+        (n1, n2) empirical NTK, mean over outputs.
+
+    Example:
+        >>> import warnings
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x = torch.randn(4, 3)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", FutureWarning)
+        ...     old = wn.empirical.jacobian_ntk(model, x)
+        >>> bool(torch.equal(old, wn.empirical_ntk(model, x, implementation="jacobian")))
+        True
+    """
+    warnings.warn("jacobian_ntk is deprecated since 0.2; use empirical_ntk(model, x1, x2, "
+                  "implementation='jacobian')", FutureWarning, stacklevel=2)
+    return empirical_ntk(model, x1, x2, implementation="jacobian", mode="trace")

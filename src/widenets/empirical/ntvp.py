@@ -16,16 +16,9 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from ._target import Target
+from .attention import math_attention
 
-__all__ = ["NtvpEngine", "math_attention"]
-
-
-def math_attention():
-    """Context: scaled_dot_product_attention on its math backend (the fused CPU/CUDA kernels
-    have no forward-mode AD)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
+__all__ = ["NtvpEngine"]
 
 
 class NtvpEngine:

@@ -6,7 +6,8 @@ tensor δ added to its output makes the cotangents ∂f_a/∂y available as ∂f
 outputs at once (a backward pass per output, batched over the output basis). Inputs are
 processed independently by the model (checked: BatchNorm must be in eval mode), so row i of the
 batched cotangent belongs to input i. Each known parameter's contribution is then contracted in
-the cheaper of the two exact forms of `factors.py`; the parameters of other modules get
+the cheaper of the exact forms of `factors.py`; bare parameters broadcast along the batch get
+their per-input gradients from recorded cotangents too (`bare.py`); the other parameters get
 per-sample autograd Jacobians (of those parameters only).
 
 `make_plan` decides once per call which modules are known, and verifies each description: on a
@@ -33,14 +34,17 @@ from .attention import (
     describe_attention,
     recording_forward,
 )
+from .bare import BareRecorder, BareStructure, bare_factor
 from .factors import (
     Factor,
     choose_form,
     concat_calls,
     factors_for_call,
     gram_contract,
+    index_contract,
     jacobian_contract,
     jacobian_form,
+    trace_rows,
 )
 from .jacobian import per_sample_jacobians
 from .structure import LayerStructure, describe_module
@@ -58,7 +62,8 @@ class KnownLayer:
         structure: its description.
         roles: "weight"/"bias" (attention: the parameter's attribute path) -> trainable
             parameter name.
-        ksize: conv kernel size (affine: the parameter's shape); vocab: embedding rows.
+        ksize: conv kernel size (affine and bare: the parameter's shape); vocab: embedding
+            rows.
         batch_axis: the axis of the layer's input that indexes the inputs of the batch (0, or
             1 for sequence-first layouts (L, n, d) of Linear/Embedding/LayerNorm), found by the
             probe.
@@ -66,7 +71,7 @@ class KnownLayer:
 
     name: str
     module: nn.Module
-    structure: LayerStructure | AttentionStructure
+    structure: LayerStructure | AttentionStructure | BareStructure
     roles: dict[str, str]
     ksize: tuple[int, ...] = ()
     vocab: int = 0
@@ -87,7 +92,10 @@ class Plan:
         flops: forward multiply-adds per input (None when not counted).
         act: output elements of all leaf modules per input (an activation-memory estimate).
         batched_backward: compute the output cotangents by one backward pass vmapped over the
-            outputs (False for models with convolutions: a loop over outputs is faster).
+            outputs (set to False when the vmapped pass fails or is wrong: then a loop over
+            outputs).
+        batched_checked: the vmapped pass was compared with a plain backward pass once (on
+            the first block; `output_basis_grads(check=True)`), so later blocks skip it.
         ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
@@ -99,21 +107,27 @@ class Plan:
     flops: float | None = None
     act: float = 0.0
     batched_backward: bool = True
+    batched_checked: bool = False
     ops: int | None = None
     n_tensors: int = 0
 
 
 # ----------------------------------------------------------------------------- capturing
 @contextlib.contextmanager
-def _capture(layers: list[KnownLayer], records: list[list]):
+def _capture(layers: list[KnownLayer], records: list[list], params: dict[str, torch.Tensor]):
     """Record every call of every layer: records[i] gets (inputs, deltas) per call of layer i,
     with zero tensors δ (requires grad) added to the outputs of its linear maps, so that the
     cotangents ∂f_a/∂y are ∂f_a/∂δ; None for a call that cannot be recorded.
 
     Module layers get a forward hook (inputs = (x,), deltas = (δ,)); attention layers run
-    `attention.recording_forward` instead of their own forward (four inputs and deltas)."""
+    `attention.recording_forward` instead of their own forward (four inputs and deltas); bare
+    parameters (the tensors of `params` passed to this forward) are followed by
+    `bare.BareRecorder` (no inputs, one delta per use)."""
     handles = []
     patched = []
+    tracked = {id(params[layer.roles["value"]]): i for i, layer in enumerate(layers)
+               if layer.structure.kind == "bare"}
+    recorder = BareRecorder(tracked, records) if tracked else contextlib.nullcontext()
 
     def make_hook(idx):
         def hook(mod, args, out):
@@ -131,9 +145,10 @@ def _capture(layers: list[KnownLayer], records: list[list]):
             if layer.structure.kind == "attention":
                 layer.module.forward = recording_forward(layer.module, records[i])
                 patched.append(layer.module)
-            else:
+            elif layer.structure.kind != "bare":
                 handles.append(layer.module.register_forward_hook(make_hook(i)))
-        yield
+        with recorder:
+            yield
     finally:
         for h in handles:
             h.remove()
@@ -158,12 +173,16 @@ def _split(records: list[list], grads: list[torch.Tensor]) -> list[list[tuple]]:
 
 
 def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
-                       batched: bool = True) -> list[torch.Tensor]:
+                       batched: bool = True, check: bool = True, axes=None,
+                       status: dict | None = None) -> list[torch.Tensor]:
     """∂out[:, a]/∂inputs for every output a: each (O, *input.shape). out: (n, O).
 
     batched: one backward pass vmapped over the O outputs (`is_grads_batched`); else (or when
-    an op has no batching rule, or a wrong one) one backward pass per output. The loop is the
-    faster of the two for convolutions, whose vmapped backward is slow in torch 2.x CPU builds.
+    an op has no batching rule, or a wrong one) one backward pass per output. (torch 2.13 CPU:
+    the vmapped pass is the faster one for convolutions too, ~15% on a ResNet-18.)
+    check: compare the batched result with one plain backward pass (`_projection_matches`;
+    axes: the batch axis of each input, default 0); the structured engine checks its first
+    block only. status: if given, status["batched"] says whether the batched result was used.
     """
     n, o = out.shape
     basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
@@ -175,10 +194,12 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
                 grads = torch.autograd.grad(out, inputs, basis, is_grads_batched=True,
                                             allow_unused=True, retain_graph=True)
             grads = _fill(grads, inputs, o)
-            if not _projection_matches(out, inputs, grads):
+            if check and not _projection_matches(out, inputs, grads, axes=axes):
                 grads = None            # a batching rule that runs but is wrong
         except RuntimeError:            # an op without a batching rule
             grads = None
+    if status is not None:
+        status["batched"] = grads is not None
     if grads is None:                   # one backward pass per output
         grads = [torch.zeros((o, *x.shape), dtype=x.dtype, device=x.device) for x in inputs]
         for a in range(o):
@@ -196,15 +217,20 @@ def _fill(grads, inputs, o: int) -> list[torch.Tensor]:
 
 
 def _projection_matches(out: torch.Tensor, inputs: list[torch.Tensor],
-                        grads: list[torch.Tensor], seed: int = 0) -> bool:
+                        grads: list[torch.Tensor], seed: int = 0, axes=None) -> bool:
     """Check the batched cotangents against one plain backward pass: with random v (n, O) and
     w (features), Σ_a v[i, a] ⟨grads[a][i], w⟩ must equal ⟨∂(Σ v·out)/∂input[i], w⟩ for every
-    row i. Rows attributed to the wrong input or output fail it with probability 1."""
+    row i. Rows attributed to the wrong input or output fail it with probability 1.
+    axes: the batch axis of each input (default 0)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     ref = torch.autograd.grad(out, inputs, v, allow_unused=True, retain_graph=True)
     tol = 1e-8 if out.dtype == torch.float64 else 1e-3
-    for g, r, x in zip(grads, ref, inputs, strict=True):
+    axes = [0] * len(inputs) if axes is None else axes
+    for g, r, x, ax in zip(grads, ref, inputs, axes, strict=True):
+        if ax:
+            g, x = g.movedim(1 + ax, 1), x.movedim(ax, 0)
+            r = None if r is None else r.movedim(ax, 0)
         o, n = g.shape[:2]
         w = torch.randn(x[0].numel(), generator=gen, dtype=torch.float64).to(out)
         got = ((g.reshape(o, n, -1) @ w) * v.T).sum(0)                   # (n,)
@@ -226,10 +252,10 @@ def _tied_names(module: nn.Module) -> set[str]:
 
 def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
     module = target.module
-    if module is None:
-        return []
-    tied = _tied_names(module)
     out = []
+    if module is None:
+        return _bare_candidates(target, set(), out)
+    tied = _tied_names(module)
     claimed: set[str] = set()
     if attention:
         for mname, mod in module.named_modules():
@@ -261,6 +287,18 @@ def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
         ksize = tuple(w.shape) if st.kind == "affine" else ksize
         vocab = w.shape[0] if st.kind == "embedding" else 0
         out.append(KnownLayer(mname, mod, st, roles, ksize, vocab))
+        claimed.update(roles.values())
+    return _bare_candidates(target, claimed | tied, out)
+
+
+def _bare_candidates(target: Target, claimed: set[str], out: list[KnownLayer]
+                     ) -> list[KnownLayer]:
+    """Every other parameter is a candidate bare parameter (bare.py); those the probe sees in
+    no rewritable use, or whose rewrite misses a use, end up on the autograd path."""
+    for pname, p in target.params.items():
+        if pname not in claimed:
+            out.append(KnownLayer(pname, None, BareStructure(), {"value": pname},
+                                  tuple(p.shape)))
     return out
 
 
@@ -268,6 +306,8 @@ def _batch_axes(layer: KnownLayer, rec, k: int) -> list[int]:
     """Axes of the layer's input that may index the k probe inputs: 0, and 1 for layers whose
     parameters act on the last axis only (sequence-first layouts)."""
     st = layer.structure
+    if st.kind == "bare":
+        return [ax for ax in (0, 1) if all(d.ndim > ax and d.shape[ax] == k for _, (d,) in rec)]
     axes = [0] if all(xs[0].shape[0] == k for xs, _ in rec) else []
     per_position = st.kind in ("linear", "embedding") or \
         (st.kind == "affine" and st.param_layout == "trailing")
@@ -283,6 +323,9 @@ def _call_factors(layer: KnownLayer, rec, grads, n: int) -> dict[str, Factor] | 
     rec: the layer's recorded calls (inputs, deltas); grads: per call, the cotangents at its
     deltas, each (O, *delta.shape)."""
     st = layer.structure
+    if st.kind == "bare":
+        f = bare_factor(layer.ksize, [gs[0] for gs in grads], layer.batch_axis, n)
+        return None if f is None else {layer.roles["value"]: f}
     per_role: dict[str, list[Factor]] = {r: [] for r in layer.roles}
     ax = layer.batch_axis
     for (xs, _), gs in zip(rec, grads, strict=True):
@@ -382,7 +425,7 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     p_req = {k: v.detach().requires_grad_() for k, v in target.params.items()}
     act_handle = nn.modules.module.register_module_forward_hook(count_act)
     try:
-        with torch.enable_grad(), _capture(layers, records):
+        with torch.enable_grad(), _capture(layers, records, p_req):
             probe = Target(p_req, target.module, target.fn, target.func)
             out = probe.call_checked(x_probe, "x1", x_shape)
     finally:
@@ -404,11 +447,9 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
     flops = _forward_macs(verified, records, layers, fallback, target) if count_flops else None
-    convs = target.module is not None and any(
-        isinstance(m, nn.modules.conv._ConvNd) for m in target.module.modules())
     return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
                 fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
-                act=act[0] / k, batched_backward=not convs, ops=ops,
+                act=act[0] / k, batched_backward=o > 1, ops=ops,
                 n_tensors=len(target.params))
 
 
@@ -497,6 +538,9 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
     never kept: memory is bounded by the factors, not by n O P."""
     o = f1.shape[0]
     p = f1.d_in * f1.shape[1] * f1.shape[3] if f1.kind == "dense" else None
+    if mode == "trace" and p is None:
+        j1 = trace_rows(f1)
+        return j1 @ (j1 if same else trace_rows(f2)).T
     if mode == "full" or p is None:
         j1 = jacobian_form(f1)
         return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
@@ -504,9 +548,14 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
     parts = []
     for a0 in range(0, o, step):
         a1 = min(o, a0 + step)
-        j1 = jacobian_form(_outputs_slice(f1, a0, a1))
-        j2 = j1 if same else jacobian_form(_outputs_slice(f2, a0, a1))
-        parts.append(jacobian_contract(j1, j2, mode))
+        if mode == "trace":
+            j1 = trace_rows(_outputs_slice(f1, a0, a1))
+            j2 = j1 if same else trace_rows(_outputs_slice(f2, a0, a1))
+            parts.append(j1 @ j2.T)
+        else:
+            j1 = jacobian_form(_outputs_slice(f1, a0, a1))
+            j2 = j1 if same else jacobian_form(_outputs_slice(f2, a0, a1))
+            parts.append(jacobian_contract(j1, j2, mode))
         del j1, j2
     if mode == "trace":
         return sum(parts[1:], parts[0])
@@ -528,14 +577,23 @@ class StructuredEngine:
         factors: dict[str, Factor] = {}
         if layers:
             records: list[list] = [[] for _ in layers]
-            with torch.enable_grad(), _capture(layers, records):
+            with torch.enable_grad(), _capture(layers, records, self.params):
                 out = self.target(self.params, x)
             if any(r is None for rec in records for r in rec):
                 raise RuntimeError(
                     f"{self.target.func}: a layer changed how it is called between the probe "
                     f"and the batch of {n}; use implementation='jacobian'")
-            grads = output_basis_grads(out, _deltas(records),
-                                       batched=self.plan.batched_backward)
+            plan = self.plan
+            axes = [0 if layer.structure.kind == "attention" else layer.batch_axis
+                    for layer, rec in zip(layers, records, strict=True)
+                    for _, ds in rec for _ in ds]
+            status: dict = {}
+            grads = output_basis_grads(out, _deltas(records), batched=plan.batched_backward,
+                                       check=not plan.batched_checked, axes=axes,
+                                       status=status)
+            if plan.batched_backward:
+                plan.batched_checked = True
+                plan.batched_backward = status["batched"]
             del out
             for layer, rec, gs in zip(layers, records, _split(records, grads), strict=True):
                 fs = _call_factors(layer, rec, gs, n)
@@ -556,7 +614,11 @@ class StructuredEngine:
         for names in _groups(s1.factors):
             f1s = [s1.factors[k] for k in names]
             f2s = [s2.factors[k] for k in names]
-            if choose_form(f1s, f2s, mode, symmetric, self.budget) == "gram":
+            form = choose_form(f1s, f2s, mode, symmetric, self.budget)
+            if form == "sparse" and all(f.kind == "index" for f in f1s):
+                parts = [index_contract(f1, f2, mode, self.budget // 4)
+                         for f1, f2 in zip(f1s, f2s, strict=True)]
+            elif form in ("gram", "sparse"):
                 # intermediates get a quarter of the budget: two blocks' states may hold the
                 # rest (ntk._auto_block), so the peak stays under about 1.5 budgets
                 parts = [gram_contract(f1s, f2s, mode, self.budget // 4)]

@@ -26,7 +26,8 @@ from ._inputs import input_kernel
 from ._kernel_checks import check_finite
 from .patterns import attach
 
-__all__ = ["compute_block", "kernel_in_row_blocks", "kernel_in_block_pairs", "row_bounds",
+__all__ = ["compute_block", "use_block_engine", "kernel_in_row_blocks", "kernel_in_block_pairs",
+           "row_bounds",
            "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
@@ -37,9 +38,22 @@ MIN_BLOCK_ENTRIES = 1 << 16
 PASSES_PER_LAYER = 16
 
 
+#: the function that computes one block: `layer.apply_kernel` until the engine module
+#: (`widenets.layers.engine`, fused or eager per `widenets.set_engine`) registers its `apply`
+#: with `use_block_engine` (a registration, so that this module need not import the layers)
+_block_engine = None
+
+
+def use_block_engine(fn) -> None:
+    """Make fn(layer, k) the function that computes every block of `net.kernel`."""
+    global _block_engine
+    _block_engine = fn
+
+
 def compute_block(layer, k: Kernel):
-    """The kernel of one block: `layer`'s kernel map on the block's input Kernel."""
-    return layer.apply_kernel(k)
+    """The kernel of one block: `layer`'s kernel map on the block's input Kernel (through the
+    registered engine)."""
+    return layer.apply_kernel(k) if _block_engine is None else _block_engine(layer, k)
 
 
 def row_bounds(n1: int, per_row: int, block_entries: int, threads: int) -> list:

@@ -171,6 +171,17 @@ class Activation(Layer):
     def gamma_correction_diag(self, k):
         return self.gamma_correction(k, k, k)
 
+    def fused_formula(self):
+        """The fused engine's form of T and Tdot (`widenets.layers.engine`), or None.
+
+        Returns (name, prep, formula, constants): `prep(v)` maps variances to a tuple of
+        per-input factors (eager, n numbers); `formula(u1, u2, k12, p, want_tdot)` computes
+        (T, Tdot or None) from the factors of x1 and x2 (broadcasting tensors), the covariance
+        and `p`, a 1-D tensor holding `constants` (floats derived from the hyperparameters, so
+        that one compiled graph serves every value). It must equal `t_and_tdot` to rounding and
+        be exactly symmetric in (u1, u2). None (the default) keeps this activation eager."""
+        return None
+
     # ------------------------------------------------------------- bookkeeping
     def _gamma_weight(self, k: Kernel):
         """g when k's NTK holds g·y y' from LayerNorm γ (see Kernel.gamma_term), else None;
@@ -340,6 +351,15 @@ class ABRelu(Activation):
         t = (c * tdot + torch.sin(theta) * ((s2 - ab2) / (2 * math.pi))) * root
         return t, (tdot if want_tdot else None)
 
+    def fused_formula(self):
+        a, b = self.a, self.b
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or a == b \
+                or type(self).t_and_tdot is not ABRelu.t_and_tdot:
+            return None
+        s2, ab2 = a * a + b * b, 2 * a * b
+        return "abrelu", abrelu_prep, abrelu_formula, (s2 / 2, (ab2 - s2) / (2 * math.pi),
+                                          (s2 - ab2) / (2 * math.pi))
+
     def gamma_correction(self, k11, k22, k12):
         # x φ'(x) = φ(x) (positive homogeneity), so E[uv φ'(u)φ'(v)] = T and the correction
         # T - K12 Tdot = (a-b)² √(K11K22) sin θ / (2π) (docs/math.md §layernorm-affine)
@@ -479,6 +499,11 @@ class Erf(Activation):
     def forward(self, x):
         return torch.erf(x)
 
+    def fused_formula(self):
+        if type(self).t_and_tdot is not Erf.t_and_tdot:
+            return None
+        return "erf", erf_prep, erf_formula, ()
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         # erf(x) = s(√2 x) with s(y) = erf(y/√2): rescale the covariance by 2.
         f, d, _, _ = _erf_scaled(2 * k11, 2 * k22, 2 * k12)
@@ -514,6 +539,11 @@ class Gelu(Activation):
     def forward(self, x):
         return torch.nn.functional.gelu(x)
 
+    def fused_formula(self):
+        if type(self).t_and_tdot is not Gelu.t_and_tdot:
+            return None
+        return "gelu", gelu_prep, gelu_formula, ()
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         f, d, p, det = _erf_scaled(k11, k22, k12)
         t = 0.25 * k12 + 0.25 * (k12 * f + d * (k11 * k22 + k12 * k12 * (1 - k11 * k22) / p))
@@ -545,6 +575,14 @@ class Sin(Activation):
     def forward(self, x):
         return self.a * torch.sin(self.b * x + self.c)
 
+    def fused_formula(self):
+        if any(isinstance(v, torch.Tensor) for v in (self.a, self.b, self.c)) \
+                or type(self).t_and_tdot is not Sin.t_and_tdot:
+            return None
+        b2 = self.b ** 2
+        return "sin", sin_prep, sin_formula, (-0.5 * b2, math.cos(2 * self.c), 0.5 * self.a ** 2,
+                                    0.5 * self.a ** 2 * b2)
+
     def t_and_tdot(self, k11, k22, k12, want_tdot):
         b2 = self.b ** 2
         s = k11 + k22
@@ -553,6 +591,74 @@ class Sin(Activation):
         t = 0.5 * self.a ** 2 * (minus - plus)
         tdot = 0.5 * self.a ** 2 * b2 * (minus + plus) if want_tdot else None
         return t, tdot
+
+
+# --------------------------------------------------------------------------- fused forms
+# The fused engine (widenets.layers.engine) compiles these into one pass per layer. Each is the
+# eager formula above, out of place, with the hyperparameters in a tensor `p`. The per-input
+# factors (square roots of variances...) come from `prep`, evaluated eagerly on the variances
+# (n numbers, not n² pairs); `formula` combines those of x1 (u1) and x2 (u2) only through
+# sums and products of two operands, so the result is exactly symmetric in (x1, x2) whatever
+# order the compiled code evaluates the rest in.
+def abrelu_prep(v):
+    return torch.rsqrt(torch.clamp(v, min=_TINY)), torch.sqrt(torch.clamp(v, min=0.0))
+
+
+def abrelu_formula(u1, u2, k12, p, want_tdot: bool):
+    """ABRelu (docs/math.md §relu); p = (s2/2, (2ab - s2)/(2π), (s2 - 2ab)/(2π)), s2 = a²+b².
+    sin θ = √((1 - c)(1 + c)) (no cancellation: 1 - c is exact near c = 1)."""
+    c = torch.clamp(u1[0] * u2[0] * k12, -1.0, 1.0)
+    tdot = torch.arccos(c) * p[1] + p[0]
+    t = (c * tdot + torch.sqrt((1 - c) * (1 + c)) * p[2]) * (u1[1] * u2[1])
+    return t, (tdot if want_tdot else None)
+
+
+def erf_prep(v):
+    one = 1 + 2 * v
+    return one, torch.sqrt(one)
+
+
+def erf_formula(u1, u2, k12, p, want_tdot: bool):
+    """Erf (docs/math.md §erf), as `_erf_scaled` at twice the covariance."""
+    k2 = 2 * k12
+    t = (2 / math.pi) * torch.arcsin(torch.clamp(k2 / (u1[1] * u2[1]), -1.0, 1.0))
+    if not want_tdot:
+        return t, None
+    det = torch.clamp(u1[0] * u2[0] - k2 * k2, min=_TINY)
+    return t, (4 / math.pi) / torch.sqrt(det)
+
+
+def gelu_prep(v):
+    one = 1 + v
+    return v, one, 1 / one, torch.sqrt(one)
+
+
+def gelu_formula(u1, u2, k12, p, want_tdot: bool):
+    """Gelu (docs/math.md §gelu), the closed form of `Gelu.t_and_tdot`."""
+    prod = u1[1] * u2[1]
+    f = (2 / math.pi) * torch.arcsin(torch.clamp(k12 / (u1[3] * u2[3]), -1.0, 1.0))
+    det = torch.clamp(prod - k12 * k12, min=_TINY)
+    d = (2 / math.pi) / torch.sqrt(det)
+    vv = u1[0] * u2[0]
+    t = 0.25 * k12 + 0.25 * (k12 * f + d * (vv + k12 * k12 * (1 - vv) / prod))
+    if not want_tdot:
+        return t, None
+    tdot = 0.25 * (1 + f + k12 * d * (u1[2] + u2[2])
+                   + (2 / math.pi) * k12 / (det * torch.sqrt(det)))
+    return t, tdot
+
+
+def sin_prep(v):
+    return (v,)
+
+
+def sin_formula(u1, u2, k12, p, want_tdot: bool):
+    """Sin (docs/math.md §sin, a sin(bx + c)); p = (-b²/2, cos 2c, a²/2, a²b²/2)."""
+    s = u1[0] + u2[0]
+    minus = torch.exp(p[0] * (s - 2 * k12))
+    plus = torch.exp(p[0] * (s + 2 * k12)) * p[1]
+    t = p[2] * (minus - plus)
+    return t, (p[3] * (minus + plus) if want_tdot else None)
 
 
 # --------------------------------------------------------------------------- any φ by quadrature

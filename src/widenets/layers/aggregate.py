@@ -49,9 +49,10 @@ def _edges(p: EdgeList, m: torch.Tensor | None, dtype):
     return src, dst, w
 
 
-def _left(t: torch.Tensor, p, m, axis: int) -> torch.Tensor:
+def _left(t: torch.Tensor, p, m, axis: int, cache: dict | None = None) -> torch.Tensor:
     """Apply Aᵀ to axis `axis` of t (batch axis 0 of t matches the graphs): out[.., j, ..] =
-    Σ_i A[i, j] t[.., i, ..], dense or sparse."""
+    Σ_i A[i, j] t[.., i, ..], dense or sparse. `cache` keeps the sparse matrix of a graph
+    batch for the other products of the same layer (NNGP, NTK, self kernels)."""
     if not isinstance(p, EdgeList):
         a = _masked_dense(p, m)                                   # (n, P, P)
         t = t.movedim(axis, -1)                                   # (n, ..., P_i)
@@ -62,7 +63,13 @@ def _left(t: torch.Tensor, p, m, axis: int) -> torch.Tensor:
     n, positions = t.shape[:2]
     rest = t.shape[2:]
     flat = t.reshape(n * positions, -1)                           # (n P, R)
-    out = _block_transpose(p, m, positions, t.dtype) @ flat       # one sparse product
+    key = (id(p), id(m), positions, t.dtype)
+    if cache is None or key not in cache:
+        a = _block_transpose(p, m, positions, t.dtype)
+        if cache is None:
+            return (a @ flat).reshape(n, positions, *rest).movedim(1, axis)
+        cache[key] = a
+    out = cache[key] @ flat                                       # one sparse product
     return out.reshape(n, positions, *rest).movedim(1, axis)
 
 
@@ -143,13 +150,14 @@ class Aggregate(Layer):
         m1, m2 = k.masks()
         s = k.spatial_ndim
         shape = k.nngp.shape
+        cache: dict = {}    # the sparse matrices, built once for all products of this call
 
         def both(t):        # A1ᵀ t A2 on (n1, n2, P, P): x1's nodes on axis 2, x2's on axis 3
             if t is None:
                 return None
             t = _flat_positions(t, 2, s)
-            t = _left(t, p1, m1, 2)
-            t = _left(t.transpose(0, 1), p2, m2, 3).transpose(0, 1)
+            t = _left(t, p1, m1, 2, cache)
+            t = _left(t.transpose(0, 1), p2, m2, 3, cache).transpose(0, 1)
             return t.reshape(shape)
 
         def self_pairs(c, p, m):    # A ᵀ cov A on (n, P, P)
@@ -157,7 +165,7 @@ class Aggregate(Layer):
                 return None
             cs = c.shape
             c = _flat_positions(c, 1, s)
-            return _left(_left(c, p, m, 1), p, m, 2).reshape(cs)
+            return _left(_left(c, p, m, 1, cache), p, m, 2, cache).reshape(cs)
 
         cov1 = self_pairs(k.cov1, p1, m1)
         cov2 = None if k.cov2 is None else self_pairs(k.cov2, p2, m2)

@@ -31,6 +31,19 @@ value_pos_emb):
 (Θ_v = Θ, or Θ + R ("sum") / (Θ + R)/2 ("concat") with value_pos_emb, the trainable z adding R;
 the factor 2 counts the value and output weights; the key weights' gradient vanishes as 1/d).
 The layer needs all position pairs of its input (full layout), like pooling.
+
+Standard parameterization (docs/math.md §attention-standard): the weights carry their scales,
+W_QK ~ N(0, σQσK/C_k) (tied; untied W_K ~ N(0, σK²/C_k), W_Q ~ N(0, σQ²/C_k)),
+W_V ~ N(0, σV²/C_v), W_O ~ N(0, σO²/V) with V = value_channels, b ~ N(0, σb²), logits
+(x W_QK)(x W_QK)ᵀ/d. Same function at initialization, hence the same NNGP; the NTK reported at
+the declared widths (as for Dense, C_v = the input's channels, doubled by "concat" with
+value_pos_emb):
+
+    Θ'(p, p') = σO²σV² G1 Θ_v G2ᵀ + (C_v σO² + V σV²) G1 K_v G2ᵀ + 1[bias]
+
+The tied key/query weights contribute O(C_k·heads/key_channels) (not growing with the width,
+like the finite-key-width corrections of the other terms): dropped, as the O(1/d) key term is
+in the NTK parameterization.
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ import torch
 from torch import nn
 
 from ..kernel import Kernel
-from .base import FULL, Layer, check_std, new_source, normal_
+from .base import FULL, Layer, as_number, check_parameterization, check_std, new_source, normal_
 from .patterns import check_mask
 
 __all__ = ["GlobalSelfAttention", "GlobalSelfAttentionModule", "MECHANISMS", "POS_EMB"]
@@ -115,17 +128,32 @@ class GlobalSelfAttentionModule(nn.Module):
         self.d_value = layer.value_channels // layer.heads
         self.c_key = 2 * c if layer.pos_emb == "concat" else c
         self.c_value = self.c_key if self.value_pos_emb else c
-        self.qk = layer.w_query_std * layer.w_key_std
-        self.ov = layer.w_out_std * layer.w_value_std
-        self.b_std = layer.b_std
-        h = layer.heads
-        new = lambda *shape: nn.Parameter(normal_(torch.empty(*shape, dtype=dtype),  # noqa
-                                                  generator))
-        self.w_key = new(h, self.c_key, self.d_key)
-        self.w_query = None if layer.linear_scaling else new(h, self.c_key, self.d_key)
-        self.w_value = new(h, self.c_value, self.d_value)
-        self.w_out = new(h * self.d_value, layer.out_channels)
-        self.bias = None if layer.b_std is None else new(layer.out_channels)
+        q_std, k_std = as_number(layer.w_query_std), as_number(layer.w_key_std)
+        v_std, o_std = as_number(layer.w_value_std), as_number(layer.w_out_std)
+        self.b_std = as_number(layer.b_std)
+        self.parameterization = layer.parameterization
+        h, v_width = layer.heads, layer.heads * self.d_value
+        new = lambda *shape, std=1.0: nn.Parameter(normal_(  # noqa: E731
+            torch.empty(*shape, dtype=dtype), generator, std))
+        if layer.parameterization == "ntk":
+            # N(0, 1) weights; every σ and 1/√fan-in is a multiplier in forward
+            self.qk, self.ov, self.b_scale = q_std * k_std, o_std * v_std, self.b_std
+            stds = dict(key=1.0, query=1.0, value=1.0, out=1.0, bias=1.0)
+        else:
+            # standard: the weights carry their scales (docs/math.md §attention-standard);
+            # tied keys/queries W ~ N(0, σQσK/C_k), or W_K ~ N(0, σK²/C_k), W_Q ~ N(0, σQ²/C_k)
+            self.qk = self.ov = self.b_scale = 1.0
+            tied = math.sqrt(q_std * k_std / self.c_key)
+            stds = dict(key=tied if layer.linear_scaling else k_std / math.sqrt(self.c_key),
+                        query=q_std / math.sqrt(self.c_key),
+                        value=v_std / math.sqrt(self.c_value),
+                        out=o_std / math.sqrt(v_width), bias=self.b_std)
+        self.w_key = new(h, self.c_key, self.d_key, std=stds["key"])
+        self.w_query = None if layer.linear_scaling else new(h, self.c_key, self.d_key,
+                                                             std=stds["query"])
+        self.w_value = new(h, self.c_value, self.d_value, std=stds["value"])
+        self.w_out = new(v_width, layer.out_channels, std=stds["out"])
+        self.bias = None if layer.b_std is None else new(layer.out_channels, std=stds["bias"])
         if layer.pos_emb != "none":
             r = position_covariance(spatial, layer.pos_emb_decay, "GlobalSelfAttention.module")
             self.register_buffer("pos_root", _square_root(r).to(dtype))
@@ -153,24 +181,28 @@ class GlobalSelfAttentionModule(nn.Module):
             if self.value_pos_emb:
                 xv = xk
         keys = torch.einsum("ncp,hcd->nhpd", xk, self.w_key)
+        ntk = self.parameterization == "ntk"     # else the fan-ins are in the weights
         if self.linear_scaling:
-            queries, norm = keys, self.c_key * self.d_key
+            queries, norm = keys, (self.c_key if ntk else 1) * self.d_key
         else:
             queries = torch.einsum("ncp,hcd->nhpd", xk, self.w_query)
-            norm = self.c_key * math.sqrt(self.d_key)
+            norm = (self.c_key if ntk else 1) * math.sqrt(self.d_key)
         logits = queries @ keys.transpose(-1, -2) * (self.qk / norm)   # (n, H, P, P)
         g = attention_weights(logits, mask, self.mechanism)
         values = torch.einsum("ncp,hcd->nhpd", xv, self.w_value)
         heads = (g @ values).permute(0, 2, 1, 3).reshape(n, positions, -1)
-        out = heads @ self.w_out * (self.ov / math.sqrt(heads.shape[-1] * self.c_value))
+        out = heads @ self.w_out
+        if ntk:
+            out = out * (self.ov / math.sqrt(heads.shape[-1] * self.c_value))
         if self.bias is not None:
-            out = out + self.b_std * self.bias
+            out = out + self.b_scale * self.bias
         return out.transpose(1, 2).reshape(n, -1, *spatial)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_channels}, heads={self.heads}, d_key={self.d_key}, "
                 f"d_value={self.d_value}, mechanism={self.mechanism!r}, "
-                f"linear_scaling={self.linear_scaling}, pos_emb={self.pos_emb!r}")
+                f"linear_scaling={self.linear_scaling}, pos_emb={self.pos_emb!r}, "
+                f"parameterization={self.parameterization!r}")
 
 
 def _positive_int(v, func: str, arg: str) -> int:
@@ -203,9 +235,11 @@ class GlobalSelfAttention(Layer):
             by 1/(C·d) with tied query and key weights (NT's definition). False for standard
             1/√d scaling with independent queries and keys: `module()` builds it, `kernel`
             raises (estimate it with `wn.monte_carlo_kernel`).
-        parameterization: "ntk" (all weights N(0, 1) scaled in forward, as NT). "standard" is
-            refused: its query/key gradient adds an O(C / key_channels) NTK term with no closed
-            form.
+        parameterization: "ntk" (default; all weights N(0, 1) scaled in forward, as NT) or
+            "standard" (the weights carry σ/√fan-in, as `Dense`): the same NNGP; the
+            standard NTK is reported at the declared widths, with the value and output
+            weights' terms multiplied by their fan-ins (the input channels and
+            value_channels; see the module docstring).
 
     Inputs are (n, C, L) sequences or (n, C, H, W) images; `mask=` (n, P) excludes padded
     positions as keys. The kernel needs all position pairs (quadratic in positions).
@@ -222,6 +256,10 @@ class GlobalSelfAttention(Layer):
         torch.Size([4, 4])
         >>> net.module((3, 6), seed=0)(x.float(), mask=mask).shape
         torch.Size([4, 1])
+        >>> std = wn.GlobalSelfAttention(8, 8, 8, 2, parameterization="standard")
+        >>> bool(torch.allclose(std.kernel(x, get="nngp"),
+        ...                     wn.GlobalSelfAttention(8, 8, 8, 2).kernel(x, get="nngp")))
+        True
     """
 
     accepts_mask = True
@@ -265,13 +303,7 @@ class GlobalSelfAttention(Layer):
         for arg, v in (("value_pos_emb", value_pos_emb), ("linear_scaling", linear_scaling)):
             if not isinstance(v, bool):
                 raise TypeError(f"{func}: {arg} must be True or False, got {v!r}")
-        if parameterization == "standard":
-            raise ValueError(f"{func}: parameterization='standard' is not supported: the "
-                             f"gradient of the tied query/key weights adds an NTK term of order "
-                             f"in_channels / key_channels with no closed form; use 'ntk'")
-        if parameterization != "ntk":
-            raise ValueError(f"{func}: parameterization must be 'ntk', got "
-                             f"{parameterization!r}")
+        check_parameterization(parameterization, func=func)
         self.mechanism, self.pos_emb, self.pos_emb_decay = mechanism, pos_emb, pos_emb_decay
         self.value_pos_emb, self.linear_scaling = value_pos_emb, linear_scaling
         self.parameterization = parameterization
@@ -345,9 +377,19 @@ class GlobalSelfAttention(Layer):
             k.cov2.shape)
         out_ntk = None
         if ntk is not None:
-            # Θ' = σO²σV² (G1 Θ_v G2ᵀ + 2 G1 K_v G2ᵀ) + σb²  (docs/math.md §attention)
             theta = cross(values(ntk)) if (not k.is_input or self.value_pos_emb) else 0.0
-            out_ntk = ((theta + 2 * gkg) * ov2 + b2).reshape(shape)
+            if self.parameterization == "ntk":
+                # Θ' = σO²σV² (G1 Θ_v G2ᵀ + 2 G1 K_v G2ᵀ) + σb²  (docs/math.md §attention)
+                out_ntk = ((theta + 2 * gkg) * ov2 + b2).reshape(shape)
+            else:
+                # Θ' = σO²σV² G1 Θ_v G2ᵀ + (C_v σO² + V σV²) G1 K_v G2ᵀ + 1[bias]
+                # (docs/math.md §attention-standard): the value weights' fan-in C_v and the
+                # output weights' fan-in V = value_channels multiply their own terms
+                c_v = k.channels * (2 if self.value_pos_emb and self.pos_emb == "concat"
+                                    else 1)
+                own = c_v * self.w_out_std ** 2 + self.value_channels * self.w_value_std ** 2
+                bias = 0.0 if self.b_std is None else 1.0
+                out_ntk = (theta * ov2 + gkg * own + bias).reshape(shape)
         out = k.replace(nngp=out_nngp, ntk=out_ntk, cov1=out_cov1, cov2=out_cov2,
                         is_gaussian=True, is_input=False, channels=self.out_channels,
                         sources=new_source())

@@ -1,0 +1,477 @@
+"""The kernel engine: each layer's per-pair arithmetic in one compiled pass, or eager torch ops.
+
+A layer map acts entry by entry on the (block of the) kernel: the eager code runs each
+elementwise operation as its own pass over memory (about 13 for a Dense + ReLU pair), each a
+parallel region ending in a barrier. The fused engine evaluates a *unit* — an optional weight
+layer's affine map (Dense, docs/math.md §dense) followed by an activation's closed form
+(`Activation.fused_formula`) — as one generated loop: read K and Θ once, write K' and Θ' once.
+
+Mechanism: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA), chosen by measurement
+(docs/guide/kernels.md §engine). Its cost is bounded and paid once per process:
+
+* one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial layout,
+  thread count): hyperparameters travel in a tensor and the sizes are dynamic, so no value of a
+  hyperparameter and no N recompiles; all layouts are viewed as (rows, columns, positions);
+* Inductor caches the generated code on disk (across processes: warm starts took 2-4 s per
+  graph, cold ones 15-60 s on the busy 2-core development machine);
+* `"auto"` (the default) never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never
+  waits for a compile: it starts it in a background thread and stays eager until it is done.
+
+Everything that is not per-pair arithmetic stays eager and identical to the eager engine: the
+variances (`Kernel.map_variances`), the exact diagonal of x1 = x2 kernels (`set_batch_diagonal`
+with the exact self-pair values), bookkeeping fields. Kernels with identical-input pairs
+(`same_input`), LayerNorm γ records, tensor hyperparameters or anything under autograd take the
+eager path. When the compiler is missing or fails the eager path is taken, announced once by an
+`EngineWarning`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+import warnings
+import weakref
+
+import torch
+
+from ..kernel import Kernel
+from ._schedule import use_block_engine
+from .activations import Activation, _is_gamma_token
+from .base import new_source
+from .combinators import Parallel, Repeat, Serial
+from .dense import Dense
+
+__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "EngineWarning", "set_engine", "get_engine", "apply",
+           "fused_available"]
+
+#: the engine names (`set_engine`, the WIDENETS_ENGINE environment variable)
+ENGINES = ("auto", "fused", "eager")
+#: "auto" uses the fused engine for kernels of at least this many entries (input pairs x
+#: position pairs); below, eager (a 100-input kernel never compiles anything)
+AUTO_MIN_ENTRIES = 1 << 20
+_ENV = "WIDENETS_ENGINE"
+
+
+class EngineWarning(RuntimeWarning):
+    """The fused engine is unavailable (no compiler, compile failure): widenets computes its
+    kernels with the eager engine instead (same results, slower). Emitted once per process."""
+
+
+_engine: str | None = None
+
+
+def _check_engine(engine, func: str, arg: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"{func}: {arg} must be one of {ENGINES}, got {engine!r}")
+    return engine
+
+
+def set_engine(engine: str = "auto") -> str:
+    """Choose how analytic kernels evaluate each layer's per-pair arithmetic.
+
+    Args:
+        engine: "auto" (default): the fused engine for kernels of at least
+            `AUTO_MIN_ENTRIES` entries once its code is compiled (compiled in the background,
+            eager meanwhile); "fused": always the fused engine (compiles on first use, waits
+            for it); "eager": plain torch operations, one pass per operation. The environment
+            variable WIDENETS_ENGINE sets the initial value. Results agree to rounding.
+
+    Returns:
+        The previous engine name (to restore it).
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> previous = wn.set_engine("eager")
+        >>> net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(3, 4), get="nngp").shape
+        torch.Size([3, 3])
+        >>> wn.set_engine(previous)
+        'eager'
+    """
+    global _engine
+    previous = get_engine()
+    _engine = _check_engine(engine, "set_engine", "engine")
+    return previous
+
+
+def get_engine() -> str:
+    """The engine analytic kernels use now (see `set_engine`).
+
+    Returns:
+        "auto", "fused" or "eager".
+
+    Example:
+        >>> import widenets as wn
+        >>> wn.get_engine() in ("auto", "fused", "eager")
+        True
+    """
+    if _engine is None:
+        return _check_engine(os.environ.get(_ENV, "auto").strip().lower() or "auto",
+                             "widenets", f"the environment variable {_ENV}")
+    return _engine
+
+
+# ----------------------------------------------------------------------------- compiled units
+_lock = threading.RLock()          # the tables below (held briefly)
+_compile_lock = threading.Lock()   # one compile at a time (held for seconds)
+_compiled: dict = {}               # key -> compiled unit (ready)
+_failed: dict = {}                 # key -> reason
+_pending: set = set()              # keys compiling in the background
+_announce: list = []               # reasons not yet announced (background failures)
+_announced = False
+#: per kernel call (id of its shared variance tensor -> (weak reference, {key: unit})), the
+#: decision taken per key: every block of a call takes the same engine (exact symmetry needs
+#: the same rounding on (i, j) and (j, i))
+_sticky: dict = {}
+
+
+def _unit_source(formula, want_ntk: bool, name: str):
+    """The function compiled for one key: the affine map of the Dense before the activation
+    (coefficients c = (w, b, α, β, γ): K' = w K + b, Θ' = α K + β + γ Θ, docs/math.md §dense),
+    then the activation. A fresh code object per key keeps each key's compiled code apart."""
+    if want_ntk:
+        def unit(x, y, u1, u2, c, p):
+            k12 = c[0] * x + c[1]
+            theta = c[2] * x + c[3] + c[4] * y
+            t, tdot = formula(u1, u2, k12, p, True)
+            return t, tdot * theta               # Θ' = Tdot(K) Θ  (docs/math.md §activations)
+    else:
+        def unit(x, u1, u2, c, p):
+            return formula(u1, u2, c[0] * x + c[1], p, False)[0]
+    code = unit.__code__.replace(co_name=name)
+    return types.FunctionType(code, unit.__globals__, name, unit.__defaults__, unit.__closure__)
+
+
+def _dummy_inputs(key, prep):
+    """Small inputs of the key's class: sizes >= 2, distinct from each other and from the
+    lengths of the coefficient tensors (5 and < 5), so that no size is specialized."""
+    _, want_ntk, dtype, device, flat, _ = key
+    m, n, r = 7, 9, (1 if flat else 11)
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    v1, v2 = 1 + rand(m, 1, r), 1 + rand(1, n, r)
+    x, y = (rand(m, n, r) - 0.5) * torch.sqrt(v1 * v2), rand(m, n, r)
+    c = torch.tensor([1.5, 0.1, 1.5, 0.1, 1.5], dtype=dtype)
+    args = [x, y] if want_ntk else [x]
+    dev = lambda ts: tuple(t.to(device) for t in ts)  # noqa: E731
+    return [*dev(args), dev(prep(v1)), dev(prep(v2)), c.to(device)]
+
+
+def _compile(key, prep, formula, consts):
+    """Compile and check the unit of `key` (the caller holds `_compile_lock`)."""
+    import torch._dynamo  # noqa: F401  (fails where torch.compile is unsupported)
+
+    kind, want_ntk, dtype, device, flat, _ = key
+    if not torch._dynamo.is_dynamo_supported():
+        raise RuntimeError("torch.compile is not supported on this Python/platform")
+    name = f"widenets_{kind}_{'ntk' if want_ntk else 'nngp'}_{str(dtype)[6:]}_" \
+           f"{'flat' if flat else 'spatial'}"
+    src = _unit_source(formula, want_ntk, name)
+    fn = torch.compile(src, dynamic=True, fullgraph=True)
+    args = _dummy_inputs(key, prep)
+    p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
+    with torch.no_grad():
+        got = fn(*args, p)
+        want = src(*args, p)
+    for g, w in zip(got if want_ntk else (got,), want if want_ntk else (want,)):
+        if not torch.allclose(g, w, rtol=1e-5, atol=1e-6):
+            raise RuntimeError(f"the compiled {name} differs from its eager form on a test input")
+    return fn
+
+
+def _reason(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first}"
+
+
+def _warn_once(reason: str, stacklevel: int = 4) -> None:
+    global _announced
+    with _lock:
+        if _announced:
+            return
+        _announced = True
+    warnings.warn(f"widenets: the fused kernel engine is unavailable ({reason}); kernels are "
+                  f"computed by the eager engine (same results, slower). Install a C++ "
+                  f"compiler (g++ or clang++) for torch.compile on CPU, or silence this with "
+                  f"wn.set_engine('eager') / {_ENV}=eager", EngineWarning,
+                  stacklevel=stacklevel)
+
+
+def _compiled_now(key, prep, formula, consts):
+    """The compiled unit of `key`, compiling it here if needed; None if that failed."""
+    with _compile_lock:
+        with _lock:
+            if key in _compiled:
+                return _compiled[key]
+            if key in _failed:
+                return None
+        try:
+            fn = _compile(key, prep, formula, consts)
+        except Exception as err:  # noqa: BLE001 - any failure means: stay eager
+            with _lock:
+                _failed[key] = reason = _reason(err)
+        else:
+            with _lock:
+                _compiled[key] = fn
+            return fn
+    _warn_once(reason)
+    return None
+
+
+def _compile_in_background(key, prep, formula, consts) -> None:
+    with _lock:
+        if key in _compiled or key in _failed or key in _pending:
+            return
+        _pending.add(key)
+
+    def work():
+        torch.set_num_threads(key[-1])     # this thread's own setting (compiled into the code)
+        try:
+            with _compile_lock:
+                fn = _compile(key, prep, formula, consts)
+            with _lock:
+                _compiled[key] = fn
+        except Exception as err:  # noqa: BLE001 - announced by the next kernel call
+            with _lock:
+                _failed[key] = _reason(err)
+                _announce.append(_failed[key])
+        finally:
+            with _lock:
+                _pending.discard(key)
+
+    threading.Thread(target=work, name="widenets-compile", daemon=True).start()
+
+
+def wait_for_compiles(timeout: float | None = None) -> bool:
+    """Wait until the background compiles of the "auto" engine are done (benchmarks, tests);
+    returns True when none is pending."""
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _lock:
+            if not _pending:
+                return True
+        if end is not None and time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+
+
+def fused_available(dtype: torch.dtype = torch.float64, device="cpu") -> bool:
+    """Whether the fused engine works here: compiles (or finds) the ABRelu unit of `dtype` on
+    `device` now. False (and the one `EngineWarning`) when the compiler is missing or fails.
+
+    Args:
+        dtype: torch.float32 or torch.float64.
+        device: a torch device ("cpu", "cuda").
+
+    Returns:
+        True when fused kernels are computed, False when the eager engine stands in.
+
+    Example:
+        >>> import torch
+        >>> from widenets.layers.engine import fused_available
+        >>> isinstance(fused_available(torch.float64), bool)
+        True
+    """
+    from .activations import Relu
+
+    kind, prep, formula, consts = Relu().fused_formula()
+    key = (kind, True, dtype, torch.device(device), True, torch.get_num_threads())
+    return _compiled_now(key, prep, formula, consts) is not None
+
+
+# ----------------------------------------------------------------------------- the walk
+class _Call:
+    """One engine entry: the mode, the kernel's size and the anchor of sticky decisions."""
+
+    def __init__(self, mode: str, k: Kernel):
+        self.mode = mode
+        self.anchor = k.cov1 if k.cov2 is None else k.cov2
+        per_row = k.nngp[0].numel()
+        rows = k.n2 if k.x1_is_x2 else max(k.n1, k.n2)
+        self.work = rows * per_row
+
+    def unit(self, key, prep, formula, consts):
+        """The compiled unit to use for `key` in this call, or None (eager)."""
+        if self.mode == "fused":
+            return _compiled_now(key, prep, formula, consts)
+        if self.work < AUTO_MIN_ENTRIES:
+            return None
+        with _lock:
+            if _announce:
+                reason = _announce.pop()
+                _announce.clear()
+            else:
+                reason = None
+            entry = _sticky.get(id(self.anchor))
+            if entry is None or entry[0]() is not self.anchor:
+                entry = (weakref.ref(self.anchor), {})
+                _sticky[id(self.anchor)] = entry
+                weakref.finalize(self.anchor, _sticky.pop, id(self.anchor), None)
+            decided = entry[1]
+            if key not in decided:
+                decided[key] = _compiled.get(key)
+                if decided[key] is None and key not in _failed:
+                    _compile_in_background(key, prep, formula, consts)
+            fn = decided[key]
+        if reason is not None:
+            _warn_once(reason, stacklevel=5)
+        return fn
+
+
+def apply(layer, k):
+    """`layer.apply_kernel(k)`, with the runs of per-pair arithmetic in the fused engine.
+
+    The result is what `apply_kernel` returns (a Kernel or a list of them) to rounding; the
+    exact diagonal, symmetry, `row_offset`, variances and bookkeeping fields are the eager
+    engine's. Thread-safe: blocks of one kernel may be computed by several threads.
+
+    Args:
+        layer: a widenets layer (a network).
+        k: its input Kernel (or list of Kernels), e.g. a row block.
+
+    Returns:
+        The output Kernel (or list), as `layer.apply_kernel(k)`.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> from widenets.layers.base import input_kernel
+        >>> from widenets.layers.engine import apply
+        >>> net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+        >>> k0 = input_kernel(torch.randn(3, 4, dtype=torch.float64), None, want_ntk=True)
+        >>> bool(torch.allclose(apply(net, k0).ntk, net.apply_kernel(k0).ntk))
+        True
+    """
+    mode = get_engine()
+    if mode == "eager" or not isinstance(k, Kernel) or k.dtype not in (torch.float32,
+                                                                          torch.float64):
+        return layer.apply_kernel(k)
+    return _walk(layer, k, _Call(mode, k))
+
+
+def _walk(layer, k, call: _Call):
+    if isinstance(layer, Serial):
+        layers = layer.layers
+        i = 0
+        while i < len(layers):
+            lay = layers[i]
+            if isinstance(lay, Dense) and i + 1 < len(layers) \
+                    and isinstance(layers[i + 1], Activation):
+                out = _unit(lay, layers[i + 1], k, call)
+                if out is not None:
+                    k, i = out, i + 2
+                    continue
+            if isinstance(lay, Activation):
+                out = _unit(None, lay, k, call)
+                if out is not None:
+                    k, i = out, i + 1
+                    continue
+            k, i = _walk(lay, k, call), i + 1
+        return k
+    if isinstance(layer, Parallel) and isinstance(k, list) and len(k) == len(layer.layers):
+        return [_walk(lay, kk, call) for lay, kk in zip(layer.layers, k)]
+    if isinstance(layer, Repeat):
+        for _ in range(layer.n):
+            k = _walk(layer.layer, k, call)
+        return k
+    if isinstance(layer, Activation):
+        out = _unit(None, layer, k, call)
+        if out is not None:
+            return out
+    return layer.apply_kernel(k)
+
+
+def _needs_grad(k: Kernel) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (k.nngp, k.ntk, k.cov1, k.cov2))
+
+
+def _affine(dense: Dense | None, k: Kernel):
+    """(w, b, α, β, γ) of the weight layer's map (docs/math.md §dense), or None when a
+    hyperparameter is a tensor (it may require grad: eager)."""
+    if dense is None:
+        return (1.0, 0.0, 0.0, 0.0, 1.0)        # K' = K, Θ' = Θ
+    if isinstance(dense.w_std, torch.Tensor) or isinstance(dense.b_std, torch.Tensor):
+        return None
+    w2, b2 = dense.w_std ** 2, (dense.b_std or 0.0) ** 2
+    if dense.parameterization == "ntk":
+        return (w2, b2, w2, b2, w2)             # Θ' = K' + σw² Θ
+    return (w2, b2, float(k.channels), 0.0 if dense.b_std is None else 1.0, w2)  # n K + 1 + σw²Θ
+
+
+def _unit(weight: Dense | None, act: Activation, k, call: _Call):
+    """weight (or nothing) then act on k in one compiled pass; None when it does not apply
+    (the caller runs the layers eagerly, which also raises their errors)."""
+    if not isinstance(k, Kernel) or k.same_input is not None or k.gamma_term is not None \
+            or any(_is_gamma_token(s) for s in k.sources) or _needs_grad(k):
+        return None
+    if weight is None and not k.is_gaussian:
+        return None
+    spec = act.fused_formula()
+    coef = _affine(weight, k)
+    if spec is None or coef is None:
+        return None
+    kind, prep, formula, consts = spec
+    want_ntk = k.ntk is not None
+    m, n = k.n1, k.n2
+    tail = tuple(k.nngp.shape[2:])           # positions or position pairs
+    r = 1
+    for s in tail:
+        r *= s
+    key = (kind, want_ntk, k.dtype, k.nngp.device, r == 1, torch.get_num_threads())
+    fn = call.unit(key, prep, formula, consts)
+    if fn is None:
+        return None
+    # the weight layer's variances and fields, as Dense.apply_kernel computes them
+    if weight is not None:
+        w2, b2 = coef[0], coef[1]
+        pre = k.replace(cov1=w2 * k.cov1 + b2, cov2=None if k.cov2 is None else w2 * k.cov2 + b2,
+                        is_gaussian=True, is_input=False, channels=weight.out,
+                        sources=new_source())
+    else:
+        pre = k
+    b1, b2_ = pre.broadcast_variances()
+    u1 = [t.expand(m, 1, *tail).reshape(m, 1, r).contiguous() for t in prep(b1)]
+    u2 = [t.expand(1, n, *tail).reshape(1, n, r).contiguous() for t in prep(b2_)]
+    x = k.nngp.reshape(m, n, r).contiguous()
+    args = [x, k.ntk.reshape(m, n, r).contiguous()] if want_ntk else [x]
+    # sizes of 1 would compile a specialized graph: duplicate that row/column, drop it after
+    if m == 1:
+        args = [torch.cat([a, a], 0) for a in args]
+        u1 = [torch.cat([t, t], 0) for t in u1]
+    if n == 1:
+        args = [torch.cat([a, a], 1) for a in args]
+        u2 = [torch.cat([t, t], 1) for t in u2]
+    dtype, device = k.dtype, k.nngp.device
+    c = torch.tensor(coef, dtype=dtype, device=device)
+    p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
+    with torch.no_grad():
+        out = fn(*args, tuple(u1), tuple(u2), c, p)
+    nngp, ntk = out if want_ntk else (out, None)
+    nngp = nngp[:m, :n].reshape(m, n, *tail)
+    ntk = None if ntk is None else ntk[:m, :n].reshape(m, n, *tail)
+
+    # variances and the exact self pairs: the eager engine's code (Activation.apply_kernel)
+    cov1, cov2 = pre.map_variances(act.t_diag, act.t)
+    if k.x1_is_x2:
+        nngp, ntk = nngp.contiguous(), None if ntk is None else ntk.contiguous()
+        pre.set_batch_diagonal(nngp, cov1)
+        if ntk is not None:
+            tdot_self = pre.map_variances(act.tdot_diag, act.tdot)[0]
+            a, b, g = coef[2], coef[3], coef[4]
+            xd, yd = _self_pairs(k, k.nngp), _self_pairs(k, k.ntk)
+            theta_d = a * xd + b + g * yd          # the weight layer's Θ on the self pairs
+            pre.set_batch_diagonal(ntk, tdot_self * theta_d)
+    return pre.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False,
+                       is_input=False, gamma_term=None)
+
+
+def _self_pairs(k: Kernel, t: torch.Tensor) -> torch.Tensor:
+    """The entries of t on the self pairs x1_i = x2_i (shaped like cov1; see
+    Kernel.set_batch_diagonal)."""
+    return t.narrow(1, k.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0)
+
+
+use_block_engine(apply)        # every block of net.kernel goes through `apply`
