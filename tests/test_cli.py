@@ -162,3 +162,25 @@ def test_reproduce_writes_typed_config_seed_and_report(tmp_path):
     html = (out / "index.html").read_text()
     assert "src='kernel-regression.png'" in html and "ntk_best_test_accuracy" in html
     assert (out / "kernel-regression.png").stat().st_size > 10_000
+
+
+def test_threads_flag_sets_torch_blas_and_the_kernels_block_threads(monkeypatch, capsys):
+    """`--threads N` reaches torch's intra-op setting, which the analytic kernels' block
+    threads follow, and numpy's BLAS; N < 1 is refused before anything runs."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import widenets._parallel as parallel
+
+    assert cli.main(["demo", "--quick", "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 8)
+    old = torch.get_num_threads()
+    with threadpool_limits(limits=None):          # restores the BLAS limits afterwards
+        try:
+            for n in (3, 1):
+                cli._apply_threads(n)
+                assert torch.get_num_threads() == n and parallel.block_threads() == n
+                assert all(p["num_threads"] == n for p in threadpool_info())
+        finally:
+            torch.set_num_threads(old)

@@ -36,7 +36,8 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
                    help="small scale that runs in seconds (for CI and smoke tests)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: each config's)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and BLAS (default: torch's default)")
+                   help="CPU threads for torch, BLAS and the kernels' blocks (default: "
+                        "torch's default, i.e. OMP_NUM_THREADS or the cores)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config field, typed against the config "
                         "(repeatable; lists as comma-separated values, e.g. widths=64,256)")
@@ -93,6 +94,17 @@ def _list_figures() -> int:
     return 0
 
 
+def _apply_threads(n: int) -> None:
+    """`--threads N` for the rest of the run: torch's intra-op threads, which the analytic
+    kernels' block threads follow (never more than the cores, see `widenets._parallel`),
+    and the numpy/scipy BLAS threads."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
 def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
     from .experiments.base import ConfigError, split_sets
     from .experiments.report import OutputError
@@ -106,11 +118,7 @@ def _run(args, figures: list[str], default_out: str, title: str, argv) -> int:
     if args.threads is not None:
         if args.threads < 1:
             return _fail(f"--threads must be >= 1, got {args.threads}")
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)     # numpy/scipy BLAS too, for the rest of the run
+        _apply_threads(args.threads)
     out = args.out if args.out is not None else Path(default_out)
     command = "widenets " + " ".join(shlex.quote(a) for a in argv)
     try:

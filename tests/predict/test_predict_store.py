@@ -36,13 +36,11 @@ def test_store_paths_and_lazy_arrays_equal_in_memory_kernels(problem):
 
 def test_store_too_large_goes_through_lanczos_or_is_a_clear_error(problem, monkeypatch):
     net, x, xt, y, tmp = problem
+    import widenets._memory as memory
     import widenets.predict.krylov as krylov
-    import widenets.predict.solver as solver
-    import widenets.tiles.reader as reader
 
     ref = wn.predict.gradient_descent_mse(net.kernel(x).ntk, y, diag_reg=1e-6)
-    monkeypatch.setattr(reader, "_available_memory", lambda: 100)
-    monkeypatch.setattr(solver, "available_memory", lambda: 100)
+    monkeypatch.setattr(memory, "available_memory", lambda: 100)
     # Too large for the eigendecomposition: t = None goes through wn.predict.solve (tested in
     # test_predict_solve.py), a finite t through Lanczos (test_predict_krylov.py).
     pred = wn.predict.gradient_descent_mse(tmp / "train.zarr", y, diag_reg=1e-6,
@@ -50,6 +48,6 @@ def test_store_too_large_goes_through_lanczos_or_is_a_clear_error(problem, monke
     assert pred.eig is None
     torch.testing.assert_close(pred(1.0), ref(1.0), rtol=1e-8, atol=1e-9)
     # Lanczos vectors that would not fit either: a clear error, before any product.
-    monkeypatch.setattr(krylov, "available_memory", lambda: 100)
+    monkeypatch.setattr(memory, "available_memory", lambda: 100)
     with pytest.raises(ValueError, match="krylov_dynamics: .*Lanczos steps keep"):
         pred(1.0)

@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from .._memory import memory_budget
 from ._target import (
     IMPLEMENTATIONS,
     MODES,
@@ -85,7 +86,8 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
         batch_size: compute in blocks of at most batch_size rows of x1 and of x2 so memory
             stays bounded (results identical to rounding). None: one block, except that the
             per-input Jacobians ("jacobian", and the autograd part of "structured") are blocked
-            to stay within `widenets.empirical.cost.DEFAULT_BUDGET_BYTES`.
+            to stay within `widenets.empirical.cost.DEFAULT_BUDGET_BYTES` (2 GiB) and half
+            of the memory available.
 
     Returns:
         The kernel in the model's dtype and on its device, shaped as `mode` says.
@@ -127,7 +129,9 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
 
 def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int | None):
     itemsize = torch.empty((), dtype=target.dtype).element_size()
-    budget = DEFAULT_BUDGET_BYTES // itemsize
+    # the shared memory policy (half of the available memory), capped at 2 GiB
+    budget_bytes = memory_budget(cap=DEFAULT_BUDGET_BYTES)
+    budget = budget_bytes // itemsize
     plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
                      x_shape=x1.shape)
     n1 = x1.shape[0]
@@ -143,13 +147,13 @@ def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int
         batch_size = _auto_block(implementation, plan, n1, n2, budget)
     try:
         out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
-                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+                          batch_size, budget_bytes=budget_bytes)
     except NotImplementedError:
         if not (auto and implementation == "ntvp"):
             raise
         # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
         out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
-                          batch_size, budget_bytes=DEFAULT_BUDGET_BYTES)
+                          batch_size, budget_bytes=budget_bytes)
     return out, plan
 
 

@@ -12,6 +12,7 @@ of tensors in the torch forward.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 from collections.abc import Sequence
@@ -21,16 +22,18 @@ from torch import nn
 
 from .._checks import as_input_tensor
 from .._checks import describe as _describe
-from ..kernel import Kernel
+from .._parallel import big_op_threads, block_threads, torch_threads
+from ._blocks import spatial_kernel
+from ._inputs import DIAGONAL, FULL, input_kernel
+from ._kernel_checks import check_finite, check_underflow, strip_bookkeeping
+from ._schedule import kernel_in_row_blocks
 
 __all__ = ["Layer", "as_input_tensor", "input_kernel", "check_std", "check_parameterization",
            "check_hyperparameter_tensor", "check_real", "as_number",
-           "PARAMETERIZATIONS", "LAYOUTS", "DIAGONAL", "FULL"]
+           "PARAMETERIZATIONS", "LAYOUTS", "DIAGONAL", "FULL", "check_finite"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 LAYOUTS = ("auto", "diagonal", "full")
-#: spatial layout needs (see `Layer.layout_need`), ordered: FULL serves DIAGONAL too
-DIAGONAL, FULL = 1, 2
 _GET = ("nngp", "ntk")
 
 
@@ -85,132 +88,6 @@ def check_parameterization(value, *, func: str) -> str:
                          f"got {value!r}")
     return value
 
-
-def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
-                 layout: str | None = None) -> Kernel:
-    """The kernel of the raw inputs: second moments averaged over features (channels).
-
-    For x of shape (n, d): nngp = x1 x2ᵀ / d, so that a first Dense layer gives
-    K¹ = σw² ⟨x, x'⟩ / n0 + σb² (docs/math.md §input). The input NTK is zero (no parameters yet).
-
-    For channels-first x of shape (n, C, *S) (1 to 3 spatial axes) the average is over the
-    C channels at each position pair: K(p, p') = Σ_c x_c(p) x'_c(p') / C, kept in the layout
-    asked for: "diagonal" (n1, n2, *S), or "full" (n1, n2, *S, *S) (see `widenets.kernel`).
-    """
-    if x1.ndim != 2:
-        return _spatial_input_kernel(x1, x2, want_ntk=want_ntk, layout=layout)
-    d = x1.shape[1]
-    cov1 = (x1 * x1).sum(1) / d
-    if x2 is None:
-        nngp = symmetrize_((x1 / d) @ x1.T)   # BLAS need not return a symmetric Gram
-        cov2 = None
-    else:
-        nngp = (x1 / d) @ x2.T
-        cov2 = (x2 * x2).sum(1) / d
-    # the input NTK is zero: a broadcast view (layers only read it), no memory pass
-    zero = torch.zeros((), dtype=nngp.dtype, device=nngp.device).expand(nngp.shape)
-    k = Kernel(nngp=nngp, ntk=zero if want_ntk else None, cov1=cov1,
-               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=d,
-               sources=frozenset())
-    if x2 is None:
-        k.set_batch_diagonal(nngp, cov1)
-    return _mark_same_inputs(k, x1, x2)
-
-
-#: edge of the tiles `symmetrize_` transposes (cache-sized: a whole-matrix t + t.T reads one
-#: operand across rows, 20x slower at N = 4000)
-_SYM_TILE = 256
-
-
-def symmetrize_(t: torch.Tensor) -> torch.Tensor:
-    """t <- (t + tᵀ)/2 in place for a square matrix, tile by tile: entry (i, j) becomes
-    (t[i, j] + t[j, i]) * 0.5, bitwise the same as torch.add(t, t.T).mul_(0.5)."""
-    n = t.shape[0]
-    for i in range(0, n, _SYM_TILE):
-        a = t[i:i + _SYM_TILE, i:i + _SYM_TILE]
-        a.copy_(torch.add(a, a.T).mul_(0.5))
-        for j in range(i + _SYM_TILE, n, _SYM_TILE):
-            a, b = t[i:i + _SYM_TILE, j:j + _SYM_TILE], t[j:j + _SYM_TILE, i:i + _SYM_TILE]
-            s = torch.add(a, b.T).mul_(0.5)
-            a.copy_(s)
-            b.copy_(s.T)
-    return t
-
-
-def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
-    """Record the pairs of identical inputs (Kernel.same_input) and give them exactly the
-    self-pair kernel, so that c = 1 holds exactly for them (docs/math.md §near-diagonal).
-    Rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
-    rows = x1.reshape(x1.shape[0], -1) if x2 is None else \
-        torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
-    if rows.shape[0] < 2:
-        return k
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    id1 = inverse[:x1.shape[0]]
-    id2 = id1 if x2 is None else inverse[x1.shape[0]:]
-    mask = id1[:, None] == id2[None, :]
-    if x2 is None:
-        mask.fill_diagonal_(False)
-    if not bool(mask.any()):
-        return k
-    k = k.replace(same_input=mask)
-    k.write_same_input(k.nngp, k.cov1)
-    return k
-
-
-#: inputs with at most this many channels get their kernel by elementwise passes (exact
-#: agreement of the layouts); wider inputs by matrix products
-_LOOP_CHANNELS = 32
-
-
-def _spatial_input_kernel(x1, x2, *, want_ntk: bool, layout: str | None) -> Kernel:
-    if x1.ndim > 5 or layout not in ("diagonal", "full"):
-        raise ValueError(f"kernel: inputs must be (n, features) or channels-first (n, C, L), "
-                         f"(n, C, H, W), (n, C, D, H, W), got shape {tuple(x1.shape)}")
-    n1, c = x1.shape[:2]
-    spatial = tuple(x1.shape[2:])
-    p = math.prod(spatial)
-    a = x1.reshape(n1, c, p)
-    b = a if x2 is None else x2.reshape(x2.shape[0], c, p)
-    n2 = b.shape[0]
-    full = layout == "full"
-    if c <= _LOOP_CHANNELS:
-        # Σ_c as c elementwise passes, in the same order in both layouts, so that the diagonal
-        # layout is exactly the diagonal of the full one
-        def pairs(u, v, batch):
-            shape_u = (u.shape[0], 1, p, 1) if (batch and full) else \
-                (u.shape[0], 1, p) if batch else (u.shape[0], p, 1) if full else (u.shape[0], p)
-            shape_v = (1, v.shape[0], 1, p) if (batch and full) else \
-                (1, v.shape[0], p) if batch else (v.shape[0], 1, p) if full else (v.shape[0], p)
-            acc = None
-            for ch in range(c):
-                term = u[:, ch].reshape(shape_u) * v[:, ch].reshape(shape_v)
-                acc = term if acc is None else acc.add_(term)
-            return acc / c
-    else:
-        def pairs(u, v, batch):
-            if full and not batch:      # self pairs (n, P, P)
-                return torch.bmm(u.transpose(1, 2), v) / c
-            if full:        # K(p, p') = Σ_c x_c(p) x'_c(p') / C: (n1 P, C) @ (C, n2 P)
-                ut = u.transpose(1, 2).reshape(-1, c)
-                vt = v.transpose(1, 2).reshape(-1, c)
-                out = (ut @ vt.T / c).reshape(u.shape[0], p, v.shape[0], p)
-                return out.transpose(1, 2).contiguous()
-            if batch:       # K(p, p) batched over positions: (P, n1, C) @ (P, C, n2)
-                return (torch.bmm(u.permute(2, 0, 1), v.permute(2, 1, 0)) / c).permute(
-                    1, 2, 0).contiguous()
-            return (u * v).sum(1) / c
-    tail = (*spatial, *spatial) if full else spatial
-    nngp = pairs(a, b, True).reshape(n1, n2, *tail)
-    var = lambda x: pairs(x, x, False).reshape(x.shape[0], *tail)  # noqa: E731
-    cov1 = var(a)
-    cov2 = None if x2 is None else var(b)
-    k = Kernel(nngp=nngp, ntk=torch.zeros_like(nngp) if want_ntk else None, cov1=cov1,
-               cov2=cov2, x1_is_x2=x2 is None, is_gaussian=False, is_input=True, channels=c,
-               sources=frozenset(), diagonal_spatial=layout == "diagonal")
-    if x2 is None:
-        k.set_batch_diagonal(nngp, cov1)
-    return _mark_same_inputs(k, x1, x2)
 
 
 def new_source() -> frozenset:
@@ -298,6 +175,15 @@ class Layer:
             A `Kernel`, a tensor or a tuple of tensors, as `get` asks (lists of these when the
             network ends in several branches).
         """
+        # One thread count for the whole call (widenets._parallel): the blocks' threads; on
+        # this thread one torch thread (every OpenMP region costs a barrier, which on a busy
+        # machine costs more than a small operation), more only for large steps.
+        cpu = not (isinstance(x1, torch.Tensor) and x1.device.type != "cpu")
+        threads = block_threads() if cpu else 1
+        with torch_threads(1) if cpu else contextlib.nullcontext():
+            return self._kernel(x1, x2, pattern, mask, get, dtype, layout, batch_size, threads)
+
+    def _kernel(self, x1, x2, pattern, mask, get, dtype, layout, batch_size, threads):
         fname = f"{self.name}.kernel"
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"{fname}: dtype must be a torch floating dtype, got {dtype!r}")
@@ -319,14 +205,16 @@ class Layer:
                                  f"{x1.device} and {x2.device}")
         aux = self._check_graph_inputs(x1, x2, pattern, mask, fname)
         if x1.ndim == 2:
-            k = self._apply_in_row_blocks(input_kernel(x1, x2, want_ntk="ntk" in gets), fname)
+            gram = x1.shape[0] * (x1 if x2 is None else x2).shape[0] * x1.shape[1]
+            with big_op_threads(threads, gram) if x1.device.type == "cpu" else \
+                    contextlib.nullcontext():
+                k0 = input_kernel(x1, x2, want_ntk="ntk" in gets)
+            k = kernel_in_row_blocks(self, k0, fname, threads=threads)
         else:
-            from ._blocks import spatial_kernel
-
             k = spatial_kernel(self, x1, x2, want_ntk="ntk" in gets, layout=layout,
-                               batch_size=batch_size, fname=fname, aux=aux)
-        k = _strip_bookkeeping(k)
-        _check_underflow(self, k, x1, x2, fname)
+                               batch_size=batch_size, fname=fname, aux=aux, threads=threads)
+        k = strip_bookkeeping(k)
+        check_underflow(self, k, x1, x2, fname)
         if get is None:
             return k
         return select_kernels(k, gets, single=isinstance(get, str))
@@ -419,46 +307,6 @@ class Layer:
         for lay in self.sublayers():
             yield from lay.walk()
 
-    def _apply_in_row_blocks(self, k0: Kernel, fname: str):
-        """apply_kernel over row blocks of x1, assembled into one result.
-
-        Layer maps act on each pair (x1_i, x2_j) given the variances, so blocks are exact and
-        the result is bitwise the same as one pass; blocks keep the temporaries cache-sized,
-        and each block is checked for non-finite entries while it is in cache.
-        Networks that symmetrize whole kernels (quadrature activations) on x1 = x2 run in one
-        pass.
-        """
-        n1 = k0.n1
-        per_row = max(1, k0.nngp[0].numel())
-        rows = max(1, self.block_entries // per_row)
-        whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
-                                    for lay in self.walk())
-        from .engine import apply as apply_layer  # fused or eager (widenets.set_engine)
-
-        if rows >= n1 or whole:
-            k = apply_layer(self, k0)
-            check_finite(k, fname, layer=self, k0=k0)
-            return k
-        outs, first = None, None
-        for r0 in range(0, n1, rows):
-            r1 = min(n1, r0 + rows)
-            kb = apply_layer(self, k0.row_block(r0, r1))
-            check_finite(kb, fname, layer=self, k0=k0.row_block(r0, r1))
-            blocks = kb if isinstance(kb, list) else [kb]
-            if outs is None:
-                first = blocks
-                outs = [{f: None if getattr(b, f) is None else
-                         getattr(b, f).new_empty((n1, *getattr(b, f).shape[1:]))
-                         for f in ("nngp", "ntk", "cov1")} for b in blocks]
-            for out, b in zip(outs, blocks):
-                for f, t in out.items():
-                    if t is not None:
-                        t[r0:r1] = getattr(b, f)
-        done = [b.replace(nngp=o["nngp"], ntk=o["ntk"], cov1=o["cov1"],
-                          cov2=None if k0.x1_is_x2 else b.cov2, row_offset=0)
-                for b, o in zip(first, outs)]
-        return done if isinstance(kb, list) else done[0]
-
     def with_hyperparameters(self, values: dict) -> Layer:
         """A copy of this network with some hyperparameters replaced (floats or tensors).
 
@@ -479,10 +327,22 @@ class Layer:
         """Called on a copy after `with_hyperparameters` set some of its attributes: layers
         that derive other attributes from their hyperparameters update them here."""
 
-    def __rshift__(self, other: Layer) -> Layer:
-        from .combinators import serial
+    def stages(self) -> tuple[Layer, ...] | None:
+        """The layers this one applies one after another (a serial network), for error
+        messages that name the first layer at fault; None for other layers."""
+        return None
 
-        return serial(self, other)
+    #: the combinator `a >> b` builds: the subclass declared with `serial_composition=True`
+    #: (`Serial`), registered here so that this module need not import the combinators
+    _serial_type: type | None = None
+
+    def __init_subclass__(cls, serial_composition: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if serial_composition:
+            Layer._serial_type = cls
+
+    def __rshift__(self, other: Layer) -> Layer:
+        return Layer._serial_type(self, other)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -498,119 +358,6 @@ def parse_get(get, fname: str) -> tuple[str, ...]:
                          f"got {get!r}")
     return gets
 
-
-def check_finite(k, fname: str, *, layer: Layer | None = None, k0: Kernel | None = None) -> None:
-    """Raise FloatingPointError if a Kernel (or list of them, one per branch) has NaN/inf.
-
-    The message says which it is: inf is an overflow (too deep or too large w_std for the
-    dtype); NaN from finite inputs is a domain error (0/0, a function outside its domain), not
-    an overflow. Given the network `layer` and its input kernel `k0`, it also names the first
-    layer of a serial network whose output is not finite.
-    """
-    for kk in k if isinstance(k, list) else [k]:
-        _check_finite(kk, fname, layer, k0)
-
-
-def _check_finite(k: Kernel, fname: str, layer, k0) -> None:
-    for name in ("nngp", "ntk"):
-        t = getattr(k, name)
-        if t is None or bool(torch.isfinite(t).all()):
-            continue
-        where, first_inf = _first_nonfinite_layer(layer, k0)
-        overflow = bool(torch.isinf(t).any()) if first_inf is None else first_inf
-        if overflow:
-            raise FloatingPointError(
-                f"{fname}: the {name} kernel has non-finite entries: it overflowed to infinity "
-                f"in {t.dtype}{where}; use dtype=torch.float64, smaller w_std or fewer layers")
-        raise FloatingPointError(
-            f"{fname}: the {name} kernel has non-finite entries: NaN{where} from finite values "
-            f"(not an overflow: a 0/0 or a function evaluated outside its domain, e.g. "
-            f"LayerNorm(eps=0) on a zero input, or an activation returning NaN)")
-
-
-def _first_nonfinite_layer(layer, k0) -> tuple[str, bool | None]:
-    """(' (first at layer i of n: Name)', whether that layer's output had inf) for a serial
-    network, on the error path only; ('', None) when unknown."""
-    from .combinators import Serial
-
-    if not isinstance(layer, Serial) or k0 is None:
-        return "", None
-    k = k0
-    try:
-        for i, lay in enumerate(layer.layers):
-            k = lay.apply_kernel(k)
-            for kk in k if isinstance(k, list) else [k]:
-                for t in (kk.nngp, kk.ntk, kk.cov1):
-                    if t is not None and not bool(torch.isfinite(t).all()):
-                        return (f" (first at layer {i + 1} of {len(layer.layers)}: {lay.name})",
-                                bool(torch.isinf(t).any()))
-    except Exception:       # noqa: BLE001 - a diagnosis must not mask the real error
-        return "", None
-    return "", None
-
-
-def _strip_bookkeeping(k):
-    """The returned Kernel: without the per-call bookkeeping (identical-input pairs, LayerNorm
-    γ records) that only layers inside one `kernel` call may use."""
-    if isinstance(k, list):
-        return [_strip_bookkeeping(kk) for kk in k]
-    if k.same_input is None and k.gamma_term is None:
-        return k
-    return k.replace(same_input=None, gamma_term=None)
-
-
-def _check_underflow(layer: Layer, k, x1, x2, fname: str) -> None:
-    """Underflow (docs/math.md §underflow): an output variance K(x, x) that is subnormal, or
-    zero for an input x that is not all zeros, means the signal shrank below the smallest
-    normal number of the dtype and the kernel's values are lost. Exact zeros are legitimate
-    only when the network contains a weight layer with w_std = 0 (its output does not depend
-    on the input) or a layer that declares `may_zero_outputs` (Aggregate: a node without
-    incoming edges outputs 0), or for inputs that are all zeros (with b_std = 0 the kernel is
-    then 0)."""
-    for kk in k if isinstance(k, list) else [k]:
-        tiny = torch.finfo(kk.dtype).tiny
-        allow_zero = any(getattr(lay, "w_std", None) == 0 or lay.may_zero_outputs
-                         for lay in layer.walk())
-        for x, v, which in ((x1, kk.position_variances()[0], "x1"),
-                            (x2, kk.position_variances()[1] if x2 is not None else None, "x2")):
-            if x is None or v is None:
-                continue
-            v = v.reshape(v.shape[0], -1).abs()
-            nonzero_input = (x.reshape(x.shape[0], -1) != 0).any(1)
-            subnormal = ((v > 0) & (v < tiny)).any(1)
-            zero = (v == 0).all(1) & nonzero_input
-            bad = subnormal | (zero if not allow_zero else torch.zeros_like(zero))
-            if bool(bad.any()):
-                rows = bad.nonzero().flatten()
-                depth = _underflow_depth(layer, x[rows[:4]], kk.dtype)
-                raise FloatingPointError(
-                    f"{fname}: the kernel underflowed in {kk.dtype}: the output variance "
-                    f"K(x, x) of {int(bad.sum())} nonzero input(s) of {which} (e.g. row "
-                    f"{int(rows[0])}) is {'subnormal' if bool(subnormal.any()) else '0'}, "
-                    f"below the smallest normal number {tiny:.3g}{depth}, so every entry of "
-                    f"their kernel lost its digits; use "
-                    f"{'dtype=torch.float64, ' if kk.dtype != torch.float64 else ''}a larger "
-                    f"w_std (ReLU keeps the variance at w_std = √2) or fewer layers")
-
-
-def _underflow_depth(layer, x, dtype) -> str:
-    """' (from layer i of n: Name on)' for a serial network (error path only)."""
-    from .combinators import Serial
-
-    if not isinstance(layer, Serial) or x.ndim != 2:
-        return ""
-    tiny = torch.finfo(dtype).tiny
-    try:
-        k = input_kernel(x, None, want_ntk=False)
-        for i, lay in enumerate(layer.layers):
-            k = lay.apply_kernel(k)
-            if isinstance(k, list):
-                return ""
-            if bool((k.cov1.abs() < tiny).any()):
-                return f" (from layer {i + 1} of {len(layer.layers)}: {lay.name} on)"
-    except Exception:       # noqa: BLE001 - a diagnosis must not mask the real error
-        return ""
-    return ""
 
 
 def select_kernels(k, gets: tuple[str, ...], single: bool):

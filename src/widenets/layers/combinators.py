@@ -106,8 +106,8 @@ class FanInConcatModule(nn.Module):
 
 
 # ---------------------------------------------------------------------------- layers
-class Serial(Layer):
-    """Layers applied one after another (use `serial(...)`)."""
+class Serial(Layer, serial_composition=True):
+    """Layers applied one after another (use `serial(...)`; `a >> b` builds one too)."""
 
     accepts_mask = True  # mask= goes on to the layers inside
 
@@ -115,6 +115,9 @@ class Serial(Layer):
         self.layers = _check_layers(layers, "serial")
 
     def sublayers(self):
+        return self.layers
+
+    def stages(self):
         return self.layers
 
     def apply_kernel(self, k):

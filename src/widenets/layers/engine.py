@@ -36,6 +36,7 @@ import weakref
 import torch
 
 from ..kernel import Kernel
+from ._schedule import use_block_engine
 from .activations import Activation, _is_gamma_token
 from .base import new_source
 from .combinators import Parallel, Repeat, Serial
@@ -471,3 +472,6 @@ def _self_pairs(k: Kernel, t: torch.Tensor) -> torch.Tensor:
     """The entries of t on the self pairs x1_i = x2_i (shaped like cov1; see
     Kernel.set_batch_diagonal)."""
     return t.narrow(1, k.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0)
+
+
+use_block_engine(apply)        # every block of net.kernel goes through `apply`

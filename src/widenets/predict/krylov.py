@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._memory import available_memory
+from .._memory import memory_budget
 from ._linalg import (
     _not_pd_message,
     as_targets,
@@ -201,8 +201,9 @@ def _residual_integral(coef, theta, tt, rho, eta, discrete):
 
 
 def _default_max_iter(n: int, k: int) -> int:
-    """min(n, 500), fewer if the Lanczos vectors would take over a quarter of the memory."""
-    fit = int(0.25 * available_memory() // max(1, 8 * n * k)) - 1
+    """min(n, 500), fewer if the Lanczos vectors would take over half the memory budget
+    (`widenets._memory.memory_budget`), a quarter of the available memory."""
+    fit = int(memory_budget() // 2 // max(1, 8 * n * k)) - 1
     return max(1, min(n, 500, fit))
 
 
@@ -275,10 +276,10 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
     k = b.shape[1]
     steps = _default_max_iter(n, k) if max_iter is None else min(max_iter, n)
     need = (steps + 1) * n * k * 8
-    if need > 0.5 * available_memory():
+    if need > memory_budget():
         raise ValueError(f"{_FUNC}: max_iter={steps} Lanczos steps keep {steps + 1} blocks of "
-                         f"{n} x {k} vectors ({need / 1e9:.2f} GB), more than half of the "
-                         f"available memory; lower max_iter or pass fewer columns of v")
+                         f"{n} x {k} vectors ({need / 1e9:.2f} GB), more than the memory "
+                         f"budget (half of the available memory); lower max_iter or pass fewer columns of v")
     rho = _rho(op.diagonal(), diag_reg, diag_reg_absolute)
     passes0 = op.passes
 

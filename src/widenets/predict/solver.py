@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_int
-from .._memory import available_memory
+from .._memory import memory_budget
 from ._linalg import (
     KERNEL_NAMES,
     _check_symmetric,
@@ -346,8 +346,9 @@ class _Progress:
 
 # ------------------------------------------------------------------------------ checks
 def _fits_in_memory(op) -> bool:
-    """Room for the kernel, its regularized copy and the factor, with a margin."""
-    return 3 * op.shape[0] ** 2 * 8 < 0.8 * available_memory()
+    """Room for the kernel, its regularized copy and the factor within the memory budget
+    (`widenets._memory.memory_budget`: half of the memory available now)."""
+    return 3 * op.shape[0] ** 2 * 8 <= memory_budget()
 
 
 # ------------------------------------------------------------------------------ the solver

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_kernel_parser", "run_kernel", "load_data", "dask_session", "main"]
+__all__ = ["add_kernel_parser", "run_kernel", "load_data", "dask_session", "local_cluster_layout",
+           "main"]
 
 _DTYPES = ("float64", "float32", "float16")
 
@@ -107,14 +108,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    "or the store's own when resuming (--tile is the old spelling)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a dask scheduler address (tcp://host:8786), or 'local' / 'local:N' for "
-                        "a LocalCluster of N workers; default: threads in this process")
+                        "a LocalCluster of N workers (default 2) sharing the cores as torch "
+                        "threads; default: threads in this process")
     p.add_argument("--get", default="ntk", choices=["ntk", "nngp", "both"],
                    help="kernel(s) to compute (default ntk)")
     p.add_argument("--dtype", default="float64", choices=_DTYPES,
                    help="dtype of the computation and the store (default float64)")
     p.add_argument("--device", default="cpu", help="torch device on every worker (cuda for GPUs)")
     p.add_argument("--threads", type=int, default=None,
-                   help="in-process threads (without --scheduler); default 1")
+                   help="in-process tile threads (without --scheduler); default 1. Each tile's "
+                        "kernel runs its blocks on the cores / THREADS left to it")
     p.add_argument("--header", default="auto", type=_header,
                    help="for .csv data: is the first line a header? auto (default: only when "
                         "none of its fields is a number), yes or no")
@@ -148,20 +151,41 @@ def add_kernel_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def local_cluster_layout(n_workers: int | None) -> tuple[int, int]:
+    """(workers, torch threads per worker) of a `--scheduler local[:N]` cluster: N workers
+    (default 2, at most the cores) of one Dask thread each, and the cores shared among them
+    as torch threads, so that workers x threads never exceed the cores this process may use.
+    N larger than the cores is kept (the user asked for it) with one torch thread each."""
+    from .._parallel import usable_cores
+
+    cores = usable_cores()
+    n = min(2, cores) if n_workers is None else n_workers
+    return n, max(1, cores // n)
+
+
 @contextlib.contextmanager
 def dask_session(address: str | None):
     """The dask Client of a `--scheduler` value, closed on exit (with its cluster): None for
-    no address (compute in this process), a LocalCluster of N one-thread workers for "local" /
-    "local:N", otherwise a client of the scheduler at that address."""
+    no address (compute in this process), a LocalCluster for "local" / "local:N" (see
+    `local_cluster_layout`: its workers' torch threads are set through OMP_NUM_THREADS and
+    MKL_NUM_THREADS, which Dask otherwise sets to 1), otherwise a client of the scheduler at
+    that address (its workers keep their own settings)."""
     if not address:
         yield None
         return
+    local = address == "local" or address.startswith("local:")
+    count = address.split(":", 1)[1] if address.startswith("local:") else None
+    if count is not None and (not count.isdigit() or int(count) < 1):
+        raise ValueError(f"--scheduler: local:N needs a positive number of workers N, got "
+                         f"{address!r}")
     from distributed import Client, LocalCluster
 
     cluster = None
-    if address == "local" or address.startswith("local:"):
-        n = int(address.split(":", 1)[1]) if ":" in address else 2
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
+    if local:
+        n, threads = local_cluster_layout(None if count is None else int(count))
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None,
+                               env=env)
     client = Client(cluster if cluster is not None else address)
     try:
         yield client

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .._parallel import block_threads, threads_limit
 from ..deprecation import renamed_arguments
 from ..layers.base import Layer, as_input_tensor, parse_get
 from .store import (
@@ -228,7 +229,9 @@ def compute(kernel_fn, x1, x2=None, *, store, pattern=None, mask=None, batch_siz
         description: what determines kernel_fn's values; required for plain callables
             (a layer's default is its repr). Stored and compared on resume.
         device: torch device kernel_fn runs on, on every worker ("cuda" for GPU workers).
-        threads: in-process threads (default 1: torch already uses every core per tile).
+        threads: in-process tile threads (default 1: a layer's kernel already computes each
+            tile's blocks on all the cores). With more, each tile's blocks get
+            cores / threads of them, so that the machine is not oversubscribed.
         progress: show a progress bar over tiles with an ETA (tqdm).
         check_space: refuse to start when the free disk space is smaller than the missing
             tiles need.
@@ -474,6 +477,13 @@ def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
     if threads == 1:
         _run_here(job, x1, x2, todo, bar, lay, n_total)
         return
+    # tile threads x the block threads of each tile's kernel stay within the cores
+    per_tile = max(1, block_threads() // threads)
+
+    def run_tile_limited(*args):
+        with threads_limit(per_tile):
+            return run_tile(*args)
+
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="widenets-tile")
     pending = {}
     queue = list(reversed(todo))
@@ -482,7 +492,7 @@ def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
             # Keep at most `threads` tiles in flight: Ctrl-C then waits for those only.
             while queue and len(pending) < threads:
                 t = queue.pop()
-                pending[pool.submit(run_tile, job, x1, x2, *t)] = t
+                pending[pool.submit(run_tile_limited, job, x1, x2, *t)] = t
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for f in finished:
                 t = pending.pop(f)

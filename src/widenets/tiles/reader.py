@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from .._memory import available_memory as _available_memory
+from .._memory import memory_budget
 from ..layers.base import parse_get
 from .store import (
     IncompleteStoreError,
@@ -204,7 +204,7 @@ def load_kernel(store, *, get=None, max_bytes: int | None = None, device=None,
                          f"{max_bytes!r}")
     n1, n2 = meta["shape"]
     need = n1 * n2 * np.dtype(meta["dtype"]).itemsize * len(gets)
-    limit = _available_memory() // 2 if max_bytes is None else max_bytes
+    limit = memory_budget() if max_bytes is None else max_bytes
     if need > limit:
         what = "half of the memory available now" if max_bytes is None else "max_bytes"
         raise KernelTooLargeError(
