@@ -161,10 +161,8 @@ def stores(tmp_path):
 def too_large(monkeypatch):
     """Every store is 'too large' for memory: predictions go through solve / Lanczos."""
     import widenets.predict.solver as solver
-    import widenets.tiles.reader as reader
 
-    monkeypatch.setattr(reader, "_available_memory", lambda: 10_000)
-    monkeypatch.setattr(solver, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(solver, "_fits_in_memory", lambda op: False)
 
 
 @pytest.mark.parametrize("iterative", [False, True], ids=["fits", "too-large"])

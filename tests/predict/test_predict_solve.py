@@ -206,9 +206,9 @@ def test_predictions_from_a_store_too_large_for_memory(store, monkeypatch, tmp_p
         for kernel in ("nngp", "ntk")}
     mse_ref = wn.predict.gradient_descent_mse(kd[1].double(), y, **kw)(None, 0.0, 0.0,
                                                                        kt[1].double())
-    import widenets._memory as memory
+    import widenets.predict.solver as solver
 
-    monkeypatch.setattr(memory, "available_memory", lambda: 10_000)   # nothing "fits"
+    monkeypatch.setattr(solver, "_fits_in_memory", lambda op: False)   # no kernel "fits"
     opts = dict(tol=1e-11)
     for kernel in ("nngp", "ntk"):
         gp = wn.predict.gp_inference(path, y, test_path, ktt, kernel=kernel,

@@ -37,10 +37,10 @@ def test_store_paths_and_lazy_arrays_equal_in_memory_kernels(problem):
 def test_store_too_large_goes_through_lanczos_or_is_a_clear_error(problem, monkeypatch):
     net, x, xt, y, tmp = problem
     import widenets._memory as memory
-    import widenets.predict.krylov as krylov
+    import widenets.predict.solver as solver
 
     ref = wn.predict.gradient_descent_mse(net.kernel(x).ntk, y, diag_reg=1e-6)
-    monkeypatch.setattr(memory, "available_memory", lambda: 100)
+    monkeypatch.setattr(solver, "_fits_in_memory", lambda op: False)
     # Too large for the eigendecomposition: t = None goes through wn.predict.solve (tested in
     # test_predict_solve.py), a finite t through Lanczos (test_predict_krylov.py).
     pred = wn.predict.gradient_descent_mse(tmp / "train.zarr", y, diag_reg=1e-6,

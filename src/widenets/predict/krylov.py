@@ -279,7 +279,8 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
     if need > memory_budget():
         raise ValueError(f"{_FUNC}: max_iter={steps} Lanczos steps keep {steps + 1} blocks of "
                          f"{n} x {k} vectors ({need / 1e9:.2f} GB), more than the memory "
-                         f"budget (half of the available memory); lower max_iter or pass fewer columns of v")
+                         f"budget (half of the available memory); lower max_iter or pass fewer "
+                         f"columns of v")
     rho = _rho(op.diagonal(), diag_reg, diag_reg_absolute)
     passes0 = op.passes
 
