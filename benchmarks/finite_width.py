@@ -5,7 +5,7 @@ truncated NTH (order 3) on n = 64 for 100 time points once K3 is known.
 
 Prints a markdown table (medians of --repeats runs; the full K3 timings are medians of
 --k3-repeats runs, a single run by default). References measured in the same run: the
-empirical NTK K2 of the same model and inputs (`jacobian_ntk`), one batched HVP block (the cost
+empirical NTK K2 of the same model and inputs (`empirical_ntk`), one batched HVP block (the cost
 model: K3 needs n² per-example HVPs), and the order-2 (frozen NTK) solve. The peak memory of
 the "auto" K3 is measured in a fresh process that runs only it (the HVP reference, measured in
 this process first, would otherwise set the high-water mark).
@@ -150,7 +150,7 @@ def main() -> None:
           f"({args.k3_repeats} for K3)\n")
     print("| quantity | value | reference / note |")
     print("| --- | --- | --- |")
-    print(f"| K2 = empirical NTK (jacobian_ntk), reference | {t_k2:.2f} s | |")
+    print(f"| K2 = empirical NTK (empirical_ntk), reference | {t_k2:.2f} s | |")
     print(f"| K3, implementation='auto' (structured MLP path), n³ = {n ** 3:,} entries | "
           f"{t_k3:.2f} s | {t_k3 / t_k2:.1f}x K2; target < 60 s; n = {n} forward-mode passes |")
     print(f"| peak RSS of a process running only the structured K3 | {rss_auto:.0f} MB | "

@@ -12,7 +12,7 @@ eigendecomposition Θ = V diag(λ) Vᵀ is computed once; each call then costs o
 per set of outputs, for any number of times.
 
 Several output columns are trained independently with the same kernel: the full NTK is taken to
-be Θ ⊗ I (exact at infinite width; `widenets.empirical.jacobian_ntk` returns the mean over
+be Θ ⊗ I (exact at infinite width; `wn.empirical_ntk` in trace mode returns the mean over
 outputs, which is this Θ).
 """
 
