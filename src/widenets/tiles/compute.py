@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .._parallel import block_threads, threads_limit
+from .._parallel import block_threads, threads_limit, torch_threads
 from ..deprecation import renamed_arguments
 from ..layers.base import Layer, as_input_tensor, parse_get
 from .store import (
@@ -481,7 +481,9 @@ def _run_local(job, x1, x2, todo, threads, bar, lay, n_total) -> None:
     per_tile = max(1, block_threads() // threads)
 
     def run_tile_limited(*args):
-        with threads_limit(per_tile):
+        # set torch's count in this pool thread explicitly: a new thread copies the
+        # process-wide value, which another thread's kernel call may hold at 1 at that moment
+        with torch_threads(per_tile), threads_limit(per_tile):
             return run_tile(*args)
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="widenets-tile")
