@@ -79,15 +79,17 @@ class StackedMLP:
     def forward(self, x: torch.Tensor, *, keep: bool = False):
         """(E, n, k) outputs on x (n, d); with keep=True also the dense layers' inputs and the
         activations' derivatives (the backward pass needs them)."""
-        h, inputs, slopes, li, ai = x, [], [], 0, 0
+        h, inputs, slopes, li, ai = x.expand(self.members, *x.shape), [], [], 0, 0
         for kind, w_scale, b_scale in self.plan:
             if kind == "dense":
                 inputs.append(h)
-                z = torch.matmul(h, self.weights[li].mT)
-                z = z * w_scale if w_scale != 1.0 else z
-                if self.biases[li] is not None:
-                    z = z + (self.biases[li] * b_scale)[:, None, :]
-                h, li = z, li + 1
+                w, b = self.weights[li], self.biases[li]
+                if b is None:
+                    h = torch.bmm(h, w.mT)
+                    h = h * w_scale if w_scale != 1.0 else h
+                else:       # b β + w (h Wᵀ) in one product
+                    h = torch.baddbmm((b * b_scale)[:, None, :], h, w.mT, alpha=w_scale)
+                li += 1
             else:
                 slope = self.slopes[ai]
                 if keep and slope is None:
@@ -103,6 +105,15 @@ class StackedMLP:
     def gradients(self, x: torch.Tensor, y: torch.Tensor):
         """Per-member loss (1/2n) Σ_i ||f(x_i) - y_i||² (E,) and its gradients: lists of (E, out,
         in) weight and (E, out) bias gradients (None without bias), layer by layer."""
+        return self._backward(x, y, None)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float) -> torch.Tensor:
+        """One GD step of every member (in place); returns the losses (E,) before the step."""
+        return self._backward(x, y, learning_rate)[0]
+
+    def _backward(self, x, y, learning_rate):
+        # learning_rate None: return the gradients; else apply the step layer by layer, each
+        # weight updated (fused into its gradient product) once its input gradient is taken
         f, inputs, slopes = self.forward(x, keep=True)
         r = f - y
         loss = 0.5 * (r * r).sum(-1).mean(-1)
@@ -115,25 +126,20 @@ class StackedMLP:
                     g = g * slopes[ai]
                 ai -= 1
                 continue
-            dw = torch.matmul(g.mT, inputs[li])
-            dws[li] = dw * w_scale if w_scale != 1.0 else dw
-            if self.biases[li] is not None:
-                dbs[li] = g.sum(1) * b_scale
-            if li > 0:
-                g = torch.matmul(g, self.weights[li])
-                g = g * w_scale if w_scale != 1.0 else g
+            w, b = self.weights[li], self.biases[li]
+            g_in = torch.bmm(g, w) if li > 0 else None       # with W before its update
+            if learning_rate is None:
+                dws[li] = torch.bmm(g.mT, inputs[li]) * w_scale
+                if b is not None:
+                    dbs[li] = g.sum(1) * b_scale
+            else:
+                w.baddbmm_(g.mT, inputs[li], alpha=-learning_rate * w_scale)
+                if b is not None:
+                    b.sub_(g.sum(1), alpha=learning_rate * b_scale)
+            if g_in is not None:
+                g = g_in * w_scale if w_scale != 1.0 else g_in
             li -= 1
         return loss, dws, dbs
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, learning_rate: float) -> torch.Tensor:
-        """One GD step of every member (in place); returns the losses (E,) before the step."""
-        loss, dws, dbs = self.gradients(x, y)
-        for w, dw in zip(self.weights, dws, strict=True):
-            w.sub_(learning_rate * dw)
-        for b, db in zip(self.biases, dbs, strict=True):
-            if b is not None:
-                b.sub_(learning_rate * db)
-        return loss
 
     def parameters(self, member: int) -> dict:
         """{name: tensor} of one member, named as in its module (views, not copies)."""
