@@ -14,7 +14,7 @@ bound everything the remaining steps can add: Σ_{i>j} m_i ≤ m_j ρ / (1 − �
 below `tol` times the tensor's total change ‖W_T − W_0‖ (for every tensor, with ρ < 1 over two
 consecutive chunks), the remaining steps are skipped: the reported changes are those of
 `steps` steps within a relative `tol`. `tol=0` runs every step. Measured at 2¹⁷ steps: widths
-128-512 contract geometrically (width 128 stops after 15,600-23,000 steps); at width 64
+128-1024 contract geometrically (width 128 stops after 15,600-23,000 steps); at width 64
 the movement decays like a power law and every step runs. All seeds of a width train at once
 (`StackedMLP`); a step costs its float64 matrix products, about 2x their bare time.
 """
