@@ -25,8 +25,9 @@ from .._checks import as_tensor, check_finite_values, check_positive
 from ..kernel import Kernel
 
 __all__ = ["as_kernel_matrix", "as_targets", "as_outputs", "check_diag_reg", "check_positive",
-           "regularize", "SymmetricEig", "cholesky", "check_not_near_singular", "source_eps",
-           "cho_solve", "is_store", "as_times", "time_factors", "restore_targets_shape"]
+           "regularize", "Spectrum", "SymmetricEig", "cholesky", "check_not_near_singular",
+           "source_eps", "cho_solve", "is_store", "as_times", "time_factors",
+           "restore_targets_shape"]
 
 KERNEL_NAMES = ("nngp", "ntk")
 
@@ -192,7 +193,33 @@ def _not_pd_message(func: str, arg: str, lam_min: float, lam_max: float, what: s
             f"{lam_max:.3g}); {hint}")
 
 
-class SymmetricEig:
+class Spectrum:
+    """Ascending eigenvalues of a kernel (`eigenvalues`), for the error messages and checks
+    that `time_factors` needs; `func`/`arg` name the caller and its kernel argument."""
+
+    eigenvalues: torch.Tensor
+    func: str
+    arg: str
+    _near_singular: str | None = None
+
+    @property
+    def lam_min(self) -> float:
+        return float(self.eigenvalues[0])
+
+    @property
+    def lam_max(self) -> float:
+        return float(self.eigenvalues[-1])
+
+    def require_definite(self, why: str) -> None:
+        """Raise the diag_reg error unless every eigenvalue is positive (invertible kernel)."""
+        if self.eigenvalues.numel() and self.lam_min <= 0.0:
+            raise ValueError(_not_pd_message(self.func, self.arg, self.lam_min, self.lam_max,
+                                             f"positive definite, as {why} needs"))
+        if self._near_singular is not None:
+            raise ValueError(self._near_singular + f" ({why} needs an invertible kernel)")
+
+
+class SymmetricEig(Spectrum):
     """Θ = V diag(λ) Vᵀ of a symmetric positive semi-definite kernel, computed once.
 
     Eigenvalues within `tol` = n · eps · max|λ| of zero are numerically zero (kept as zero:
@@ -232,21 +259,6 @@ class SymmetricEig:
         self.eigenvalues = torch.where(lam.abs() <= self.tol, torch.zeros_like(lam), lam)
         self.eigenvectors = vec
 
-    @property
-    def lam_min(self) -> float:
-        return float(self.eigenvalues[0])
-
-    @property
-    def lam_max(self) -> float:
-        return float(self.eigenvalues[-1])
-
-    def require_definite(self, why: str) -> None:
-        """Raise the diag_reg error unless every eigenvalue is positive (invertible kernel)."""
-        if self.eigenvalues.numel() and self.lam_min <= 0.0:
-            raise ValueError(_not_pd_message(self.func, self.arg, self.lam_min, self.lam_max,
-                                             f"positive definite, as {why} needs"))
-        if self._near_singular is not None:
-            raise ValueError(self._near_singular + f" ({why} needs an invertible kernel)")
 
 
 def source_eps(k: torch.Tensor) -> float:

@@ -33,7 +33,7 @@ import torch
 
 from .._memory import memory_budget
 from ._linalg import (
-    _not_pd_message,
+    Spectrum,
     as_targets,
     as_times,
     check_diag_reg,
@@ -89,24 +89,11 @@ class KrylovDynamics:
     seconds: float
 
 
-class _Ritz:
+class _Ritz(Spectrum):
     """The Ritz values of one column, as the eigendecomposition `time_factors` expects."""
 
     def __init__(self, theta: torch.Tensor):
         self.eigenvalues, self.func, self.arg = theta, _FUNC, "k_train"
-
-    @property
-    def lam_min(self) -> float:
-        return float(self.eigenvalues[0])
-
-    @property
-    def lam_max(self) -> float:
-        return float(self.eigenvalues[-1])
-
-    def require_definite(self, why: str) -> None:
-        if self.eigenvalues.numel() and self.lam_min <= 0.0:
-            raise ValueError(_not_pd_message(_FUNC, "k_train", self.lam_min, self.lam_max,
-                                             f"positive definite, as {why} needs"))
 
 
 def _coefficients(alpha, beta, m, norm, tt, rho, learning_rate, discrete):
