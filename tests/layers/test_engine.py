@@ -297,3 +297,14 @@ def test_set_engine_checks_its_argument(use_engine, monkeypatch):
     monkeypatch.setenv("WIDENETS_ENGINE", "turbo")
     with pytest.raises(ValueError, match="WIDENETS_ENGINE must be one of"):
         wn.get_engine()
+
+
+def test_default_engine_is_eager(monkeypatch):
+    """With neither set_engine nor WIDENETS_ENGINE the engine is "eager" (the measured choice,
+    see engine's docstring); "fused" in the environment is read (catches a default of "auto"
+    or an environment variable that is ignored)."""
+    monkeypatch.setattr(engine, "_engine", None)
+    monkeypatch.delenv("WIDENETS_ENGINE", raising=False)
+    assert wn.get_engine() == "eager"
+    monkeypatch.setenv("WIDENETS_ENGINE", "fused")
+    assert wn.get_engine() == "fused"

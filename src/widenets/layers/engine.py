@@ -14,8 +14,13 @@ Mechanism: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA), chosen by mea
   hyperparameter and no N recompiles; all layouts are viewed as (rows, columns, positions);
 * Inductor caches the generated code on disk (across processes: warm starts took 2-4 s per
   graph, cold ones 15-60 s on the busy 2-core development machine);
-* `"auto"` (the default) never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never
-  waits for a compile: it starts it in a background thread and stays eager until it is done.
+* `"auto"` never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never waits for a
+  compile: it starts it in a background thread and stays eager until it is done.
+* `"eager"` is the default: measured on the quiet 2-core machine (depth-3 ReLU MLP, N = 4000,
+  float64, 5 calls in a fresh process with a warm Inductor cache) eager took 1.9 / 1.5 s
+  (first / median), "auto" 8.0 / 1.5 s (the background compile slows the first calls) and
+  "fused" 8.0 / 1.45 s: the fused units save about 10% once compiled, not yet enough to pay for
+  the first call (see docs/guide/kernels.md §engine).
 
 Everything that is not per-pair arithmetic stays eager and identical to the eager engine: the
 variances (`Kernel.map_variances`), the exact diagonal of x1 = x2 kernels (`set_batch_diagonal`
@@ -67,15 +72,16 @@ def _check_engine(engine, func: str, arg: str) -> str:
     return engine
 
 
-def set_engine(engine: str = "auto") -> str:
+def set_engine(engine: str = "eager") -> str:
     """Choose how analytic kernels evaluate each layer's per-pair arithmetic.
 
     Args:
-        engine: "auto" (default): the fused engine for kernels of at least
+        engine: "auto": the fused engine for kernels of at least
             `AUTO_MIN_ENTRIES` entries once its code is compiled (compiled in the background,
             eager meanwhile); "fused": always the fused engine (compiles on first use, waits
-            for it); "eager": plain torch operations, one pass per operation. The environment
-            variable WIDENETS_ENGINE sets the initial value. Results agree to rounding.
+            for it); "eager" (default): plain torch operations, one pass per operation.
+            The environment variable WIDENETS_ENGINE sets the initial value. Results agree
+            to rounding.
 
     Returns:
         The previous engine name (to restore it).
@@ -107,7 +113,7 @@ def get_engine() -> str:
         True
     """
     if _engine is None:
-        return _check_engine(os.environ.get(_ENV, "auto").strip().lower() or "auto",
+        return _check_engine(os.environ.get(_ENV, "eager").strip().lower() or "eager",
                              "widenets", f"the environment variable {_ENV}")
     return _engine
 
