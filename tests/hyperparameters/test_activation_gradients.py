@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import widenets as wn
+from tests.gradients import assert_grad_matches_central_differences
 from widenets.layers.activations import Activation
 
 #: one instance of every exported activation; a new activation must be added here (the test
@@ -78,8 +79,4 @@ def test_activation_hyperparameter_gradients(make, names):
         kk = k.kernel(x)
         return kk.nngp.sum() + kk.ntk.sum()
 
-    v = start.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(f(v), v)
-    fd = torch.stack([(f(start + 1e-6 * e) - f(start - 1e-6 * e)) / 2e-6
-                      for e in torch.eye(len(names), dtype=torch.float64)])
-    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-9)
+    assert_grad_matches_central_differences(f, start)

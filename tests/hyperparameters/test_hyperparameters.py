@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import widenets as wn
+from tests.gradients import assert_grad_matches_central_differences
 
 
 def _net(act=wn.Erf):
@@ -115,8 +116,4 @@ def test_spatial_layer_gradients_match_central_differences(build, names):
         k = build().with_hyperparameters(dict(zip(names, v.unbind()))).kernel(x)
         return k.nngp.sum() + k.ntk.sum()
 
-    v = start.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(f(v), v)
-    fd = torch.stack([(f(start + 1e-6 * e) - f(start - 1e-6 * e)) / 2e-6
-                      for e in torch.eye(len(names), dtype=torch.float64)])
-    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-9)
+    assert_grad_matches_central_differences(f, start)
