@@ -262,11 +262,7 @@ def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
             st = describe_attention(mod)
             if st is None:
                 continue
-            roles = {}
-            for role, attr in st.param_attrs():
-                pname = f"{mname}.{attr}" if mname else attr
-                if pname in target.params and pname not in tied:
-                    roles[role] = pname
+            roles = _roles(mname, st, target, tied)
             if roles:
                 out.append(KnownLayer(mname, mod, st, roles))
                 claimed.update(f"{mname}.{attr}" if mname else attr
@@ -275,11 +271,7 @@ def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
         st = describe_module(mod)
         if st is None:
             continue
-        roles = {}
-        for role, attr in st.param_attrs():
-            pname = f"{mname}.{attr}" if mname else attr
-            if pname in target.params and pname not in tied and pname not in claimed:
-                roles[role] = pname
+        roles = _roles(mname, st, target, tied | claimed)
         if not roles:
             continue
         w = getattr(mod, st.weight)
@@ -289,6 +281,17 @@ def _candidates(target: Target, *, attention: bool = True) -> list[KnownLayer]:
         out.append(KnownLayer(mname, mod, st, roles, ksize, vocab))
         claimed.update(roles.values())
     return _bare_candidates(target, claimed | tied, out)
+
+
+def _roles(mname: str, st, target: Target, excluded: set[str]) -> dict[str, str]:
+    """role -> full parameter name of a described module's own trainable parameters, leaving
+    out `excluded` names (tied, or already claimed by another description)."""
+    roles = {}
+    for role, attr in st.param_attrs():
+        pname = f"{mname}.{attr}" if mname else attr
+        if pname in target.params and pname not in excluded:
+            roles[role] = pname
+    return roles
 
 
 def _bare_candidates(target: Target, claimed: set[str], out: list[KnownLayer]
