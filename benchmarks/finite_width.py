@@ -110,7 +110,7 @@ def main() -> None:
 
     t_k2, _ = _median_time(lambda: _core.ntk(model, x), args.repeats)
     jx = _core.jacobian(model, params, x)
-    chunk = hierarchy._chunk_for(params, n, dtype, hierarchy._DEFAULT_BUDGET, n)
+    chunk = hierarchy._batch_for(params, n, dtype, hierarchy._DEFAULT_BUDGET, n)
 
     def one_block():   # chunk directions x n rows of HVPs, no contraction
         from torch.func import jvp, vmap
