@@ -4,11 +4,12 @@ imports none of them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
-from .._parallel import run_in_order
+from .._parallel import run_in_order, torch_threads
 from ..kernel import Kernel
 
 __all__ = ["input_kernel", "DIAGONAL", "FULL"]
@@ -30,13 +31,22 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     """
     if x1.ndim != 2:
         return _spatial_input_kernel(x1, x2, want_ntk=want_ntk, layout=layout)
+    threads = torch.get_num_threads()
+    # the products run as strips on `threads` one-thread workers; the small steps on this
+    # thread with one torch thread (a 2-thread parallel region per small operation took 4x
+    # longer than the whole one-thread input kernel next to other jobs, N = 1000)
+    with torch_threads(1) if x1.device.type == "cpu" else contextlib.nullcontext():
+        return _flat_input_kernel(x1, x2, want_ntk, threads)
+
+
+def _flat_input_kernel(x1, x2, want_ntk: bool, threads: int) -> Kernel:
     d = x1.shape[1]
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
-        nngp = symmetric_gram(x1 / d, x1, threads=torch.get_num_threads())
+        nngp = symmetric_gram(x1 / d, x1, threads=threads)
         cov2 = None
     else:
-        nngp = (x1 / d) @ x2.T
+        nngp = gram_rows(x1 / d, x2, threads=threads)
         cov2 = (x2 * x2).sum(1) / d
     # the input NTK is zero: a broadcast view (layers only read it), no memory pass
     zero = torch.zeros((), dtype=nngp.dtype, device=nngp.device).expand(nngp.shape)
@@ -115,6 +125,21 @@ def _row_hashes(rows: torch.Tensor) -> torch.Tensor:
     g = torch.Generator(device="cpu").manual_seed(0x5EED)
     w = torch.randint(-(1 << 62), 1 << 62, (rows.shape[1],), generator=g, dtype=torch.int64)
     return (bits * (w.to(bits.device) | 1)).sum(1)
+
+
+def gram_rows(a: torch.Tensor, b: torch.Tensor, *, threads: int) -> torch.Tensor:
+    """a bᵀ by row strips of a on `threads` one-thread workers (one product on CUDA)."""
+    n = a.shape[0]
+    if n <= _GRAM_STRIP or a.device.type != "cpu" or threads <= 1:
+        return a @ b.T
+    out = a.new_empty((n, b.shape[0]))
+    bounds = [(r, min(n, r + _GRAM_STRIP)) for r in range(0, n, _GRAM_STRIP)]
+
+    def strip(rows):
+        torch.matmul(a[rows[0]:rows[1]], b.T, out=out[rows[0]:rows[1]])
+
+    run_in_order(strip, bounds, lambda i, r: None, threads=threads)
+    return out
 
 
 def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:

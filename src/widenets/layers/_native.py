@@ -41,6 +41,7 @@ __all__ = ["load", "loaded", "cached", "build", "SOURCE", "BuildError"]
 SOURCE = r"""
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace {
 
@@ -92,7 +93,8 @@ int chain_(int64_t rows, int64_t cols, const T* k, int64_t ldk, const T* th, int
            int nst, const int* kind, const double* prm, const T* f1, int64_t ldf1,
            const T* f2, int64_t ldf2, T* ko, T* tho, int64_t ldo, int tri, int64_t diag,
            int mir) {
-    T bad = 0;
+    const T big = std::numeric_limits<T>::max();
+    int bad = 0;                           // |y| <= max is false for inf and NaN
     alignas(64) T kb[B], tb[B];
     for (int64_t j0 = 0; j0 < cols; j0 += B) {
         const int64_t n = cols - j0 < B ? cols - j0 : B;
@@ -141,10 +143,13 @@ int chain_(int64_t rows, int64_t cols, const T* k, int64_t ldk, const T* th, int
                 }
             }
             T* o = ko + i * ldo + j0;
-            for (int64_t j = lo; j < n; ++j) { o[j] = kb[j]; bad += kb[j] - kb[j]; }
+            for (int64_t j = lo; j < n; ++j) { o[j] = kb[j]; bad |= !(std::fabs(kb[j]) <= big); }
             if (NTK) {
                 T* ot = tho + i * ldo + j0;
-                for (int64_t j = lo; j < n; ++j) { ot[j] = tb[j]; bad += tb[j] - tb[j]; }
+                for (int64_t j = lo; j < n; ++j) {
+                    ot[j] = tb[j];
+                    bad |= !(std::fabs(tb[j]) <= big);
+                }
             }
             if (mir) {
                 for (int64_t j = lo; j < n; ++j) ko[(j0 + j) * ldo + i] = kb[j];
@@ -152,7 +157,7 @@ int chain_(int64_t rows, int64_t cols, const T* k, int64_t ldk, const T* th, int
             }
         }
     }
-    return bad == 0 ? 0 : 1;
+    return bad;
 }
 
 template <typename T>
