@@ -86,7 +86,7 @@ constexpr int64_t B = 256;
 // Theta' = (alpha K + beta) + gamma Theta; kind 1: ABRelu with prm = s2/2, (2ab - s2)/(2 pi),
 // (s2 - 2ab)/(2 pi) and per-input factors rsqrt(v), sqrt(v) of its pre-activation variances:
 // f1[(2r + 0/1) * ldf1 + i] for the rows, f2[(2r + 0/1) * ldf2 + j] for the columns).
-// tri: only entries with j >= i + diag. mir: also write entry (i, j) at ko[j * ldko + i].
+// tri: only entries with j >= i + diag. mir: also write entry (i, j) at ko[j * ldo + i].
 // Returns 1 if an output entry is not finite.
 template <typename T, bool NTK>
 int chain_(int64_t rows, int64_t cols, const T* k, int64_t ldk, const T* th, int64_t ldth,
@@ -151,9 +151,19 @@ int chain_(int64_t rows, int64_t cols, const T* k, int64_t ldk, const T* th, int
                     bad |= !(std::fabs(tb[j]) <= big);
                 }
             }
-            if (mir) {
-                for (int64_t j = lo; j < n; ++j) ko[(j0 + j) * ldo + i] = kb[j];
-                if (NTK) for (int64_t j = lo; j < n; ++j) tho[(j0 + j) * ldo + i] = tb[j];
+        }
+        if (mir) {      // the mirror image of this tile: read across rows (in cache), write rows
+            for (int64_t j = 0; j < n; ++j) {
+                int64_t top = tri ? j0 + j - diag + 1 : rows;     // rows i with entry (i, j)
+                if (top > rows) top = rows;
+                T* dst = ko + (j0 + j) * ldo;
+                const T* src = ko + j0 + j;
+                for (int64_t i = 0; i < top; ++i) dst[i] = src[i * ldo];
+                if (NTK) {
+                    T* dt = tho + (j0 + j) * ldo;
+                    const T* st = tho + j0 + j;
+                    for (int64_t i = 0; i < top; ++i) dt[i] = st[i * ldo];
+                }
             }
         }
     }
