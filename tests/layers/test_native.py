@@ -262,3 +262,17 @@ def test_chains_the_eager_engine_refuses_stay_eager(use_engine, native_ok, monke
         with pytest.raises(ValueError, match="input must be Gaussian"):
             net.kernel(x1)
     assert calls[0] == 0
+
+
+def test_all_finite_one_pass_check():
+    """The one-reduction finiteness test of the block checks against torch.isfinite: inf, -inf,
+    both (sum NaN), NaN, and finite values whose sum overflows (must still count as finite:
+    a check that only looked at the sum would report an overflow that is not there)."""
+    from widenets.layers._kernel_checks import all_finite
+
+    big = torch.finfo(torch.float32).max
+    cases = [torch.ones(5), torch.tensor([1.0, float("inf")]), torch.tensor([-float("inf"), 2.0]),
+             torch.tensor([float("inf"), -float("inf")]), torch.tensor([0.0, float("nan")]),
+             torch.full((4,), big)]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t

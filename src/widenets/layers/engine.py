@@ -46,7 +46,7 @@ import weakref
 
 import torch
 
-from .. import _parallel
+from .._parallel import run_in_order
 from ..kernel import Kernel
 from . import _native
 from ._kernel_checks import check_finite
@@ -677,7 +677,7 @@ def _run_chain(lib, stages, k0: Kernel, fname: str, layer, threads: int) -> Kern
                   int(symmetric), 0, int(symmetric))
 
     bad = []
-    _parallel.run_in_order(task, bounds, lambda i, flag: bad.append(flag), threads=threads)
+    run_in_order(task, bounds, lambda i, flag: bad.append(flag), threads=threads)
     out = k0.replace(nngp=nngp, ntk=ntk, cov1=covs[0], cov2=None if symmetric else covs[1],
                      is_gaussian=gaussian, is_input=False, channels=channels, sources=sources,
                      row_offset=0)
