@@ -13,13 +13,15 @@ run affects all columns alike):
    together): default threads against the one-thread configuration
    (`torch.set_num_threads(1)` in both jobs). Target: each at most 1.2x that.
 
-Schedulers: "blocks" (the default: the kernel's row blocks on torch's thread count of
-one-thread workers, `widenets._parallel`) and "per-op" (the blocks in one thread, each
-elementwise operation split over torch's OpenMP threads: the behaviour before issue 14,
-reproduced by replacing the scheduler's `run_in_order` with a plain loop).
+Configurations: "native" (the default engine: the network as one compiled pass per strip of
+rows, strips on torch's thread count of one-thread workers), "blocks" (the eager engine: the
+kernel's row blocks on those workers, `widenets._parallel`) and "per-op" (eager, the blocks
+in one thread, each elementwise operation split over torch's OpenMP threads: the behaviour
+before issue 14, reproduced by replacing the scheduler's `run_in_order` with a plain loop).
+The one-thread reference of the two-job table is taken with the same engine.
 
     python benchmarks/contention.py [--n 4000] [--repeats 5] [--dtype float32]
-                                    [--schedulers blocks per-op]
+                                    [--schedulers native blocks per-op]
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ import widenets._parallel as parallel
 import widenets.layers._schedule as schedule
 
 HERE = Path(__file__).resolve()
-SCHEDULERS = ("blocks", "per-op")
+SCHEDULERS = ("native", "blocks", "per-op")
 ONE_THREAD = "one thread"
+#: the engine of each configuration; one-thread references: "one thread <engine>"
+ENGINE = {"native": "native", "blocks": "eager", "per-op": "eager"}
 
 
 def _net():
@@ -56,10 +60,13 @@ def _inputs(n: int, dtype) -> torch.Tensor:
 
 
 def _kernel_fn(net, x, dtype, scheduler: str):
+    engine = ENGINE.get(scheduler, scheduler.split()[-1])
+
     def run():
-        if scheduler == "blocks":
+        wn.set_engine(engine)
+        if scheduler in ("blocks", "native"):
             return net.kernel(x, dtype=dtype)
-        if scheduler == ONE_THREAD:
+        if scheduler.startswith(ONE_THREAD):
             with parallel.torch_threads(1):
                 return net.kernel(x, dtype=dtype)
         real = schedule.run_in_order              # per-op: a plain loop, torch's threads
@@ -69,6 +76,11 @@ def _kernel_fn(net, x, dtype, scheduler: str):
         finally:
             schedule.run_in_order = real
     return run
+
+
+def _one_thread(schedulers) -> list:
+    """The one-thread references of these configurations (one per engine)."""
+    return [f"{ONE_THREAD} {e}" for e in dict.fromkeys(ENGINE[s] for s in schedulers)]
 
 
 def _plain_loop(fn, items, consume, *, threads):
@@ -88,7 +100,8 @@ def _job(args) -> None:
     one named on each line of stdin and print its time."""
     dtype = getattr(torch, args.dtype)
     net, x = _net(), _inputs(args.n, dtype)
-    fns = {s: _kernel_fn(net, x, dtype, s) for s in (ONE_THREAD, *args.schedulers)}
+    fns = {s: _kernel_fn(net, x, dtype, s) for s in (*_one_thread(args.schedulers),
+                                                      *args.schedulers)}
     for f in fns.values():
         f()
     print("ready", flush=True)
@@ -181,7 +194,7 @@ def main() -> None:
     extra = ["--job", "--n", str(args.n), "--dtype", args.dtype, "--schedulers",
              *args.schedulers]
     jobs = [_spawn(*extra) for _ in range(2)]
-    configs = (ONE_THREAD, *args.schedulers)
+    configs = (*_one_thread(args.schedulers), *args.schedulers)
     pair = {c: [[], []] for c in configs}
     try:
         for _ in range(args.repeats):
@@ -196,13 +209,14 @@ def main() -> None:
             p.stdin.close()
             p.wait()
     meds = {c: [statistics.median(v) for v in pair[c]] for c in configs}
-    ref = max(meds[ONE_THREAD])
     print("\n| two widenets jobs at once | job 1 (s) | job 2 (s) | slower job / one-thread "
-          "config |")
+          "config of the same engine |")
     print("| --- | --- | --- | --- |")
     for c in configs:
-        label = "one thread each (`torch.set_num_threads(1)`)" if c == ONE_THREAD else \
-            f"default threads, {c}"
+        one = c if c.startswith(ONE_THREAD) else f"{ONE_THREAD} {ENGINE[c]}"
+        ref = max(meds[one])
+        label = f"one thread each (`torch.set_num_threads(1)`), {c.split()[-1]}" \
+            if c.startswith(ONE_THREAD) else f"default threads, {c}"
         print(f"| {label} | {meds[c][0]:.3f} | {meds[c][1]:.3f} | {max(meds[c]) / ref:.2f} |")
     print("(target <= 1.2)")
     print(f"\n/proc/loadavg at the end: {_loadavg()}")

@@ -240,7 +240,8 @@ def test_the_calling_thread_uses_one_torch_thread_except_for_large_steps(monkeyp
 
     monkeypatch.setattr(schedule, "compute_block", spy)
     net = wn.serial(wn.Dense(4), wn.Relu())
-    try:
+    previous = wn.set_engine("eager")     # the row blocks (the native engine runs this chain
+    try:                                  # as strips of its own, tests/layers/test_native.py)
         torch.set_num_threads(2)
         for limit, blocks, expect in ((1, 8, 1), (1, 1 << 18, 1), (2, 1 << 18, 1)):
             net.block_entries = blocks
@@ -256,6 +257,7 @@ def test_the_calling_thread_uses_one_torch_thread_except_for_large_steps(monkeyp
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+        wn.set_engine(previous)
 
 
 def test_thread_count_policy(monkeypatch):

@@ -4,10 +4,12 @@ imports none of them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
+from .._parallel import run_in_order, torch_threads
 from ..kernel import Kernel
 
 __all__ = ["input_kernel", "DIAGONAL", "FULL"]
@@ -29,13 +31,22 @@ def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk: bool,
     """
     if x1.ndim != 2:
         return _spatial_input_kernel(x1, x2, want_ntk=want_ntk, layout=layout)
+    threads = torch.get_num_threads()
+    # the products run as strips on `threads` one-thread workers; the small steps on this
+    # thread with one torch thread (a 2-thread parallel region per small operation took 4x
+    # longer than the whole one-thread input kernel next to other jobs, N = 1000)
+    with torch_threads(1) if x1.device.type == "cpu" else contextlib.nullcontext():
+        return _flat_input_kernel(x1, x2, want_ntk, threads)
+
+
+def _flat_input_kernel(x1, x2, want_ntk: bool, threads: int) -> Kernel:
     d = x1.shape[1]
     cov1 = (x1 * x1).sum(1) / d
     if x2 is None:
-        nngp = symmetrize_((x1 / d) @ x1.T)   # BLAS need not return a symmetric Gram
+        nngp = symmetric_gram(x1 / d, x1, threads=threads)
         cov2 = None
     else:
-        nngp = (x1 / d) @ x2.T
+        nngp = gram_rows(x1 / d, x2, threads=threads)
         cov2 = (x2 * x2).sum(1) / d
     # the input NTK is zero: a broadcast view (layers only read it), no memory pass
     zero = torch.zeros((), dtype=nngp.dtype, device=nngp.device).expand(nngp.shape)
@@ -67,15 +78,84 @@ def symmetrize_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+#: rows per strip of `symmetric_gram`
+_GRAM_STRIP = 256
+
+
+def symmetric_gram(a: torch.Tensor, b: torch.Tensor, *, threads: int) -> torch.Tensor:
+    """a bᵀ for two (n, d) matrices whose product is symmetric in exact arithmetic (a = x/d,
+    b = x), exactly symmetric: by row strips I, each computing only its columns J >= I (about
+    half the multiply-adds of a bᵀ) and writing its mirror image below the diagonal; the
+    strips' diagonal tiles are symmetrized, (t + tᵀ)/2 as in `symmetrize_`. The strips are
+    independent tasks on `threads` one-thread workers (`widenets._parallel`: no barrier per
+    operation). On CUDA, and for a single strip, a bᵀ symmetrized."""
+    n = a.shape[0]
+    if n <= _GRAM_STRIP or a.device.type != "cpu":
+        return symmetrize_(a @ b.T)       # BLAS need not return a symmetric Gram
+    out = a.new_empty((n, n))
+    bounds = [(r, min(n, r + _GRAM_STRIP)) for r in range(0, n, _GRAM_STRIP)]
+
+    def strip(rows):                      # writes rows r0:r1 from r0 on and their mirror
+        r0, r1 = rows
+        blk = a[r0:r1] @ b[r0:].T
+        tile = blk[:, :r1 - r0]
+        out[r0:r1, r0:r1] = torch.add(tile, tile.T).mul_(0.5)
+        out[r0:r1, r1:] = blk[:, r1 - r0:]
+        out[r1:, r0:r1] = blk[:, r1 - r0:].T
+
+    run_in_order(strip, bounds, lambda i, r: None, threads=threads)
+    return out
+
+
+#: features `_row_hashes` reads (evenly spread): rows that differ only elsewhere collide and
+#: take the exact path
+_HASH_FEATURES = 64
+
+
+def _row_hashes(rows: torch.Tensor) -> torch.Tensor:
+    """An int64 hash per row, equal for rows of equal values: Σ_f bits(x_f + 0) w_f over
+    `_HASH_FEATURES` spread features, with fixed odd random weights w, in wrap-around integer
+    arithmetic (exact in any order of summation; + 0 maps -0.0 to +0.0, which compares
+    equal)."""
+    if rows.shape[1] > _HASH_FEATURES:
+        rows = rows[:, torch.linspace(0, rows.shape[1] - 1, _HASH_FEATURES).long()]
+    bits = (rows + 0.0).contiguous()
+    bits = bits.view(torch.int64 if bits.element_size() == 8 else torch.int32 if
+                     bits.element_size() == 4 else torch.int16).to(torch.int64)
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    w = torch.randint(-(1 << 62), 1 << 62, (rows.shape[1],), generator=g, dtype=torch.int64)
+    return (bits * (w.to(bits.device) | 1)).sum(1)
+
+
+def gram_rows(a: torch.Tensor, b: torch.Tensor, *, threads: int) -> torch.Tensor:
+    """a bᵀ by row strips of a on `threads` one-thread workers (one product on CUDA)."""
+    n = a.shape[0]
+    if n <= _GRAM_STRIP or a.device.type != "cpu" or threads <= 1:
+        return a @ b.T
+    out = a.new_empty((n, b.shape[0]))
+    bounds = [(r, min(n, r + _GRAM_STRIP)) for r in range(0, n, _GRAM_STRIP)]
+
+    def strip(rows):
+        torch.matmul(a[rows[0]:rows[1]], b.T, out=out[rows[0]:rows[1]])
+
+    run_in_order(strip, bounds, lambda i, r: None, threads=threads)
+    return out
+
+
 def _mark_same_inputs(k: Kernel, x1, x2) -> Kernel:
     """Record the pairs of identical inputs (Kernel.same_input) and give them exactly the
     self-pair kernel, so that c = 1 holds exactly for them (docs/math.md §near-diagonal).
-    Rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
+    Rows whose hashes all differ are all distinct (equal rows have equal hashes); otherwise
+    rows are grouped by torch.unique (a sort: O(n log n) row comparisons)."""
     rows = x1.reshape(x1.shape[0], -1) if x2 is None else \
         torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
     if rows.shape[0] < 2:
         return k
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if torch.unique(_row_hashes(rows)).shape[0] == rows.shape[0]:
+        return k                      # all rows distinct: no pair to mark (no n1 x n2 mask)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.shape[0] == rows.shape[0]:
+        return k
     id1 = inverse[:x1.shape[0]]
     id2 = id1 if x2 is None else inverse[x1.shape[0]:]
     mask = id1[:, None] == id2[None, :]

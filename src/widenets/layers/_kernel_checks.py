@@ -9,7 +9,7 @@ import torch
 from ..kernel import Kernel
 from ._inputs import input_kernel
 
-__all__ = ["check_finite", "check_underflow", "strip_bookkeeping"]
+__all__ = ["check_finite", "check_underflow", "strip_bookkeeping", "all_finite"]
 
 
 def check_finite(k, fname: str, *, layer=None, k0: Kernel | None = None) -> None:
@@ -24,10 +24,17 @@ def check_finite(k, fname: str, *, layer=None, k0: Kernel | None = None) -> None
         _check_finite(kk, fname, layer, k0)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of t is finite, in one reduction pass when it is: a finite sum
+    means no entry is inf or NaN (inf + finite = inf, inf - inf = NaN, NaN propagates); a
+    non-finite sum (or a sum that overflowed) is decided by the exact elementwise test."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _check_finite(k: Kernel, fname: str, layer, k0) -> None:
     for name in ("nngp", "ntk"):
         t = getattr(k, name)
-        if t is None or bool(torch.isfinite(t).all()):
+        if t is None or all_finite(t):
             continue
         where, first_inf = _first_nonfinite_layer(layer, k0)
         overflow = bool(torch.isinf(t).any()) if first_inf is None else first_inf

@@ -26,9 +26,8 @@ from ._inputs import input_kernel
 from ._kernel_checks import check_finite
 from .patterns import attach
 
-__all__ = ["compute_block", "use_block_engine", "kernel_in_row_blocks", "kernel_in_block_pairs",
-           "row_bounds",
-           "MIN_BLOCK_ENTRIES"]
+__all__ = ["compute_block", "use_block_engine", "use_network_engine", "kernel_in_row_blocks",
+           "kernel_in_block_pairs", "row_bounds", "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
 #: (load balance), but not below this many entries (per-operation overheads and handing
@@ -48,6 +47,18 @@ def use_block_engine(fn) -> None:
     """Make fn(layer, k) the function that computes every block of `net.kernel`."""
     global _block_engine
     _block_engine = fn
+
+
+#: fn(layer, k0, fname, threads=) -> Kernel or None: computes a whole flat kernel at once
+#: when it can (the native engine's chains, registered by `widenets.layers.engine`)
+_network_engine = None
+
+
+def use_network_engine(fn) -> None:
+    """Make fn(layer, k0, fname, threads=) the first try of `kernel_in_row_blocks`: a Kernel
+    (computed and checked), or None to compute the kernel in row blocks."""
+    global _network_engine
+    _network_engine = fn
 
 
 def compute_block(layer, k: Kernel):
@@ -76,10 +87,14 @@ def kernel_in_row_blocks(layer, k0: Kernel, fname: str, *, threads: int | None =
     Networks that symmetrize whole kernels (quadrature activations: `symmetric_formula`
     False) on x1 = x2 run in one pass. `threads`: None for `block_threads()`.
     """
+    threads = _threads_for(k0) if threads is None else threads
+    if _network_engine is not None:
+        k = _network_engine(layer, k0, fname, threads=threads)
+        if k is not None:
+            return k
     n1 = k0.n1
     whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
                                 for lay in layer.walk())
-    threads = _threads_for(k0) if threads is None else threads
     bounds = [(0, n1)] if whole else row_bounds(n1, max(1, k0.nngp[0].numel()),
                                                 layer.block_entries, threads)
     if len(bounds) == 1:                  # one block: torch's threads if it is large

@@ -327,7 +327,9 @@ class ABRelu(Activation):
         c = c.mul_(k12) if c.shape == k12.shape else c * k12
         c.clamp_(-1.0, 1.0)                                 # cos θ, guarded for arccos
         theta = torch.arccos(c)
-        sin = torch.sin(theta)
+        # sin θ = √((1 - c)(1 + c)): cheaper than sin(arccos c), and 1 ∓ c are exact near
+        # c = ±1 (docs/math/native-relu.md)
+        sin = torch.rsub(c, 1.0).mul_(torch.add(c, 1.0)).sqrt_()
         tdot = theta.mul_((ab2 - s2) / (2 * math.pi)).add_(s2 / 2)   # Tdot, in place of θ
         t = c.mul_(tdot).add_(sin, alpha=(s2 - ab2) / (2 * math.pi))
         t.mul_(torch.mul(torch.sqrt(torch.clamp(k11, min=0.0)),

@@ -1,37 +1,43 @@
-"""The kernel engine: each layer's per-pair arithmetic in one compiled pass, or eager torch ops.
+"""The kernel engine: each layer's per-pair arithmetic in one pass, or eager torch ops.
 
 A layer map acts entry by entry on the (block of the) kernel: the eager code runs each
 elementwise operation as its own pass over memory (about 13 for a Dense + ReLU pair), each a
-parallel region ending in a barrier. The fused engine evaluates a *unit* — an optional weight
-layer's affine map (Dense, docs/math.md §dense) followed by an activation's closed form
-(`Activation.fused_formula`) — as one generated loop: read K and Θ once, write K' and Θ' once.
+parallel region ending in a barrier. Two engines fuse them:
 
-Mechanism: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA), chosen by measurement
-(docs/guide/kernels.md §engine). Its cost is bounded and paid once per process:
+* `"native"` (the default): a whole flat network that is a serial chain of Dense and ABRelu
+  layers (Relu, LeakyRelu, Abs; the MLPs of Lee et al. 2019) runs as ONE compiled C++ pass
+  per row strip (`widenets.layers._native`): read the input kernel once, carry each entry
+  through every layer in cache, write the NNGP and NTK once; symmetric kernels compute only
+  j >= i and mirror. The strips are tasks of the block scheduler (`widenets._parallel`), no
+  barrier inside. The library (plain C++, no torch headers) builds in about a second with the
+  system's compiler, once per machine (cached on disk); a kernel below `AUTO_MIN_ENTRIES`
+  entries never triggers the build. Other networks, and kernels under autograd, run eagerly.
+  Chosen by measurement (benchmarks/analytic_fc.py, docs/guide/kernels.md §engine): on the
+  2-core machine the native pass made the N = 4000 depth-3 ReLU kernel several times faster
+  than eager, with no first-call penalty beyond the one-time build, where torch.compile's
+  fused units saved ~10% after a compile of 15-60 s.
+* `"fused"`: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA) of *units* — an optional
+  weight layer's affine map (Dense, docs/math.md §dense) followed by an activation's closed form
+  (`Activation.fused_formula`) — for any activation with a fused form, in any layout:
+  - one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial
+    layout, thread count): hyperparameters travel in a tensor and the sizes are dynamic;
+  - Inductor caches the generated code on disk (warm starts took 2-4 s per graph, cold ones
+    15-60 s on the busy 2-core development machine).
+* `"auto"`: the native chains, and the fused units elsewhere for kernels of at least
+  `AUTO_MIN_ENTRIES` entries, compiled in a background thread (eager until they are ready).
+* `"eager"`: plain torch operations.
 
-* one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial layout,
-  thread count): hyperparameters travel in a tensor and the sizes are dynamic, so no value of a
-  hyperparameter and no N recompiles; all layouts are viewed as (rows, columns, positions);
-* Inductor caches the generated code on disk (across processes: warm starts took 2-4 s per
-  graph, cold ones 15-60 s on the busy 2-core development machine);
-* `"auto"` never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never waits for a
-  compile: it starts it in a background thread and stays eager until it is done.
-* `"eager"` is the default: measured on the quiet 2-core machine (depth-3 ReLU MLP, N = 4000,
-  float64, 5 calls in a fresh process with a warm Inductor cache) eager took 1.9 / 1.5 s
-  (first / median), "auto" 8.0 / 1.5 s (the background compile slows the first calls) and
-  "fused" 8.0 / 1.45 s: the fused units save about 10% once compiled, not yet enough to pay for
-  the first call (see docs/guide/kernels.md §engine).
-
-Everything that is not per-pair arithmetic stays eager and identical to the eager engine: the
-variances (`Kernel.map_variances`), the exact diagonal of x1 = x2 kernels (`set_batch_diagonal`
-with the exact self-pair values), bookkeeping fields. Kernels with identical-input pairs
-(`same_input`), LayerNorm γ records, tensor hyperparameters or anything under autograd take the
-eager path. When the compiler is missing or fails the eager path is taken, announced once by an
-`EngineWarning`.
+Everything that is not per-pair arithmetic is identical to the eager engine: the variances
+(`Kernel.map_variances`), the exact diagonal of x1 = x2 kernels and the exact values on pairs
+of identical inputs (written from the same eager formulas on the per-input values), the
+non-finite and underflow errors, bookkeeping fields. Kernels with LayerNorm γ records, tensor
+hyperparameters or anything under autograd take the eager path. When the compiler is missing
+or fails the eager path is taken, announced once by an `EngineWarning`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import types
@@ -40,18 +46,23 @@ import weakref
 
 import torch
 
+from .._parallel import run_in_order
 from ..kernel import Kernel
-from ._schedule import use_block_engine
-from .activations import Activation, _is_gamma_token
+from . import _native
+from ._kernel_checks import check_finite
+from ._schedule import use_block_engine, use_network_engine
+from .activations import ABRelu, Activation, _is_gamma_token
 from .base import new_source
 from .combinators import Parallel, Repeat, Serial
 from .dense import Dense
 
 __all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "EngineWarning", "set_engine", "get_engine", "apply",
-           "fused_available"]
+           "fused_available", "native_available", "network_kernel"]
 
 #: the engine names (`set_engine`, the WIDENETS_ENGINE environment variable)
-ENGINES = ("auto", "fused", "eager")
+ENGINES = ("auto", "native", "fused", "eager")
+#: the engine when neither `set_engine` nor WIDENETS_ENGINE chose one
+DEFAULT_ENGINE = "native"
 #: "auto" uses the fused engine for kernels of at least this many entries (input pairs x
 #: position pairs); below, eager (a 100-input kernel never compiles anything)
 AUTO_MIN_ENTRIES = 1 << 20
@@ -72,16 +83,19 @@ def _check_engine(engine, func: str, arg: str) -> str:
     return engine
 
 
-def set_engine(engine: str = "eager") -> str:
+def set_engine(engine: str = DEFAULT_ENGINE) -> str:
     """Choose how analytic kernels evaluate each layer's per-pair arithmetic.
 
     Args:
-        engine: "auto": the fused engine for kernels of at least
-            `AUTO_MIN_ENTRIES` entries once its code is compiled (compiled in the background,
-            eager meanwhile); "fused": always the fused engine (compiles on first use, waits
-            for it); "eager" (default): plain torch operations, one pass per operation.
-            The environment variable WIDENETS_ENGINE sets the initial value. Results agree
-            to rounding.
+        engine: "native" (default): flat networks that are chains of Dense and ABRelu
+            layers (Relu, LeakyRelu, Abs) in one compiled C++ pass (built once per machine
+            with the system's compiler, for kernels of at least `AUTO_MIN_ENTRIES` entries
+            or once built), everything else eager; "auto": native chains, and the
+            torch.compile units for other activations once compiled in the background;
+            "fused": always the torch.compile units (compiles on first use, waits for it);
+            "eager": plain torch operations, one pass per operation. The environment
+            variable WIDENETS_ENGINE sets the initial value. Results agree to rounding;
+            the exact diagonal, symmetry and errors are the same.
 
     Returns:
         The previous engine name (to restore it).
@@ -105,16 +119,16 @@ def get_engine() -> str:
     """The engine analytic kernels use now (see `set_engine`).
 
     Returns:
-        "auto", "fused" or "eager".
+        "auto", "native", "fused" or "eager".
 
     Example:
         >>> import widenets as wn
-        >>> wn.get_engine() in ("auto", "fused", "eager")
+        >>> wn.get_engine() in ("auto", "native", "fused", "eager")
         True
     """
     if _engine is None:
-        return _check_engine(os.environ.get(_ENV, "eager").strip().lower() or "eager",
-                             "widenets", f"the environment variable {_ENV}")
+        value = os.environ.get(_ENV, DEFAULT_ENGINE).strip().lower() or DEFAULT_ENGINE
+        return _check_engine(value, "widenets", f"the environment variable {_ENV}")
     return _engine
 
 
@@ -126,6 +140,7 @@ _failed: dict = {}                 # key -> reason
 _pending: set = set()              # keys compiling in the background
 _announce: list = []               # reasons not yet announced (background failures)
 _announced = False
+_native_announced = False
 #: per kernel call (id of its shared variance tensor -> (weak reference, {key: unit})), the
 #: decision taken per key: every block of a call takes the same engine (exact symmetry needs
 #: the same rounding on (i, j) and (j, i))
@@ -191,15 +206,20 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"
 
 
-def _warn_once(reason: str, stacklevel: int = 4) -> None:
-    global _announced
+def _warn_once(reason: str, stacklevel: int = 4, what: str = "fused") -> None:
+    """The one EngineWarning per process and engine ("fused" or "native")."""
+    global _announced, _native_announced
     with _lock:
-        if _announced:
+        if (_announced if what == "fused" else _native_announced):
             return
-        _announced = True
-    warnings.warn(f"widenets: the fused kernel engine is unavailable ({reason}); kernels are "
+        if what == "fused":
+            _announced = True
+        else:
+            _native_announced = True
+    how = "for torch.compile on CPU" if what == "fused" else "for the native engine"
+    warnings.warn(f"widenets: the {what} kernel engine is unavailable ({reason}); kernels are "
                   f"computed by the eager engine (same results, slower). Install a C++ "
-                  f"compiler (g++ or clang++) for torch.compile on CPU, or silence this with "
+                  f"compiler (g++ or clang++) {how}, or silence this with "
                   f"wn.set_engine('eager') / {_ENV}=eager", EngineWarning,
                   stacklevel=stacklevel)
 
@@ -351,7 +371,7 @@ def apply(layer, k):
         True
     """
     mode = get_engine()
-    if mode == "eager" or not isinstance(k, Kernel) or k.dtype not in (torch.float32,
+    if mode in ("eager", "native") or not isinstance(k, Kernel) or k.dtype not in (torch.float32,
                                                                           torch.float64):
         return layer.apply_kernel(k)
     return _walk(layer, k, _Call(mode, k))
@@ -480,4 +500,199 @@ def _self_pairs(k: Kernel, t: torch.Tensor) -> torch.Tensor:
     return t.narrow(1, k.row_offset, t.shape[0]).diagonal(dim1=0, dim2=1).movedim(-1, 0)
 
 
+# ----------------------------------------------------------------------------- native chains
+#: rows per task of the native pass (a strip of rows x all later columns)
+NATIVE_STRIP_ROWS = 32
+
+
+def native_available() -> bool:
+    """Whether the native engine works here: builds (or finds in the cache) its library now.
+    False (and the one `EngineWarning`) when the compiler is missing or the build fails.
+
+    Returns:
+        True when chains of Dense and ABRelu layers run natively, False when the eager engine
+        stands in.
+
+    Example:
+        >>> from widenets.layers.engine import native_available
+        >>> isinstance(native_available(), bool)
+        True
+    """
+    try:
+        _native.load()
+    except _native.BuildError as err:
+        _warn_once(str(err), stacklevel=3, what="native")
+        return False
+    return True
+
+
+def _chain_stages(layer) -> list | None:
+    """The network as a flat list of Dense and ABRelu layers with number hyperparameters, or
+    None when it is anything else (nested Serial and Repeat are flattened)."""
+    if isinstance(layer, Serial):
+        out = []
+        for lay in layer.layers:
+            sub = _chain_stages(lay)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    if isinstance(layer, Repeat):
+        sub = _chain_stages(layer.layer)
+        return None if sub is None else sub * layer.n
+    if isinstance(layer, Dense) and type(layer).apply_kernel is Dense.apply_kernel \
+            and not isinstance(layer.w_std, torch.Tensor) \
+            and not isinstance(layer.b_std, torch.Tensor):
+        return [layer]
+    if isinstance(layer, ABRelu) and type(layer).apply_kernel is Activation.apply_kernel \
+            and type(layer).t_and_tdot is ABRelu.t_and_tdot \
+            and type(layer).t_diag is ABRelu.t_diag and type(layer).tdot_diag is ABRelu.tdot_diag \
+            and not isinstance(layer.a, torch.Tensor) and not isinstance(layer.b, torch.Tensor) \
+            and layer.a != layer.b:
+        return [layer]
+    return None
+
+
+def _native_lib(k0: Kernel):
+    """The native library if this call may use it (engine, size), else None."""
+    if get_engine() not in ("native", "auto"):
+        return None
+    if k0.n1 * k0.n2 < AUTO_MIN_ENTRIES and not _native.cached():
+        return None             # a small kernel never pays the build
+    try:
+        return _native.load()
+    except _native.BuildError as err:
+        _warn_once(str(err), stacklevel=6, what="native")
+        return None
+
+
+def network_kernel(layer, k0: Kernel, fname: str, *, threads: int):
+    """The kernel of a flat network that is a chain of Dense and ABRelu layers, computed by
+    the native engine; None when the network, the input Kernel or the engine setting does
+    not allow it (the caller computes it eagerly).
+
+    The per-input values (variances, the exact self-pair NNGP and NTK) come from the eager
+    formulas on n numbers; the pairs from one native pass per strip of rows. The result
+    equals the eager engine's to rounding, with the same exact diagonal (x1 = x2), exact
+    values on identical inputs and exact symmetry, and the same errors.
+
+    Args:
+        layer: the network.
+        k0: its input Kernel (`input_kernel` of flat inputs).
+        fname: the public function's name, for error messages.
+        threads: how many threads compute the strips.
+
+    Returns:
+        The output Kernel, or None.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> from widenets.layers.base import input_kernel
+        >>> from widenets.layers.engine import network_kernel
+        >>> net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+        >>> k0 = input_kernel(torch.randn(3, 4, dtype=torch.float64), None, want_ntk=True)
+        >>> k = network_kernel(net, k0, "kernel", threads=1)   # None: too small to build
+        >>> k is None or bool(torch.allclose(k.ntk, net.apply_kernel(k0).ntk))
+        True
+    """
+    if not isinstance(k0, Kernel) or k0.nngp.ndim != 2 or k0.nngp.device.type != "cpu" \
+            or k0.dtype not in (torch.float32, torch.float64) or k0.gamma_term is not None \
+            or _needs_grad(k0) or any(_is_gamma_token(s) for s in k0.sources):
+        return None
+    stages = _chain_stages(layer)
+    if not stages or any(isinstance(lay, ABRelu) and not isinstance(prev, Dense)
+                         for prev, lay in zip([None, *stages], stages)):
+        return None     # an activation on a non-Gaussian input: the eager engine raises
+    lib = _native_lib(k0)
+    if lib is None:
+        return None
+    return _run_chain(lib, stages, k0, fname, layer, threads)
+
+
+def _run_chain(lib, stages, k0: Kernel, fname: str, layer, threads: int) -> Kernel:
+    dtype = k0.dtype
+    want_ntk = k0.ntk is not None
+    symmetric = k0.x1_is_x2
+    # per-input values along the chain, as the eager layers compute them: the variances
+    # (Dense.apply_kernel, Activation.map_variances) and the self-pair NTK (the diagonal the
+    # eager engine writes with set_batch_diagonal), for x1 and (if given) x2
+    covs = [k0.cov1] if symmetric else [k0.cov1, k0.cov2]
+    ntk_self = [torch.zeros_like(c) for c in covs] if want_ntk else None
+    kinds, prm, factors = [], [], [[] for _ in covs]
+    channels, sources, gaussian = k0.channels, k0.sources, k0.is_gaussian
+    for lay in stages:
+        if isinstance(lay, Dense):
+            w2, b2 = lay.w_std ** 2, (lay.b_std or 0.0) ** 2
+            if lay.parameterization == "ntk":
+                coef = (w2, b2, w2, b2, w2)                 # Θ' = (σw² K + σb²) + σw² Θ
+            else:
+                coef = (w2, b2, float(channels), 0.0 if lay.b_std is None else 1.0, w2)
+            if want_ntk:                                    # docs/math.md §dense
+                ntk_self = [torch.mul(c, coef[2]).add_(coef[3]).add_(coef[4] * t)
+                            if lay.parameterization != "ntk" else
+                            torch.mul(c, w2).add_(b2) + w2 * t
+                            for c, t in zip(covs, ntk_self)]
+            covs = [w2 * c + b2 for c in covs]
+            kinds.append(0)
+            prm += coef
+            channels, sources, gaussian = lay.out, new_source(), True
+        else:
+            a, b = lay.a, lay.b
+            s2, ab2 = a * a + b * b, 2 * a * b
+            for f, c in zip(factors, covs):                 # as ABRelu.t_and_tdot's
+                f += [torch.rsqrt(torch.clamp(c, min=1e-30)), torch.sqrt(torch.clamp(c, min=0.0))]
+            if want_ntk:
+                ntk_self = [lay.tdot_diag(c) * t for c, t in zip(covs, ntk_self)]
+            covs = [lay.t_diag(c) for c in covs]
+            kinds.append(1)
+            prm += (s2 / 2, (ab2 - s2) / (2 * math.pi), (s2 - ab2) / (2 * math.pi), 0.0, 0.0)
+            gaussian = False
+    n1, n2 = k0.n1, k0.n2
+    f1 = torch.stack(factors[0]) if factors[0] else torch.zeros(1, n1, dtype=dtype)
+    f2 = f1 if symmetric else (torch.stack(factors[1]) if factors[1] else
+                               torch.zeros(1, n2, dtype=dtype))
+    kind_t = torch.tensor(kinds, dtype=torch.int32)
+    prm_t = torch.tensor(prm, dtype=torch.float64)
+    x = k0.nngp if k0.nngp.stride(1) == 1 else k0.nngp.contiguous()
+    th = None
+    if want_ntk and not (k0.is_input or k0.ntk.stride() == (0, 0)):
+        th = k0.ntk if k0.ntk.stride(1) == 1 else k0.ntk.contiguous()
+    nngp = torch.empty((n1, n2), dtype=dtype)
+    ntk = torch.empty((n1, n2), dtype=dtype) if want_ntk else None
+    fn = lib.wn_chain_f32 if dtype == torch.float32 else lib.wn_chain_f64
+    size = nngp.element_size()
+    strip = NATIVE_STRIP_ROWS
+    bounds = [(r, min(n1, r + strip)) for r in range(0, n1, strip)]
+
+    def task(rows):
+        r0, r1 = rows
+        c0 = r0 if symmetric else 0                          # j >= i only, mirrored
+        off = (r0 * n2 + c0) * size
+        return fn(r1 - r0, n2 - c0, x.data_ptr() + (r0 * x.stride(0) + c0) * size,
+                  x.stride(0), None if th is None else th.data_ptr() + (
+                      r0 * th.stride(0) + c0) * size, 0 if th is None else th.stride(0),
+                  len(kinds), kind_t.data_ptr(), prm_t.data_ptr(),
+                  f1.data_ptr() + r0 * size, n1, f2.data_ptr() + c0 * size, n2,
+                  nngp.data_ptr() + off, None if ntk is None else ntk.data_ptr() + off, n2,
+                  int(symmetric), 0, int(symmetric))
+
+    bad = []
+    run_in_order(task, bounds, lambda i, flag: bad.append(flag), threads=threads)
+    out = k0.replace(nngp=nngp, ntk=ntk, cov1=covs[0], cov2=None if symmetric else covs[1],
+                     is_gaussian=gaussian, is_input=False, channels=channels, sources=sources,
+                     row_offset=0)
+    # exact self pairs (docs/math.md §near-diagonal): the eager engine's values
+    if symmetric:
+        out.set_batch_diagonal(nngp, covs[0])
+        if ntk is not None:
+            out.set_batch_diagonal(ntk, ntk_self[0])
+    out.write_same_input(nngp, covs[0])
+    if ntk is not None:
+        out.write_same_input(ntk, ntk_self[0])
+    if any(bad) or not all(bool(torch.isfinite(c).all()) for c in (*covs, *(ntk_self or ()))):
+        check_finite(out, fname, layer=layer, k0=k0)
+    return out
+
+
 use_block_engine(apply)        # every block of net.kernel goes through `apply`
+use_network_engine(network_kernel)   # flat chains of Dense and ABRelu: one native pass
