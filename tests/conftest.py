@@ -3,10 +3,12 @@ import os
 import pytest
 import torch
 
-# The suite computes its kernels with the eager engine: no test pays a compile it did not ask
-# for (the "auto" engine would compile in the background for the larger kernels). The engine
-# tests (tests/layers/test_engine.py) switch to "fused" explicitly.
-os.environ.setdefault("WIDENETS_ENGINE", "eager")
+# The suite runs the default engine, "native" (what users run; kernels of at least
+# NATIVE_MIN_ENTRIES entries of Dense/ReLU chains go through the compiled pass, built once per
+# machine in about a second), never "auto", which would compile torch.compile units in the
+# background. The engine tests (tests/layers/test_engine.py, test_native.py) switch engines
+# explicitly.
+os.environ.setdefault("WIDENETS_ENGINE", "native")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,8 +10,9 @@ parallel region ending in a barrier. Two engines fuse them:
   through every layer in cache, write the NNGP and NTK once; symmetric kernels compute only
   j >= i and mirror. The strips are tasks of the block scheduler (`widenets._parallel`), no
   barrier inside. The library (plain C++, no torch headers) builds in about a second with the
-  system's compiler, once per machine (cached on disk); a kernel below `AUTO_MIN_ENTRIES`
-  entries never triggers the build. Other networks, and kernels under autograd, run eagerly.
+  system's compiler, once per machine (cached on disk); a kernel below `NATIVE_MIN_ENTRIES`
+  entries never uses it (not even when cached: the engine depends on the size only). Other
+  networks, and kernels under autograd, run eagerly.
   Chosen by measurement (benchmarks/analytic_fc.py, docs/guide/kernels.md §engine): on the
   2-core machine the native pass made the N = 4000 depth-3 ReLU kernel several times faster
   than eager, with no first-call penalty beyond the one-time build, where torch.compile's
@@ -56,8 +57,8 @@ from .base import new_source
 from .combinators import Parallel, Repeat, Serial
 from .dense import Dense
 
-__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "EngineWarning", "set_engine", "get_engine", "apply",
-           "fused_available", "native_available", "network_kernel"]
+__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "EngineWarning", "set_engine",
+           "get_engine", "apply", "fused_available", "native_available", "network_kernel"]
 
 #: the engine names (`set_engine`, the WIDENETS_ENGINE environment variable)
 ENGINES = ("auto", "native", "fused", "eager")
@@ -66,6 +67,8 @@ DEFAULT_ENGINE = "native"
 #: "auto" uses the fused engine for kernels of at least this many entries (input pairs x
 #: position pairs); below, eager (a 100-input kernel never compiles anything)
 AUTO_MIN_ENTRIES = 1 << 20
+#: kernels with fewer entries never use the native library (neither build nor load it)
+NATIVE_MIN_ENTRIES = 1 << 20
 _ENV = "WIDENETS_ENGINE"
 
 
@@ -89,8 +92,8 @@ def set_engine(engine: str = DEFAULT_ENGINE) -> str:
     Args:
         engine: "native" (default): flat networks that are chains of Dense and ABRelu
             layers (Relu, LeakyRelu, Abs) in one compiled C++ pass (built once per machine
-            with the system's compiler, for kernels of at least `AUTO_MIN_ENTRIES` entries
-            or once built), everything else eager; "auto": native chains, and the
+            with the system's compiler; only kernels of at least `NATIVE_MIN_ENTRIES`
+            entries use it), everything else eager; "auto": native chains, and the
             torch.compile units for other activations once compiled in the background;
             "fused": always the torch.compile units (compiles on first use, waits for it);
             "eager": plain torch operations, one pass per operation. The environment
@@ -557,8 +560,12 @@ def _native_lib(k0: Kernel):
     """The native library if this call may use it (engine, size), else None."""
     if get_engine() not in ("native", "auto"):
         return None
-    if k0.n1 * k0.n2 < AUTO_MIN_ENTRIES and not _native.cached():
-        return None             # a small kernel never pays the build
+    if k0.n1 * k0.n2 < NATIVE_MIN_ENTRIES:
+        # a small kernel never pays the build, and never uses a library built earlier: which
+        # engine computes a kernel (they agree to rounding, not bitwise) depends only on its
+        # size and on whether a compiler exists, not on what an earlier process left in the
+        # cache
+        return None
     try:
         return _native.load()
     except _native.BuildError as err:
