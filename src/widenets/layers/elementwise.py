@@ -59,13 +59,11 @@ _OUTER_EXTRA = torch.tensor([s * 2.0 ** j for s in (-1, 1) for j in range(-2, 5)
 _H_Z = 12.0
 _H_PANELS = 64
 _H_NODES = 10
-#: highest order of the series, and the orders tried for the polynomial in ρ (the smallest one
-#: that certifies every pair the highest one certifies is used)
-_H_ORDER = 256
-_H_ORDERS = (8, 16, 32, 64, 128, 256)
-#: the quadrature's cost for one pair (all functions), in Horner steps of the series for one
-#: function and pair (measured: 5-10 ms against 2-4 ns)
-_QUAD_COST = 2_000_000
+#: highest order of the series, and the orders a pair may use: the smallest one whose bound
+#: certifies it (a function of the pair alone, so that the kernel does not depend on how it is
+#: cut into blocks)
+_H_ORDER = 255
+_H_ORDERS = (7, 15, 31, 63, 127, 255)
 #: orders per batched matmul of the coefficient computation
 _H_CHUNK = 32
 #: a pair is computed by the series when |ρ|^(K+1) r1 r2 <= _HERMITE_TOL ‖f1‖ ‖f2‖
@@ -124,9 +122,16 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
         order: highest order K.
 
     Returns:
-        (a, norm2, tail2): a of shape (F, V, K' + 1), the E[f²] of shape (F, V), and the
-        tails r_k² (floored at _H_FLOOR·E[f²]) of shape (F, V, K' + 1), where K' <= order
-        (the recurrence stops early once every tail is at its floor).
+        (a, norm2, tail2): a of shape (F, V, K + 1), the E[f²] of shape (F, V), and the
+        tails r_k² (floored at _H_FLOOR·E[f²]) of shape (F, V, K + 1).
+
+    Example:
+        >>> import torch
+        >>> from widenets.layers.elementwise import hermite_coefficients
+        >>> a, norm2, tail2 = hermite_coefficients((lambda x: x ** 3,),
+        ...                                        torch.tensor([2.0], dtype=torch.float64))
+        >>> [round(float(c), 6) for c in a[0, 0, :4]]     # 8 (3 h_1 + √6 h_3)
+        [0.0, 24.0, 0.0, 19.595918]
     """
     gl_x, gl_w = (t.to(sd) for t in _H_GL)
     z, w = _panel_rule(torch.zeros_like(sd), sd, gl_x, gl_w, _H_Z, _H_PANELS)   # (V, M)
@@ -140,7 +145,6 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
     # h_k for _H_CHUNK orders at a time, then one batched matmul (V, F, M) @ (V, M, chunk)
     buf = torch.empty(_H_CHUNK + 2, n_v, n_m, dtype=sd.dtype, device=sd.device)
     buf[0], buf[1] = 1.0, z
-    top = -1
     floor = _H_FLOOR * norm2
     done = 0                    # orders below `done` are in `a`; buf[0], buf[1] = h_done, h_done+1
     while done <= order:
@@ -152,8 +156,7 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
             buf[j + 1].addcmul_(z, buf[j], value=1 / math.sqrt(k + 1))
         m = last - done + 1
         a[:, :, done:last + 1] = torch.bmm(fw, buf[:m].permute(1, 2, 0))
-        top = last
-        if top == order or bool(((norm2 - (a[:, :, :top + 1] ** 2).sum(-1).T) <= floor).all()):
+        if last == order:
             break
         # h_last+1 and h_last+2 to the front
         for k in (last, last + 1):
@@ -163,7 +166,7 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
         j = last - done
         buf[0], buf[1] = buf[j + 1].clone(), buf[j + 2].clone()
         done = last + 1
-    a = a[:, :, :top + 1].transpose(0, 1)
+    a = a.transpose(0, 1)
     tail2 = torch.clamp(norm2[..., None] - torch.cumsum(a * a, -1), min=0.0) + floor[..., None]
     return a, norm2, tail2
 
@@ -442,11 +445,7 @@ class Elementwise(Activation):
                 for j, i in enumerate(missing):
                     rows[i] = (a[:, j], n2[:, j], t2[:, j])
                     self._h_cache[(key0, vals[j])] = rows[i]
-        order = min(r[0].shape[-1] for r in rows) - 1
-        a = torch.stack([r[0][:, :order + 1] for r in rows], 1)
-        n2 = torch.stack([r[1] for r in rows], 1)
-        t2 = torch.stack([r[2][:, :order + 1] for r in rows], 1)
-        return a, n2, t2
+        return tuple(torch.stack([r[j] for r in rows], 1) for j in range(3))
 
     def _series(self, tags, k11, k22, k12):
         """docs/math.md §hermite-series: Σ_k a_k(σ1) a_k(σ2) ρ^k on the pairs whose truncation
@@ -475,24 +474,26 @@ class Elementwise(Activation):
                 ok &= bound <= _HERMITE_TOL * (norm1[f] * norm2[f])
             return ok
 
-        # the order with the least estimated work: pairs x order x functions Horner steps,
-        # plus _QUAD_COST steps for each pair the quadrature takes
-        n_pairs = math.prod(shape)
-        accept, order, best = None, top, math.inf
-        for o in sorted({*(o for o in _H_ORDERS if o < top), top}):
-            ok = certified(o)
-            cost = n_pairs * (o + 1) * len(tags) + _QUAD_COST * int((~ok).sum())
-            if cost < best:
-                accept, order, best = ok, o, cost
+        # each pair's order: the smallest of _H_ORDERS that certifies it for every function
+        # (the bound decreases with the order), -1 for the quadrature
+        order_of = torch.full(shape, -1, dtype=torch.int16, device=k12.device)
+        for o in reversed(_H_ORDERS):
+            if o <= top:
+                order_of.masked_fill_(certified(o), o)
         outs = []
+        top = int(order_of.max())
+        starts = [o for o in _H_ORDERS if o < top and bool((order_of == o).any())]
         for f in range(len(tags)):
             c1 = a[f][i1].movedim(-1, 0)                       # (K+1, *k11.shape)
             c2 = a[f][i2].movedim(-1, 0)
-            t = (c1[order] * c2[order]).expand(shape).clone()
-            for k in range(order - 1, -1, -1):                 # Horner in ρ
+            t = torch.zeros(shape, dtype=torch.float64, device=k12.device)
+            for k in range(top, -1, -1):                       # Horner in ρ
+                if k in starts:
+                    # the pairs of order k start here: bitwise the Horner sum of order k
+                    t.masked_fill_(order_of == k, 0.0)
                 t.mul_(rho).addcmul_(c1[k], c2[k])
             outs.append(t)
-        rest = ~accept
+        rest = order_of < 0
         if bool(rest.any()):
             idx = rest.nonzero(as_tuple=True)
             got = self._quadrature(tags, *(t.expand(shape)[idx] for t in (k11, k22, k12)))
