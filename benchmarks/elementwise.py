@@ -3,8 +3,8 @@
 Network: Dense(64, w_std=1.5, b_std=0.1) → Elementwise(φ) → Dense(64) → Elementwise(φ) →
 Dense(1), NNGP and NTK, on N Gaussian inputs in 16 dimensions, float64, x2 = x1. Per φ and N:
 `implementation="auto"` (series where its bound certifies the pair, quadrature elsewhere) and
-`implementation="quadrature"` (the 2-D rule on every pair), alternating, median of --repeats
-runs after a warm-up, and their largest difference relative to the largest entry. The
+`implementation="quadrature"` (the 2-D rule on every pair), median of --repeats runs (after a
+warm-up for the series), and their largest difference relative to the largest entry. The
 quadrature costs the same per pair at any N, so above --quadrature-max inputs it is not run:
 its time is extrapolated from the largest N it ran at (× pairs ratio) and marked "(extrap.)".
 Also: the closed form of the same network (Relu(), Erf()) where one exists, as a reference.
@@ -29,8 +29,9 @@ def _net(act):
                      act(), wn.Dense(1))
 
 
-def _median(fn, repeats):
-    fn()                                                     # warm-up (and the result)
+def _median(fn, repeats, warm_up=True):
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -64,7 +65,8 @@ def main():
             diff = "-"
             if n <= args.quadrature_max:
                 quad = _net(lambda: wn.Elementwise(fn, implementation="quadrature"))
-                t_quad = _median(lambda: quad.kernel(x), args.repeats)
+                # no warm-up: a minute per run, nothing left to warm
+                t_quad = _median(lambda: quad.kernel(x), args.repeats, warm_up=False)
                 k_quad = quad.kernel(x)
                 diff = max(float((a - b).abs().max() / b.abs().max())
                            for a, b in ((k_auto.nngp, k_quad.nngp), (k_auto.ntk, k_quad.ntk)))

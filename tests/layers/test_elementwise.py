@@ -177,3 +177,6 @@ def test_each_pair_is_independent_of_the_batch_bitwise():
                 one = act.t_and_tdot(k11[i:i + 1], k22, k12[i:i + 1, :, j:j + 1], True)
                 for b, o in zip(both, one):
                     assert torch.equal(b[i:i + 1, :, j:j + 1], o), (fn, i, j)
+        # T alone (get="nngp") is bitwise T of (T, Tdot): each function certified on its own
+        assert torch.equal(act.t(k11, k22, k12), both[0])
+        assert torch.equal(act.tdot(k11, k22, k12), both[1])

@@ -55,7 +55,7 @@ _OUTER_EXTRA = torch.tensor([s * 2.0 ** j for s in (-1, 1) for j in range(-2, 5)
 #: the Hermite series (docs/math.md §hermite-series). Coefficients a_k = E[f(z) h_k(z)] by the
 #: same composite rule on |z| <= _H_Z (the integrand is below |f(z)| e^(-z²/4) there: e^-36 at
 #: the edge) with _H_PANELS equal panels of z (width 0.375: about 1.7 panels per oscillation of
-#: h_256) plus the feature panels, _H_NODES Gauss-Legendre nodes each.
+#: h_255) plus the feature panels, _H_NODES Gauss-Legendre nodes each.
 _H_Z = 12.0
 _H_PANELS = 64
 _H_NODES = 10
@@ -130,7 +130,7 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
         >>> from widenets.layers.elementwise import hermite_coefficients
         >>> a, norm2, tail2 = hermite_coefficients((lambda x: x ** 3,),
         ...                                        torch.tensor([2.0], dtype=torch.float64))
-        >>> [round(float(c), 6) for c in a[0, 0, :4]]     # 8 (3 h_1 + √6 h_3)
+        >>> [round(abs(float(c)), 6) for c in a[0, 0, :4]]     # 8 (3 h_1 + √6 h_3)
         [0.0, 24.0, 0.0, 19.595918]
     """
     gl_x, gl_w = (t.to(sd) for t in _H_GL)
@@ -189,7 +189,8 @@ class Elementwise(Activation):
     σ1 = √K11, σ2 = √K22 and ρ = K12/(σ1σ2), E[φ(u) φ(v)] = Σ_k a_k(σ1) a_k(σ2) ρ^k (Mehler's
     formula), where a_k(σ) are the coefficients of z ↦ φ(σz) in the orthonormal Hermite
     polynomials, computed once per distinct variance by a 1-D rule; a pair then costs a
-    polynomial in ρ of order at most 256. Its truncation error is bounded per pair by
+    polynomial in ρ of order at most 255 (the smallest of 7, 15, ..., 255 that
+    certifies the pair). Its truncation error is bounded per pair by
     |ρ|^(K+1) r(σ1) r(σ2), r² the part of E[φ(σz)²] the first K+1 coefficients leave out; pairs
     where this bound exceeds 1e-10·√(E[φ(u)²] E[φ(v)²]) (|ρ| close to 1 for kinks and for
     saturating activations at large variance) go to the quadrature below. So do Tdot = E[φ'φ']
@@ -466,39 +467,42 @@ class Elementwise(Activation):
         tail1, tail2 = torch.sqrt(t2[:, i1]), torch.sqrt(t2[:, i2])       # (F, *, K+1)
         top = a.shape[-1] - 1
 
-        def certified(order):
-            ok = torch.ones(shape, dtype=torch.bool, device=k12.device)
-            power = torch.exp(log_rho * (order + 1))
-            for f in range(len(tags)):
-                bound = power * tail1[f, ..., order] * tail2[f, ..., order]
-                ok &= bound <= _HERMITE_TOL * (norm1[f] * norm2[f])
-            return ok
-
-        # each pair's order: the smallest of _H_ORDERS that certifies it for every function
-        # (the bound decreases with the order), -1 for the quadrature
-        order_of = torch.full(shape, -1, dtype=torch.int16, device=k12.device)
-        for o in reversed(_H_ORDERS):
-            if o <= top:
-                order_of.masked_fill_(certified(o), o)
-        outs = []
-        top = int(order_of.max())
-        starts = [o for o in _H_ORDERS if o < top and bool((order_of == o).any())]
+        if math.prod(shape) == 0:
+            return tuple(torch.zeros(shape, dtype=dtype, device=k12.device) for _ in tags)
+        outs, fallback = [], torch.zeros(shape, dtype=torch.int64, device=k12.device)
         for f in range(len(tags)):
+            # each function on its own (T alone is then bitwise T of T and Tdot together):
+            # the pair's order is the smallest of _H_ORDERS whose bound certifies it (the
+            # bound decreases with the order), -1 for the quadrature
+            scale = _HERMITE_TOL * (norm1[f] * norm2[f])
+            order_of = torch.full(shape, -1, dtype=torch.int16, device=k12.device)
+            for o in reversed(_H_ORDERS):
+                if o <= top:
+                    bound = torch.exp(log_rho * (o + 1)) * tail1[f, ..., o] * tail2[f, ..., o]
+                    order_of.masked_fill_(bound <= scale, o)
+            fallback += (order_of < 0).to(torch.int64) << f
+            last = int(order_of.max())
+            starts = [o for o in _H_ORDERS if o < last and bool((order_of == o).any())]
             c1 = a[f][i1].movedim(-1, 0)                       # (K+1, *k11.shape)
             c2 = a[f][i2].movedim(-1, 0)
             t = torch.zeros(shape, dtype=torch.float64, device=k12.device)
-            for k in range(top, -1, -1):                       # Horner in ρ
+            for k in range(last, -1, -1):                      # Horner in ρ
                 if k in starts:
                     # the pairs of order k start here: bitwise the Horner sum of order k
                     t.masked_fill_(order_of == k, 0.0)
                 t.mul_(rho).addcmul_(c1[k], c2[k])
             outs.append(t)
-        rest = order_of < 0
-        if bool(rest.any()):
-            idx = rest.nonzero(as_tuple=True)
-            got = self._quadrature(tags, *(t.expand(shape)[idx] for t in (k11, k22, k12)))
-            for out, g in zip(outs, got):
-                out[idx] = g
+        # the quadrature for the pairs (and functions) the series leaves, one shared rule for
+        # the functions a pair needs it for
+        for pattern in torch.unique(fallback).tolist():
+            if pattern == 0:
+                continue
+            fs = [f for f in range(len(tags)) if pattern >> f & 1]
+            idx = (fallback == pattern).nonzero(as_tuple=True)
+            got = self._quadrature(tuple(tags[f] for f in fs),
+                                   *(t.expand(shape)[idx] for t in (k11, k22, k12)))
+            for f, g in zip(fs, got):
+                outs[f][idx] = g
         return tuple(self._finite(o.to(dtype), "the Hermite series") for o in outs)
 
     # ------------------------------------------------------------- 2-D quadrature
