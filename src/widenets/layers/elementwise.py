@@ -155,7 +155,9 @@ def hermite_coefficients(funcs, sd: torch.Tensor, order: int = _H_ORDER):
             torch.mul(buf[j - 1], -math.sqrt(k / (k + 1)), out=buf[j + 1])
             buf[j + 1].addcmul_(z, buf[j], value=1 / math.sqrt(k + 1))
         m = last - done + 1
-        a[:, :, done:last + 1] = torch.bmm(fw, buf[:m].permute(1, 2, 0))
+        hk = buf[:m].permute(1, 2, 0)
+        for f in range(n_f):       # one product per function: the same whatever the others
+            a[:, f:f + 1, done:last + 1] = torch.bmm(fw[:, f:f + 1], hk)
         if last == order:
             break
         # h_last+1 and h_last+2 to the front
@@ -429,24 +431,26 @@ class Elementwise(Activation):
     # ------------------------------------------------------------- Hermite series
     def _coefficients(self, tags, v):
         """Hermite coefficients, E[f²] and tails for the 1-D float64 variances v (unique),
-        per function of `tags`: tensors (F, V, K+1), (F, V), (F, V, K+1); rows cached."""
-        key0 = (tags, str(v.device))
+        per function of `tags`: tensors (F, V, K+1), (F, V), (F, V, K+1); rows cached per
+        (function, variance)."""
+        dev, vals = str(v.device), v.tolist()
         with self._h_lock:
-            rows = [self._h_cache.get((key0, x)) for x in v.tolist()]
-        missing = [i for i, r in enumerate(rows) if r is None]
+            rows = {t: [self._h_cache.get((t, dev, x)) for x in vals] for t in tags}
+        missing = sorted({i for t in tags for i, r in enumerate(rows[t]) if r is None})
         if missing:
             sd = torch.sqrt(torch.clamp(v[missing], min=0.0))
             a, n2, t2 = hermite_coefficients(self._funcs(tags), sd)
             for f, what in ((a, "the Hermite coefficients"), (n2, "the 1-D rule")):
                 self._finite(f, what)
-            vals = v[missing].tolist()
             with self._h_lock:
-                if len(self._h_cache) + len(missing) > _H_CACHE_MAX:
+                if len(self._h_cache) + len(missing) * len(tags) > _H_CACHE_MAX:
                     self._h_cache.clear()
-                for j, i in enumerate(missing):
-                    rows[i] = (a[:, j], n2[:, j], t2[:, j])
-                    self._h_cache[(key0, vals[j])] = rows[i]
-        return tuple(torch.stack([r[j] for r in rows], 1) for j in range(3))
+                for f, t in enumerate(tags):
+                    for j, i in enumerate(missing):
+                        rows[t][i] = (a[f, j], n2[f, j], t2[f, j])
+                        self._h_cache[(t, dev, vals[i])] = rows[t][i]
+        return tuple(torch.stack([torch.stack([r[j] for r in rows[t]]) for t in tags])
+                     for j in range(3))
 
     def _series(self, tags, k11, k22, k12):
         """docs/math.md §hermite-series: Σ_k a_k(σ1) a_k(σ2) ρ^k on the pairs whose truncation
