@@ -82,8 +82,8 @@ def main():
             if closed is not None:
                 ref = _net(closed)
                 c = f"{_median(lambda: ref.kernel(x), args.repeats):.3f}"
-            print(f"| {name} | {n} | {t_auto:.2f} | {q} | {t_quad / t_auto:.0f}x | {diff} | "
-                  f"{c} |", flush=True)
+            ratio = "-" if t_quad != t_quad else f"{t_quad / t_auto:.0f}x"     # NaN: not run
+            print(f"| {name} | {n} | {t_auto:.2f} | {q} | {ratio} | {diff} | {c} |", flush=True)
 
 
 if __name__ == "__main__":
