@@ -58,6 +58,25 @@ def test_series_matches_closed_forms_at_any_variance_and_correlation(name):
     assert err_t < 1e-9 and err_tdot < 1e-9, (err_t, err_tdot)           # overflow-free part
 
 
+def test_collinear_pairs_by_the_one_dimensional_rule():
+    """ρ = ±1 exactly (K12 = ±K11 = ±K22: the self pairs of x1 = x2, identical inputs): the
+    series cannot certify kinks there and the pair is a 1-D integral E[φ(σz)φ(±σz)]. Reference:
+    the closed forms' exact diagonal (their arccos at a rounded c ≈ 1 is itself 1e-8 off) and,
+    at ρ = -1, φ's parity: relu(x) relu(-x) = 0 and step(x) step(-x) = 0 a.e.; |x| is even
+    and sign(x) sign(-x) = -1; erf is odd and erf' even. Within 1e-11 of the scale (a sign
+    slip at ρ = -1 is off by O(1))."""
+    minus = {"relu": lambda r: (0 * V, 0 * V), "abs": lambda r: (V, -torch.ones_like(V)),
+             "erf": lambda r: (-r.t_diag(V), r.tdot_diag(V))}
+    for name, fn, ref in (("relu", torch.relu, wn.Relu()), ("abs", torch.abs, wn.Abs()),
+                          ("erf", torch.erf, wn.Erf())):
+        act = wn.Elementwise(fn)
+        scale = (ref.t_diag(V), ref.tdot_diag(V).abs())
+        for sign, want in ((1.0, (ref.t_diag(V), ref.tdot_diag(V))), (-1.0, minus[name](ref))):
+            got = act.t_and_tdot(V, V, sign * V, True)
+            for g, w, sc in zip(got, want, scale):
+                assert float(((g - w).abs() / sc).max()) < 1e-11, (name, sign, g, w)
+
+
 def test_series_matches_sin_closed_form_where_the_rule_resolves_it():
     """a·sin(bx + c) at b²K <= 50 (oscillations resolved by both 1-D and 2-D rules)."""
     ref = wn.Sin(1.3, 0.7, 0.4)

@@ -498,16 +498,34 @@ class Elementwise(Activation):
             outs.append(t)
         # the quadrature for the pairs (and functions) the series leaves, one shared rule for
         # the functions a pair needs it for
-        for pattern in torch.unique(fallback).tolist():
+        # (|ρ| = 1: v = ±√(K22/K11) u, a 1-D integral: the self pairs of x1 = x2 among them)
+        one = (rho.abs() == 1).to(torch.int64) << len(tags)
+        for pattern in torch.unique(fallback + one * (fallback > 0)).tolist():
             if pattern == 0:
                 continue
             fs = [f for f in range(len(tags)) if pattern >> f & 1]
-            idx = (fallback == pattern).nonzero(as_tuple=True)
-            got = self._quadrature(tuple(tags[f] for f in fs),
-                                   *(t.expand(shape)[idx] for t in (k11, k22, k12)))
+            idx = (fallback + one == pattern).nonzero(as_tuple=True)
+            args = [t.expand(shape)[idx] for t in (k11, k22, rho)]
+            if pattern >> len(tags):
+                got = self._collinear(tuple(tags[f] for f in fs), *args)
+            else:
+                args[2] = k12.expand(shape)[idx]
+                got = self._quadrature(tuple(tags[f] for f in fs), *args)
             for f, g in zip(fs, got):
                 outs[f][idx] = g
         return tuple(self._finite(o.to(dtype), "the Hermite series") for o in outs)
+
+    def _collinear(self, tags, k11, k22, rho):
+        """(E[f(σ1 z) f(±σ2 z)] for f in tags), z ~ N(0, 1), at ρ = ±1 (1-D vectors): the 1-D
+        rule of the coefficients with the feature breakpoints of both variances."""
+        funcs = self._funcs(tags)
+        s1, s2 = torch.sqrt(k11), torch.sqrt(k22) * torch.sign(rho)
+        gl_x, gl_w = (t.to(s1) for t in _H_GL)
+        safe = torch.clamp(s2.abs(), min=torch.finfo(s2.dtype).tiny)[:, None]
+        extra = _breakpoints_x(s1.dtype, s1.device) / safe
+        z, w = _panel_rule(torch.zeros_like(s1), s1, gl_x, gl_w, _H_Z, _H_PANELS, extra=extra)
+        return tuple(torch.linalg.vecdot(f(s1[:, None] * z) * f(s2[:, None] * z), w)
+                     for f in funcs)
 
     # ------------------------------------------------------------- 2-D quadrature
     def _quadrature(self, tags, k11, k22, k12):
