@@ -656,12 +656,3 @@ def sin_formula(u1, u2, k12, p, want_tdot: bool):
     plus = torch.exp(p[0] * (s + 2 * k12)) * p[1]
     t = p[2] * (minus - plus)
     return t, (p[3] * (minus + plus) if want_tdot else None)
-
-
-def __getattr__(name):
-    """`Elementwise` lives in `widenets.layers.elementwise`; still importable from here (lazily:
-    that module imports this one)."""
-    if name == "Elementwise":
-        from .elementwise import Elementwise
-        return Elementwise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
