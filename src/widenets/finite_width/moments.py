@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers.activations import Activation, Elementwise, Erf, Relu
+from ..layers.activations import Activation, Erf, Relu
 from ..layers.base import as_input_tensor
+from ..layers.elementwise import Elementwise
 
 __all__ = ["ntk_moments", "NTKMoments"]
 

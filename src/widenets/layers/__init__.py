@@ -4,7 +4,6 @@ from .activations import (
     ABRelu,
     Abs,
     Activation,
-    Elementwise,
     Erf,
     Gelu,
     Identity,
@@ -29,6 +28,7 @@ from .combinators import (
 )
 from .conv import Conv
 from .dense import Dense
+from .elementwise import Elementwise
 from .normalization import LayerNorm
 from .patterns import EdgeList
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
