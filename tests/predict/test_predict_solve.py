@@ -268,3 +268,38 @@ def test_cli_solve_writes_alpha_with_progress(store, tmp_path):
     np.save(tmp_path / "short.npy", y[:10])
     assert main(["solve", str(path), "--y", str(tmp_path / "short.npy"), "--out",
                  str(out)]) == 2
+
+
+@pytest.mark.parametrize("pc", ["nystrom", "pivoted_cholesky"])
+def test_preconditioner_factor_is_the_low_rank_approximation(pc, tmp_path):
+    """U diag(λ) Uᵀ read back from a checkpoint: exact for a kernel of rank < r, U orthonormal,
+    and for a full-rank kernel below K (K - K̂ positive semi-definite, Weyl: λ̂_i <= λ_i)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    full, _ = relu_ntk(400, 20, 2, seed=5)
+    for k, exact in ((x @ x.T, True), (full.kernel(x, get="ntk"), False)):
+        ck = tmp_path / f"{pc}{exact}.npz"
+        wn.predict.solve(k, y, diag_reg=1e-3, method="cg", preconditioner=pc, rank=40,
+                         tol=1e-8, checkpoint=ck, checkpoint_seconds=0)
+        with np.load(ck) as z:
+            u, lam = torch.from_numpy(z["u"]), torch.from_numpy(z["lam"])
+        r = lam.shape[0]        # pivoted Cholesky stops at the rank of K (20)
+        assert u.shape == (400, r) and (20 if exact else 40) <= r <= 40
+        # Orthonormal U (a Q·U_R product in the wrong order, or U from B without its QR, is not).
+        torch.testing.assert_close(u.T @ u, torch.eye(r, dtype=u.dtype), rtol=0, atol=1e-10)
+        approx = u @ torch.diag(lam) @ u.T
+        scale = float(torch.linalg.eigvalsh(k)[-1])
+        if exact:
+            # Rank 20 < 40: the approximation is K itself (with a missing C⁻ᵀ or λ = σ instead
+            # of σ² it is not; the stabilizing shift ν ~ 1e-13 ||Y|| is below this tolerance).
+            torch.testing.assert_close(approx, k, rtol=0, atol=1e-9 * scale)
+        else:
+            gap = torch.linalg.eigvalsh(k - approx)
+            assert float(gap.min()) > -1e-10 * scale                    # K̂ ⪯ K
+            true = torch.linalg.eigvalsh(k).flip(0)[:r]
+            assert bool((lam <= true + 1e-10 * scale).all())
+            # and a useful one: the top eigenvalue within 10% (4% here: the spectrum of inputs
+            # in 20 dimensions has a heavy tail; a sketch of the wrong matrix, e.g. K², or
+            # λ = σ instead of σ², is off by orders of magnitude).
+            assert abs(float(lam[0] / true[0]) - 1) < 0.1
