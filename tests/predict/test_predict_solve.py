@@ -112,6 +112,9 @@ def test_streamed_product_reads_each_tile_once_and_equals_dense(store, monkeypat
     torch.testing.assert_close(op.matmul(v), k @ v, rtol=1e-12, atol=1e-12)
     # 3 x 3 tiles, upper triangle 6, each read exactly once (symmetry used).
     assert sorted(reads) == sorted((i, j) for i in range(3) for j in range(i, 3))
+    # Many columns (a Nyström sketch) go 256 rows at a time: the same product.
+    wide = torch.randn(300, 40, dtype=torch.float64)
+    torch.testing.assert_close(op.matmul(wide), k @ wide, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(op.columns([0, 99, 100, 299]), k[:, [0, 99, 100, 299]])
     torch.testing.assert_close(op.diagonal(), k.diagonal())
 

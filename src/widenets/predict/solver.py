@@ -386,7 +386,10 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
         method: "auto" (Cholesky when the kernel fits in memory with a margin, else CG),
             "cholesky" or "cg".
         preconditioner: "nystrom" (randomized Nyström, default), "pivoted_cholesky" or None.
-        rank: the preconditioner's rank (default min(n // 2, 256)).
+        rank: the preconditioner's rank (default min(n // 2, 256)). For inputs of high
+            dimension d the spectrum is flat beyond its top d + 1 eigenvalues, which a sketch
+            of affordable rank does not resolve: a larger rank then does not pay
+            (docs/math.md §solvers).
         tol: stop when every column's relative residual ||y - (K + ρI) x|| / ||y|| <= tol.
         max_iter: most CG iterations (default max(1000, n)).
         client: a `dask.distributed.Client`: a store's tiles are split across its workers.
