@@ -14,7 +14,8 @@ Method (docs/math.md §solvers):
   iteration. Stops when every column's relative residual ||y - A x|| / ||y|| <= tol.
 * Preconditioners from a rank-r approximation K ≈ U Λ Uᵀ (U orthonormal n × r):
   "nystrom" (randomized Nyström, Frangella, Tropp & Udell 2023: one product K Ω with a Gaussian
-  sketch Ω, i.e. one pass over a store) or "pivoted_cholesky" (greedy partial Cholesky on the
+  sketch Ω, i.e. one pass over a store; only the eigenpairs above the sketch's resolution
+  (tr K - Σ λ̂)/r are kept) or "pivoted_cholesky" (greedy partial Cholesky on the
   largest residual diagonal, columns of K read in blocks). Both apply
   P⁻¹ = (λ_r + ρ) U (Λ + ρI)⁻¹ Uᵀ + (I - U Uᵀ).
 * A checkpoint file (x, r, p, the preconditioner) written atomically every
@@ -394,7 +395,9 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
         kernel: "ntk" (default) or "nngp": which kernel of a Kernel or a two-kernel store.
         method: "auto" (Cholesky when the kernel fits in memory with a margin, else CG),
             "cholesky" or "cg".
-        preconditioner: "nystrom" (randomized Nyström, default), "pivoted_cholesky" or None.
+        preconditioner: "nystrom" (randomized Nyström, default; `Solution.rank` is the number
+            of its eigenpairs above the sketch's resolution, the ones kept),
+            "pivoted_cholesky" or None.
         rank: the preconditioner's rank (default min(n // 2, 256)). For inputs of high
             dimension d the spectrum is flat beyond its top d + 1 eigenvalues, which a sketch
             of affordable rank does not resolve: a larger rank then does not pay
