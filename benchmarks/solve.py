@@ -7,17 +7,20 @@ Three tables, every ratio measured in the same run:
    preconditioners (rank 256), to relative residual 1e-6, and CG without a preconditioner
    (capped at --cap iterations);
 2. a float32 tile store (depth-3 ReLU NTK of N_STORE inputs of dimension 784, the architecture
-   and inputs of benchmarks/tiles.py, scaled down from its 50,000 inputs on this shared
-   machine): the time to read every stored tile once (the floor for one iteration), CG with and
-   without the Nyström preconditioner: iterations, time per iteration, total, and the peak
-   resident memory of the solving process (VmHWM; each solve in its own subprocess);
-3. the same store solve on a Dask LocalCluster with 2 worker processes against the single
-   process, time per iteration (a fixed number of iterations).
+   and inputs of benchmarks/tiles.py): the time to read every stored tile once (the floor for
+   one iteration, median of 3), then single runs (one solve each, in its own subprocess so that
+   its peak resident memory, VmHWM, is its own), one after another: CG with the default
+   Nyström preconditioner in one process; the same solve on a Dask LocalCluster of 2 worker
+   processes x 1 thread (tiles dealt to the workers by area, only vectors sent; its workers'
+   peak memory reported too); CG without a preconditioner. Iterations, time per iteration
+   against the read floor, setup (the sketch: one pass with 256 columns), total;
+3. the Dask against the one-process time per iteration of the same solve, same run.
 
     python benchmarks/solve.py                          # n = 10,000 in memory, 12,000 store
     python benchmarks/solve.py --n-mem 4000 --n-store 6000 --cap 300   # a quick run
-    python benchmarks/solve.py --skip-memory --n-store 50000 --store big.zarr   # the issue's
-        # store (5.45 GB, kept and reused: a finished store is resumed in seconds)
+    python benchmarks/solve.py --skip-memory --n-store 50000 --store big.zarr --skip-verify
+        --json runs.jsonl   # (one command) the issue's store (5.45 GB, kept and reused: a
+        # finished store is resumed in seconds); each measurement appended to runs.jsonl
     python benchmarks/solve.py --worker big.zarr single-none 3 out.json  # 3 iterations only
     python benchmarks/solve.py --worker big.zarr ratio 3 out.json  # read pass vs product, x3
 
