@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .._memory import memory_budget
+from .._memory import memory_budget, reuse_freed_memory
 from .._parallel import big_op_threads, block_threads
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._kernel_checks import check_finite
@@ -75,6 +75,12 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
             layer, attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), *aux),
             fname, threads=threads)
 
+    with reuse_freed_memory():                # docs: widenets._memory (page faults)
+        return _full_layout_kernel(layer, x1, x2, want_ntk=want_ntk, batch_size=batch_size,
+                                   fname=fname, aux=aux, threads=threads)
+
+
+def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, threads):
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,

@@ -17,7 +17,8 @@ import math
 
 import torch
 
-__all__ = ["PADDINGS", "resolve_padding", "check_spatial_arg", "window_sum", "pair_axes"]
+__all__ = ["PADDINGS", "resolve_padding", "check_spatial_arg", "window_sum", "pair_axes",
+           "pad_pairs", "padded_pair_sum"]
 
 PADDINGS = ("SAME", "VALID", "CIRCULAR")
 
@@ -157,6 +158,40 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
     if out is None:
         out = t.new_zeros(shape)
     return out
+
+
+def pad_pairs(t: torch.Tensor, pads) -> torch.Tensor:
+    """Zero padding of both position halves of a full-layout tensor (*batch, *S, *S):
+    pads = ((left, right), ...) per spatial axis, the same for x1's and x2's positions."""
+    flat = [v for left, right in reversed(pads) for v in (left, right)]
+    return torch.nn.functional.pad(t, flat * 2) if any(flat) else t
+
+
+def padded_pair_sum(tp: torch.Tensor, geometry) -> torch.Tensor:
+    """The convolution's offset sum on the full layout from a zero-padded tensor
+    tp = pad_pairs(t, pads) (*batch, *Sp, *Sp): out(o, o') = Σ_d tp(st·o + d, st·o' + d)
+    (docs/math.md §conv), geometry = ((window, stride), ...) per spatial axis, the output
+    size per axis (Sp - window) // stride + 1.
+
+    Plain slices and additions of views (no masks, no temporaries once compiled): the form the
+    fused engine compiles together with the activation (`widenets.layers.engine`); equal to
+    `window_sum` over each axis pair on the unpadded tensor, up to the order of the sum.
+    """
+    s = len(geometry)
+    nb = tp.ndim - 2 * s
+    outs = [(tp.shape[nb + i] - w) // st + 1 for i, (w, st) in enumerate(geometry)]
+    total = None
+    offsets = [()]
+    for w, _ in geometry:
+        offsets = [o + (d,) for o in offsets for d in range(w)]
+    for off in offsets:
+        idx = [slice(None)] * nb
+        for d, (_, st), o in zip(off, geometry, outs):
+            idx.append(slice(d, d + st * (o - 1) + 1, st))
+        idx = idx + idx[nb:]                   # the same offset for x1's and x2's positions
+        term = tp[tuple(idx)]
+        total = term if total is None else total + term
+    return total
 
 
 def num_positions(shape) -> int:

@@ -157,15 +157,14 @@ class Conv(Layer):
         stride = sp.expand(self._stride, s)
         return window, stride, spatial_padding(spatial, window, stride, self._padding, func)
 
-    def apply_kernel(self, k: Kernel) -> Kernel:
-        func = "Conv.kernel"
-        if isinstance(k, list):
-            raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them "
-                             f"with FanInSum() or FanInConcat() first")
+    def _offset_sum(self, k: Kernel, func: str):
+        """(conv_sum, geometry, circular): conv_sum(t, n_batch, scale) = scale·Σ_d over the
+        filter offsets, every spatial axis, of a tensor with n_batch batch axes in k's
+        layout; geometry = ((window, stride, left, right, out), ...) per spatial axis."""
         if not k.is_spatial:
-            raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, H, "
-                             f"W) or (n, C, L); got flat features (the kernel has no position "
-                             f"axes); use Dense for flat inputs")
+            raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, "
+                             f"H, W) or (n, C, L); got flat features (the kernel has no "
+                             f"position axes); use Dense for flat inputs")
         spatial = k.spatial_shape
         s = len(spatial)
         window, stride, pads = self._geometry(spatial, func)
@@ -181,28 +180,82 @@ class Conv(Layer):
                                   scale=scale if i == 0 else 1.0)
             return t
 
-        n_off = math.prod(window)
-        w2 = self.w_std ** 2
-        b2 = (self.b_std or 0.0) ** 2
+        geometry = tuple((w, st, *p) for w, st, p in zip(window, stride, pads))
+        return conv_sum, geometry, circular
+
+    def affine_coefficients(self, k: Kernel) -> tuple:
+        """(w, b, α, β, γ) of this layer's map in terms of the offset sums ΣK and ΣΘ
+        (docs/math.md §conv): K' = w ΣK + b, Θ' = α ΣK + β + γ ΣΘ; γ = 0 on the raw input
+        (its Θ is zero). The fused engine's form of `apply_kernel` (same numbers)."""
+        w = self.w_std ** 2 / math.prod(sp.expand(self._kernel_size, k.spatial_ndim))
+        b = (self.b_std or 0.0) ** 2
+        gamma = 0.0 if k.is_input else w
+        if self.parameterization == "standard":
+            return w, b, float(k.channels), 0.0 if self.b_std is None else 1.0, gamma
+        return w, b, w, b, gamma
+
+    def fused_plan(self, k: Kernel):
+        """What the fused engine needs to run this layer and the activation after it as one
+        pass over the full layout (`widenets.layers.engine`), or None (eager).
+
+        Returns (pads, key, coefficients, pre, self_ntk): `pads` the zero padding
+        ((left, right) per spatial axis) of both position halves, `key` = ((window, stride),
+        ...) what the compiled stencil depends on (`_spatial.padded_pair_sum`),
+        `coefficients` as `affine_coefficients`, `pre` the output Kernel with this layer's
+        variances and fields (nngp/ntk still the input's: the unit computes them), and
+        `self_ntk()` this layer's Θ on the self pairs x1_i = x2_i (for x1_is_x2 blocks).
+        """
+        if not isinstance(k, Kernel) or not k.is_full_spatial or any(
+                isinstance(v, torch.Tensor) for v in (self.w_std, self.b_std)):
+            return None
+        conv_sum, geometry, circular = self._offset_sum(k, "Conv.kernel")
+        if circular or any(g[4] < 2 or g[0] < 1 for g in geometry) \
+                or any(n < 2 for n in k.spatial_shape):
+            return None                       # wrap-around, or sizes 1 (specialized graphs)
+        coef = self.affine_coefficients(k)
+        w, b = coef[0], coef[1]
+        cov1 = conv_sum(k.cov1, 1, w).add_(b)
+        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w).add_(b)
+        pre = k.replace(cov1=cov1, cov2=cov2, is_gaussian=True, is_input=False,
+                        channels=self.out_channels, sources=new_source())
+
+        def self_ntk():
+            rows = lambda t: t.narrow(1, k.row_offset, t.shape[0]).diagonal(  # noqa: E731
+                dim1=0, dim2=1).movedim(-1, 0)
+            theta = conv_sum(rows(k.nngp), 1, coef[2]).add_(coef[3])
+            if coef[4]:
+                theta.add_(conv_sum(rows(k.ntk), 1, coef[4]))
+            return theta
+
+        return (tuple((g[2], g[3]) for g in geometry), tuple((g[0], g[1]) for g in geometry),
+                coef, pre, self_ntk)
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "Conv.kernel"
+        if isinstance(k, list):
+            raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them "
+                             f"with FanInSum() or FanInConcat() first")
+        conv_sum, _, _ = self._offset_sum(k, func)
+        w, b2, alpha, beta, _ = self.affine_coefficients(k)
         standard = self.parameterization == "standard"
         # docs/math.md §conv: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
         if standard:                              # keeps Σ_d K for the C Σ_d K term
             sum_k = conv_sum(k.nngp, 2)
-            nngp = sum_k * (w2 / n_off)
+            nngp = sum_k * w
         else:
-            nngp = conv_sum(k.nngp, 2, w2 / n_off)
+            nngp = conv_sum(k.nngp, 2, w)
         nngp += b2
-        cov1 = conv_sum(k.cov1, 1, w2 / n_off) + b2
-        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w2 / n_off) + b2
+        cov1 = conv_sum(k.cov1, 1, w) + b2
+        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w) + b2
         ntk = None
         if k.ntk is not None:
             # the raw input has Θ = 0: skip its offset sum
-            sum_t = None if k.is_input else conv_sum(k.ntk, 2, w2 / n_off)    # σw²/|D| ΣΘ
+            sum_t = None if k.is_input else conv_sum(k.ntk, 2, w)    # σw²/|D| ΣΘ
             if not standard:                                        # Θ' = K' + σw²/|D| ΣΘ
                 ntk = nngp.clone() if sum_t is None else sum_t.add_(nngp)
             else:                                                   # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
-                ntk = sum_k.mul_(k.channels)
-                ntk += 0.0 if self.b_std is None else 1.0
+                ntk = sum_k.mul_(alpha)
+                ntk += beta
                 if sum_t is not None:
                     ntk.add_(sum_t)
         out = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
