@@ -1,8 +1,9 @@
-"""The pieces behind the faster full-layout convolutions (issue 14): the padded offset sum of
-the fused engine against a brute-force loop over positions, and the allocator setting of
-full-layout kernels (`widenets._memory.reuse_freed_memory`)."""
+"""The pieces behind the faster full-layout convolutions (issue 14): the Conv kernel with its
+bias and NTK terms folded into the offset sums, against a brute-force loop over positions, and
+the allocator setting of full-layout kernels (`widenets._memory.reuse_freed_memory`)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -29,26 +30,46 @@ def _brute_force_conv_sum(t, window, stride, pads, out):
     return res
 
 
+def _pads(size, window, stride, padding):
+    geo = [sp.resolve_padding(n, w, st, padding, i, func="test")
+           for i, (n, w, st) in enumerate(zip(size, window, stride))]
+    return [(lft, rgt) for lft, rgt, _ in geo], [o for _, _, o in geo]
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
 @pytest.mark.parametrize("size, window, stride, padding", [
     ((5, 4), (3, 2), (1, 1), "SAME"),
     ((7,), (4,), (2,), "SAME"),        # TensorFlow's uneven split: left 1, right 2
     ((5, 6), (3, 3), (2, 1), 1),
-    ((4, 5), (2, 3), (1, 1), "VALID"),
+    ((2,), (3,), (1,), 2),             # no offset covers every output (sum starts at zero)
 ])
-def test_padded_pair_sum_equals_brute_force(size, window, stride, padding):
-    # Mutations caught (errors of order 1, tolerance 1e-12): independent offsets for the two
-    # positions (pooling's sum), padding on one half only or on the wrong side, a stride
-    # applied to one half, an offset range one short.
-    t = torch.randn(2, 3, *size, *size, generator=torch.Generator().manual_seed(1),
+def test_conv_kernel_equals_brute_force(size, window, stride, padding, param):
+    # Two linear Conv layers (no activation) on the full layout against the definition
+    # (docs/math.md §conv) evaluated by loops: K' = w ΣK + b, Θ' = K' + w ΣΘ (ntk) or
+    # C ΣK + 1 + w ΣΘ (standard). The bias and K' are folded into the eager offset sums' last
+    # pass; mutations caught (tolerance 1e-12, errors of order 0.1 or more): the bias added per
+    # axis or not at all, K' left out of Θ' or added twice, the scale applied per axis,
+    # independent offsets for the two positions (pooling's sum), padding on the wrong side.
+    x = torch.randn(3, 2, *size, generator=torch.Generator().manual_seed(1),
                     dtype=torch.float64)
-    geo = [sp.resolve_padding(n, w, st, padding, i, func="test")
-           for i, (n, w, st) in enumerate(zip(size, window, stride))]
-    pads = [(lft, rgt) for lft, rgt, _ in geo]
-    out = [o for _, _, o in geo]
-    got = sp.padded_pair_sum(sp.pad_pairs(t, pads), tuple(zip(window, stride)))
-    want = _brute_force_conv_sum(t, window, stride, pads, out)
-    assert got.shape == want.shape
-    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    c1 = wn.Conv(3, window, stride=stride, padding=padding, w_std=1.3, b_std=0.4,
+                 parameterization=param)
+    c2 = wn.Conv(2, window, padding="SAME", w_std=0.9, b_std=0.7, parameterization=param)
+    k = wn.serial(c1, c2).kernel(x, layout="full")
+    n_off = math.prod(window)
+    k0 = torch.einsum("icp,jcq->ijpq", x.flatten(2), x.flatten(2)) / x.shape[1]
+    k0 = k0.reshape(3, 3, *size, *size)
+    pads1, out1 = _pads(size, window, stride, padding)
+    sum0 = _brute_force_conv_sum(k0, window, stride, pads1, out1)
+    k1 = 1.3 ** 2 / n_off * sum0 + 0.4 ** 2
+    t1 = k1.clone() if param == "ntk" else 2 * sum0 + 1.0        # input Θ = 0, C = 2
+    pads2, out2 = _pads(out1, window, (1,) * len(size), "SAME")
+    sum1 = _brute_force_conv_sum(k1, window, (1,) * len(size), pads2, out2)
+    sum_t1 = _brute_force_conv_sum(t1, window, (1,) * len(size), pads2, out2)
+    k2 = 0.9 ** 2 / n_off * sum1 + 0.7 ** 2
+    t2 = (k2 if param == "ntk" else 3 * sum1 + 1.0) + 0.9 ** 2 / n_off * sum_t1
+    assert torch.allclose(k.nngp, k2, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(k.ntk, t2, rtol=1e-12, atol=1e-12)
 
 
 class _FakeLibc:

@@ -158,9 +158,8 @@ class Conv(Layer):
         return window, stride, spatial_padding(spatial, window, stride, self._padding, func)
 
     def _offset_sum(self, k: Kernel, func: str):
-        """(conv_sum, geometry, circular): conv_sum(t, n_batch, scale) = scale·Σ_d over the
-        filter offsets, every spatial axis, of a tensor with n_batch batch axes in k's
-        layout; geometry = ((window, stride, left, right, out), ...) per spatial axis."""
+        """conv_sum(t, n_batch, scale=1, init=None) = init + scale·Σ_d over the filter
+        offsets, every spatial axis, of a tensor with n_batch batch axes in k's layout."""
         if not k.is_spatial:
             raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, "
                              f"H, W) or (n, C, L); got flat features (the kernel has no "
@@ -171,89 +170,53 @@ class Conv(Layer):
         circular = self._padding == "CIRCULAR"
         full = k.is_full_spatial
 
-        def conv_sum(t, n_batch, scale=1.0):     # scale · Σ_d over offsets, every spatial axis
+        def conv_sum(t, n_batch, scale=1.0, init=None):
+            """init + scale·Σ_d over offsets, every spatial axis (scale folded into the first
+            axis's passes, init into the last one's)."""
             for i in range(s):
                 left, right, out = pads[i]
                 t = sp.window_sum(t, sp.pair_axes(s, full, i, n_batch), window=window[i],
                                   stride=stride[i], left=left, right=right, out_size=out,
                                   circular=circular, joint=True,
-                                  scale=scale if i == 0 else 1.0)
+                                  scale=scale if i == 0 else 1.0,
+                                  init=init if i == s - 1 else None)
             return t
 
-        geometry = tuple((w, st, *p) for w, st, p in zip(window, stride, pads))
-        return conv_sum, geometry, circular
+        return conv_sum
 
-    def affine_coefficients(self, k: Kernel) -> tuple:
-        """(w, b, α, β, γ) of this layer's map in terms of the offset sums ΣK and ΣΘ
-        (docs/math.md §conv): K' = w ΣK + b, Θ' = α ΣK + β + γ ΣΘ; γ = 0 on the raw input
-        (its Θ is zero). The fused engine's form of `apply_kernel` (same numbers)."""
+    def _affine_coefficients(self, k: Kernel) -> tuple:
+        """(w, b, α, β) of this layer's map in terms of the offset sums ΣK and ΣΘ
+        (docs/math.md §conv): K' = w ΣK + b, Θ' = α ΣK + β + w ΣΘ."""
         w = self.w_std ** 2 / math.prod(sp.expand(self._kernel_size, k.spatial_ndim))
         b = (self.b_std or 0.0) ** 2
-        gamma = 0.0 if k.is_input else w
         if self.parameterization == "standard":
-            return w, b, float(k.channels), 0.0 if self.b_std is None else 1.0, gamma
-        return w, b, w, b, gamma
-
-    def fused_plan(self, k: Kernel):
-        """What the fused engine needs to run this layer and the activation after it as one
-        pass over the full layout (`widenets.layers.engine`), or None (eager).
-
-        Returns (pads, key, coefficients, pre, self_ntk): `pads` the zero padding
-        ((left, right) per spatial axis) of both position halves, `key` = ((window, stride),
-        ...) what the compiled stencil depends on (`_spatial.padded_pair_sum`),
-        `coefficients` as `affine_coefficients`, `pre` the output Kernel with this layer's
-        variances and fields (nngp/ntk still the input's: the unit computes them), and
-        `self_ntk()` this layer's Θ on the self pairs x1_i = x2_i (for x1_is_x2 blocks).
-        """
-        if not isinstance(k, Kernel) or not k.is_full_spatial or any(
-                isinstance(v, torch.Tensor) for v in (self.w_std, self.b_std)):
-            return None
-        conv_sum, geometry, circular = self._offset_sum(k, "Conv.kernel")
-        if circular or any(g[4] < 2 or g[0] < 1 for g in geometry) \
-                or any(n < 2 for n in k.spatial_shape):
-            return None                       # wrap-around, or sizes 1 (specialized graphs)
-        coef = self.affine_coefficients(k)
-        w, b = coef[0], coef[1]
-        cov1 = conv_sum(k.cov1, 1, w).add_(b)
-        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w).add_(b)
-        pre = k.replace(cov1=cov1, cov2=cov2, is_gaussian=True, is_input=False,
-                        channels=self.out_channels, sources=new_source())
-
-        def self_ntk():
-            rows = lambda t: t.narrow(1, k.row_offset, t.shape[0]).diagonal(  # noqa: E731
-                dim1=0, dim2=1).movedim(-1, 0)
-            theta = conv_sum(rows(k.nngp), 1, coef[2]).add_(coef[3])
-            if coef[4]:
-                theta.add_(conv_sum(rows(k.ntk), 1, coef[4]))
-            return theta
-
-        return (tuple((g[2], g[3]) for g in geometry), tuple((g[0], g[1]) for g in geometry),
-                coef, pre, self_ntk)
+            return w, b, float(k.channels), 0.0 if self.b_std is None else 1.0
+        return w, b, w, b
 
     def apply_kernel(self, k: Kernel) -> Kernel:
         func = "Conv.kernel"
         if isinstance(k, list):
             raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them "
                              f"with FanInSum() or FanInConcat() first")
-        conv_sum, _, _ = self._offset_sum(k, func)
-        w, b2, alpha, beta, _ = self.affine_coefficients(k)
+        conv_sum = self._offset_sum(k, func)
+        w, b2, alpha, beta = self._affine_coefficients(k)
         standard = self.parameterization == "standard"
         # docs/math.md §conv: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
+        # (the bias and, for the NTK, K' are folded into the offset sums' last pass)
         if standard:                              # keeps Σ_d K for the C Σ_d K term
             sum_k = conv_sum(k.nngp, 2)
-            nngp = sum_k * w
+            nngp = torch.mul(sum_k, w).add_(b2)
         else:
-            nngp = conv_sum(k.nngp, 2, w)
-        nngp += b2
+            nngp = conv_sum(k.nngp, 2, w, init=b2)
         cov1 = conv_sum(k.cov1, 1, w) + b2
         cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w) + b2
         ntk = None
         if k.ntk is not None:
-            # the raw input has Θ = 0: skip its offset sum
-            sum_t = None if k.is_input else conv_sum(k.ntk, 2, w)    # σw²/|D| ΣΘ
             if not standard:                                        # Θ' = K' + σw²/|D| ΣΘ
-                ntk = nngp.clone() if sum_t is None else sum_t.add_(nngp)
+                # the raw input has Θ = 0: skip its offset sum
+                ntk = nngp.clone() if k.is_input else conv_sum(k.ntk, 2, w, init=nngp)
             else:                                                   # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
+                sum_t = None if k.is_input else conv_sum(k.ntk, 2, w)     # σw²/|D| ΣΘ
                 ntk = sum_k.mul_(alpha)
                 ntk += beta
                 if sum_t is not None:

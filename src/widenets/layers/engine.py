@@ -9,10 +9,9 @@ layer's affine map (Dense, docs/math.md §dense) followed by an activation's clo
 Mechanism: `torch.compile` (Inductor: C++ on CPU, Triton on CUDA), chosen by measurement
 (docs/guide/kernels.md §engine). Its cost is bounded and paid once per process:
 
-* one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial layout
-  or a convolution's (window, stride) per axis, thread count): hyperparameters travel in a
-  tensor and the sizes are dynamic, so no value of a hyperparameter and no N recompiles;
-  the flat and spatial layouts are viewed as (rows, columns, positions);
+* one compiled graph per (activation kind, NTK or not, dtype, device, flat or spatial layout,
+  thread count): hyperparameters travel in a tensor and the sizes are dynamic, so no value of a
+  hyperparameter and no N recompiles; all layouts are viewed as (rows, columns, positions);
 * Inductor caches the generated code on disk (across processes: warm starts took 2-4 s per
   graph, cold ones 15-60 s on the busy 2-core development machine);
 * `"auto"` never compiles for kernels below `AUTO_MIN_ENTRIES` entries and never waits for a
@@ -43,11 +42,9 @@ import torch
 
 from ..kernel import Kernel
 from ._schedule import use_block_engine
-from ._spatial import pad_pairs, padded_pair_sum
 from .activations import Activation, _is_gamma_token
 from .base import new_source
 from .combinators import Parallel, Repeat, Serial
-from .conv import Conv
 from .dense import Dense
 
 __all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "EngineWarning", "set_engine", "get_engine", "apply",
@@ -135,25 +132,18 @@ _announced = False
 _sticky: dict = {}
 
 
-def _unit_source(formula, want_ntk: bool, name: str, conv=None):
+def _unit_source(formula, want_ntk: bool, name: str):
     """The function compiled for one key: the affine map of the Dense before the activation
     (coefficients c = (w, b, α, β, γ): K' = w K + b, Θ' = α K + β + γ Θ, docs/math.md §dense),
-    then the activation. A fresh code object per key keeps each key's compiled code apart.
-    With `conv` = ((window, stride), ...) the layer is a Conv on the full spatial layout: x and
-    y arrive zero-padded and K, Θ above are their offset sums ΣK, ΣΘ (docs/math.md §conv;
-    `_spatial.padded_pair_sum`), computed in the same pass."""
+    then the activation. A fresh code object per key keeps each key's compiled code apart."""
     if want_ntk:
         def unit(x, y, u1, u2, c, p):
-            if conv is not None:
-                x, y = padded_pair_sum(x, conv), padded_pair_sum(y, conv)
             k12 = c[0] * x + c[1]
             theta = c[2] * x + c[3] + c[4] * y
             t, tdot = formula(u1, u2, k12, p, True)
             return t, tdot * theta               # Θ' = Tdot(K) Θ  (docs/math.md §activations)
     else:
         def unit(x, u1, u2, c, p):
-            if conv is not None:
-                x = padded_pair_sum(x, conv)
             return formula(u1, u2, c[0] * x + c[1], p, False)[0]
     code = unit.__code__.replace(co_name=name)
     return types.FunctionType(code, unit.__globals__, name, unit.__defaults__, unit.__closure__)
@@ -163,20 +153,9 @@ def _dummy_inputs(key, prep):
     """Small inputs of the key's class: sizes >= 2, distinct from each other and from the
     lengths of the coefficient tensors (5 and < 5), so that no size is specialized."""
     _, want_ntk, dtype, device, flat, _ = key
-    m, n, r = 7, 9, (1 if flat is True else 11)
+    m, n, r = 7, 9, (1 if flat else 11)
     g = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
-    if isinstance(flat, tuple):            # a Conv unit: padded (m, n, *Sp, *Sp) inputs
-        sizes = [w + st * (o - 1) for (w, st), o in zip(flat, (5, 6, 4))]
-        out = [o for _, o in zip(flat, (5, 6, 4))]
-        one = [1] * len(flat)
-        v1, v2 = 1 + rand(m, 1, *out, *one), 1 + rand(1, n, *one, *out)
-        x = (rand(m, n, *sizes, *sizes) - 0.5) / len(flat)
-        y = rand(m, n, *sizes, *sizes)
-        c = torch.tensor([0.2, 0.1, 0.2, 0.1, 0.2], dtype=dtype)
-        args = [x, y] if want_ntk else [x]
-        dev = lambda ts: tuple(t.to(device) for t in ts)  # noqa: E731
-        return [*dev(args), dev(prep(v1)), dev(prep(v2)), c.to(device)]
     v1, v2 = 1 + rand(m, 1, r), 1 + rand(1, n, r)
     x, y = (rand(m, n, r) - 0.5) * torch.sqrt(v1 * v2), rand(m, n, r)
     c = torch.tensor([1.5, 0.1, 1.5, 0.1, 1.5], dtype=dtype)
@@ -192,10 +171,9 @@ def _compile(key, prep, formula, consts):
     kind, want_ntk, dtype, device, flat, _ = key
     if not torch._dynamo.is_dynamo_supported():
         raise RuntimeError("torch.compile is not supported on this Python/platform")
-    layout = "flat" if flat is True else "spatial" if flat is False else "conv" + "_".join(
-        f"{w}s{st}" for w, st in flat)
-    name = f"widenets_{kind}_{'ntk' if want_ntk else 'nngp'}_{str(dtype)[6:]}_{layout}"
-    src = _unit_source(formula, want_ntk, name, conv=flat if isinstance(flat, tuple) else None)
+    name = f"widenets_{kind}_{'ntk' if want_ntk else 'nngp'}_{str(dtype)[6:]}_" \
+           f"{'flat' if flat else 'spatial'}"
+    src = _unit_source(formula, want_ntk, name)
     fn = torch.compile(src, dynamic=True, fullgraph=True)
     args = _dummy_inputs(key, prep)
     p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
@@ -391,12 +369,6 @@ def _walk(layer, k, call: _Call):
                 if out is not None:
                     k, i = out, i + 2
                     continue
-            if isinstance(lay, Conv) and i + 1 < len(layers) \
-                    and isinstance(layers[i + 1], Activation):
-                out = _conv_unit(lay, layers[i + 1], k, call)
-                if out is not None:
-                    k, i = out, i + 2
-                    continue
             if isinstance(lay, Activation):
                 out = _unit(None, lay, k, call)
                 if out is not None:
@@ -498,58 +470,6 @@ def _unit(weight: Dense | None, act: Activation, k, call: _Call):
             xd, yd = _self_pairs(k, k.nngp), _self_pairs(k, k.ntk)
             theta_d = a * xd + b + g * yd          # the weight layer's Θ on the self pairs
             pre.set_batch_diagonal(ntk, tdot_self * theta_d)
-    return pre.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False,
-                       is_input=False, gamma_term=None)
-
-
-def _conv_unit(conv: Conv, act: Activation, k, call: _Call):
-    """A Conv and the activation after it in one compiled pass over the full spatial layout
-    (all position pairs): the offset sums of K and Θ (`_spatial.padded_pair_sum` on the
-    zero-padded tensors), the Conv's affine map and the activation, read once and written
-    once; None when it does not apply (the caller runs both layers eagerly)."""
-    if not isinstance(k, Kernel) or k.same_input is not None or k.gamma_term is not None \
-            or any(_is_gamma_token(s) for s in k.sources) or _needs_grad(k):
-        return None
-    plan = conv.fused_plan(k)
-    spec = act.fused_formula()
-    if plan is None or spec is None:
-        return None
-    pads, geometry, coef, pre, self_ntk = plan
-    kind, prep, formula, consts = spec
-    want_ntk = k.ntk is not None
-    key = (kind, want_ntk, k.dtype, k.nngp.device, geometry, torch.get_num_threads())
-    fn = call.unit(key, prep, formula, consts)
-    if fn is None:
-        return None
-    m, n = k.n1, k.n2
-    b1, b2 = pre.broadcast_variances()
-    u1, u2 = prep(b1), prep(b2)
-    # (the raw input's Θ is zero: γ = 0 in the coefficients)
-    args = [pad_pairs(k.nngp, pads)] + ([pad_pairs(k.ntk, pads)] if want_ntk else [])
-    # sizes of 1 would compile a specialized graph: duplicate that row/column, drop it after
-    if m == 1:
-        args = [torch.cat([a, a], 0) for a in args]
-        u1 = [torch.cat([t, t], 0) for t in u1]
-    if n == 1:
-        args = [torch.cat([a, a], 1) for a in args]
-        u2 = [torch.cat([t, t], 1) for t in u2]
-    dtype, device = k.dtype, k.nngp.device
-    c = torch.tensor(coef, dtype=dtype, device=device)
-    p = torch.tensor(consts, dtype=dtype, device=device).reshape(-1)
-    with torch.no_grad():
-        out = fn(*args, tuple(u1), tuple(u2), c, p)
-    nngp, ntk = out if want_ntk else (out, None)
-    nngp = nngp[:m, :n]
-    ntk = None if ntk is None else ntk[:m, :n]
-
-    # variances and the exact self pairs: the eager engine's code (Activation.apply_kernel)
-    cov1, cov2 = pre.map_variances(act.t_diag, act.t)
-    if k.x1_is_x2:
-        nngp, ntk = nngp.contiguous(), None if ntk is None else ntk.contiguous()
-        pre.set_batch_diagonal(nngp, cov1)
-        if ntk is not None:
-            tdot_self = pre.map_variances(act.tdot_diag, act.tdot)[0]
-            pre.set_batch_diagonal(ntk, tdot_self * self_ntk())
     return pre.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False,
                        is_input=False, gamma_term=None)
 
