@@ -39,8 +39,12 @@ _LIVE_TENSORS_NNGP = 8
 #: target bytes of one (b1, b2, *S, *S) tensor per block. Blocks give the symmetric case its
 #: factor ~2 (only blocks I <= J run) and bound memory; much smaller blocks lose to per-op
 #: overheads (measured on the 2-core machine with benchmarks/analytic_conv.py: 8x8 images,
-#: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128)
-_TARGET_BLOCK_BYTES = 32 << 20
+#: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128, while
+#: glibc still returned every freed block to the system). With freed memory reused
+#: (`widenets._memory.reuse_freed_memory`) 16 MiB beat 32 MiB (CNN-GAP, N = 128, busy
+#: machine, CPU medians of 3: float32 b = 45 / 32 / 22: 2.16 / 1.86 / 1.78 s; float64 b = 32 /
+#: 22 / 16: 3.96 / 3.67 / 3.69 s), and stays below glibc's 32 MiB mmap ceiling without it.
+_TARGET_BLOCK_BYTES = 16 << 20
 _MIN_BLOCK = 8
 
 
