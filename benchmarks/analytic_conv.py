@@ -125,11 +125,11 @@ def compare(args):
           "reference CPU (s) | this CPU (s) | CPU ratio | bandwidth-bound, reference passes "
           "(s) | bound / this wall (min) | load average |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    cases = [("gap", n) for n in args.sizes]
+    cases = [("gap", n) for n in args.sizes if n]
     if not args.skip_myrtle:
         cases.append(("myrtle5", 64))
     for name, n in cases:
-        for dtype in ("float32", "float64"):
+        for dtype in args.dtypes:
             for engine in args.engines:
                 res = {"ref": [], "this": []}
                 traffic = None
@@ -167,6 +167,8 @@ def main():
     ap.add_argument("--engines", nargs="+", default=["eager", "fused"],
                     choices=["eager", "fused", "auto"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
+                    choices=["float32", "float64"], help="with --reference-src")
     ap.add_argument("--reference-src", default=None,
                     help="time alternating fresh processes of this src/ and the current one")
     args = ap.parse_args()
