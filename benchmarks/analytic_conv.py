@@ -25,11 +25,24 @@ Engines (issue 14, docs/guide/kernels.md §engine): each case runs with every en
 convolution and pooling sums stay eager). Compile cost: the first fused call, reported apart.
 
     python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle] [--engines eager fused]
+
+Before / after (issue 14): `--reference-src DIR` (e.g. another checkout's src/) times each case
+in fresh processes, alternating between DIR and this checkout (the one on PYTHONPATH), one
+warm-up and one timed call per process, `--repeats` processes each; it prints the medians of
+the wall and CPU (process) times and their ratios, measured in the same run, the load average,
+and the bandwidth-bound time of the reference's passes (its traffic, measured in its process):
+
+    PYTHONPATH=src python benchmarks/analytic_conv.py --reference-src /path/to/main/src \
+        --repeats 3 --engines eager
 """
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -76,14 +89,91 @@ def pair_tensor_bytes(fn) -> int:
     return total
 
 
+def _case(name, n, dtype):
+    gap, flat, myrtle = nets()
+    net = {"gap": gap, "flatten": flat, "myrtle5": myrtle}[name]
+    shape = (3, 16, 16) if name == "myrtle5" else (1, 8, 8)
+    x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return lambda: net.kernel(x, dtype=dtype)
+
+
+def worker(name, n, dtype_name, engine, traffic):
+    """One process of --reference-src: a warm-up call, one timed call (wall and CPU), and the
+    pair-tensor traffic of the eager passes when asked; prints one JSON line."""
+    dtype = getattr(torch, dtype_name)
+    run = _case(name, n, dtype)
+    wn.set_engine(engine)
+    run()
+    t0, c0 = time.perf_counter(), time.process_time()
+    run()
+    out = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    if traffic:
+        wn.set_engine("eager")
+        out["traffic"] = pair_tensor_bytes(run) * torch.empty((), dtype=dtype).element_size()
+    print(json.dumps(out))
+
+
+def compare(args):
+    """Alternating fresh processes of the reference checkout and this one (see the module
+    docstring)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    this_src = os.path.join(os.path.dirname(here), "src")
+    bandwidth = copy_bandwidth()
+    print(f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (best of 7); reference {args.reference_src}")
+    print("| network | N | dtype | engine | reference wall (s) | this wall (s) | wall ratio | "
+          "reference CPU (s) | this CPU (s) | CPU ratio | bandwidth-bound, reference passes "
+          "(s) | bound / this wall (min) | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cases = [("gap", n) for n in args.sizes if n]
+    if not args.skip_myrtle:
+        cases.append(("myrtle5", 64))
+    for name, n in cases:
+        for dtype in args.dtypes:
+            for engine in args.engines:
+                res = {"ref": [], "this": []}
+                traffic = None
+                loads = []
+                for r in range(args.repeats):
+                    for who, src in (("ref", args.reference_src), ("this", this_src)):
+                        env = dict(os.environ, PYTHONPATH=src + os.pathsep + here)
+                        want = who == "ref" and r == 0
+                        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+                               str(n), dtype, engine, "1" if want else "0"]
+                        loads.append(os.getloadavg()[0])
+                        out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                             check=True).stdout.strip().splitlines()[-1]
+                        got = json.loads(out)
+                        res[who].append(got)
+                        traffic = got.get("traffic", traffic)
+                med = {w: {f: statistics.median(g[f] for g in v) for f in ("wall", "cpu")}
+                       for w, v in res.items()}
+                best = min(g["wall"] for g in res["this"])
+                bound = traffic / bandwidth
+                print(f"| {name} | {n} | {dtype} | {engine} | {med['ref']['wall']:.3f} | "
+                      f"{med['this']['wall']:.3f} | {med['ref']['wall'] / med['this']['wall']:.2f}"
+                      f" | {med['ref']['cpu']:.3f} | {med['this']['cpu']:.3f} | "
+                      f"{med['ref']['cpu'] / med['this']['cpu']:.2f} | {bound:.3f} | "
+                      f"{bound / best:.0%} | {statistics.median(loads):.1f} |", flush=True)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        name, n, dtype, engine, traffic = sys.argv[2:7]
+        return worker(name, int(n), dtype, engine, traffic == "1")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-myrtle", action="store_true")
     ap.add_argument("--engines", nargs="+", default=["eager", "fused"],
                     choices=["eager", "fused", "auto"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
+                    choices=["float32", "float64"], help="with --reference-src")
+    ap.add_argument("--reference-src", default=None,
+                    help="time alternating fresh processes of this src/ and the current one")
     args = ap.parse_args()
+    if args.reference_src:
+        return compare(args)
     gap, flat, myrtle = nets()
     ref = {(torch.float32, 64): 5.1, (torch.float32, 128): 20.8,
            (torch.float64, 64): 1.3, (torch.float64, 128): 5.4}

@@ -8,13 +8,26 @@ misses and what other processes take meanwhile. A path may cap it lower where it
 (the empirical NTK caps it at 2 GiB, `widenets.empirical.cost.DEFAULT_BUDGET_BYTES`).
 
 Tests simulate a small machine by replacing `available_memory` in this module.
+
+`reuse_freed_memory` (glibc only): while a full-layout kernel runs, its blocks allocate and
+free tens of tensors of up to tens of MiB per layer. glibc serves allocations above its mmap
+threshold (at most 32 MiB, adapting upwards from 128 KiB) with fresh mmaps and returns freed
+heap tops above its trim threshold to the system, so every such temporary is faulted in page
+by page (the kernel zeroes each 4 KiB page) on first touch: measured on the busy 2-core
+machine, the float64 CNN-GAP kernel of benchmarks/analytic_conv.py spent more than half its CPU
+time in those faults (2.6 s against 1.0 s of CPU at N = 64). Inside the context both
+thresholds are raised, so freed blocks are reused; on exit they are set to glibc's own ceilings
+(32 MiB / 64 MiB) and `malloc_trim(0)` hands the retained memory back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import threading
 
-__all__ = ["available_memory", "memory_budget"]
+__all__ = ["available_memory", "memory_budget", "reuse_freed_memory"]
 
 
 def available_memory() -> int:
@@ -37,3 +50,53 @@ def memory_budget(*, cap: int | None = None) -> int:
     and at most `cap` when given (see the module docstring)."""
     budget = available_memory() // 2
     return budget if cap is None else min(budget, int(cap))
+
+
+# glibc's mallopt parameters (malloc.h) and the values used while a kernel runs / after it
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HIGH = (1 << 31) - 1                      # mallopt takes an int
+_MMAP_AFTER, _TRIM_AFTER = 32 << 20, 64 << 20   # glibc's own ceilings of the dynamic values
+_reuse_lock = threading.Lock()
+_reuse_depth = 0
+_libc: list = []                           # [libc or None], looked up once
+
+
+def _glibc():
+    if not _libc:
+        lib = None
+        try:
+            cand = ctypes.CDLL("libc.so.6")
+            if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim") \
+                    and hasattr(cand, "gnu_get_libc_version"):
+                lib = cand
+        except OSError:
+            pass
+        _libc.append(lib)
+    return _libc[0]
+
+
+@contextlib.contextmanager
+def reuse_freed_memory():
+    """Inside: freed memory stays in the process and is reused (no page faults on large
+    temporaries); on exit the thresholds return to glibc's ceilings and the retained memory to
+    the system. Nested and concurrent uses share one setting (the last exit restores). A no-op
+    without glibc (see the module docstring)."""
+    global _reuse_depth
+    lib = _glibc()
+    if lib is None:
+        yield
+        return
+    with _reuse_lock:
+        _reuse_depth += 1
+        if _reuse_depth == 1:
+            lib.mallopt(_M_MMAP_THRESHOLD, _HIGH)
+            lib.mallopt(_M_TRIM_THRESHOLD, _HIGH)
+    try:
+        yield
+    finally:
+        with _reuse_lock:
+            _reuse_depth -= 1
+            if _reuse_depth == 0:
+                lib.mallopt(_M_MMAP_THRESHOLD, _MMAP_AFTER)
+                lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_AFTER)
+                lib.malloc_trim(0)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .._memory import memory_budget
+from .._memory import memory_budget, reuse_freed_memory
 from .._parallel import big_op_threads, block_threads
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._kernel_checks import check_finite
@@ -39,8 +39,12 @@ _LIVE_TENSORS_NNGP = 8
 #: target bytes of one (b1, b2, *S, *S) tensor per block. Blocks give the symmetric case its
 #: factor ~2 (only blocks I <= J run) and bound memory; much smaller blocks lose to per-op
 #: overheads (measured on the 2-core machine with benchmarks/analytic_conv.py: 8x8 images,
-#: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128)
-_TARGET_BLOCK_BYTES = 32 << 20
+#: float32, b = 8 / 16 / 32 / 64 took 15.5 / 5.5 / 4.1 / 3.6 s of CPU at N = 128, while
+#: glibc still returned every freed block to the system). With freed memory reused
+#: (`widenets._memory.reuse_freed_memory`) 16 MiB beat 32 MiB (CNN-GAP, N = 128, busy
+#: machine, CPU medians of 3: float32 b = 45 / 32 / 22: 2.16 / 1.86 / 1.78 s; float64 b = 32 /
+#: 22 / 16: 3.96 / 3.67 / 3.69 s), and stays below glibc's 32 MiB mmap ceiling without it.
+_TARGET_BLOCK_BYTES = 16 << 20
 _MIN_BLOCK = 8
 
 
@@ -75,6 +79,12 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
             layer, attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), *aux),
             fname, threads=threads)
 
+    with reuse_freed_memory():                # docs: widenets._memory (page faults)
+        return _full_layout_kernel(layer, x1, x2, want_ntk=want_ntk, batch_size=batch_size,
+                                   fname=fname, aux=aux, threads=threads)
+
+
+def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, threads):
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,

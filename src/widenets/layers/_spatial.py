@@ -105,15 +105,18 @@ def add_scaled_(out: torch.Tensor, src: torch.Tensor, scale) -> torch.Tensor:
 
 def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: int,
                left: int, right: int, out_size: int, circular: bool,
-               joint: bool, scale: float = 1.0) -> torch.Tensor:
+               joint: bool, scale: float = 1.0, init=None) -> torch.Tensor:
     """Σ over window offsets d of t at input positions stride·o + d - left, along `axes`.
 
     joint=True shares the offset between all `axes` (a convolution on the position pairs of
     one spatial axis); joint=False sums each axis independently (pooling), i.e. applies the
     one-axis window sum to each axis in turn. Zero padding adds nothing outside the input;
     circular padding wraps around. The result is multiplied by `scale` (folded into the
-    passes, no extra one).
+    passes, no extra one); `init` (a number, or a tensor shaped like the result) is added to
+    it, folded into the first pass where it can be (joint sums only).
     """
+    if init is not None and not joint:
+        raise ValueError("window_sum: init is for joint sums")
     if not joint and len(axes) > 1:
         for i, a in enumerate(axes):
             t = window_sum(t, (a,), window=window, stride=stride, left=left, right=right,
@@ -121,7 +124,8 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
                            scale=scale if i == 0 else 1.0)
         return t
     if window == 1 and stride == 1 and left == 0 and right == 0:
-        return t * scale                      # a new tensor: callers update it in place
+        out = t * scale                       # a new tensor: callers update it in place
+        return out if init is None else out.add_(init)
     size = t.shape[axes[0]]
     nd = t.ndim
     if circular and (left or right):
@@ -146,8 +150,8 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
         src = t[_slc(nd, axes, slice(i_lo, i_lo + stride * (o_hi - o_lo) + 1, stride))]
         if o_lo == 0 and o_hi == out_size - 1:
             if out is None:
-                out = src.clone(memory_format=torch.contiguous_format) if scale == 1.0 \
-                    else torch.mul(src, scale)
+                out = _first_term(src, scale, init)
+                init = None
             else:
                 add_scaled_(out, src, scale)
         else:
@@ -156,7 +160,20 @@ def window_sum(t: torch.Tensor, axes: tuple[int, ...], *, window: int, stride: i
             add_scaled_(out[_slc(nd, axes, slice(o_lo, o_hi + 1))], src, scale)
     if out is None:
         out = t.new_zeros(shape)
-    return out
+    return out if init is None else out.add_(init)
+
+
+def _first_term(src: torch.Tensor, scale, init) -> torch.Tensor:
+    """init + scale·src as a new contiguous tensor, in one pass where the operands allow."""
+    if init is None:
+        return src.clone(memory_format=torch.contiguous_format) if scale == 1.0 \
+            else torch.mul(src, scale)
+    if isinstance(scale, torch.Tensor) or (isinstance(init, torch.Tensor) and (
+            init.shape != src.shape or init.requires_grad)):
+        return torch.mul(src, scale).add_(init)
+    if not isinstance(init, torch.Tensor):
+        init = src.new_tensor(init)           # a 0-d tensor broadcasts: still one pass
+    return torch.add(init, src, alpha=scale).contiguous()
 
 
 def num_positions(shape) -> int:

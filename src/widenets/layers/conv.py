@@ -157,52 +157,68 @@ class Conv(Layer):
         stride = sp.expand(self._stride, s)
         return window, stride, spatial_padding(spatial, window, stride, self._padding, func)
 
-    def apply_kernel(self, k: Kernel) -> Kernel:
-        func = "Conv.kernel"
-        if isinstance(k, list):
-            raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them "
-                             f"with FanInSum() or FanInConcat() first")
+    def _offset_sum(self, k: Kernel, func: str):
+        """conv_sum(t, n_batch, scale=1, init=None) = init + scale·Σ_d over the filter
+        offsets, every spatial axis, of a tensor with n_batch batch axes in k's layout."""
         if not k.is_spatial:
-            raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, H, "
-                             f"W) or (n, C, L); got flat features (the kernel has no position "
-                             f"axes); use Dense for flat inputs")
+            raise ValueError(f"{func}: input must be channels-first with spatial axes (n, C, "
+                             f"H, W) or (n, C, L); got flat features (the kernel has no "
+                             f"position axes); use Dense for flat inputs")
         spatial = k.spatial_shape
         s = len(spatial)
         window, stride, pads = self._geometry(spatial, func)
         circular = self._padding == "CIRCULAR"
         full = k.is_full_spatial
 
-        def conv_sum(t, n_batch, scale=1.0):     # scale · Σ_d over offsets, every spatial axis
+        def conv_sum(t, n_batch, scale=1.0, init=None):
+            """init + scale·Σ_d over offsets, every spatial axis (scale folded into the first
+            axis's passes, init into the last one's)."""
             for i in range(s):
                 left, right, out = pads[i]
                 t = sp.window_sum(t, sp.pair_axes(s, full, i, n_batch), window=window[i],
                                   stride=stride[i], left=left, right=right, out_size=out,
                                   circular=circular, joint=True,
-                                  scale=scale if i == 0 else 1.0)
+                                  scale=scale if i == 0 else 1.0,
+                                  init=init if i == s - 1 else None)
             return t
 
-        n_off = math.prod(window)
-        w2 = self.w_std ** 2
-        b2 = (self.b_std or 0.0) ** 2
+        return conv_sum
+
+    def _affine_coefficients(self, k: Kernel) -> tuple:
+        """(w, b, α, β) of this layer's map in terms of the offset sums ΣK and ΣΘ
+        (docs/math.md §conv): K' = w ΣK + b, Θ' = α ΣK + β + w ΣΘ."""
+        w = self.w_std ** 2 / math.prod(sp.expand(self._kernel_size, k.spatial_ndim))
+        b = (self.b_std or 0.0) ** 2
+        if self.parameterization == "standard":
+            return w, b, float(k.channels), 0.0 if self.b_std is None else 1.0
+        return w, b, w, b
+
+    def apply_kernel(self, k: Kernel) -> Kernel:
+        func = "Conv.kernel"
+        if isinstance(k, list):
+            raise ValueError(f"{func}: expected one input, got {len(k)} branches; merge them "
+                             f"with FanInSum() or FanInConcat() first")
+        conv_sum = self._offset_sum(k, func)
+        w, b2, alpha, beta = self._affine_coefficients(k)
         standard = self.parameterization == "standard"
         # docs/math.md §conv: K' = σw²/|D| Σ_d K(p+d, p'+d) + σb²
+        # (the bias and, for the NTK, K' are folded into the offset sums' last pass)
         if standard:                              # keeps Σ_d K for the C Σ_d K term
             sum_k = conv_sum(k.nngp, 2)
-            nngp = sum_k * (w2 / n_off)
+            nngp = torch.mul(sum_k, w).add_(b2)
         else:
-            nngp = conv_sum(k.nngp, 2, w2 / n_off)
-        nngp += b2
-        cov1 = conv_sum(k.cov1, 1, w2 / n_off) + b2
-        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w2 / n_off) + b2
+            nngp = conv_sum(k.nngp, 2, w, init=b2)
+        cov1 = conv_sum(k.cov1, 1, w) + b2
+        cov2 = None if k.cov2 is None else conv_sum(k.cov2, 1, w) + b2
         ntk = None
         if k.ntk is not None:
-            # the raw input has Θ = 0: skip its offset sum
-            sum_t = None if k.is_input else conv_sum(k.ntk, 2, w2 / n_off)    # σw²/|D| ΣΘ
             if not standard:                                        # Θ' = K' + σw²/|D| ΣΘ
-                ntk = nngp.clone() if sum_t is None else sum_t.add_(nngp)
+                # the raw input has Θ = 0: skip its offset sum
+                ntk = nngp.clone() if k.is_input else conv_sum(k.ntk, 2, w, init=nngp)
             else:                                                   # Θ' = C ΣK + 1 + σw²/|D| ΣΘ
-                ntk = sum_k.mul_(k.channels)
-                ntk += 0.0 if self.b_std is None else 1.0
+                sum_t = None if k.is_input else conv_sum(k.ntk, 2, w)     # σw²/|D| ΣΘ
+                ntk = sum_k.mul_(alpha)
+                ntk += beta
                 if sum_t is not None:
                     ntk.add_(sum_t)
         out = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True,
