@@ -20,6 +20,7 @@ another forward) sends that parameter to the autograd path instead of giving a w
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ class KnownLayer:
         batch_axis: the axis of the layer's input that indexes the inputs of the batch (0, or
             1 for sequence-first layouts (L, n, d) of Linear/Embedding/LayerNorm), found by the
             probe.
+        order: rank of the layer's first call in the probe's forward pass.
     """
 
     name: str
@@ -80,6 +82,8 @@ class KnownLayer:
     batch_axis: int = 0
     # per-input factor shapes from the probe: param name -> (kind, d_in, (O, G, T, d_out))
     shapes: dict[str, tuple] = field(default_factory=dict)
+    # when the probe's forward first called the layer (its rank among the layers' first calls)
+    order: int = 0
 
 
 @dataclass
@@ -156,6 +160,19 @@ def _capture(layers: list[KnownLayer], records: list[list], params: dict[str, to
             h.remove()
         for mod in patched:
             del mod.forward
+
+
+class _Calls(list):
+    """A layer's records that note when the layer was first called (a shared counter)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.first = clock, 1 << 30
+
+    def append(self, item):
+        if not self:
+            self.first = next(self.clock)
+        super().append(item)
 
 
 def _deltas(records: list[list]) -> list[torch.Tensor]:
@@ -420,7 +437,8 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             parameters to the autograd path.
     """
     layers = _candidates(target, attention=attention)
-    records: list[list] = [[] for _ in layers]
+    clock = itertools.count()
+    records: list[list] = [_Calls(clock) for _ in layers]
     act = [0]
 
     def count_act(mod, args, out):
@@ -448,6 +466,8 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         if not _close(out.detach(), plain, _tolerance(out.dtype)):
             return make_plan(target, x_probe, count_flops=count_flops, seed=seed,
                              x_shape=x_shape, attention=False)
+    for layer, rec in zip(layers, records, strict=True):
+        layer.order = rec.first
     verified = _verify(layers, records, out, p_req, k, seed)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
@@ -634,14 +654,16 @@ class StructuredEngine:
                                                                symmetric)
 
     def parts(self, n: int, budget_bytes: int) -> list[Part]:
-        """Known layers (in model order) and the autograd part grouped so that each group's
+        """Known layers (in forward order) and the autograd part grouped so that each group's
         state for n inputs stays within budget_bytes: one forward pass and one backward pass
         (down to the group's first layer) per group, instead of recomputing the states of
         column blocks for every row block. A layer whose state alone is larger makes a part
         with fits=False (computed in blocks by the caller)."""
         itemsize = torch.empty((), dtype=self.target.dtype).element_size()
         cap = budget_bytes / (itemsize * max(1, n))     # elements per input
-        items = [((i,), False, e) for i, e in enumerate(self.layer_elements)]
+        # in the order of the forward pass: a part's backward passes stop at its first layer
+        order = sorted(range(len(self.layer_elements)), key=lambda i: self.plan.known[i].order)
+        items = [((i,), False, self.layer_elements[i]) for i in order]
         if self.plan.fallback:
             items.append(((), True, float(self.plan.out_dim * self.plan.fallback_params)))
         out: list[Part] = []
