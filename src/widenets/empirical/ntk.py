@@ -80,9 +80,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             always within 10% of it): the estimates are within a factor ~2 of measured
             times, so when two implementations are closer than that it may pick the one up
             to ~1.5x slower. On the benchmark's models (benchmarks/empirical_ntk.py) it picks
-            "structured", the fastest by 2x or more for the transformer and the MLP; on a
-            ResNet-18 on CPU "structured" and "jacobian" differ by ~10% in multiply-adds and
-            their measured order changes from run to run;
+            "structured", measured the fastest of the three on each (transformer, ResNet-18
+            width 8, MLP, tutorial CNN; "jacobian" 1.4-1.8x slower there, "ntvp" more); with
+            batch_size=None the estimate counts the automatic blocking (recomputed column
+            blocks of "jacobian", the parts of "structured": `cost.estimate_costs`), so on
+            the full ResNet-18 it does not fall back to "ntvp" for lack of memory;
             a parameter used in forward other than through elementwise arithmetic or expand
             (e.g. `x @ self.w`) costs "structured" one per-input Jacobian pass through the
             whole model.
