@@ -98,8 +98,8 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             state (the layers' factors) in blocks of inputs and, when the state of all
             inputs exceeds half the budget, in parts (groups of layers, each computed once
             for all inputs and contracted at once: one forward pass per part instead of
-            recomputing blocks; e.g. ResNet-18, 11 M parameters, n = 256: peak resident
-            memory under 4 GiB, benchmarks/empirical_ntk.py --sections memory).
+            recomputing blocks; benchmarks/empirical_ntk.py --sections memory measures
+            the peak on ResNet-18, 11 M parameters).
 
     Returns:
         The kernel in the model's dtype and on its device, shaped as `mode` says.
