@@ -71,3 +71,27 @@ def test_auto_runs_what_it_chooses():
     auto = wn.empirical_ntk(mlp, x, mode="full")
     jac = wn.empirical_ntk(mlp, x, mode="full", implementation="jacobian")
     assert float((auto - jac).norm() / jac.norm()) < 1e-12
+
+
+def test_auto_counts_the_automatic_blocking():
+    """batch_size=None: "jacobian" is blocked and "structured" runs in parts of its state, so
+    both fit any budget; the estimate must use those schemes. Mutation caught: estimating the
+    memory of one block of all inputs (the old estimate) rules out structured and jacobian
+    here and picks ntvp, ~30x more multiply-adds (on ResNet-18, n = 16: 320 s against 26 s).
+    Also: the recomputation of column blocks is counted (jacobian's multiply-adds grow when
+    its blocks' states do not fit)."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 4)).to(DT)
+    n = 16
+    x = torch.randn(n, 3, 8, 8, dtype=DT)
+    plan = plan_for(cnn, x)
+    budget = 60_000
+    whole = estimate_costs(plan, n, n, "trace", symmetric=True, blocks=(n, n), budget=budget)
+    assert whole["structured"][1] > budget and whole["jacobian"][1] > budget
+    assert choose_implementation(whole, budget) == "ntvp"
+    auto = estimate_costs(plan, n, n, "trace", symmetric=True, blocks=None, budget=budget)
+    assert auto["structured"][1] <= budget and auto["jacobian"][1] <= budget
+    assert choose_implementation(auto, budget) == "structured"
+    assert auto["jacobian"][0] > whole["jacobian"][0]            # recomputed column blocks
+    assert auto["structured"][0] > whole["structured"][0]        # a forward pass per part

@@ -179,3 +179,39 @@ def test_batch_size_none_blocks_by_the_structured_state(references, monkeypatch)
     out = wn.empirical_ntk(model, x1, x2, implementation="structured", mode="full")
     assert chosen and chosen[0] is not None and chosen[0] < x1.shape[0]
     assert rel(out, ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["resnet_batchnorm_eval", "token_transformer_encoder"])
+def test_batch_size_none_in_parts_of_the_state(name, references, monkeypatch):
+    """batch_size=None with a budget smaller than the structured state of all inputs: the
+    layers are grouped into parts, each part's state computed once for all inputs (in blocks)
+    and contracted at once; a part too large for all inputs goes through the blocked
+    row x column loop. Modes full/diagonal/trace, x2 given and None, against the reference.
+    Mutations caught: a part's contribution dropped or counted twice, blocks merged in the
+    wrong order (rows of Θ permuted), a Jacobian-stored parameter in the wrong layout for a
+    mode: each is O(1) relative."""
+    import widenets.empirical.ntk as ntk
+    import widenets.empirical.structured as st
+
+    monkeypatch.setattr(ntk, "DEFAULT_BUDGET_BYTES", 2_000 * 8)
+    seen = []
+    real = st.StructuredEngine.parts
+
+    def parts(self, n, budget_bytes):
+        out = real(self, n, budget_bytes)
+        seen.append((out, set(self.as_jacobian)))
+        return out
+
+    monkeypatch.setattr(st.StructuredEngine, "parts", parts)
+    model, params, x1, x2, ref = references(name)
+    twice = reference_ntk(model, params, x1, x1)
+    for mode in ("full", "diagonal", "trace"):
+        for xb, want in ((x2, ref), (None, twice)):
+            out = wn.empirical_ntk(model, x1, xb, params=params, implementation="structured",
+                                   mode=mode)
+            want = want if mode == "full" else want.diagonal(dim1=2, dim2=3)
+            want = want.mean(-1) if mode == "trace" else want
+            assert rel(out, want) < TOL, (mode, xb is None)
+    parts_, as_jacobian = seen[0]
+    assert len(parts_) > 2 and any(p.fits for p in parts_) and not all(p.fits for p in parts_)
+    assert as_jacobian            # normalization scales / biases stored as Jacobian rows

@@ -444,16 +444,18 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
 def choose_form(f1s: list[Factor], f2s: list[Factor], mode: str, symmetric: bool,
                 budget: int) -> str:
     """"gram" or "jacobian" for a group sharing a cotangent, whichever costs fewer
-    multiply-adds (the jacobian form only within `budget` elements); "sparse" for an embedding
-    (`index_contract`)."""
+    multiply-adds; "sparse" for an embedding (`index_contract`). (Memory does not constrain
+    the choice: the jacobian form of a dense factor is built a slice of its output features
+    at a time within the budget; the other kinds' Jacobians are no larger than their
+    cotangents.)"""
     if all(f.kind == "index" for f in f1s):
         return "sparse"
-    gram = jac = mem = 0.0
+    gram = jac = 0.0
     for f1, f2 in zip(f1s, f2s, strict=True):
-        kx, kc, j, mm = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
-                                   symmetric)
-        gram, jac, mem = gram + kx, jac + j, mem + mm
+        kx, kc, j, _ = form_costs(f1.shape, f2.shape, f1.kind, f1.d_in, f1.n, f2.n, mode,
+                                  symmetric)
+        gram, jac = gram + kx, jac + j
     gram += kc
     if any(f.kind == "diag" for f in f1s):
         return "jacobian"
-    return "jacobian" if jac < gram and mem <= budget else "gram"
+    return "jacobian" if jac < gram else "gram"

@@ -27,7 +27,13 @@ from ._target import (
     resolve_target,
 )
 from .attention import no_fused_attention
-from .cost import DEFAULT_BUDGET_BYTES, calibrate, choose_implementation, estimate_costs
+from .cost import (
+    DEFAULT_BUDGET_BYTES,
+    auto_block,
+    calibrate,
+    choose_implementation,
+    estimate_costs,
+)
 from .jacobian import JacobianEngine
 from .ntvp import NtvpEngine
 from .structured import StructuredEngine, make_plan
@@ -74,9 +80,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             always within 10% of it): the estimates are within a factor ~2 of measured
             times, so when two implementations are closer than that it may pick the one up
             to ~1.5x slower. On the benchmark's models (benchmarks/empirical_ntk.py) it picks
-            "structured", the fastest by 2x or more for the transformer and the MLP; on a
-            ResNet-18 on CPU "structured" and "jacobian" differ by ~10% in multiply-adds and
-            their measured order changes from run to run;
+            "structured", measured the fastest of the three on each (transformer, ResNet-18
+            width 8, MLP, tutorial CNN; "jacobian" 1.4-1.8x slower there, "ntvp" more); with
+            batch_size=None the estimate counts the automatic blocking (recomputed column
+            blocks of "jacobian", the parts of "structured": `cost.estimate_costs`), so on
+            the full ResNet-18 it does not fall back to "ntvp" for lack of memory;
             a parameter used in forward other than through elementwise arithmetic or expand
             (e.g. `x @ self.w`) costs "structured" one per-input Jacobian pass through the
             whole model.
@@ -84,10 +92,14 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             analytic per-output kernel, as in neural-tangents); "full": (n1, n2, O, O);
             "diagonal": (n1, n2, O), the entries Θ[a, a].
         batch_size: compute in blocks of at most batch_size rows of x1 and of x2 so memory
-            stays bounded (results identical to rounding). None: one block, except that the
-            per-input Jacobians ("jacobian", and the autograd part of "structured") are blocked
-            to stay within `widenets.empirical.cost.DEFAULT_BUDGET_BYTES` (2 GiB) and half
-            of the memory available.
+            stays bounded (results identical to rounding). None: automatic, within
+            `widenets.empirical.cost.DEFAULT_BUDGET_BYTES` (2 GiB) and half of the memory
+            available: "jacobian" blocks its per-input Jacobians; "structured" computes its
+            state (the layers' factors) in blocks of inputs and, when the state of all
+            inputs exceeds half the budget, in parts (groups of layers, each computed once
+            for all inputs and contracted at once: one forward pass per part instead of
+            recomputing blocks; benchmarks/empirical_ntk.py --sections memory measures
+            the peak on ResNet-18, 11 M parameters).
 
     Returns:
         The kernel in the model's dtype and on its device, shaped as `mode` says.
@@ -138,44 +150,41 @@ def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int
     n2 = n1 if x2 is None else x2.shape[0]
     auto = implementation == "auto"
     if auto:
-        blocks = (min(n1, batch_size or n1), min(n2, batch_size or n2))
+        blocks = None if batch_size is None else (min(n1, batch_size), min(n2, batch_size))
         costs = estimate_costs(plan, n1, n2, mode, symmetric=x2 is None, blocks=blocks,
                                budget=budget)
         implementation = choose_implementation(costs, budget,
                                                calibrate(x1.device, target.dtype))
-    if batch_size is None and implementation in ("jacobian", "structured"):
-        batch_size = _auto_block(implementation, plan, n1, n2, budget)
     try:
-        out = run_blocked(_engine(implementation, target, plan, budget), x1, x2, mode,
-                          batch_size, budget_bytes=budget_bytes)
+        out = _run(implementation, target, plan, x1, x2, mode, batch_size, budget_bytes)
     except NotImplementedError:
         if not (auto and implementation == "ntvp"):
             raise
         # ntvp needs forward-mode AD, which some fused ops lack: take the reverse-mode path.
-        out = run_blocked(_engine("structured", target, plan, budget), x1, x2, mode,
-                          batch_size, budget_bytes=budget_bytes)
+        out = _run("structured", target, plan, x1, x2, mode, batch_size, budget_bytes)
     return out, plan
 
 
+def _run(implementation: str, target: Target, plan, x1, x2, mode: str,
+         batch_size: int | None, budget_bytes: int) -> torch.Tensor:
+    itemsize = torch.empty((), dtype=target.dtype).element_size()
+    budget = budget_bytes // itemsize
+    engine = _engine(implementation, target, plan, budget)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    if implementation == "structured":
+        engine.configure(n1, n2, mode, x2 is None)
+        if batch_size is None:
+            block = _auto_block(implementation, plan, n1, n2, budget)
+            return run_parts(engine, x1, x2, mode, block, budget_bytes=budget_bytes)
+    if batch_size is None and implementation == "jacobian":
+        batch_size = _auto_block(implementation, plan, n1, n2, budget)
+    return run_blocked(engine, x1, x2, mode, batch_size, budget_bytes=budget_bytes)
+
+
 def _auto_block(implementation: str, plan, n1: int, n2: int, budget: int) -> int | None:
-    """batch_size=None: one block, unless the states of two blocks would exceed the budget
-    (elements). Per input: "jacobian" holds O P Jacobian entries; "structured" holds the
-    factors of its known layers (inputs and O cotangents per position), O P_u Jacobian entries
-    of the autograd part, and while recording, activations for the backward passes."""
-    o = plan.out_dim
-    if implementation == "jacobian":
-        per_input = o * plan.n_params
-    else:
-        per_input = o * plan.fallback_params
-        for layer in plan.known:
-            for kind, d_in, (_, g, t, d) in layer.shapes.values():
-                a = {"dense": g * t * d_in, "index": t, "diag": t * d}.get(kind, 0)
-                per_input += a + o * g * t * d
-        per_input += plan.act * (3 + (o if plan.batched_backward else 1))
-    if per_input == 0:
-        return None
-    b = max(1, int(budget // (2 * per_input)))
-    return None if b >= max(n1, n2) else b
+    """batch_size=None: the block size of `cost.auto_block` (None: one block)."""
+    return auto_block(implementation, plan, n1, n2, budget)
 
 
 def _engine(implementation: str, target: Target, plan, budget: int):
@@ -184,6 +193,49 @@ def _engine(implementation: str, target: Target, plan, budget: int):
     if implementation == "ntvp":
         return NtvpEngine(target, plan, budget=budget)
     return StructuredEngine(target, plan, budget=budget)
+
+
+class _PartEngine:
+    """The engine restricted to one part of its state (structured.Part)."""
+
+    def __init__(self, engine, part):
+        self.engine, self.part = engine, part
+
+    def prepare(self, x):
+        return self.engine.prepare(x, self.part)
+
+    def contract(self, s1, s2, mode):
+        return self.engine.contract(s1, s2, mode)
+
+    def state_bytes(self, state):
+        return self.engine.state_bytes(state)
+
+
+def run_parts(engine, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
+              block: int | None, *, budget_bytes: int) -> torch.Tensor:
+    """Θ as a sum over parts of the structured state (`StructuredEngine.parts`): the layers
+    are grouped so that a group's state for all inputs fits in half of budget_bytes; each
+    group's state is computed once, in blocks of `block` inputs (None: one block), and its
+    whole kernel contracted at once (Θ = Σ_parameters Θ_W, docs/math.md §empirical-ntk). A
+    group too large for all inputs goes through `run_blocked`. Every input then passes
+    forward once per group, instead of once per pair of blocks."""
+    symmetric = x2 is None
+    n1 = x1.shape[0]
+    n = n1 + (0 if symmetric else x2.shape[0])
+    out = None
+    for part in engine.parts(n, budget_bytes // 2):
+        if part.fits:
+            b = block or n
+            s1 = engine.merge([engine.prepare(x1[i:i + b], part) for i in range(0, n1, b)])
+            s2 = s1 if symmetric else engine.merge(
+                [engine.prepare(x2[i:i + b], part) for i in range(0, x2.shape[0], b)])
+            blk = engine.contract(s1, s2, mode)
+            del s1, s2
+        else:
+            blk = run_blocked(_PartEngine(engine, part), x1, x2, mode, block or n,
+                              budget_bytes=budget_bytes // 2)
+        out = blk if out is None else out.add_(blk)
+    return out
 
 
 def _transpose_block(blk: torch.Tensor, mode: str) -> torch.Tensor:

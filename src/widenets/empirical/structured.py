@@ -20,6 +20,7 @@ another forward) sends that parameter to the autograd path instead of giving a w
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from .factors import (
     choose_form,
     concat_calls,
     factors_for_call,
+    form_costs,
     gram_contract,
     index_contract,
     jacobian_contract,
@@ -49,7 +51,8 @@ from .factors import (
 from .jacobian import per_sample_jacobians
 from .structure import LayerStructure, describe_module
 
-__all__ = ["KnownLayer", "Plan", "make_plan", "StructuredEngine", "output_basis_grads"]
+__all__ = ["KnownLayer", "Plan", "Part", "make_plan", "StructuredEngine",
+           "output_basis_grads", "state_elements"]
 
 
 @dataclass
@@ -67,6 +70,7 @@ class KnownLayer:
         batch_axis: the axis of the layer's input that indexes the inputs of the batch (0, or
             1 for sequence-first layouts (L, n, d) of Linear/Embedding/LayerNorm), found by the
             probe.
+        order: rank of the layer's first call in the probe's forward pass.
     """
 
     name: str
@@ -78,6 +82,8 @@ class KnownLayer:
     batch_axis: int = 0
     # per-input factor shapes from the probe: param name -> (kind, d_in, (O, G, T, d_out))
     shapes: dict[str, tuple] = field(default_factory=dict)
+    # when the probe's forward first called the layer (its rank among the layers' first calls)
+    order: int = 0
 
 
 @dataclass
@@ -154,6 +160,19 @@ def _capture(layers: list[KnownLayer], records: list[list], params: dict[str, to
             h.remove()
         for mod in patched:
             del mod.forward
+
+
+class _Calls(list):
+    """A layer's records that note when the layer was first called (a shared counter)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.first = clock, 1 << 30
+
+    def append(self, item):
+        if not self:
+            self.first = next(self.clock)
+        super().append(item)
 
 
 def _deltas(records: list[list]) -> list[torch.Tensor]:
@@ -418,7 +437,8 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
             parameters to the autograd path.
     """
     layers = _candidates(target, attention=attention)
-    records: list[list] = [[] for _ in layers]
+    clock = itertools.count()
+    records: list[list] = [_Calls(clock) for _ in layers]
     act = [0]
 
     def count_act(mod, args, out):
@@ -446,6 +466,8 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
         if not _close(out.detach(), plain, _tolerance(out.dtype)):
             return make_plan(target, x_probe, count_flops=count_flops, seed=seed,
                              x_shape=x_shape, attention=False)
+    for layer, rec in zip(layers, records, strict=True):
+        layer.order = rec.first
     verified = _verify(layers, records, out, p_req, k, seed)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
@@ -524,45 +546,92 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
 # ------------------------------------------------------------------------------- engine
 @dataclass
 class StructuredState:
-    """Factors of one block of inputs, and the per-sample Jacobians of the autograd part."""
+    """Factors of one block of inputs, and per-sample Jacobians (n, O, P) (trace mode:
+    (n, 1, O P) rows) of the autograd part and of the parameters stored as Jacobians
+    (`StructuredEngine.configure`), contracted pairwise in list order."""
 
     n: int
     factors: dict[str, Factor]
     fallback: list[torch.Tensor]
 
 
-def _outputs_slice(f: Factor, a0: int, a1: int) -> Factor:
-    return Factor(f.kind, f.a, f.c[a0:a1], f.scale, f.d_in)
+def _columns(f: Factor, d0: int, d1: int) -> Factor:
+    """The factor of output features d0:d1 of a parameter (its Jacobian's columns for them)."""
+    return Factor(f.kind, f.a, f.c[..., d0:d1], f.scale, f.d_in)
 
 
 def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -> torch.Tensor:
     """Eq. 1 contracted: the Jacobian forms of one parameter, built and contracted a slice of
-    outputs at a time in modes "trace" and "diagonal" (at most `budget` elements alive), and
-    never kept: memory is bounded by the factors, not by n O P."""
-    o = f1.shape[0]
-    p = f1.d_in * f1.shape[1] * f1.shape[3] if f1.kind == "dense" else None
-    if mode == "trace" and p is None:
-        j1 = trace_rows(f1)
-        return j1 @ (j1 if same else trace_rows(f2)).T
-    if mode == "full" or p is None:
+    output features (columns of the weight) at a time, at most `budget` elements alive, and
+    never kept: memory is bounded by the factors, not by n O P. Every mode is a sum over the
+    parameter axis, so the slices' contributions add."""
+    if f1.kind != "dense":
+        if mode == "trace":
+            j1 = trace_rows(f1)
+            return j1 @ (j1 if same else trace_rows(f2)).T
         j1 = jacobian_form(f1)
         return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
-    step = max(1, min(o, budget // max(1, (f1.n + (0 if same else f2.n)) * p)))
-    parts = []
-    for a0 in range(0, o, step):
-        a1 = min(o, a0 + step)
+    o, g, _, d = f1.shape
+    per_column = (f1.n + (0 if same else f2.n)) * o * g * f1.d_in
+    step = max(1, min(d, budget // max(1, per_column)))
+    out = None
+    for d0 in range(0, d, step):
+        s1 = _columns(f1, d0, min(d, d0 + step))
+        s2 = s1 if same else _columns(f2, d0, min(d, d0 + step))
         if mode == "trace":
-            j1 = trace_rows(_outputs_slice(f1, a0, a1))
-            j2 = j1 if same else trace_rows(_outputs_slice(f2, a0, a1))
-            parts.append(j1 @ j2.T)
+            j1 = trace_rows(s1)
+            part = j1 @ (j1 if same else trace_rows(s2)).T
         else:
-            j1 = jacobian_form(_outputs_slice(f1, a0, a1))
-            j2 = j1 if same else jacobian_form(_outputs_slice(f2, a0, a1))
-            parts.append(jacobian_contract(j1, j2, mode))
-        del j1, j2
-    if mode == "trace":
-        return sum(parts[1:], parts[0])
-    return torch.cat(parts, dim=2)
+            j1 = jacobian_form(s1)
+            part = jacobian_contract(j1, j1 if same else jacobian_form(s2), mode)
+        del j1
+        out = part if out is None else out.add_(part)
+    return out
+
+
+@dataclass(frozen=True)
+class Part:
+    """A subset of the state: the known layers `layers` (indices into `Plan.known`) and, if
+    `fallback`, the autograd Jacobians. `fits`: its state for all inputs fits the budget."""
+
+    layers: tuple[int, ...]
+    fallback: bool
+    fits: bool = True
+
+
+def state_elements(plan: Plan, n1: int, n2: int, mode: str, symmetric: bool
+                   ) -> tuple[set[str], list[float]]:
+    """How the structured engine stores each known parameter for a kernel over n1 x n2
+    inputs in `mode`, and the state elements per input of each known layer.
+
+    A parameter is stored as its per-input Jacobian rows (eq. 1 of factors.py) rather than
+    its factors when its Jacobian form is the cheaper contraction (`factors.form_costs`) and
+    its O P entries per input are no more than its factors' (normalization scales and biases,
+    convolutions with many positions and few channels): the Jacobian is then formed once per
+    input instead of once per pair of blocks, and the state only shrinks.
+
+    Returns:
+        (names stored as Jacobians, elements per input of each layer of `plan.known`).
+    """
+    o = plan.out_dim
+    as_jacobian: set[str] = set()
+    per_layer = []
+    for layer in plan.known:
+        elements = 0.0
+        shared_c = any(kind != "ones" for kind, _, _ in layer.shapes.values())
+        for pname, (kind, d_in, (_, g, t, d)) in layer.shapes.items():
+            shape = (o, g, t, d)
+            kx, kc, jac, _ = form_costs(shape, shape, kind, d_in, n1, n2, mode, symmetric)
+            a = {"dense": g * t * d_in, "index": t, "diag": t * d}.get(kind, 0)
+            c = o * g * t * d
+            rows = o * g * d_in * d
+            if kind != "index" and jac < kx + kc and rows <= a + c:
+                as_jacobian.add(pname)
+                elements += rows
+            else:           # a bias shares its weight's cotangent
+                elements += a + (0 if (kind == "ones" and shared_c) else c)
+        per_layer.append(elements)
+    return as_jacobian, per_layer
 
 
 class StructuredEngine:
@@ -573,10 +642,73 @@ class StructuredEngine:
         self.plan = plan
         self.budget = budget        # elements per intermediate
         self.params = target.params
+        self.mode = "full"
+        self.as_jacobian: set[str] = set()
+        self.layer_elements = [0.0] * len(plan.known)
 
-    def prepare(self, x: torch.Tensor) -> StructuredState:
+    def configure(self, n1: int, n2: int, mode: str, symmetric: bool) -> None:
+        """Decide, for a kernel over n1 x n2 inputs in `mode`, which parameters are stored as
+        per-input Jacobian rows instead of factors (`state_elements`)."""
+        self.mode = mode
+        self.as_jacobian, self.layer_elements = state_elements(self.plan, n1, n2, mode,
+                                                               symmetric)
+
+    def parts(self, n: int, budget_bytes: int) -> list[Part]:
+        """Known layers (in forward order) and the autograd part grouped so that each group's
+        state for n inputs stays within budget_bytes: one forward pass and one backward pass
+        (down to the group's first layer) per group, instead of recomputing the states of
+        column blocks for every row block. A layer whose state alone is larger makes a part
+        with fits=False (computed in blocks by the caller)."""
+        itemsize = torch.empty((), dtype=self.target.dtype).element_size()
+        cap = budget_bytes / (itemsize * max(1, n))     # elements per input
+        # in the order of the forward pass: a part's backward passes stop at its first layer
+        order = sorted(range(len(self.layer_elements)), key=lambda i: self.plan.known[i].order)
+        items = [((i,), False, self.layer_elements[i]) for i in order]
+        if self.plan.fallback:
+            items.append(((), True, float(self.plan.out_dim * self.plan.fallback_params)))
+        out: list[Part] = []
+        layers: list[int] = []
+        fallback, total = False, 0.0
+        for idx, fb, e in items:
+            if (layers or fallback) and total + e > cap:
+                out.append(Part(tuple(layers), fallback, total <= cap))
+                layers, fallback, total = [], False, 0.0
+            layers += idx
+            fallback = fallback or fb
+            total += e
+        if layers or fallback or not out:
+            out.append(Part(tuple(layers), fallback, total <= cap))
+        return out
+
+    def merge(self, states: list[StructuredState]) -> StructuredState:
+        """One state from the states of consecutive blocks of inputs (concatenated along the
+        inputs; the blocks' tensors are released one parameter at a time)."""
+        if len(states) == 1:
+            return states[0]
+        factors: dict[str, Factor] = {}
+        merged_c: dict[int, torch.Tensor] = {}
+        for name in list(states[0].factors):
+            fs = [s.factors.pop(name) for s in states]
+            f0 = fs[0]
+            key = id(f0.c)          # a layer's weight and bias share one cotangent tensor
+            if key not in merged_c:
+                merged_c[key] = torch.cat([f.c for f in fs], dim=1)
+            a = None if f0.a is None else torch.cat([f.a for f in fs], dim=0)
+            factors[name] = Factor(f0.kind, a, merged_c[key], f0.scale, f0.d_in)
+            del fs, f0
+        jacobians = []
+        for k in range(len(states[0].fallback)):
+            jacobians.append(torch.cat([s.fallback[k] for s in states]))
+            for s in states:
+                s.fallback[k] = None
+        return StructuredState(sum(s.n for s in states), factors, jacobians)
+
+    def prepare(self, x: torch.Tensor, part: Part | None = None) -> StructuredState:
         n = x.shape[0]
-        layers = self.plan.known
+        if part is None:
+            layers = self.plan.known
+        else:
+            layers = [self.plan.known[i] for i in part.layers]
         factors: dict[str, Factor] = {}
         if layers:
             records: list[list] = [[] for _ in layers]
@@ -607,8 +739,13 @@ class StructuredEngine:
                         f"'jacobian'")
                 factors.update(fs)
         fallback = []
-        if self.plan.fallback:
+        if self.plan.fallback and (part is None or part.fallback):
             fallback = per_sample_jacobians(self.target, self.plan.fallback, x)
+        for name in [k for k in factors if k in self.as_jacobian]:
+            f = factors.pop(name)
+            # trace: Σ_a J_a J'_aᵀ needs one fixed order of the O P entries (trace_rows)
+            fallback.append(trace_rows(f)[:, None] if self.mode == "trace"
+                            else jacobian_form(f))
         return StructuredState(n, factors, fallback)
 
     def contract(self, s1: StructuredState, s2: StructuredState, mode: str) -> torch.Tensor:
@@ -637,5 +774,12 @@ class StructuredEngine:
 
     @staticmethod
     def state_bytes(state: StructuredState) -> int:
-        return (sum(f.nbytes() for f in state.factors.values())
-                + sum(j.numel() * j.element_size() for j in state.fallback))
+        seen: set[int] = set()
+        total = 0
+        for f in state.factors.values():
+            if f.a is not None:
+                total += f.a.numel() * f.a.element_size()
+            if id(f.c) not in seen:         # shared by a layer's weight and bias
+                seen.add(id(f.c))
+                total += f.c.numel() * f.c.element_size()
+        return total + sum(j.numel() * j.element_size() for j in state.fallback)
