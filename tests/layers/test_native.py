@@ -15,6 +15,7 @@ from tests.conftest import rel_err
 from widenets.layers import _native, engine
 from widenets.layers._inputs import _row_hashes, symmetric_gram
 
+from .test_engine import _d
 from .test_monte_carlo import TOL, _net
 
 
@@ -48,10 +49,6 @@ def _counting(monkeypatch):
         return real(*args)
     monkeypatch.setattr(engine, "_run_chain", counted)
     return calls
-
-
-def _d(n, **kw):
-    return wn.Dense(n, w_std=1.4, b_std=0.3, **kw)
 
 
 NETS = {
