@@ -57,10 +57,21 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["block_threads", "threads_limit", "usable_cores", "run_in_order", "torch_threads",
-           "big_op_threads", "PARALLEL_MIN_WORK"]
+__all__ = ["spans", "block_threads", "threads_limit", "usable_cores", "run_in_order",
+           "torch_threads", "big_op_threads", "PARALLEL_MIN_WORK"]
 
 _local = threading.local()
+
+
+def spans(n: int, size: int) -> list[tuple[int, int]]:
+    """[(0, size), (size, 2 size), ..., (.., n)]: consecutive index ranges of at most `size`
+    covering range(n), the blocks and strips that the schedulers hand out.
+
+    Example:
+        >>> spans(5, 2)
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 def usable_cores() -> int:

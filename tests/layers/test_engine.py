@@ -18,7 +18,7 @@ from tests.conftest import rel_err
 from widenets.layers import engine
 from widenets.layers.base import input_kernel
 
-from .test_monte_carlo import _net
+from .test_monte_carlo import assert_ntk_matches_monte_carlo
 
 
 @pytest.fixture
@@ -187,15 +187,9 @@ def test_fused_spatial_layouts(readout, use_engine, fused_ok, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "abrelu", "erf", "gelu", "sin"])
 def test_fused_ntk_matches_monte_carlo(act, use_engine, fused_ok, x_small):
-    # the Monte Carlo check of test_monte_carlo.py on the fused engine (5 % tolerance: a factor
-    # of 2 or T and Tdot swapped are > 30 %, see there)
-    from .test_monte_carlo import ACTS, TOL
-
+    # the Monte Carlo check of test_monte_carlo.py on the fused engine
     use_engine("fused")
-    net = _net(ACTS[act], 2, "ntk")
-    exact = net.kernel(x_small, x_small[:3] * 0.9, get="ntk")
-    mc = wn.monte_carlo_kernel(net, x_small, x_small[:3] * 0.9, n_samples=8, get="ntk")
-    assert rel_err(mc, exact) < TOL
+    assert_ntk_matches_monte_carlo(act, x_small)
 
 
 def test_hyperparameter_gradients_take_the_eager_path(use_engine, fused_ok, monkeypatch):

@@ -35,6 +35,16 @@ def _net(act, out, parameterization):
     return wn.serial(d(WIDTH), act(), d(WIDTH), act(), d(out))
 
 
+def assert_ntk_matches_monte_carlo(act: str, x: torch.Tensor) -> None:
+    """The NTK of the depth-2 `act` net on (x, 0.9 x[:3]) against 8 finite networks, with the
+    engine currently set (the engine tests call it under each engine): 5% tolerance, a factor
+    of 2 or T and Tdot swapped are > 30% (module docstring)."""
+    net = _net(ACTS[act], 2, "ntk")
+    exact = net.kernel(x, x[:3] * 0.9, get="ntk")
+    mc = wn.monte_carlo_kernel(net, x, x[:3] * 0.9, n_samples=8, get="ntk")
+    assert rel_err(mc, exact) < TOL
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 @pytest.mark.parametrize("act", sorted(ACTS))

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import widenets as wn
-from tests.conftest import rel_err
 from widenets.layers import _native, engine
 from widenets.layers._inputs import _row_hashes, symmetric_gram
 
 from .test_engine import _d
-from .test_monte_carlo import TOL, _net
+from .test_monte_carlo import assert_ntk_matches_monte_carlo
 
 
 @pytest.fixture
@@ -168,15 +167,9 @@ def test_native_relu_matches_brute_force_closed_form(use_engine, native_ok, monk
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "abrelu"])
 def test_native_ntk_matches_monte_carlo(act, use_engine, native_ok, x_small):
-    # the Monte Carlo check of test_monte_carlo.py on the native engine (5 % tolerance: a factor
-    # of 2 or T and Tdot swapped are > 30 %, see there)
-    from .test_monte_carlo import ACTS
-
+    # the Monte Carlo check of test_monte_carlo.py on the native engine
     use_engine("native")
-    net = _net(ACTS[act], 2, "ntk")
-    exact = net.kernel(x_small, x_small[:3] * 0.9, get="ntk")
-    mc = wn.monte_carlo_kernel(net, x_small, x_small[:3] * 0.9, n_samples=8, get="ntk")
-    assert rel_err(mc, exact) < TOL
+    assert_ntk_matches_monte_carlo(act, x_small)
 
 
 def test_native_errors_are_the_eager_ones(use_engine, native_ok):

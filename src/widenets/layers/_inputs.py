@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .._parallel import run_in_order, torch_threads
+from .._parallel import run_in_order, spans, torch_threads
 from ..kernel import Kernel
 
 __all__ = ["input_kernel", "DIAGONAL", "FULL"]
@@ -93,7 +93,7 @@ def symmetric_gram(a: torch.Tensor, b: torch.Tensor, *, threads: int) -> torch.T
     if n <= _GRAM_STRIP or a.device.type != "cpu":
         return symmetrize_(a @ b.T)       # BLAS need not return a symmetric Gram
     out = a.new_empty((n, n))
-    bounds = [(r, min(n, r + _GRAM_STRIP)) for r in range(0, n, _GRAM_STRIP)]
+    bounds = spans(n, _GRAM_STRIP)
 
     def strip(rows):                      # writes rows r0:r1 from r0 on and their mirror
         r0, r1 = rows
@@ -133,7 +133,7 @@ def gram_rows(a: torch.Tensor, b: torch.Tensor, *, threads: int) -> torch.Tensor
     if n <= _GRAM_STRIP or a.device.type != "cpu" or threads <= 1:
         return a @ b.T
     out = a.new_empty((n, b.shape[0]))
-    bounds = [(r, min(n, r + _GRAM_STRIP)) for r in range(0, n, _GRAM_STRIP)]
+    bounds = spans(n, _GRAM_STRIP)
 
     def strip(rows):
         torch.matmul(a[rows[0]:rows[1]], b.T, out=out[rows[0]:rows[1]])

@@ -20,7 +20,7 @@ import contextlib
 
 import torch
 
-from .._parallel import big_op_threads, block_threads, run_in_order
+from .._parallel import big_op_threads, block_threads, run_in_order, spans
 from ..kernel import Kernel
 from ._inputs import input_kernel
 from ._kernel_checks import check_finite
@@ -73,7 +73,7 @@ def row_bounds(n1: int, per_row: int, block_entries: int, threads: int) -> list:
     rows = max(1, block_entries // per_row)
     if threads > 1:
         rows = min(rows, max(-(-n1 // (4 * threads)), -(-MIN_BLOCK_ENTRIES // per_row)))
-    return [(r0, min(n1, r0 + rows)) for r0 in range(0, n1, rows)]
+    return spans(n1, rows)
 
 
 def _threads_for(k0: Kernel) -> int:
@@ -141,8 +141,8 @@ def kernel_in_block_pairs(layer, x1, x2, b: int, want_ntk: bool, aux, *, threads
     inputs. Returns a Kernel (a list of them for several branches), not yet checked."""
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    rows = [(s, min(s + b, n1)) for s in range(0, n1, b)]
-    cols = rows if x2 is None else [(s, min(s + b, n2)) for s in range(0, n2, b)]
+    rows = spans(n1, b)
+    cols = rows if x2 is None else spans(n2, b)
     pairs = [(bi, bj) for bi in range(len(rows)) for bj in range(len(cols))
              if x2 is not None or bj >= bi]
     p1, p2, m1, m2 = _second_from_first(aux, x2 is None)

@@ -47,7 +47,7 @@ import weakref
 
 import torch
 
-from .._parallel import run_in_order
+from .._parallel import run_in_order, spans
 from ..kernel import Kernel
 from . import _native
 from ._kernel_checks import check_finite
@@ -668,8 +668,7 @@ def _run_chain(lib, stages, k0: Kernel, fname: str, layer, threads: int) -> Kern
     ntk = torch.empty((n1, n2), dtype=dtype) if want_ntk else None
     fn = lib.wn_chain_f32 if dtype == torch.float32 else lib.wn_chain_f64
     size = nngp.element_size()
-    strip = NATIVE_STRIP_ROWS
-    bounds = [(r, min(n1, r + strip)) for r in range(0, n1, strip)]
+    bounds = spans(n1, NATIVE_STRIP_ROWS)
 
     def task(rows):
         r0, r1 = rows
