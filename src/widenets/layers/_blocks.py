@@ -88,7 +88,7 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
-                                  threads=threads, fname=fname)
+                                  threads=threads, fname=fname, device=x1.device)
     if b >= n1 and b >= n2:               # one block: torch's threads if it is large
         size = n1 * n2 * math.prod(x1.shape[2:]) ** 2 * PASSES_PER_LAYER * len(list(
             layer.walk()))
@@ -103,16 +103,19 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
 
 
 def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: int | None, *,
-                     threads: int, fname: str) -> tuple[int, int]:
+                     threads: int, fname: str, device=None) -> tuple[int, int]:
     """(b, concurrent blocks) of a full-layout kernel: the block edge b (batch_size, or the
     speed target capped by the memory budget) and how many b x b blocks may run at once
-    within the budget (at most `threads`, at least 1).
+    within the budget (at most `threads`, at least 1). On a GPU (`device`) the budget is the
+    device's memory and the blocks are as large as it allows: each operation is one kernel
+    launch whatever its size, so small blocks only add launches (there is no cache to fit).
 
     Raises:
         MemoryError: one input pair, or one batch_size x batch_size block, exceeds the budget.
     """
     per_pair = full_layout_bytes_per_pair(spatial, dtype, want_ntk)
-    budget = memory_budget()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    budget = memory_budget() if on_cpu else memory_budget(device=device)
     fits = max(1, math.isqrt(max(budget // per_pair, 1)))
     what = (f"the full layout (all position pairs, needed by pooling) of {spatial} inputs "
             f"takes about {_gib(per_pair)} per input pair in {dtype}")
@@ -129,5 +132,5 @@ def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: in
     else:
         itemsize = torch.empty((), dtype=dtype).element_size()
         speed = math.isqrt(max(_TARGET_BLOCK_BYTES // (math.prod(spatial) ** 2 * itemsize), 1))
-        b = min(fits, max(speed, _MIN_BLOCK))
+        b = min(fits, max(speed, _MIN_BLOCK)) if on_cpu else fits
     return b, max(1, min(threads, budget // (b * b * per_pair)))
