@@ -174,3 +174,24 @@ def test_lift_on_cuda():
     want = lifted.kernel(x)
     got = lifted.kernel(x.to(DEV))
     assert got.ntk.device.type == "cuda" and rel(got.ntk, want.ntk) < TOL
+
+
+@pytest.mark.parametrize("name", ["erf_gelu", "conv_gap"])
+def test_fused_engine_on_cuda_equals_eager(name):
+    """The torch.compile units (Triton on CUDA) against the eager engine on the GPU: rounding
+    only (1e-13 of the largest entry; a wrong coefficient in a fused formula moves entries by
+    > 1e-2), the same exact diagonal and symmetry."""
+    net, s1, _ = NETS[name]
+    x = _x(s1, 12).to(DEV)
+    previous = wn.set_engine("eager")
+    try:
+        a = net.kernel(x)
+        wn.set_engine("fused")
+        b = net.kernel(x)
+    finally:
+        wn.set_engine(previous)
+    for f in ("nngp", "ntk"):
+        ta, tb = getattr(a, f), getattr(b, f)
+        assert tb.device.type == "cuda"
+        assert float((ta - tb).abs().max() / ta.abs().max()) < 1e-13, f
+    assert torch.equal(b.ntk, b.ntk.transpose(0, 1))
