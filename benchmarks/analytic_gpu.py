@@ -12,7 +12,10 @@ NTK) and the conv networks of benchmarks/analytic_conv.py (CNN-GAP on 8x8x1, N =
 Myrtle-5 on 3x16x16, N = 64), float32 and float64, medians of --repeats runs after a warm-up,
 with torch.cuda.synchronize() around each.
 
-    python benchmarks/analytic_gpu.py [--repeats 5]
+    python benchmarks/analytic_gpu.py [--repeats 5] [--fused]
+
+--fused adds the torch.compile engine (`wn.set_engine("fused")`, Triton kernels on CUDA): its
+first call (compile included) and its median afterwards, in the same run.
 
 Without CUDA it says so and exits.
 """
@@ -58,6 +61,7 @@ def cpu_sized_blocks():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fused", action="store_true", help="also time the fused engine")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("analytic_gpu.py: needs a CUDA GPU; none here")
@@ -65,9 +69,10 @@ def main():
     dev = torch.device("cuda")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, eager engine on CUDA, "
           f"medians of {args.repeats} after a warm-up")
+    fused_head = " fused first call (s) | fused (s) |" if args.fused else ""
     print("\n| network | N | dtype | device-sized blocks (s) | CPU-sized blocks (s) | speed-up "
-          "| bare Gram x x^T (s) | kernel / Gram |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| bare Gram x x^T (s) | kernel / Gram |{fused_head}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.fused else ""))
     fc = wn.serial(*[lay for _ in range(3) for lay in (wn.Dense(512, w_std=1.5, b_std=0.05),
                                                        wn.Relu())], wn.Dense(1))
     gap, _, myrtle = nets()
@@ -83,8 +88,19 @@ def main():
                 old = median_time(run, args.repeats)
             flat = x.reshape(n, -1)
             gram = median_time(lambda: flat @ flat.T, args.repeats)
+            fused = ""
+            if args.fused:
+                previous = wn.set_engine("fused")
+                try:
+                    t0 = time.perf_counter()
+                    run()
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+                    fused = f" {first:.2f} | {median_time(run, args.repeats):.4f} |"
+                finally:
+                    wn.set_engine(previous)
             print(f"| {name} | {n} | {str(dtype).replace('torch.', '')} | {new:.4f} | "
-                  f"{old:.4f} | {old / new:.1f}x | {gram:.5f} | {new / gram:.0f} |")
+                  f"{old:.4f} | {old / new:.1f}x | {gram:.5f} | {new / gram:.0f} |{fused}")
     sys.stdout.flush()
 
 
