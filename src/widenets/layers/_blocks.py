@@ -27,6 +27,7 @@ from ._schedule import (
     compute_block,
     kernel_in_block_pairs,
     kernel_in_row_blocks,
+    second_from_first,
 )
 from .patterns import attach
 
@@ -98,8 +99,23 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
                 input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:
         k = kernel_in_block_pairs(layer, x1, x2, b, want_ntk, aux, threads=threads)
-    check_finite(k, fname)
+
+    def pair_input(t):
+        """The input Kernel of the first non-finite entry's input pair (for the diagnosis)."""
+        i, j = (int(v) for v in (~torch.isfinite(t)).reshape(n1, n2, -1).any(-1).nonzero()[0])
+        x2j = (x1 if x2 is None else x2)[j:j + 1]
+        return attach(input_kernel(x1[i:i + 1], x2j, want_ntk=want_ntk, layout="full"),
+                      *_rows_of(aux, i, j, x2 is None))
+
+    check_finite(k, fname, layer=layer, k0=pair_input)
     return k
+
+
+def _rows_of(aux, i: int, j: int, symmetric: bool) -> tuple:
+    """(pattern1, pattern2, mask1, mask2) of `aux` for the input pair (i, j)."""
+    p1, p2, m1, m2 = second_from_first(aux, symmetric)
+    cut = lambda t, r: None if t is None else t[r:r + 1]  # noqa: E731
+    return cut(p1, i), cut(p2, j), cut(m1, i), cut(m2, j)
 
 
 def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: int | None, *,

@@ -28,7 +28,7 @@ from ._kernel_checks import check_finite
 from .patterns import attach
 
 __all__ = ["compute_block", "use_block_engine", "use_network_engine", "kernel_in_row_blocks",
-           "kernel_in_block_pairs", "row_bounds", "MIN_BLOCK_ENTRIES"]
+           "kernel_in_block_pairs", "row_bounds", "second_from_first", "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
 #: (load balance), but not below this many entries (per-operation overheads and handing
@@ -158,7 +158,7 @@ def kernel_in_block_pairs(layer, x1, x2, b: int, want_ntk: bool, aux, *, threads
     cols = rows if x2 is None else spans(n2, b)
     pairs = [(bi, bj) for bi in range(len(rows)) for bj in range(len(cols))
              if x2 is not None or bj >= bi]
-    p1, p2, m1, m2 = _second_from_first(aux, x2 is None)
+    p1, p2, m1, m2 = second_from_first(aux, x2 is None)
 
     def block(pair):
         bi, bj = pair
@@ -182,7 +182,7 @@ def kernel_in_block_pairs(layer, x1, x2, b: int, want_ntk: bool, aux, *, threads
     return _assemble(blocks, rows, cols, x2 is None)
 
 
-def _second_from_first(aux, symmetric: bool):
+def second_from_first(aux, symmetric: bool):
     """(p1, p2, m1, m2) with p2 = p1 and m2 = m1 for a symmetric kernel (x2 = x1)."""
     p1, p2, m1, m2 = aux
     return (p1, p1 if symmetric else p2, m1, m1 if symmetric else m2)
