@@ -338,17 +338,33 @@ def jacobian_contract(j1: torch.Tensor, j2: torch.Tensor, mode: str) -> torch.Te
         .permute(0, 2, 1, 3)
 
 
+def _cotangent_matrices(f: Factor) -> torch.Tensor:
+    """The cotangents as (n G, O d_out, T) matrices C_iᵀ, each input's (O, d_out) entries
+    adjacent. Memory: per input either (O, d_out, T) or (T, O, d_out) row-major, whichever
+    keeps the factor's own fastest axis (T for a convolution's (C_out, positions) cotangent,
+    d_out for a linear layer's (positions, features) or a channels-last convolution's), so the
+    copy moves contiguous runs instead of single elements; a matrix product takes either as
+    it is (one is the transpose of the other). The values do not depend on the choice."""
+    o, g, t, d = f.shape
+    n = f.n
+    c = f.c
+    if c.stride(3) < c.stride(4):                    # positions are the fast axis
+        return c.permute(1, 2, 0, 4, 3).reshape(n * g, o * d, t)
+    c = c.permute(1, 2, 3, 0, 4).contiguous()        # (n, G, T, O, d_out)
+    return c.reshape(n * g, t, o * d).transpose(1, 2)
+
+
 def trace_rows(f: Factor) -> torch.Tensor:
     """Eq. 1 as (n, O P) rows for mode "trace": Σ_a J_a J'_aᵀ only needs each input's Jacobian
     entries in one fixed order, so the order is the cheapest to produce (for a dense factor
-    the batched product A_iᵀ (T x d_in)ᵀ C_i (T x O d_out): no copy of the Jacobian). Both sides
-    of a contraction must come from this function."""
+    the batched product C_iᵀ (O d_out x T) A_i (T x d_in), entries ordered (G, O, d_out,
+    d_in), with no copy of the Jacobian). Both sides of a contraction must come from this
+    function."""
     o, g, t, d = f.shape
     n = f.n
     if f.kind == "dense":
         k = f.a.shape[-1]
-        c = f.c.permute(1, 2, 3, 0, 4).reshape(n * g, t, o * d)
-        j = torch.bmm(f.a.reshape(n * g, t, k).transpose(1, 2), c).reshape(n, -1)
+        j = torch.bmm(_cotangent_matrices(f), f.a.reshape(n * g, t, k)).reshape(n, -1)
     elif f.kind == "ones":
         j = f.c.sum(dim=3).movedim(1, 0).reshape(n, -1)
     else:
