@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import threading
 import time
@@ -86,15 +87,19 @@ class _PeakRss:
 
 
 def measure_interleaved(fns: dict, *, repeats: int, device: str) -> dict:
-    """Like `measure` for several functions, run round-robin (A B C A B C ...) so that load
-    changes on a shared machine hit all of them alike. Returns name -> (median s, MB, result)."""
+    """Like `measure` for several functions, run round-robin so that load changes on a shared
+    machine hit all of them alike, in a new order every round (a seeded shuffle): a function
+    run right after one that freed a lot of memory pays for fresh pages (about 10% here after
+    the torch.func recipe), so no function may keep that place. Returns name -> (median s,
+    MB, result)."""
     results = {name: fn() for name, fn in fns.items()}          # warm-up
     _MINS.clear()                       # _fmt marks every other row as a single run
     times = {name: [] for name in fns}
     mems = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t, mem, results[name] = _once(fn, device)
+    names = list(fns)
+    for r in range(repeats):
+        for name in random.Random(r).sample(names, len(names)):
+            t, mem, results[name] = _once(fns[name], device)
             times[name].append(t)
             mems[name].append(mem)
     _MINS.update({name: min(times[name]) for name in fns})
