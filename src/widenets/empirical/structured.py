@@ -46,6 +46,7 @@ from .factors import (
     index_contract,
     jacobian_contract,
     jacobian_form,
+    row_products,
     trace_rows,
 )
 from .jacobian import per_sample_jacobians
@@ -598,7 +599,7 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
     if f1.kind != "dense":
         if mode == "trace":
             j1 = trace_rows(f1)
-            return j1 @ (j1 if same else trace_rows(f2)).T
+            return row_products(j1, j1 if same else trace_rows(f2))
         j1 = jacobian_form(f1)
         return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
     o, g, _, d = f1.shape
@@ -610,7 +611,7 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
         s2 = s1 if same else _columns(f2, d0, min(d, d0 + step))
         if mode == "trace":
             j1 = trace_rows(s1)
-            part = j1 @ (j1 if same else trace_rows(s2)).T
+            part = row_products(j1, j1 if same else trace_rows(s2))
         else:
             j1 = jacobian_form(s1)
             part = jacobian_contract(j1, j1 if same else jacobian_form(s2), mode)
