@@ -100,3 +100,24 @@ def test_probe_check_of_batched_backward(monkeypatch):
     got = wn.empirical_ntk(m, x, implementation="structured", mode="full")
     want = wn.empirical_ntk(m, x, implementation="jacobian", mode="full")
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_rows_match_is_the_block_diagonal_comparison():
+    """`_rows_match(j, ref)` is `_close(j, want)` with want[i, r] = ref[r] if i = r else 0, the
+    verification's criterion. Mutations caught: ignoring the off-diagonal rows (a gradient
+    attributed to the wrong input), or the diagonal (a wrong factor), or comparing rows in
+    the wrong order."""
+    torch.manual_seed(0)
+    k, p = 3, 40
+    ref = torch.randn(k, p, dtype=DT)
+    j = torch.zeros(k, k, p, dtype=DT)
+    j[torch.arange(k), torch.arange(k)] = ref
+    assert st._rows_match(j, ref, 1e-8)
+    off = j.clone()
+    off[0, 1] = 1e-3 * ref[1]                      # a small leak to another input
+    assert not st._rows_match(off, ref, 1e-8)
+    assert st._rows_match(off, ref, 1e-2)          # within a loose tolerance: same as _close
+    want = j
+    for bad in (off, j * 1.001, j[[1, 0, 2]]):
+        assert st._rows_match(bad, ref, 1e-8) == st._close(bad, want, 1e-8)
+    assert not st._rows_match(j[:, :2], ref, 1e-8)  # wrong shape
