@@ -396,13 +396,13 @@ _FLOOR_NOTE = """
 Why the speed-up over the recipe is bounded by the multiply-add ratio (docs/math/empirical_ntk.md
 §5): per layer shared over T positions the structured path takes the cheaper of the Gram form,
 n1 n2 T² (d_in + O d_out), and the Jacobian form, n O T d_in d_out to form the per-input
-weight gradients plus n1 n2 O d_in d_out to contract them (3/4 of the pairs when x2 = x1, eq. 5).
+weight gradients plus n1 n2 O d_in d_out to contract them (3/4 of it for x2 = x1, n >= 128).
 No evaluation order of a layer's pair term costs less than the cheaper of the two (§5). For
 every convolution of a ResNet on 32x32 inputs but the last stage (T = 1024 ... 64)
 T² (d_in + O d_out) > O d_in d_out, so the Jacobian form wins, and it is the recipe's own
 per-input gradient and contraction cost for that layer: structured saves the weight-gradient
-half of the O backward passes (it forms the same gradients from the recorded factors), a
-quarter of the contraction and the recipe's vmap overhead. The ratio of the est. GMAC column is
+half of the O backward passes (it forms the same gradients from the recorded factors) and
+the recipe's vmap overhead. The ratio of the est. GMAC column is
 therefore the speed-up at equal multiply-add rates; beyond it only the recipe's lower rate
 (vmap over per-input graphs, strong for the transformer's small matrices, weak for the
 ResNet's large batched convolutions) can add."""

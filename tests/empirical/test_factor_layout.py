@@ -38,19 +38,23 @@ def test_row_products_symmetric_half():
     from widenets.empirical.factors import row_products
 
     torch.manual_seed(1)
-    for n in (3, 8, 9, 13):
+    for n in (3, 128, 129):
         r = torch.randn(n, 50, dtype=DT)
         assert torch.allclose(row_products(r, r), r @ r.T, rtol=1e-13, atol=1e-13)
         r2 = torch.randn(4, 50, dtype=DT)
         assert torch.allclose(row_products(r, r2), r @ r2.T, rtol=1e-13, atol=1e-13)
 
 
-def test_symmetric_trace_against_autograd():
-    """x2=None in trace mode with n >= 8 inputs (the zoo's 5 do not reach the halved
-    products): every implementation against the per-input autograd reference, to 1e-10.
-    Mutation caught: a wrong mirrored block in the symmetric contraction of the Jacobian rows
-    (structured's Jacobian form and stored Jacobians, jacobian's contraction)."""
+def test_symmetric_trace_against_autograd(monkeypatch):
+    """x2=None in trace mode with the split of `row_products` lowered to 8 rows (the default
+    128 would need that many inputs; the zoo's 5 do not reach it): structured and jacobian
+    against the per-input autograd reference, to 1e-10. Mutation caught: a wrong mirrored
+    block in the symmetric contraction of the Jacobian rows (structured's Jacobian form and
+    stored Jacobians, jacobian's contraction)."""
     import widenets as wn
+    from widenets.empirical import factors
+
+    monkeypatch.setattr(factors, "SYMMETRIC_SPLIT_MIN", 8)
 
     from .zoo import ZOO, reference_ntk
 

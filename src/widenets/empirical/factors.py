@@ -19,7 +19,7 @@ evaluate it, with costs in multiply-adds (m = O² for mode "full", O for "trace"
                        the cotangent Gram, paid once)
 * "jacobian" (eq. 1):  (n1 + n2) O G T d_in d_out to form the per-sample Jacobians,
                        plus n1 n2 m G d_in d_out to contract them (3/4 of that
-                       for trace with x2 = x1: `row_products`).
+                       for trace with x2 = x1 and n1 >= 128: `row_products`).
 
 Dense layers (T = 1) are cheapest in "gram" form (the cost no longer has the product
 d_in d_out); convolutions with many positions (T² ≫ d_in d_out) in "jacobian" form.
@@ -327,12 +327,18 @@ def jacobian_form(f: Factor) -> torch.Tensor:
     return j if f.scale == 1.0 else j * f.scale
 
 
+#: Fewest rows for which `row_products` splits a symmetric product (below it the product of a
+#: few rows with a long K is memory-bound, and the split saves no time: measured on CPU,
+#: 1 thread, K = 2e4 ... 7e5: n = 32 1.0-1.15x slower, n = 128 1.07x, n = 256 1.24x faster).
+SYMMETRIC_SPLIT_MIN = 128
+
+
 def row_products(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """r1 r2ᵀ for rows (n1, K), (n2, K). When r2 is r1 the result is symmetric: the products
-    of the second half of the rows with the first are taken from the first half's (the
-    transpose), so 3/4 of the multiply-adds are done (3/4 rather than 1/2: smaller blocks
-    would turn the long-K products memory-bound)."""
-    if r2 is not r1 or r1.shape[0] < 8:
+    """r1 r2ᵀ for rows (n1, K), (n2, K). When r2 is r1 (and n1 >= SYMMETRIC_SPLIT_MIN) the
+    result is symmetric: the products of the second half of the rows with the first are taken
+    from the first half's (the transpose), so 3/4 of the multiply-adds are done (3/4 rather
+    than 1/2: smaller blocks would turn the long-K products memory-bound)."""
+    if r2 is not r1 or r1.shape[0] < SYMMETRIC_SPLIT_MIN:
         return r1 @ r2.T
     n = r1.shape[0]
     h = n // 2
@@ -472,7 +478,8 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
     form_din = d_in if kind == "dense" else 1
     form = n1 * o * g * t1 * form_din * d + (0 if symmetric else n2 * o * g * t2 * form_din * d)
     # trace, x2 = x1: `row_products` does 3/4 of the n1 n2 pairs
-    pairs = n1 * n2 * (0.75 if symmetric and mode == "trace" and n1 >= 8 else 1.0)
+    pairs = n1 * n2 * (0.75 if symmetric and mode == "trace" and n1 >= SYMMETRIC_SPLIT_MIN
+                       else 1.0)
     jac = form + pairs * m * p
     mem = (n1 + (0 if symmetric else n2)) * o * p
     return float(kx), float(kc), float(jac), float(mem)
