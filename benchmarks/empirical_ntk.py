@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import threading
 import time
@@ -86,15 +87,19 @@ class _PeakRss:
 
 
 def measure_interleaved(fns: dict, *, repeats: int, device: str) -> dict:
-    """Like `measure` for several functions, run round-robin (A B C A B C ...) so that load
-    changes on a shared machine hit all of them alike. Returns name -> (median s, MB, result)."""
+    """Like `measure` for several functions, run round-robin so that load changes on a shared
+    machine hit all of them alike, in a new order every round (a seeded shuffle): a function
+    run right after one that freed a lot of memory pays for fresh pages (about 10% here after
+    the torch.func recipe), so no function may keep that place. Returns name -> (median s,
+    MB, result)."""
     results = {name: fn() for name, fn in fns.items()}          # warm-up
     _MINS.clear()                       # _fmt marks every other row as a single run
     times = {name: [] for name in fns}
     mems = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t, mem, results[name] = _once(fn, device)
+    names = list(fns)
+    for r in range(repeats):
+        for name in random.Random(r).sample(names, len(names)):
+            t, mem, results[name] = _once(fns[name], device)
             times[name].append(t)
             mems[name].append(mem)
     _MINS.update({name: min(times[name]) for name in fns})
@@ -392,11 +397,13 @@ _FLOOR_NOTE = """
 Why the speed-up over the recipe is bounded by the multiply-add ratio (docs/math/empirical_ntk.md
 §5): per layer shared over T positions the structured path takes the cheaper of the Gram form,
 n1 n2 T² (d_in + O d_out), and the Jacobian form, n O T d_in d_out to form the per-input
-weight gradients plus n1 n2 O d_in d_out to contract them. For every convolution of a ResNet on
-32x32 inputs (T = 1024 ... 16) T² (d_in + O d_out) > O d_in d_out, so the Jacobian form wins,
-and it is the recipe's own per-input gradient and contraction cost for that layer: structured
-saves only the weight-gradient half of the O backward passes (it forms the same gradients from
-the recorded factors) and the recipe's vmap overhead. The ratio of the est. GMAC column is
+weight gradients plus n1 n2 O d_in d_out to contract them (3/4 of it for x2 = x1, n >= 128).
+No evaluation order of a layer's pair term costs less than the cheaper of the two (§5). For
+every convolution of a ResNet on 32x32 inputs but the last stage (T = 1024 ... 64)
+T² (d_in + O d_out) > O d_in d_out, so the Jacobian form wins, and it is the recipe's own
+per-input gradient and contraction cost for that layer: structured saves the weight-gradient
+half of the O backward passes (it forms the same gradients from the recorded factors) and
+the recipe's vmap overhead. The ratio of the est. GMAC column is
 therefore the speed-up at equal multiply-add rates; beyond it only the recipe's lower rate
 (vmap over per-input graphs, strong for the transformer's small matrices, weak for the
 ResNet's large batched convolutions) can add."""

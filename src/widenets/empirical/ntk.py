@@ -81,7 +81,11 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             times, so when two implementations are closer than that it may pick the one up
             to ~1.5x slower. On the benchmark's models (benchmarks/empirical_ntk.py) it picks
             "structured", measured the fastest of the three on each (transformer, ResNet-18
-            width 8, MLP, tutorial CNN; "jacobian" 1.4-1.8x slower there, "ntvp" more); with
+            width 8, MLP, tutorial CNN; "jacobian" 1.4-1.8x slower there, "ntvp" more), and
+            its own cost beyond "structured" is the estimate (under 1 ms) plus counting the
+            probe's graph, so its time is that of "structured" to the noise (the benchmark
+            runs them in a random order per round: a run right after one that freed much
+            memory pays ~10% for fresh pages); with
             batch_size=None the estimate counts the automatic blocking (recomputed column
             blocks of "jacobian", the parts of "structured": `cost.estimate_costs`), so on
             the full ResNet-18 it does not fall back to "ntvp" for lack of memory;

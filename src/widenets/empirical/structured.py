@@ -46,6 +46,7 @@ from .factors import (
     index_contract,
     jacobian_contract,
     jacobian_form,
+    row_products,
     trace_rows,
 )
 from .jacobian import per_sample_jacobians
@@ -100,8 +101,9 @@ class Plan:
         batched_backward: compute the output cotangents by one backward pass vmapped over the
             outputs (set to False when the vmapped pass fails or is wrong: then a loop over
             outputs).
-        batched_checked: the vmapped pass was compared with a plain backward pass once (on
-            the first block; `output_basis_grads(check=True)`), so later blocks skip it.
+        batched_checked: the vmapped pass was compared with a plain backward pass
+            (`output_basis_grads(check=True)`); `make_plan` does it on the probe inputs, so the
+            batches skip it.
         ops: tensor operations dispatched by one forward pass (None when not counted).
     """
 
@@ -200,8 +202,9 @@ def output_basis_grads(out: torch.Tensor, inputs: list[torch.Tensor], *,
     an op has no batching rule, or a wrong one) one backward pass per output. (torch 2.13 CPU:
     the vmapped pass is the faster one for convolutions too, ~15% on a ResNet-18.)
     check: compare the batched result with one plain backward pass (`_projection_matches`;
-    axes: the batch axis of each input, default 0); the structured engine checks its first
-    block only. status: if given, status["batched"] says whether the batched result was used.
+    axes: the batch axis of each input, default 0); `make_plan` checks it on the probe
+    inputs (`_batched_matches`), the structured engine's batches then skip the check.
+    status: if given, status["batched"] says whether the batched result was used.
     """
     n, o = out.shape
     basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
@@ -468,14 +471,30 @@ def make_plan(target: Target, x_probe: torch.Tensor, *, count_flops: bool = Fals
                              x_shape=x_shape, attention=False)
     for layer, rec in zip(layers, records, strict=True):
         layer.order = rec.first
-    verified = _verify(layers, records, out, p_req, k, seed)
+    # the check of the vmapped backward pass over the outputs rides on the verification: the
+    # same operations run on every batch, so the batches skip it
+    verified, batched = _verify(layers, records, out, p_req, k, seed, check_batched=o > 1)
     known_names = {p for layer in verified for p in layer.roles.values()}
     fallback = [name for name in target.params if name not in known_names]
     flops = _forward_macs(verified, records, layers, fallback, target) if count_flops else None
     return Plan(known=verified, fallback=fallback, out_dim=o, n_params=n_params,
                 fallback_params=sum(target.params[n].numel() for n in fallback), flops=flops,
-                act=act[0] / k, batched_backward=o > 1, ops=ops,
+                act=act[0] / k, batched_backward=batched, batched_checked=True, ops=ops,
                 n_tensors=len(target.params))
+
+
+def _rows_match(j: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
+    """Whether the (k, k, P) Jacobian rows j[i, r] equal ref[r] (k, P) for i = r and 0
+    otherwise, to `tol` relative to the norm of ref: `_close(j, want)` with want that block
+    diagonal, without forming want or j - want (k² P entries each)."""
+    k = ref.shape[0]
+    if j.shape != (k, k, ref.shape[1]):
+        return False
+    idx = torch.arange(k, device=j.device)
+    sq = torch.linalg.vector_norm(j, dim=-1).square()              # (k, k)
+    off = float(sq.masked_fill(torch.eye(k, dtype=torch.bool, device=j.device), 0).sum())
+    err = float((j[idx, idx] - ref).square().sum()) + off
+    return err ** 0.5 <= tol * float(ref.norm()) + 1e-30
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
@@ -483,7 +502,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
 
 
 def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
-            p_req: dict[str, torch.Tensor], k: int, seed: int) -> list[KnownLayer]:
+            p_req: dict[str, torch.Tensor], k: int, seed: int, *, check_batched: bool = False
+            ) -> tuple[list[KnownLayer], bool]:
     """Keep the layer descriptions (and parameters) whose factors give autograd's per-input
     gradients on the probe.
 
@@ -493,10 +513,18 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
     0 otherwise (eq. 1 of factors.py). A parameter also used outside its module gives a
     different g_r; an input axis that does not index the batch (sequence-first layouts: tried as
     axis 0 and 1) puts g_r on the wrong row i. Both fail, with probability 1 over v.
+
+    check_batched: also run the k cotangents v_r through one backward pass vmapped over them
+    (`output_basis_grads`' batched pass) and compare with the k plain passes at the recorded
+    δ: a batching rule that attributes a row to the wrong input or cotangent fails it.
+
+    Returns:
+        (the verified layers, whether the vmapped pass ran and matched; False unless
+        check_batched).
     """
     usable = [i for i, rec in enumerate(records) if rec and all(r is not None for r in rec)]
     if not usable:
-        return []
+        return [], False
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     recs = [records[i] for i in usable]
@@ -504,13 +532,15 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
     names = list(p_req)
     leaves = [p_req[n] for n in names] + deltas
     rows = []
+    vs = torch.zeros((k, *v.shape), dtype=v.dtype, device=v.device)
     for r in range(k):
-        vr = torch.zeros_like(v)
-        vr[r] = v[r]
-        g = torch.autograd.grad(out, leaves, vr, allow_unused=True, retain_graph=r < k - 1)
+        vs[r, r] = v[r]
+        g = torch.autograd.grad(out, leaves, vs[r], allow_unused=True,
+                                retain_graph=check_batched or r < k - 1)
         rows.append([torch.zeros_like(x) if gi is None else gi for gi, x in zip(g, leaves,
                                                                                  strict=True)])
     stacked = [torch.stack([row[j] for row in rows]) for j in range(len(leaves))]
+    batched_ok = check_batched and _batched_matches(out, deltas, vs, stacked[len(names):])
     true = dict(zip(names, stacked[:len(names)], strict=True))
     calls = _split(recs, stacked[len(names):])
     tol = _tolerance(out.dtype)
@@ -527,10 +557,7 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
             ok = {}
             for role, pname in layer.roles.items():
                 f = fs[pname]
-                ref = true[pname].reshape(k, -1)
-                want = torch.zeros((k, k, ref.shape[1]), dtype=ref.dtype, device=ref.device)
-                want[torch.arange(k), torch.arange(k)] = ref
-                if _close(jacobian_form(f), want, tol):
+                if _rows_match(jacobian_form(f), true[pname].reshape(k, -1), tol):
                     ok[role] = (f.kind, f.d_in, (1, *f.shape[1:]))
             if best is None or len(ok) > len(best[1]):
                 best = (ax, ok)
@@ -540,7 +567,22 @@ def _verify(layers: list[KnownLayer], records: list[list], out: torch.Tensor,
         layer.roles = {role: p for role, p in layer.roles.items() if role in best[1]}
         layer.shapes = {layer.roles[role]: shape for role, shape in best[1].items()}
         verified.append(layer)
-    return verified
+    return verified, batched_ok
+
+
+def _batched_matches(out: torch.Tensor, deltas: list[torch.Tensor], vs: torch.Tensor,
+                     plain: list[torch.Tensor]) -> bool:
+    """One backward pass vmapped over the cotangents vs (m, *out.shape) equals the m plain
+    passes `plain` (each (m, *delta.shape)); False also when an op has no batching rule."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            got = torch.autograd.grad(out, deltas, vs, is_grads_batched=True, allow_unused=True)
+    except RuntimeError:
+        return False
+    tol = _tolerance(out.dtype)
+    return all(_close(torch.zeros_like(p) if g is None else g, p, tol)
+               for g, p in zip(got, plain, strict=True))
 
 
 # ------------------------------------------------------------------------------- engine
@@ -568,7 +610,7 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
     if f1.kind != "dense":
         if mode == "trace":
             j1 = trace_rows(f1)
-            return j1 @ (j1 if same else trace_rows(f2)).T
+            return row_products(j1, j1 if same else trace_rows(f2))
         j1 = jacobian_form(f1)
         return jacobian_contract(j1, j1 if same else jacobian_form(f2), mode)
     o, g, _, d = f1.shape
@@ -580,7 +622,7 @@ def _jacobian_pair(f1: Factor, f2: Factor, mode: str, same: bool, budget: int) -
         s2 = s1 if same else _columns(f2, d0, min(d, d0 + step))
         if mode == "trace":
             j1 = trace_rows(s1)
-            part = j1 @ (j1 if same else trace_rows(s2)).T
+            part = row_products(j1, j1 if same else trace_rows(s2))
         else:
             j1 = jacobian_form(s1)
             part = jacobian_contract(j1, j1 if same else jacobian_form(s2), mode)
