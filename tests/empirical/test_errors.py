@@ -137,3 +137,27 @@ def test_taylor_bad_degree_and_params():
     with pytest.raises(ValueError, match=r"params keys must be the expanded parameters; "
                                          r"missing \['2.bias'\]"):
         f_lin(X, {k: v for k, v in f_lin.p0.items() if k != "2.bias"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_kernel_is_an_error_with_a_dtype_aware_hint(dtype):
+    """Outputs and gradients that overflow (a huge weight through exp) raise FloatingPointError,
+    not a kernel of infs, and not the fixed-function check's "the model is random" (inf - inf
+    = NaN between two identical passes; caught before the fix); "use float64" is advised only
+    when not already float64 (mutation: the float32 hint printed for a float64 model)."""
+    m = nn.Sequential(nn.Linear(4, 1)).to(dtype)
+    with torch.no_grad():
+        m[0].weight.fill_(1e3 if dtype == torch.float64 else 1e2)
+
+    class Exp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = m
+
+        def forward(self, x):
+            return torch.exp(self.inner(x))
+
+    with pytest.raises(FloatingPointError, match=r"empirical_ntk: the kernel has \d+ "
+                                                 r"non-finite entries") as err:
+        wn.empirical_ntk(Exp(), torch.ones(2, 4, dtype=dtype))
+    assert ("use float64" in str(err.value)) == (dtype == torch.float32)

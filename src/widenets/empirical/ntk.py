@@ -146,7 +146,7 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
 def _ntk(target: Target, x1, x2, implementation: str, mode: str, batch_size: int | None):
     itemsize = torch.empty((), dtype=target.dtype).element_size()
     # the shared memory policy (half of the available memory), capped at 2 GiB
-    budget_bytes = memory_budget(cap=DEFAULT_BUDGET_BYTES)
+    budget_bytes = memory_budget(cap=DEFAULT_BUDGET_BYTES, device=x1.device)
     budget = budget_bytes // itemsize
     plan = make_plan(target, _probe_batch(x1, x2), count_flops=implementation == "auto",
                      x_shape=x1.shape)
@@ -299,9 +299,10 @@ def run_blocked(engine, x1: torch.Tensor, x2: torch.Tensor | None, mode: str,
 def _check_finite(out: torch.Tensor, func: str) -> None:
     if not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).sum())
+        hint = "" if out.dtype == torch.float64 else " or use float64"
         raise FloatingPointError(f"{func}: the kernel has {bad} non-finite entries (the model "
                                  f"produced NaN/inf gradients or overflowed in {out.dtype}); "
-                                 f"check the model on these inputs or use float64")
+                                 f"check the model on these inputs{hint}")
 
 
 def empirical_nngp(model, x1, x2=None, *, params=None, mode: str = "trace",
