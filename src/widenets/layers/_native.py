@@ -42,6 +42,7 @@ SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace {
 
@@ -205,6 +206,292 @@ void wn_acos_f64(int64_t n, const double* x, double* y) {
     for (int64_t i = 0; i < n; ++i) y[i] = acos_(x[i]);
 }
 }
+// ---------------------------------------------------------------- spatial chains per pair
+// (docs/math/native-conv.md) A network of Conv, ABRelu, pooling, Flatten and Dense layers on
+// images, one input pair (i, j) at a time: the position-pair tensor K(p, p') (full layout,
+// P x P entries) or its diagonal K(p, p) (P entries) and the NTK carried through every layer
+// in per-call scratch buffers; only the output numbers are written.
+namespace {
+
+// stage records: NI int64 and ND doubles each.
+// ints: 0 kind (0 conv, 1 ABRelu, 2 pooling, 3 global sum, 4 diagonal sum, 5 dense),
+//       1-3 input shape (3 axes, leading 1s), 4-6 output shape, 7-9 window, 10-12 stride,
+//       13-15 left padding, 16 circular, 17 offset of the ABRelu's factors in a per-input row
+// doubles: conv/dense w, b, alpha, beta, gamma; ABRelu p0, p1, p2; pooling scale;
+//          global/diagonal sum: the divisor
+constexpr int NI = 24, ND = 6;
+
+template <typename T> inline void zero_(T* p, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) p[i] = (T)0;
+}
+inline int64_t wrap_(int64_t i, int64_t n) { i %= n; return i < 0 ? i + n : i; }
+
+// out[q][y][r] = sum_d in[q][s y + d - l][r] (zero outside, or wrapped around if circ)
+template <typename T>
+void wsum_(const T* in, T* out, int64_t outer, int64_t n, int64_t inner, int64_t win,
+           int64_t s, int64_t l, int64_t o, int circ) {
+    for (int64_t q = 0; q < outer; ++q)
+        for (int64_t y = 0; y < o; ++y) {
+            T* dst = out + (q * o + y) * inner;
+            zero_(dst, inner);
+            for (int64_t d = 0; d < win; ++d) {
+                int64_t ih = s * y + d - l;
+                if (circ) ih = wrap_(ih, n);
+                else if (ih < 0 || ih >= n) continue;
+                const T* src = in + (q * n + ih) * inner;
+                for (int64_t r = 0; r < inner; ++r) dst[r] += src[r];
+            }
+        }
+}
+
+// one spatial axis of a convolution on the full layout [A][n][B][A][n][B] -> [A][o][B][A][o][B]:
+// the offset d is shared by both positions (docs/math.md §conv)
+template <typename T>
+void wjoint_(const T* in, T* out, int64_t A, int64_t n, int64_t B, int64_t win, int64_t s,
+             int64_t l, int64_t o, int circ) {
+    const int64_t pin = A * n * B, pout = A * o * B;
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t y = 0; y < o; ++y)
+            for (int64_t b = 0; b < B; ++b) {
+                T* dst = out + ((a * o + y) * B + b) * pout;
+                zero_(dst, pout);
+                for (int64_t d = 0; d < win; ++d) {
+                    int64_t ih = s * y + d - l;
+                    if (circ) ih = wrap_(ih, n);
+                    else if (ih < 0 || ih >= n) continue;
+                    const T* src = in + ((a * n + ih) * B + b) * pin;
+                    if (s == 1 && !circ) {
+                        const int64_t lo = l - d > 0 ? l - d : 0;
+                        const int64_t hi = n - 1 + l - d < o - 1 ? n - 1 + l - d : o - 1;
+                        if (lo > hi) continue;
+                        const int64_t len = (hi - lo + 1) * B;
+                        for (int64_t a2 = 0; a2 < A; ++a2) {
+                            T* dr = dst + (a2 * o + lo) * B;
+                            const T* sr = src + (a2 * n + lo + d - l) * B;
+                            for (int64_t k = 0; k < len; ++k) dr[k] += sr[k];
+                        }
+                    } else {
+                        for (int64_t a2 = 0; a2 < A; ++a2)
+                            for (int64_t y2 = 0; y2 < o; ++y2) {
+                                int64_t i2 = s * y2 + d - l;
+                                if (circ) i2 = wrap_(i2, n);
+                                else if (i2 < 0 || i2 >= n) continue;
+                                T* dr = dst + (a2 * o + y2) * B;
+                                const T* sr = src + (a2 * n + i2) * B;
+                                for (int64_t k = 0; k < B; ++k) dr[k] += sr[k];
+                            }
+                    }
+                }
+            }
+}
+
+inline bool trivial_(const int64_t* g, int i) {     // window 1, stride 1, no padding, same size
+    return g[7 + i] == 1 && g[10 + i] == 1 && g[13 + i] == 0 && g[1 + i] == g[4 + i];
+}
+
+// the offset sums of a convolution (joint) or the window sums of pooling (each side), every
+// axis; ping-pong between x and y; returns the buffer holding the result (src if no axis)
+template <typename T>
+const T* linear_(const T* src, T* x, T* y, const int64_t* g, int full, int joint) {
+    int64_t cur[3] = {g[1], g[2], g[3]};
+    const T* at = src;
+    T* bufs[2] = {x, y};
+    int nb = 0;
+    const int circ = (int)g[16];
+    for (int side = 0; side < (full && !joint ? 2 : 1); ++side) {
+        if (side == 1) { cur[0] = g[1]; cur[1] = g[2]; cur[2] = g[3]; }   // x2's axes
+        for (int i = 0; i < 3; ++i) {
+            if (trivial_(g, i)) continue;
+            T* to = bufs[nb];
+            nb ^= 1;
+            int64_t A = 1, B = 1;
+            for (int k = 0; k < i; ++k) A *= cur[k];
+            for (int k = i + 1; k < 3; ++k) B *= cur[k];
+            const int64_t n = cur[i], o = g[4 + i];
+            if (!full) {
+                wsum_(at, to, A, n, B, g[7 + i], g[10 + i], g[13 + i], o, circ);
+            } else if (joint) {
+                wjoint_(at, to, A, n, B, g[7 + i], g[10 + i], g[13 + i], o, circ);
+            } else if (side == 0) {                         // x1's axis: rows of x2's plane
+                const int64_t p2 = g[1] * g[2] * g[3];
+                wsum_(at, to, A, n, B * p2, g[7 + i], g[10 + i], g[13 + i], o, circ);
+            } else {                                        // x2's axis, every x1 position
+                const int64_t p1 = g[4] * g[5] * g[6];
+                wsum_(at, to, p1 * A, n, B, g[7 + i], g[10 + i], g[13 + i], o, circ);
+            }
+            cur[i] = o;
+            at = to;
+        }
+    }
+    return at;
+}
+
+template <typename T>
+inline double sum_(const T* p, int64_t n, int64_t step) {     // double accumulators
+    double a[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    if (step == 1)
+        for (; i + 4 <= n; i += 4) {
+            a[0] += (double)p[i]; a[1] += (double)p[i + 1];
+            a[2] += (double)p[i + 2]; a[3] += (double)p[i + 3];
+        }
+    for (; i < n; ++i) a[0] += (double)p[i * step];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+template <typename T, bool NTK>
+int spatial_(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, const T* x2,
+             int64_t C, int64_t P0, int full, int nst, const int64_t* ist, const double* prm,
+             T* f1, const T* f2, int64_t fstride, int self, T* ok, T* ot, int64_t cap) {
+    const T big = std::numeric_limits<T>::max();
+    std::vector<T> mem(8 * cap);
+    T* K = mem.data();
+    T* Th = K + cap;
+    T* X = Th + cap;
+    T* Y = X + cap;
+    T* U = Y + cap;
+    T* V = U + cap;
+    T* D = V + cap;       // saved diagonals of a self pair (2 x P <= 2 cap)
+    int bad = 0;
+    for (int64_t q = 0; q < np; ++q) {
+        const int64_t i = pi[q], j = pj[q];
+        const T* a = x1 + i * C * P0;
+        const T* b = (self ? x1 : x2) + j * C * P0;
+        // the input kernel: sum_c x_c(p) x'_c(p') / C (docs/math.md §input)
+        if (full) {
+            zero_(K, P0 * P0);
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t p = 0; p < P0; ++p) {
+                    const T av = a[c * P0 + p];
+                    const T* bv = b + c * P0;
+                    T* row = K + p * P0;
+                    for (int64_t p2 = 0; p2 < P0; ++p2) row[p2] += av * bv[p2];
+                }
+            for (int64_t e = 0; e < P0 * P0; ++e) K[e] /= (T)C;
+        } else {
+            zero_(K, P0);
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t p = 0; p < P0; ++p) K[p] += a[c * P0 + p] * b[c * P0 + p];
+            for (int64_t p = 0; p < P0; ++p) K[p] /= (T)C;
+        }
+        bool tz = true;            // the NTK is 0 (the raw input)
+        int64_t P = P0;
+        for (int s = 0; s < nst; ++s) {
+            const int64_t* g = ist + NI * s;
+            const double* h = prm + ND * s;
+            const int kind = (int)g[0];
+            const int64_t pout = g[4] * g[5] * g[6];
+            const int64_t nin = full ? P * P : P, nout = full ? pout * pout : pout;
+            if (kind == 0 || kind == 2) {               // conv (docs/math.md §conv), pooling
+                const T* sk = linear_<T>(K, X, Y, g, full, kind == 0);
+                if (kind == 0) {
+                    const T w = (T)h[0], bb = (T)h[1], al = (T)h[2], be = (T)h[3], ga = (T)h[4];
+                    if (NTK) {
+                        if (tz) {
+                            for (int64_t e = 0; e < nout; ++e) Th[e] = al * sk[e] + be;
+                        } else {
+                            const T* st = linear_<T>(Th, U, V, g, full, 1);
+                            for (int64_t e = 0; e < nout; ++e)
+                                Th[e] = (al * sk[e] + be) + ga * st[e];
+                        }
+                    }
+                    for (int64_t e = 0; e < nout; ++e) K[e] = w * sk[e] + bb;
+                    tz = false;
+                } else {                                // docs/math.md §pooling
+                    const T sc = (T)h[0];
+                    if (NTK && !tz) {
+                        const T* st = linear_<T>(Th, U, V, g, full, 0);
+                        for (int64_t e = 0; e < nout; ++e) Th[e] = st[e] * sc;
+                    }
+                    for (int64_t e = 0; e < nout; ++e) K[e] = sk[e] * sc;
+                }
+            } else if (kind == 1) {                     // ABRelu (docs/math.md §relu)
+                const T p0 = (T)h[0], p1 = (T)h[1], p2 = (T)h[2];
+                T* fi = f1 + i * fstride + g[17];
+                const T* fj = (self ? f1 : f2) + j * fstride + g[17];
+                const int64_t dstep = full ? P + 1 : 1;
+                if (self) {       // this input's variances, and the exact T, Tdot at p = p'
+                    for (int64_t p = 0; p < P; ++p) {
+                        const T v = K[p * dstep];
+                        fi[p] = (T)1 / std::sqrt(v > (T)1e-30 ? v : (T)1e-30);
+                        fi[P + p] = std::sqrt(v > (T)0 ? v : (T)0);
+                        D[p] = p0 * v;
+                        if (NTK) D[P + p] = p0 * Th[p * dstep];
+                    }
+                }
+                const int64_t rows = full ? P : 1, cols = P;
+                for (int64_t r = 0; r < rows; ++r) {
+                    T* kr = K + r * cols;
+                    T* tr = Th + r * cols;
+                    for (int64_t cI = 0; cI < cols; ++cI) {
+                        const int64_t pa = full ? r : cI;
+                        T c = (fi[pa] * fj[cI]) * kr[cI];
+                        c = c > (T)1 ? (T)1 : c;            // NaN passes through
+                        c = c < (T)-1 ? (T)-1 : c;
+                        const T td = acos_(c) * p1 + p0;    // Tdot
+                        const T sn = std::sqrt(((T)1 - c) * ((T)1 + c));
+                        kr[cI] = (c * td + sn * p2) * (fi[P + pa] * fj[P + cI]);
+                        if (NTK) tr[cI] = td * tr[cI];
+                    }
+                }
+                if (self)
+                    for (int64_t p = 0; p < P; ++p) {
+                        K[p * dstep] = D[p];
+                        if (NTK) Th[p * dstep] = D[P + p];
+                    }
+            } else if (kind == 3 || kind == 4) {        // global sum, diagonal sum (Flatten)
+                const double dv = h[0];
+                const int64_t step = (kind == 4 && full) ? P + 1 : 1;
+                const int64_t cnt = kind == 4 ? P : nin;
+                K[0] = (T)(sum_(K, cnt, step) / dv);
+                if (NTK) Th[0] = tz ? (T)0 : (T)(sum_(Th, cnt, step) / dv);
+            } else {                                    // dense on one number (docs/math.md §dense)
+                const T w = (T)h[0], bb = (T)h[1], al = (T)h[2], be = (T)h[3], ga = (T)h[4];
+                const T x = K[0];
+                if (NTK) Th[0] = tz ? al * x + be : (al * x + be) + ga * Th[0];
+                K[0] = w * x + bb;
+                tz = false;
+            }
+            P = pout;
+        }
+        ok[q] = K[0];
+        bad |= !(std::fabs(K[0]) <= big);
+        if (NTK) {
+            ot[q] = tz ? (T)0 : Th[0];
+            bad |= !(std::fabs(ot[q]) <= big);
+        }
+    }
+    return bad;
+}
+
+template <typename T>
+int spatial(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, const T* x2,
+            int64_t C, int64_t P0, int full, int nst, const int64_t* ist, const double* prm,
+            T* f1, const T* f2, int64_t fstride, int self, T* ok, T* ot, int64_t cap) {
+    if (ot) return spatial_<T, true>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2,
+                                     fstride, self, ok, ot, cap);
+    return spatial_<T, false>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
+                              self, ok, ot, cap);
+}
+
+}  // namespace
+
+extern "C" {
+int wn_spatial_f32(int64_t np, const int64_t* pi, const int64_t* pj, const float* x1,
+                   const float* x2, int64_t C, int64_t P0, int full, int nst,
+                   const int64_t* ist, const double* prm, float* f1, const float* f2,
+                   int64_t fstride, int self, float* ok, float* ot, int64_t cap) {
+    return spatial<float>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
+                          self, ok, ot, cap);
+}
+int wn_spatial_f64(int64_t np, const int64_t* pi, const int64_t* pj, const double* x1,
+                   const double* x2, int64_t C, int64_t P0, int full, int nst,
+                   const int64_t* ist, const double* prm, double* f1, const double* f2,
+                   int64_t fstride, int self, double* ok, double* ot, int64_t cap) {
+    return spatial<double>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
+                           self, ok, ot, cap);
+}
+}
 """
 
 #: compiler flags: IEEE arithmetic (no fast-math), no contraction into fused multiply-adds
@@ -217,6 +504,8 @@ _ENV_CACHE = "WIDENETS_CACHE_DIR"
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _CHAIN_ARGS = [_I, _I, _P, _I, _P, _I, ctypes.c_int, _P, _P, _P, _I, _P, _I, _P, _P, _I,
                ctypes.c_int, _I, ctypes.c_int]
+_SPATIAL_ARGS = [_I, _P, _P, _P, _P, _I, _I, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _I,
+                 ctypes.c_int, _P, _P, _I]
 
 
 class BuildError(RuntimeError):
@@ -299,6 +588,10 @@ def _open(path: Path):
     for name in ("wn_chain_f32", "wn_chain_f64"):
         fn = getattr(lib, name)
         fn.argtypes = _CHAIN_ARGS
+        fn.restype = ctypes.c_int
+    for name in ("wn_spatial_f32", "wn_spatial_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = _SPATIAL_ARGS
         fn.restype = ctypes.c_int
     for name in ("wn_acos_f32", "wn_acos_f64"):
         getattr(lib, name).argtypes = [_I, _P, _P]

@@ -49,16 +49,19 @@ import torch
 
 from .._parallel import run_in_order, spans
 from ..kernel import Kernel
-from . import _native
+from . import _native, _native_spatial
+from ._inputs import _mark_same_inputs
 from ._kernel_checks import check_finite
-from ._schedule import use_block_engine, use_network_engine
+from ._native_spatial import native_abrelu, native_dense
+from ._schedule import use_block_engine, use_network_engine, use_spatial_engine
 from .activations import ABRelu, Activation, _is_gamma_token
 from .base import new_source
 from .combinators import Parallel, Repeat, Serial
 from .dense import Dense
 
 __all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "EngineWarning", "set_engine",
-           "get_engine", "apply", "fused_available", "native_available", "network_kernel"]
+           "get_engine", "apply", "fused_available", "native_available", "network_kernel",
+           "spatial_network_kernel"]
 
 #: the engine names (`set_engine`, the WIDENETS_ENGINE environment variable)
 ENGINES = ("auto", "native", "fused", "eager")
@@ -543,24 +546,17 @@ def _chain_stages(layer) -> list | None:
     if isinstance(layer, Repeat):
         sub = _chain_stages(layer.layer)
         return None if sub is None else sub * layer.n
-    if isinstance(layer, Dense) and type(layer).apply_kernel is Dense.apply_kernel \
-            and not isinstance(layer.w_std, torch.Tensor) \
-            and not isinstance(layer.b_std, torch.Tensor):
-        return [layer]
-    if isinstance(layer, ABRelu) and type(layer).apply_kernel is Activation.apply_kernel \
-            and type(layer).t_and_tdot is ABRelu.t_and_tdot \
-            and type(layer).t_diag is ABRelu.t_diag and type(layer).tdot_diag is ABRelu.tdot_diag \
-            and not isinstance(layer.a, torch.Tensor) and not isinstance(layer.b, torch.Tensor) \
-            and layer.a != layer.b:
+    if native_dense(layer) or native_abrelu(layer):
         return [layer]
     return None
 
 
-def _native_lib(k0: Kernel):
-    """The native library if this call may use it (engine, size), else None."""
+def _native_lib(k0: Kernel, work: int | None = None):
+    """The native library if this call may use it (engine, size: `work`, by default the
+    kernel's entries), else None."""
     if get_engine() not in ("native", "auto"):
         return None
-    if k0.n1 * k0.n2 < NATIVE_MIN_ENTRIES:
+    if (k0.n1 * k0.n2 if work is None else work) < NATIVE_MIN_ENTRIES:
         # a small kernel never pays the build, and never uses a library built earlier: which
         # engine computes a kernel (they agree to rounding, not bitwise) depends only on its
         # size and on whether a compiler exists, not on what an earlier process left in the
@@ -700,5 +696,70 @@ def _run_chain(lib, stages, k0: Kernel, fname: str, layer, threads: int) -> Kern
     return out
 
 
+def spatial_network_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *,
+                           want_ntk: bool, full: bool, fname: str, threads: int):
+    """The kernel of a network of Conv, ABRelu, AvgPool / SumPool, GlobalAvgPool /
+    GlobalSumPool, Flatten and Dense layers (ending in a flat output) on channels-first
+    inputs, computed by the native engine one input pair at a time in cache
+    (`widenets.layers._native_spatial`, docs/math/native-conv.md); None when the network,
+    the inputs, the size or the engine setting do not allow it (the caller computes it
+    eagerly, which also raises the eager errors).
+
+    `full`: all position pairs (pooling) or their diagonal (Flatten readouts). The size rule:
+    input pairs x position pairs (full) or x positions (diagonal) of at least
+    `NATIVE_MIN_ENTRIES`. The variances and a symmetric kernel's diagonal are the self
+    pairs' values of the same loop (exact symmetry, K(x, x) = cov1 exactly); identical inputs
+    get exactly the self-pair values. A non-finite value makes the eager engine recompute the
+    kernel, so that the errors are its own.
+
+    Args:
+        layer: the network.
+        x1, x2: (n, C, *S) inputs (x2 None: the symmetric kernel of x1).
+        want_ntk: compute the NTK too.
+        full: the full layout (True) or the diagonal one.
+        fname: the public function's name (unused: errors come from the eager engine).
+        threads: how many threads compute the strips of pairs.
+
+    Returns:
+        The output Kernel, or None.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> from widenets.layers.engine import spatial_network_kernel
+        >>> net = wn.serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+        >>> k = spatial_network_kernel(net, x, None, want_ntk=True, full=True, fname="kernel",
+        ...                            threads=1)      # None: too small for the native engine
+        >>> k is None or bool(torch.allclose(k.ntk, net.kernel(x, get="ntk")))
+        True
+    """
+    if x1.device.type != "cpu" or x1.dtype not in (torch.float32, torch.float64) \
+            or (torch.is_grad_enabled() and (x1.requires_grad or (
+                x2 is not None and x2.requires_grad))):
+        return None
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    p = math.prod(x1.shape[2:])
+    work = x1.shape[0] * n2 * (p * p if full else p)
+    if get_engine() not in ("native", "auto") or work < NATIVE_MIN_ENTRIES:
+        return None
+    pl = _native_spatial.plan(layer, tuple(x1.shape[2:]), x1.shape[1], full)
+    if pl is None:
+        return None
+    try:
+        lib = _native.load()
+    except _native.BuildError as err:
+        _warn_once(str(err), stacklevel=7, what="native")
+        return None
+    res = _native_spatial.compute(lib, pl, x1, x2, want_ntk=want_ntk, full=full,
+                                  threads=threads)
+    if res[-1] or not all(bool(torch.isfinite(t).all()) for t in res[2:5] if t is not None):
+        return None                  # the eager engine recomputes it and raises its error
+    k = _mark_same_inputs(_native_spatial.output_kernel(pl, res, x2 is None), x1, x2)
+    if k.ntk is not None:
+        k.write_same_input(k.ntk, res[4])       # identical inputs: the self-pair values
+    return k
+
+
 use_block_engine(apply)        # every block of net.kernel goes through `apply`
 use_network_engine(network_kernel)   # flat chains of Dense and ABRelu: one native pass
+use_spatial_engine(spatial_network_kernel)   # image networks: one native loop per pair
