@@ -36,13 +36,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["load", "loaded", "cached", "build", "SOURCE", "BuildError"]
+__all__ = ["load", "loaded", "cached", "build", "SOURCE", "SPATIAL_SOURCE", "LIBRARIES",
+           "BuildError"]
 
-SOURCE = r"""
+_PRELUDE = r"""
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 namespace {
 
@@ -79,7 +79,9 @@ inline T acos_(T x) {
     T large = x < 0 ? pi - (p + p) : p + p;
     return big ? large : small;
 }
+"""
 
+_CHAIN = r"""
 constexpr int64_t B = 256;
 
 // One block: rows x cols entries of the input kernel k (row stride ldk) and NTK th (NULL: 0),
@@ -206,6 +208,15 @@ void wn_acos_f64(int64_t n, const double* x, double* y) {
     for (int64_t i = 0; i < n; ++i) y[i] = acos_(x[i]);
 }
 }
+"""
+
+#: the chain library (Dense and ABRelu on flat kernels)
+SOURCE = _PRELUDE + _CHAIN
+
+_SPATIAL = r"""
+}  // namespace
+#include <vector>
+
 // ---------------------------------------------------------------- spatial chains per pair
 // (docs/math/native-conv.md) A network of Conv, ABRelu, pooling, Flatten and Dense layers on
 // images, one input pair (i, j) at a time: the position-pair tensor K(p, p') (full layout,
@@ -339,11 +350,31 @@ inline double sum_(const T* p, int64_t n, int64_t step) {     // double accumula
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
-template <typename T, bool NTK>
+// ABRelu on n entries (docs/math.md §relu): c = (r1 r2) K, K <- (c Tdot + p2 sin θ)(s1 s2),
+// Θ <- Tdot Θ, with r = 1/√v and s = √v of the two inputs' variances; ROW: r1, s1 are one
+// value (a row of the full layout), else one per entry (the diagonal layout)
+template <typename T, bool NTK, bool ROW>
+void relu_(int64_t n, T* k, T* t, const T* r1, const T* s1, const T* r2, const T* s2,
+           T p0, T p1, T p2) {
+    const T ri = *r1, si = *s1;
+    for (int64_t e = 0; e < n; ++e) {
+        const T ra = ROW ? ri : r1[e], sa = ROW ? si : s1[e];
+        T c = (ra * r2[e]) * k[e];
+        c = c > (T)1 ? (T)1 : c;            // NaN passes through
+        c = c < (T)-1 ? (T)-1 : c;
+        const T td = acos_(c) * p1 + p0;    // Tdot
+        const T sn = std::sqrt(((T)1 - c) * ((T)1 + c));
+        k[e] = (c * td + sn * p2) * (sa * s2[e]);
+        if (NTK) t[e] = td * t[e];
+    }
+}
+
+template <typename T>
 int spatial_(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, const T* x2,
              int64_t C, int64_t P0, int full, int nst, const int64_t* ist, const double* prm,
              T* f1, const T* f2, int64_t fstride, int self, T* ok, T* ot, int64_t cap) {
     const T big = std::numeric_limits<T>::max();
+    const bool ntk = ot != nullptr;
     std::vector<T> mem(8 * cap);
     T* K = mem.data();
     T* Th = K + cap;
@@ -382,29 +413,25 @@ int spatial_(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, cons
             const int kind = (int)g[0];
             const int64_t pout = g[4] * g[5] * g[6];
             const int64_t nin = full ? P * P : P, nout = full ? pout * pout : pout;
-            if (kind == 0 || kind == 2) {               // conv (docs/math.md §conv), pooling
-                const T* sk = linear_<T>(K, X, Y, g, full, kind == 0);
-                if (kind == 0) {
-                    const T w = (T)h[0], bb = (T)h[1], al = (T)h[2], be = (T)h[3], ga = (T)h[4];
-                    if (NTK) {
-                        if (tz) {
-                            for (int64_t e = 0; e < nout; ++e) Th[e] = al * sk[e] + be;
-                        } else {
-                            const T* st = linear_<T>(Th, U, V, g, full, 1);
-                            for (int64_t e = 0; e < nout; ++e)
-                                Th[e] = (al * sk[e] + be) + ga * st[e];
-                        }
-                    }
-                    for (int64_t e = 0; e < nout; ++e) K[e] = w * sk[e] + bb;
-                    tz = false;
-                } else {                                // docs/math.md §pooling
-                    const T sc = (T)h[0];
-                    if (NTK && !tz) {
-                        const T* st = linear_<T>(Th, U, V, g, full, 0);
-                        for (int64_t e = 0; e < nout; ++e) Th[e] = st[e] * sc;
-                    }
-                    for (int64_t e = 0; e < nout; ++e) K[e] = sk[e] * sc;
+            if (kind == 0) {                            // conv (docs/math.md §conv)
+                const T* sk = linear_<T>(K, X, Y, g, full, 1);
+                const T w = (T)h[0], bb = (T)h[1], al = (T)h[2], be = (T)h[3], ga = (T)h[4];
+                if (ntk && tz) {
+                    for (int64_t e = 0; e < nout; ++e) Th[e] = al * sk[e] + be;
+                } else if (ntk) {
+                    const T* st = linear_<T>(Th, U, V, g, full, 1);
+                    for (int64_t e = 0; e < nout; ++e) Th[e] = (al * sk[e] + be) + ga * st[e];
                 }
+                for (int64_t e = 0; e < nout; ++e) K[e] = w * sk[e] + bb;
+                tz = false;
+            } else if (kind == 2) {                     // pooling (docs/math.md §pooling)
+                const T sc = (T)h[0];
+                const T* sk = linear_<T>(K, X, Y, g, full, 0);
+                if (ntk && !tz) {
+                    const T* st = linear_<T>(Th, U, V, g, full, 0);
+                    for (int64_t e = 0; e < nout; ++e) Th[e] = st[e] * sc;
+                }
+                for (int64_t e = 0; e < nout; ++e) K[e] = sk[e] * sc;
             } else if (kind == 1) {                     // ABRelu (docs/math.md §relu)
                 const T p0 = (T)h[0], p1 = (T)h[1], p2 = (T)h[2];
                 T* fi = f1 + i * fstride + g[17];
@@ -416,39 +443,36 @@ int spatial_(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, cons
                         fi[p] = (T)1 / std::sqrt(v > (T)1e-30 ? v : (T)1e-30);
                         fi[P + p] = std::sqrt(v > (T)0 ? v : (T)0);
                         D[p] = p0 * v;
-                        if (NTK) D[P + p] = p0 * Th[p * dstep];
+                        D[P + p] = ntk ? p0 * Th[p * dstep] : (T)0;
                     }
                 }
-                const int64_t rows = full ? P : 1, cols = P;
-                for (int64_t r = 0; r < rows; ++r) {
-                    T* kr = K + r * cols;
-                    T* tr = Th + r * cols;
-                    for (int64_t cI = 0; cI < cols; ++cI) {
-                        const int64_t pa = full ? r : cI;
-                        T c = (fi[pa] * fj[cI]) * kr[cI];
-                        c = c > (T)1 ? (T)1 : c;            // NaN passes through
-                        c = c < (T)-1 ? (T)-1 : c;
-                        const T td = acos_(c) * p1 + p0;    // Tdot
-                        const T sn = std::sqrt(((T)1 - c) * ((T)1 + c));
-                        kr[cI] = (c * td + sn * p2) * (fi[P + pa] * fj[P + cI]);
-                        if (NTK) tr[cI] = td * tr[cI];
+                if (full) {
+                    for (int64_t r = 0; r < P; ++r) {
+                        if (ntk) relu_<T, true, true>(P, K + r * P, Th + r * P, fi + r,
+                                                      fi + P + r, fj, fj + P, p0, p1, p2);
+                        else relu_<T, false, true>(P, K + r * P, Th, fi + r, fi + P + r, fj,
+                                                   fj + P, p0, p1, p2);
                     }
+                } else if (ntk) {
+                    relu_<T, true, false>(P, K, Th, fi, fi + P, fj, fj + P, p0, p1, p2);
+                } else {
+                    relu_<T, false, false>(P, K, Th, fi, fi + P, fj, fj + P, p0, p1, p2);
                 }
                 if (self)
                     for (int64_t p = 0; p < P; ++p) {
                         K[p * dstep] = D[p];
-                        if (NTK) Th[p * dstep] = D[P + p];
+                        if (ntk) Th[p * dstep] = D[P + p];
                     }
             } else if (kind == 3 || kind == 4) {        // global sum, diagonal sum (Flatten)
                 const double dv = h[0];
                 const int64_t step = (kind == 4 && full) ? P + 1 : 1;
                 const int64_t cnt = kind == 4 ? P : nin;
                 K[0] = (T)(sum_(K, cnt, step) / dv);
-                if (NTK) Th[0] = tz ? (T)0 : (T)(sum_(Th, cnt, step) / dv);
+                if (ntk) Th[0] = tz ? (T)0 : (T)(sum_(Th, cnt, step) / dv);
             } else {                                    // dense on one number (docs/math.md §dense)
                 const T w = (T)h[0], bb = (T)h[1], al = (T)h[2], be = (T)h[3], ga = (T)h[4];
                 const T x = K[0];
-                if (NTK) Th[0] = tz ? al * x + be : (al * x + be) + ga * Th[0];
+                if (ntk) Th[0] = tz ? al * x + be : (al * x + be) + ga * Th[0];
                 K[0] = w * x + bb;
                 tz = false;
             }
@@ -456,22 +480,12 @@ int spatial_(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, cons
         }
         ok[q] = K[0];
         bad |= !(std::fabs(K[0]) <= big);
-        if (NTK) {
+        if (ntk) {
             ot[q] = tz ? (T)0 : Th[0];
             bad |= !(std::fabs(ot[q]) <= big);
         }
     }
     return bad;
-}
-
-template <typename T>
-int spatial(int64_t np, const int64_t* pi, const int64_t* pj, const T* x1, const T* x2,
-            int64_t C, int64_t P0, int full, int nst, const int64_t* ist, const double* prm,
-            T* f1, const T* f2, int64_t fstride, int self, T* ok, T* ot, int64_t cap) {
-    if (ot) return spatial_<T, true>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2,
-                                     fstride, self, ok, ot, cap);
-    return spatial_<T, false>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
-                              self, ok, ot, cap);
 }
 
 }  // namespace
@@ -481,18 +495,28 @@ int wn_spatial_f32(int64_t np, const int64_t* pi, const int64_t* pj, const float
                    const float* x2, int64_t C, int64_t P0, int full, int nst,
                    const int64_t* ist, const double* prm, float* f1, const float* f2,
                    int64_t fstride, int self, float* ok, float* ot, int64_t cap) {
-    return spatial<float>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
+    return spatial_<float>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
                           self, ok, ot, cap);
 }
 int wn_spatial_f64(int64_t np, const int64_t* pi, const int64_t* pj, const double* x1,
                    const double* x2, int64_t C, int64_t P0, int full, int nst,
                    const int64_t* ist, const double* prm, double* f1, const double* f2,
                    int64_t fstride, int self, double* ok, double* ot, int64_t cap) {
-    return spatial<double>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
+    return spatial_<double>(np, pi, pj, x1, x2, C, P0, full, nst, ist, prm, f1, f2, fstride,
                            self, ok, ot, cap);
+}
+void wn_acos_f32(int64_t n, const float* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = acos_(x[i]);
+}
+void wn_acos_f64(int64_t n, const double* x, double* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = acos_(x[i]);
 }
 }
 """
+
+#: the spatial library (image networks, one input pair at a time; `load("spatial")`): its own
+#: build, so that flat kernels never wait for it
+SPATIAL_SOURCE = _PRELUDE + _SPATIAL
 
 #: compiler flags: IEEE arithmetic (no fast-math), no contraction into fused multiply-adds
 FLAGS = ("-O3", "-std=c++14", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -512,9 +536,17 @@ class BuildError(RuntimeError):
     """The native library could not be built or loaded."""
 
 
+#: the libraries: name -> (source, file stem, exported loops)
+LIBRARIES = {
+    "chain": (SOURCE, "widenets_native", ("wn_chain_f32", "wn_chain_f64"), _CHAIN_ARGS),
+    "spatial": (SPATIAL_SOURCE, "widenets_native_spatial", ("wn_spatial_f32", "wn_spatial_f64"),
+                _SPATIAL_ARGS),
+}
+
 _lock = threading.Lock()
-_lib = None
-_error: str | None = None
+#: the loaded libraries and the remembered build failures of this process, by name
+_libs: dict = {}
+_errors: dict = {}
 
 
 def _compiler() -> str | None:
@@ -548,29 +580,31 @@ def _cache_dir() -> Path:
 _versions: dict = {}
 
 
-def _candidates(cxx: str) -> list:
+def _candidates(cxx: str, which: str = "chain") -> list:
     """[(flags, cached library path)], the preferred first."""
+    source, stem = LIBRARIES[which][:2]
     if cxx not in _versions:
         _versions[cxx] = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                                         timeout=60).stdout
     out = []
     for extra in (NATIVE_FLAGS, ()):
         flags = (*FLAGS, *extra)
-        key = hashlib.sha256("\0".join([SOURCE, *flags, cxx, _versions[cxx], platform.machine(),
+        key = hashlib.sha256("\0".join([source, *flags, cxx, _versions[cxx], platform.machine(),
                                         _cpu_key() if extra else ""]).encode()).hexdigest()[:20]
-        out.append((flags, _cache_dir() / f"widenets_native_{key}.so"))
+        out.append((flags, _cache_dir() / f"{stem}_{key}.so"))
     return out
 
 
-def build(cxx: str) -> Path:
-    """Compile SOURCE (or find it in the cache); the path of the shared library."""
+def build(cxx: str, which: str = "chain") -> Path:
+    """Compile the source of library `which` (or find it in the cache); the path of the shared
+    library."""
     errors = []
-    for flags, lib in _candidates(cxx):
+    for flags, lib in _candidates(cxx, which):
         if lib.exists():
             return lib
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "widenets_native.cpp"
-            src.write_text(SOURCE)
+            src.write_text(LIBRARIES[which][0])
             out = Path(tmp) / lib.name
             proc = subprocess.run([cxx, *flags, "-o", str(out), str(src)], capture_output=True,
                                   text=True, timeout=300)
@@ -583,15 +617,12 @@ def build(cxx: str) -> Path:
     raise BuildError(f"{os.path.basename(cxx)} failed: {errors[-1]}")
 
 
-def _open(path: Path):
+def _open(path: Path, which: str):
     lib = ctypes.CDLL(str(path))
-    for name in ("wn_chain_f32", "wn_chain_f64"):
+    _, _, names, args = LIBRARIES[which]
+    for name in names:
         fn = getattr(lib, name)
-        fn.argtypes = _CHAIN_ARGS
-        fn.restype = ctypes.c_int
-    for name in ("wn_spatial_f32", "wn_spatial_f64"):
-        fn = getattr(lib, name)
-        fn.argtypes = _SPATIAL_ARGS
+        fn.argtypes = args
         fn.restype = ctypes.c_int
     for name in ("wn_acos_f32", "wn_acos_f64"):
         getattr(lib, name).argtypes = [_I, _P, _P]
@@ -615,42 +646,43 @@ def _check(lib) -> None:
             raise BuildError(f"the compiled arc-cosine is wrong at {a}: {b}")
 
 
-def cached() -> bool:
+def cached(which: str = "chain") -> bool:
     """Whether the library is loaded, or built and in the disk cache (loading it is cheap)."""
-    if _lib is not None:
+    if which in _libs:
         return True
-    if _error is not None:
+    if which in _errors:
         return False
     cxx = _compiler()
     try:
-        return cxx is not None and any(lib.exists() for _, lib in _candidates(cxx))
+        return cxx is not None and any(lib.exists() for _, lib in _candidates(cxx, which))
     except (OSError, subprocess.SubprocessError):
         return False
 
 
-def load():
-    """The loaded native library (building it on the first call of the process, or finding
-    it in the cache). Raises BuildError (with the reason) when there is no compiler or the
-    build fails; the failure is remembered for the process."""
-    global _lib, _error
+def load(which: str = "chain"):
+    """The loaded native library `which` ("chain" or "spatial", see LIBRARIES), building it on
+    the first call of the process, or finding it in the cache. Raises BuildError (with the
+    reason) when there is no compiler or the build fails; the failure is remembered for the
+    process."""
     with _lock:
-        if _lib is not None:
-            return _lib
-        if _error is not None:
-            raise BuildError(_error)
+        if which in _libs:
+            return _libs[which]
+        if which in _errors:
+            raise BuildError(_errors[which])
         try:
             cxx = _compiler()
             if cxx is None:
                 raise BuildError("no C++ compiler found (g++, c++, clang++ or $CXX)")
-            lib = _open(build(cxx))
+            lib = _open(build(cxx, which), which)
             _check(lib)
         except Exception as err:  # noqa: BLE001 - every failure means: no native engine
-            _error = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
-            raise BuildError(_error) from err
-        _lib = lib
+            reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+            _errors[which] = reason
+            raise BuildError(reason) from err
+        _libs[which] = lib
         return lib
 
 
-def loaded() -> bool:
+def loaded(which: str = "chain") -> bool:
     """Whether the library is loaded in this process already (no build)."""
-    return _lib is not None
+    return which in _libs

@@ -59,7 +59,8 @@ from .base import new_source
 from .combinators import Parallel, Repeat, Serial
 from .dense import Dense
 
-__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "EngineWarning", "set_engine",
+__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "NATIVE_MIN_SPATIAL_WORK",
+           "EngineWarning", "set_engine",
            "get_engine", "apply", "fused_available", "native_available", "network_kernel",
            "spatial_network_kernel"]
 
@@ -72,6 +73,12 @@ DEFAULT_ENGINE = "native"
 AUTO_MIN_ENTRIES = 1 << 20
 #: kernels with fewer entries never use the native library (neither build nor load it)
 NATIVE_MIN_ENTRIES = 1 << 20
+#: kernels of images with less work (input pairs n1 n2 times position pairs P² in the full
+#: layout, times positions P in the diagonal one) never use the native spatial library. Its
+#: one-time build took 3-5 s on the 2-core machine, about the eager time at this size (the
+#: CNN-GAP of benchmarks/analytic_conv.py at N = 128 on 8 x 8 images is exactly 2^26), so a
+#: smaller kernel (N = 100: 0.6 x 2^26) never waits for a build
+NATIVE_MIN_SPATIAL_WORK = 1 << 26
 _ENV = "WIDENETS_ENGINE"
 
 
@@ -707,7 +714,7 @@ def spatial_network_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *,
 
     `full`: all position pairs (pooling) or their diagonal (Flatten readouts). The size rule:
     input pairs x position pairs (full) or x positions (diagonal) of at least
-    `NATIVE_MIN_ENTRIES`. The variances and a symmetric kernel's diagonal are the self
+    `NATIVE_MIN_SPATIAL_WORK`. The variances and a symmetric kernel's diagonal are the self
     pairs' values of the same loop (exact symmetry, K(x, x) = cov1 exactly); identical inputs
     get exactly the self-pair values. A non-finite value makes the eager engine recompute the
     kernel, so that the errors are its own.
@@ -740,13 +747,13 @@ def spatial_network_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *,
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     p = math.prod(x1.shape[2:])
     work = x1.shape[0] * n2 * (p * p if full else p)
-    if get_engine() not in ("native", "auto") or work < NATIVE_MIN_ENTRIES:
+    if get_engine() not in ("native", "auto") or work < NATIVE_MIN_SPATIAL_WORK:
         return None
     pl = _native_spatial.plan(layer, tuple(x1.shape[2:]), x1.shape[1], full)
     if pl is None:
         return None
     try:
-        lib = _native.load()
+        lib = _native.load("spatial")
     except _native.BuildError as err:
         _warn_once(str(err), stacklevel=7, what="native")
         return None
