@@ -16,10 +16,17 @@ with P the degree-5 (float32) or degree-12 (float64) Chebyshev fit of (asin √z
 whose error is below 2^-30 (float32) and 2^-57 (float64) of asin; tests/layers/test_native.py
 checks acos against mpmath. sin θ = √((1 - c)(1 + c)) (no cancellation near c = ±1).
 
-Build: the source below is compiled with the system's C++ compiler (g++, c++ or clang++, or
+A second library (`load("spatial")`, SPATIAL_SOURCE: the same arc-cosine) computes networks
+on images one input pair at a time, the pair's position-pair tensor carried through Conv,
+ABRelu, pooling, Flatten and Dense layers in scratch buffers (`wn_spatial_*`;
+`widenets.layers._native_spatial`, docs/math/native-conv.md). It is built apart (3-5 s) so that
+flat kernels never wait for it.
+
+Build: each source below is compiled with the system's C++ compiler (g++, c++ or clang++, or
 $CXX) into a shared library, loaded with ctypes, at most once per process and cached on disk
 across processes (keyed by a hash of the source, flags, compiler and CPU), in
-$WIDENETS_CACHE_DIR or ~/.cache/widenets. No torch headers: a build takes about a second.
+$WIDENETS_CACHE_DIR or ~/.cache/widenets. No torch headers: the chain library builds in about
+a second.
 Flags keep IEEE semantics: no -ffast-math, and -ffp-contract=off so that every operation
 rounds as torch's do (the Dense maps are bitwise the eager engine's).
 """

@@ -206,6 +206,21 @@ def _peak(row, full: bool) -> int:
     return max(peak * peak, math.prod(row[1:4]) * math.prod(row[4:7]))
 
 
+def _row_tasks(n1: int, n2: int, symmetric: bool, chunk: int) -> list:
+    """[(r0, r1), ...]: consecutive rows of x1 holding about `chunk` pairs each (the pairs
+    j > i of each row for a symmetric kernel, all n2 otherwise)."""
+    out, r0, count = [], 0, 0
+    for i in range(n1):
+        count += (n2 - 1 - i) if symmetric else n2
+        if count >= chunk or i == n1 - 1:
+            if count or not out:
+                out.append((r0, i + 1))
+            else:
+                out[-1] = (out[-1][0], i + 1)
+            r0, count = i + 1, 0
+    return out
+
+
 def compute(lib, pl: SpatialPlan, x1: torch.Tensor, x2: torch.Tensor | None, *,
             want_ntk: bool, full: bool, threads: int):
     """(nngp, ntk, cov1, cov2, ntk_self1, bad) of the planned network: the (n1, n2) kernels
@@ -217,58 +232,76 @@ def compute(lib, pl: SpatialPlan, x1: torch.Tensor, x2: torch.Tensor | None, *,
     a = x1.reshape(n1, c, p0).contiguous()
     b = None if x2 is None else x2.reshape(x2.shape[0], c, p0).contiguous()
     fn = lib.wn_spatial_f32 if dtype == torch.float32 else lib.wn_spatial_f64
-    size = a.element_size()
-    per_pair = p0 * p0 if full else p0
-    chunk = max(1, TASK_ENTRIES // per_pair)
+    chunk = max(1, TASK_ENTRIES // (p0 * p0 if full else p0))
     nst = pl.ints.shape[0]
     bad = []
 
-    def run(pi, pj, xa, xb, fa, fb, self_):
-        m = pi.numel()
-        ok = torch.empty(m, dtype=dtype)
-        ot = torch.empty(m, dtype=dtype) if want_ntk else None
-
-        def task(rng):
-            r0, r1 = rng
-            return fn(r1 - r0, pi.data_ptr() + 8 * r0, pj.data_ptr() + 8 * r0, xa.data_ptr(),
-                      xa.data_ptr() if xb is None else xb.data_ptr(), c, p0, int(full), nst,
-                      pl.ints.data_ptr(), pl.prm.data_ptr(), fa.data_ptr(),
-                      fa.data_ptr() if fb is None else fb.data_ptr(), pl.fstride, self_,
-                      ok.data_ptr() + size * r0,
-                      None if ot is None else ot.data_ptr() + size * r0, pl.cap)
-
-        run_in_order(task, spans(m, chunk), lambda i, flag: bad.append(flag), threads=threads)
-        return ok, ot
+    def pairs(pi, pj, xa, xb, fa, fb, self_):
+        """The loop on the pairs (pi[q], pj[q]): (NNGP, NTK or None, non-finite flag)."""
+        ok = torch.empty(pi.numel(), dtype=dtype)
+        ot = torch.empty(pi.numel(), dtype=dtype) if want_ntk else None
+        flag = fn(pi.numel(), pi.data_ptr(), pj.data_ptr(), xa.data_ptr(), xb.data_ptr(), c,
+                  p0, int(full), nst, pl.ints.data_ptr(), pl.prm.data_ptr(), fa.data_ptr(),
+                  fb.data_ptr(), pl.fstride, self_, ok.data_ptr(),
+                  None if ot is None else ot.data_ptr(), pl.cap)
+        return ok, ot, flag
 
     def selfs(x):
-        f = torch.empty((x.shape[0], pl.fstride), dtype=dtype)
-        idx = torch.arange(x.shape[0], dtype=torch.int64)
-        k, t = run(idx, idx, x, None, f, None, 1)
+        """The self pairs (i, i): the factors of every ABRelu, the output variances and NTK."""
+        n = x.shape[0]
+        f = torch.empty((n, pl.fstride), dtype=dtype)
+        k = torch.empty(n, dtype=dtype)
+        t = torch.empty(n, dtype=dtype) if want_ntk else None
+        idx = torch.arange(n, dtype=torch.int64)
+
+        def task(rows):
+            i = idx[rows[0]:rows[1]]
+            return rows, pairs(i, i, x, x, f, f, 1)
+
+        def consume(_, out):
+            (r0, r1), (ok, ot, flag) = out
+            k[r0:r1] = ok
+            if t is not None:
+                t[r0:r1] = ot
+            bad.append(flag)
+
+        run_in_order(task, spans(n, chunk), consume, threads=threads)
         return f, k, t
 
     f1, cov1, tself1 = selfs(a)
+    f2, cov2 = (f1, None) if b is None else selfs(b)[:2]
+    n2 = n1 if b is None else b.shape[0]
+    nngp = torch.empty((n1, n2), dtype=dtype)
+    ntk = torch.empty((n1, n2), dtype=dtype) if want_ntk else None
+    cols = torch.arange(n2, dtype=torch.int64)
+
+    def task(rows):
+        r0, r1 = rows
+        ii = torch.arange(r0, r1, dtype=torch.int64)[:, None].expand(r1 - r0, n2)
+        jj = cols[None, :].expand(r1 - r0, n2)
+        if b is None:
+            keep = jj > ii                            # j > i only, mirrored
+            ii, jj = ii[keep], jj[keep]
+        else:
+            ii, jj = ii.reshape(-1), jj.reshape(-1)
+        ii, jj = ii.contiguous(), jj.contiguous()
+        return ii, jj, pairs(ii, jj, a, a if b is None else b, f1, f2, 0)
+
+    def consume(_, out):
+        ii, jj, (ok, ot, flag) = out
+        for t, v in ((nngp, ok), (ntk, ot)):
+            if t is not None:
+                t[ii, jj] = v
+                if b is None:
+                    t[jj, ii] = v
+        bad.append(flag)
+
+    run_in_order(task, _row_tasks(n1, n2, b is None, chunk), consume, threads=threads)
     if b is None:
-        pi, pj = torch.triu_indices(n1, n1, 1, dtype=torch.int64)
-        pi, pj = pi.contiguous(), pj.contiguous()
-        ok, ot = run(pi, pj, a, a, f1, f1, 0)
-        nngp = torch.empty((n1, n1), dtype=dtype)
-        nngp[pi, pj] = ok
-        nngp[pj, pi] = ok
         nngp.diagonal().copy_(cov1)
-        ntk = None
-        if want_ntk:
-            ntk = torch.empty((n1, n1), dtype=dtype)
-            ntk[pi, pj] = ot
-            ntk[pj, pi] = ot
+        if ntk is not None:
             ntk.diagonal().copy_(tself1)
-        return nngp, ntk, cov1, None, tself1, any(bad)
-    f2, cov2, _ = selfs(b)
-    n2 = b.shape[0]
-    pi = torch.arange(n1, dtype=torch.int64).repeat_interleave(n2)
-    pj = torch.arange(n2, dtype=torch.int64).repeat(n1)
-    ok, ot = run(pi, pj, a, b, f1, f2, 0)
-    return (ok.reshape(n1, n2), None if ot is None else ot.reshape(n1, n2), cov1, cov2, tself1,
-            any(bad))
+    return nngp, ntk, cov1, cov2, tself1, any(bad)
 
 
 def output_kernel(pl: SpatialPlan, result, symmetric: bool) -> Kernel:

@@ -11,8 +11,12 @@ parallel region ending in a barrier. Two engines fuse them:
   j >= i and mirror. The strips are tasks of the block scheduler (`widenets._parallel`), no
   barrier inside. The library (plain C++, no torch headers) builds in about a second with the
   system's compiler, once per machine (cached on disk); a kernel below `NATIVE_MIN_ENTRIES`
-  entries never uses it (not even when cached: the engine depends on the size only). Other
-  networks, and kernels under autograd, run eagerly.
+  entries never uses it (not even when cached: the engine depends on the size only).
+  Networks on images of Conv, ABRelu, pooling, Flatten and Dense layers with a flat output run
+  natively too, one input pair at a time in cache (`spatial_network_kernel`,
+  `widenets.layers._native_spatial`, a second library; kernels of at least
+  `NATIVE_MIN_SPATIAL_WORK` input pairs x position pairs). Other networks, and kernels under
+  autograd, run eagerly.
   Chosen by measurement (benchmarks/analytic_fc.py, docs/guide/kernels.md §engine): on the
   2-core machine the native pass made the N = 4000 depth-3 ReLU kernel several times faster
   than eager, with no first-call penalty beyond the one-time build, where torch.compile's
@@ -103,7 +107,9 @@ def set_engine(engine: str = DEFAULT_ENGINE) -> str:
         engine: "native" (default): flat networks that are chains of Dense and ABRelu
             layers (Relu, LeakyRelu, Abs) in one compiled C++ pass (built once per machine
             with the system's compiler; only kernels of at least `NATIVE_MIN_ENTRIES`
-            entries use it), everything else eager; "auto": native chains, and the
+            entries use it), and image networks of Conv, ABRelu, pooling, Flatten and Dense
+            layers one input pair at a time (kernels of at least `NATIVE_MIN_SPATIAL_WORK`
+            input pairs x position pairs), everything else eager; "auto": native chains, and the
             torch.compile units for other activations once compiled in the background;
             "fused": always the torch.compile units (compiles on first use, waits for it);
             "eager": plain torch operations, one pass per operation. The environment
