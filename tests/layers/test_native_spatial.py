@@ -217,7 +217,8 @@ def test_native_spatial_fallback_when_the_build_fails(use_engine, monkeypatch, t
 def test_which_kernels_take_the_native_path(use_engine, native_ok, monkeypatch):
     """The size rule (NATIVE_MIN_SPATIAL_WORK, not patched here): the CNN-GAP of
     benchmarks/analytic_conv.py at N = 128 on 8 x 8 images takes the native path; the same
-    network at N = 100 stays eager (never waits for a build)."""
+    network at N = 100 stays eager and never loads (or builds) the library (mutation: a rule
+    on output entries, as for flat kernels, would take N = 100 native)."""
     calls = _counting(monkeypatch)
     use_engine("native")
     conv = lambda: wn.Conv(1, 3, padding="SAME", w_std=1.4, b_std=0.1)  # noqa: E731
@@ -226,6 +227,10 @@ def test_which_kernels_take_the_native_path(use_engine, native_ok, monkeypatch):
     k = net.kernel(x, dtype=torch.float32, get="nngp")
     assert calls[0] == 1 and k.shape == (128, 128)
     small = wn.serial(conv(), wn.GlobalAvgPool(), wn.Dense(1))
+
+    def no_load(which="chain"):
+        raise AssertionError("a small kernel loaded a native library")
+    monkeypatch.setattr(_native, "load", no_load)
     small.kernel(x[:100], dtype=torch.float32, get="nngp")
     assert calls[0] == 1
 
