@@ -564,12 +564,11 @@ def _chain_stages(layer) -> list | None:
     return None
 
 
-def _native_lib(k0: Kernel, work: int | None = None):
-    """The native library if this call may use it (engine, size: `work`, by default the
-    kernel's entries), else None."""
+def _native_lib(k0: Kernel):
+    """The native library if this call may use it (engine, size), else None."""
     if get_engine() not in ("native", "auto"):
         return None
-    if (k0.n1 * k0.n2 if work is None else work) < NATIVE_MIN_ENTRIES:
+    if k0.n1 * k0.n2 < NATIVE_MIN_ENTRIES:
         # a small kernel never pays the build, and never uses a library built earlier: which
         # engine computes a kernel (they agree to rounding, not bitwise) depends only on its
         # size and on whether a compiler exists, not on what an earlier process left in the
