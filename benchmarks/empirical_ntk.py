@@ -143,9 +143,10 @@ def hand_written_mlp_ntk(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             flat = g.transpose(0, 1).reshape(g.shape[1], -1)
             return flat @ flat.T
 
-        k = (torch.addmm(torch.ones(()), x, x.T) * cot_gram(g1)
-             + torch.addmm(torch.ones(()), h1, h1.T) * cot_gram(g2)
-             + torch.addmm(torch.ones(()), h2, h2.T) * o)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        k = (torch.addmm(one, x, x.T) * cot_gram(g1)
+             + torch.addmm(one, h1, h1.T) * cot_gram(g2)
+             + torch.addmm(one, h2, h2.T) * o)
         return k / o
 
 

@@ -3,9 +3,10 @@
 The policy (`memory_budget`): a step that chooses its own size (the blocks of a full-layout
 kernel, all of them running at once together; loading a stored kernel; a Cholesky solve of a
 stored kernel; the blocks of an empirical NTK) plans for at most HALF of the memory available
-when it starts (MemAvailable on Linux), so that the other half absorbs what the estimate
-misses and what other processes take meanwhile. A path may cap it lower where it has a reason
-(the empirical NTK caps it at 2 GiB, `widenets.empirical.cost.DEFAULT_BUDGET_BYTES`).
+when it starts (MemAvailable on Linux; a GPU's free memory for its tensors), so that the
+other half absorbs what the estimate misses and what other processes take meanwhile. A path
+may cap it lower where it has a reason (the empirical NTK caps it at 2 GiB,
+`widenets.empirical.cost.DEFAULT_BUDGET_BYTES`).
 
 Tests simulate a small machine by replacing `available_memory` in this module.
 
@@ -30,8 +31,19 @@ import threading
 __all__ = ["available_memory", "memory_budget", "reuse_freed_memory"]
 
 
-def available_memory() -> int:
-    """Bytes of memory available to this process (MemAvailable on Linux; 4 GiB otherwise)."""
+def available_memory(device=None) -> int:
+    """Bytes of memory available to this process: on the CPU (device None or "cpu")
+    MemAvailable on Linux (4 GiB otherwise); on a CUDA device the free device memory plus what
+    torch's caching allocator holds unused."""
+    if device is not None and str(device) != "cpu":
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free + torch.cuda.memory_reserved(device)
+                       - torch.cuda.memory_allocated(device))
+        return 4 << 30                         # other accelerators: a conservative guess
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -45,10 +57,12 @@ def available_memory() -> int:
         return 4 << 30
 
 
-def memory_budget(*, cap: int | None = None) -> int:
-    """Bytes a memory-aware step may plan to hold at once: half of `available_memory()` now,
-    and at most `cap` when given (see the module docstring)."""
-    budget = available_memory() // 2
+def memory_budget(*, cap: int | None = None, device=None) -> int:
+    """Bytes a memory-aware step may plan to hold at once: half of `available_memory(device)`
+    now (the CPU's by default, a GPU's for its tensors), and at most `cap` when given (see the
+    module docstring)."""
+    on_cpu = device is None or str(device) == "cpu"
+    budget = (available_memory() if on_cpu else available_memory(device)) // 2
     return budget if cap is None else min(budget, int(cap))
 
 

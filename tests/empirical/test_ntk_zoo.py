@@ -130,14 +130,23 @@ def test_float32_agrees_with_float64():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(references):
-    model, params, x1, x2, ref = references("cnn_pool_stride")
+@pytest.mark.parametrize("name", list(ZOO))
+def test_cuda_matches_cpu(name, references):
+    """Every implementation on every zoo model, with the model and inputs on the GPU, against
+    the CPU autograd reference (1e-10: the same bound as on the CPU)."""
+    import copy
+
+    model, params, x1, x2, ref = references(name)
     dev = torch.device("cuda")
-    model = model.to(dev)
+    if params is None:                  # a copy: the cached CPU model serves the other tests
+        model = copy.deepcopy(model).to(dev)
+    else:                               # a function of explicit parameters
+        params = {k: v.to(dev) for k, v in params.items()}
     for impl in IMPLS:
-        out = wn.empirical_ntk(model, x1.to(dev), x2.to(dev), implementation=impl, mode="full")
+        out = wn.empirical_ntk(model, x1.to(dev), x2.to(dev), params=params,
+                               implementation=impl, mode="full")
         assert out.device.type == "cuda"
-        assert rel(out.cpu(), ref) < TOL
+        assert rel(out.cpu(), ref) < TOL, impl
 
 
 def test_attention_replacement_is_checked_against_the_module(references, monkeypatch):

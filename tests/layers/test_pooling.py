@@ -106,6 +106,23 @@ def test_full_layout_memory_errors(monkeypatch):
         net.kernel(x)
 
 
+def test_full_layout_blocks_on_an_accelerator_fill_its_memory(monkeypatch):
+    """On a GPU the blocks are as large as the device's budget allows (every op is one launch;
+    no cache to fit), on the CPU they stay at the cache-sized target. Simulated with a fake
+    device budget (mutation caught: the CPU's 16 MiB target used on the GPU gives b = 22 here,
+    the CPU's RAM as the GPU's budget gives a different b)."""
+    per_pair = _blocks.full_layout_bytes_per_pair((8, 8), torch.float64, True)
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda device=None: 2 * 10_000 * per_pair if device is not None
+                        else 2 * 400 * per_pair)
+    b_gpu, _ = _blocks.full_layout_plan((8, 8), torch.float64, True, None, threads=1,
+                                        fname="f", device="meta")
+    b_cpu, _ = _blocks.full_layout_plan((8, 8), torch.float64, True, None, threads=1,
+                                        fname="f")
+    assert b_gpu == 100                   # isqrt(10_000 pairs of the device budget)
+    assert b_cpu == 20                    # the RAM budget's isqrt(400) caps the speed target
+
+
 def test_flatten_of_1x1_images_equals_gap_and_errors():
     x = _x(4, 3, 1, 1)
     a = wn.serial(wn.Conv(5, 1), wn.Relu(), wn.Flatten(), wn.Dense(2)).kernel(x)

@@ -76,6 +76,30 @@ def test_overflow_still_says_overflow():
         net.kernel(torch.ones(2, 3), dtype=torch.float32)
 
 
+def test_float64_overflow_does_not_advise_float64():
+    """Already float64: the advice is to scale the inputs (mutation: the float32 advice
+    "use dtype=torch.float64" printed for a float64 kernel)."""
+    net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+    with pytest.raises(FloatingPointError, match=r"overflowed to infinity in torch\.float64 .*"
+                                                 r"scale the inputs down") as err:
+        net.kernel(torch.ones(2, 3, dtype=torch.float64) * 1e200)
+    assert "dtype=torch.float64" not in str(err.value)
+
+
+def test_conv_overflow_in_the_full_layout_is_called_an_overflow():
+    """Images so large that their inner products overflow: the full-layout path (per-block
+    kernels, no single input Kernel) diagnoses the first bad input pair and says the inputs
+    overflowed, not "NaN from finite values (not an overflow)" as before (the inf became a
+    NaN in ReLU's normalization)."""
+    net = wn.serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    x[1] *= 1e200
+    with pytest.raises(FloatingPointError, match=r"overflowed to infinity in torch\.float64 "
+                                                 r"\(already in the inputs' inner products"):
+        net.kernel(x)
+
+
 @pytest.mark.parametrize("fn, exc, match", [
     (np.tanh, TypeError, r"Elementwise: fn=tanh has no autograd derivative.*numpy.*torch\.tanh"),
     (math.tanh, TypeError, r"Elementwise: fn must map a torch\.Tensor to a torch\.Tensor "

@@ -27,6 +27,7 @@ from ._schedule import (
     compute_block,
     kernel_in_block_pairs,
     kernel_in_row_blocks,
+    second_from_first,
     spatial_network_kernel,
 )
 from .patterns import attach
@@ -94,7 +95,7 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
-                                  threads=threads, fname=fname)
+                                  threads=threads, fname=fname, device=x1.device)
     if not any(t is not None for t in aux):             # the native engine, where it applies
         k = spatial_network_kernel(layer, x1, x2, want_ntk=want_ntk, full=True, fname=fname,
                                    threads=threads)
@@ -109,21 +110,39 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
                 input_kernel(x1, x2, want_ntk=want_ntk, layout="full"), *aux))
     else:
         k = kernel_in_block_pairs(layer, x1, x2, b, want_ntk, aux, threads=threads)
-    check_finite(k, fname)
+
+    def pair_input(t):
+        """The input Kernel of the first non-finite entry's input pair (for the diagnosis)."""
+        i, j = (int(v) for v in (~torch.isfinite(t)).reshape(n1, n2, -1).any(-1).nonzero()[0])
+        x2j = (x1 if x2 is None else x2)[j:j + 1]
+        return attach(input_kernel(x1[i:i + 1], x2j, want_ntk=want_ntk, layout="full"),
+                      *_rows_of(aux, i, j, x2 is None))
+
+    check_finite(k, fname, layer=layer, k0=pair_input)
     return k
 
 
+def _rows_of(aux, i: int, j: int, symmetric: bool) -> tuple:
+    """(pattern1, pattern2, mask1, mask2) of `aux` for the input pair (i, j)."""
+    p1, p2, m1, m2 = second_from_first(aux, symmetric)
+    cut = lambda t, r: None if t is None else t[r:r + 1]  # noqa: E731
+    return cut(p1, i), cut(p2, j), cut(m1, i), cut(m2, j)
+
+
 def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: int | None, *,
-                     threads: int, fname: str) -> tuple[int, int]:
+                     threads: int, fname: str, device=None) -> tuple[int, int]:
     """(b, concurrent blocks) of a full-layout kernel: the block edge b (batch_size, or the
     speed target capped by the memory budget) and how many b x b blocks may run at once
-    within the budget (at most `threads`, at least 1).
+    within the budget (at most `threads`, at least 1). On a GPU (`device`) the budget is the
+    device's memory and the blocks are as large as it allows: each operation is one kernel
+    launch whatever its size, so small blocks only add launches (there is no cache to fit).
 
     Raises:
         MemoryError: one input pair, or one batch_size x batch_size block, exceeds the budget.
     """
     per_pair = full_layout_bytes_per_pair(spatial, dtype, want_ntk)
-    budget = memory_budget()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    budget = memory_budget() if on_cpu else memory_budget(device=device)
     fits = max(1, math.isqrt(max(budget // per_pair, 1)))
     what = (f"the full layout (all position pairs, needed by pooling) of {spatial} inputs "
             f"takes about {_gib(per_pair)} per input pair in {dtype}")
@@ -140,5 +159,5 @@ def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: in
     else:
         itemsize = torch.empty((), dtype=dtype).element_size()
         speed = math.isqrt(max(_TARGET_BLOCK_BYTES // (math.prod(spatial) ** 2 * itemsize), 1))
-        b = min(fits, max(speed, _MIN_BLOCK))
+        b = min(fits, max(speed, _MIN_BLOCK)) if on_cpu else fits
     return b, max(1, min(threads, budget // (b * b * per_pair)))

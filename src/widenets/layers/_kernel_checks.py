@@ -16,9 +16,11 @@ def check_finite(k, fname: str, *, layer=None, k0: Kernel | None = None) -> None
     """Raise FloatingPointError if a Kernel (or list of them, one per branch) has NaN/inf.
 
     The message says which it is: inf is an overflow (too deep or too large w_std for the
-    dtype); NaN from finite inputs is a domain error (0/0, a function outside its domain), not
-    an overflow. Given the network `layer` and its input kernel `k0`, it also names the first
-    layer of a serial network whose output is not finite.
+    dtype, or inputs whose inner products overflow); NaN from finite values is a domain error
+    (0/0, a function outside its domain). Given the network `layer` and its input Kernel `k0`
+    (or a function of the offending tensor that builds one, called on the error path only), it
+    names the first layer of a serial network whose output is not finite; without them a NaN
+    is not called "not an overflow", since a later layer can turn an inf into a NaN.
     """
     for kk in k if isinstance(k, list) else [k]:
         _check_finite(kk, fname, layer, k0)
@@ -36,21 +38,40 @@ def _check_finite(k: Kernel, fname: str, layer, k0) -> None:
         t = getattr(k, name)
         if t is None or all_finite(t):
             continue
+        if callable(k0):                      # built on the error path only
+            k0 = k0(t)
         where, first_inf = _first_nonfinite_layer(layer, k0)
-        overflow = bool(torch.isinf(t).any()) if first_inf is None else first_inf
-        if overflow:
+        if first_inf is None and where == "":
+            # not diagnosed: an inf anywhere says overflow; NaN alone may still come from an
+            # overflow that a later formula turned into inf/inf or inf - inf
+            if bool(torch.isinf(t).any()):
+                first_inf = True
+        if first_inf:
+            remedy = ("scale the inputs down, use smaller w_std or fewer layers"
+                      if t.dtype == torch.float64 else
+                      "use dtype=torch.float64, smaller w_std or fewer layers")
             raise FloatingPointError(
                 f"{fname}: the {name} kernel has non-finite entries: it overflowed to infinity "
-                f"in {t.dtype}{where}; use dtype=torch.float64, smaller w_std or fewer layers")
+                f"in {t.dtype}{where}; {remedy}")
+        if first_inf is False:
+            raise FloatingPointError(
+                f"{fname}: the {name} kernel has non-finite entries: NaN{where} from finite "
+                f"values (not an overflow: a 0/0 or a function evaluated outside its domain, "
+                f"e.g. LayerNorm(eps=0) on a zero input, or an activation returning NaN)")
         raise FloatingPointError(
-            f"{fname}: the {name} kernel has non-finite entries: NaN{where} from finite values "
-            f"(not an overflow: a 0/0 or a function evaluated outside its domain, e.g. "
-            f"LayerNorm(eps=0) on a zero input, or an activation returning NaN)")
+            f"{fname}: the {name} kernel has non-finite entries (NaN): an overflow turned into "
+            f"inf/inf or inf - inf by a later layer, or a 0/0 or a function evaluated outside "
+            f"its domain (e.g. LayerNorm(eps=0) on a zero input); try inputs scaled down, "
+            f"smaller w_std{'' if t.dtype == torch.float64 else ', dtype=torch.float64'}")
 
 
 def _first_nonfinite_layer(layer, k0) -> tuple[str, bool | None]:
     """(' (first at layer i of n: Name)', whether that layer's output had inf) for a serial
-    network, on the error path only; ('', None) when unknown."""
+    network, or (' (already in the inputs' inner products)', True) when the input Kernel
+    itself overflowed; on the error path only; ('', None) when unknown."""
+    if k0 is not None and any(t is not None and not bool(torch.isfinite(t).all())
+                              for t in (k0.nngp, k0.cov1, k0.cov2)):
+        return " (already in the inputs' inner products: the inputs are too large)", True
     stages = None if layer is None else layer.stages()
     if stages is None or k0 is None:
         return "", None

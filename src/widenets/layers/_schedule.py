@@ -20,6 +20,7 @@ import contextlib
 
 import torch
 
+from .._memory import memory_budget
 from .._parallel import big_op_threads, block_threads, run_in_order, spans
 from ..kernel import Kernel
 from ._inputs import input_kernel
@@ -27,8 +28,8 @@ from ._kernel_checks import check_finite
 from .patterns import attach
 
 __all__ = ["compute_block", "use_block_engine", "use_network_engine", "use_spatial_engine",
-           "spatial_network_kernel", "kernel_in_row_blocks",
-           "kernel_in_block_pairs", "row_bounds", "MIN_BLOCK_ENTRIES"]
+           "spatial_network_kernel", "kernel_in_row_blocks", "kernel_in_block_pairs",
+           "row_bounds", "second_from_first", "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
 #: (load balance), but not below this many entries (per-operation overheads and handing
@@ -98,6 +99,17 @@ def row_bounds(n1: int, per_row: int, block_entries: int, threads: int) -> list:
     return spans(n1, rows)
 
 
+def _block_entries(layer, k0: Kernel) -> int:
+    """Entries per row block: `layer.block_entries` (cache-sized) on the CPU; on a GPU as many
+    as half its free memory holds at PASSES_PER_LAYER live temporaries per entry (there is
+    no cache to fit, and every operation of a block is one kernel launch)."""
+    device = k0.nngp.device
+    if device.type == "cpu":
+        return layer.block_entries
+    per_entry = PASSES_PER_LAYER * k0.nngp.element_size() * (2 if k0.ntk is not None else 1)
+    return max(layer.block_entries, memory_budget(device=device) // per_entry)
+
+
 def _threads_for(k0: Kernel) -> int:
     return block_threads() if k0.nngp.device.type == "cpu" else 1
 
@@ -117,8 +129,9 @@ def kernel_in_row_blocks(layer, k0: Kernel, fname: str, *, threads: int | None =
     n1 = k0.n1
     whole = k0.x1_is_x2 and any(not getattr(lay, "symmetric_formula", True)
                                 for lay in layer.walk())
-    bounds = [(0, n1)] if whole else row_bounds(n1, max(1, k0.nngp[0].numel()),
-                                                layer.block_entries, threads)
+    per_row = max(1, k0.nngp[0].numel())
+    bounds = [(0, n1)] if whole else row_bounds(n1, per_row, _block_entries(layer, k0),
+                                                threads)
     if len(bounds) == 1:                  # one block: torch's threads if it is large
         with big_op_threads(threads, k0.nngp.numel() * PASSES_PER_LAYER * len(list(
                 layer.walk()))) if k0.nngp.device.type == "cpu" else contextlib.nullcontext():
@@ -167,7 +180,7 @@ def kernel_in_block_pairs(layer, x1, x2, b: int, want_ntk: bool, aux, *, threads
     cols = rows if x2 is None else spans(n2, b)
     pairs = [(bi, bj) for bi in range(len(rows)) for bj in range(len(cols))
              if x2 is not None or bj >= bi]
-    p1, p2, m1, m2 = _second_from_first(aux, x2 is None)
+    p1, p2, m1, m2 = second_from_first(aux, x2 is None)
 
     def block(pair):
         bi, bj = pair
@@ -191,7 +204,7 @@ def kernel_in_block_pairs(layer, x1, x2, b: int, want_ntk: bool, aux, *, threads
     return _assemble(blocks, rows, cols, x2 is None)
 
 
-def _second_from_first(aux, symmetric: bool):
+def second_from_first(aux, symmetric: bool):
     """(p1, p2, m1, m2) with p2 = p1 and m2 = m1 for a symmetric kernel (x2 = x1)."""
     p1, p2, m1, m2 = aux
     return (p1, p1 if symmetric else p2, m1, m1 if symmetric else m2)

@@ -40,7 +40,7 @@ from ._linalg import (
     check_positive,
     time_factors,
 )
-from .solver import SolveError, _Progress, _rho, as_operator
+from .solver import SolveError, _Progress, _rho, as_operator, operator_device
 
 __all__ = ["krylov_dynamics", "KrylovDynamics"]
 
@@ -259,7 +259,9 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
     tt, scalar = as_times(t, func=_FUNC, discrete=discrete)
     op, _ = as_operator(k_train, kernel=kernel, func=_FUNC, client=client, check=check_store)
     n = op.shape[0]
-    b, vector = as_targets(v, func=_FUNC, n=n, arg="v")
+    # the n-vectors on an in-memory kernel's device; the small tridiagonal problem on the CPU
+    b, vector = as_targets(v, func=_FUNC, n=n, arg="v", device=operator_device(op))
+    dev = b.device
     k = b.shape[1]
     steps = _default_max_iter(n, k) if max_iter is None else min(max_iter, n)
     need = (steps + 1) * n * k * 8
@@ -271,10 +273,11 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
     rho = _rho(op.diagonal(), diag_reg, diag_reg_absolute)
     passes0 = op.passes
 
-    norms = torch.linalg.norm(b, dim=0)
+    norms_dev = torch.linalg.norm(b, dim=0)
+    norms = norms_dev.cpu()
     live = norms > 0
-    basis = torch.empty(steps + 1, n, k, dtype=torch.float64)   # pages touched as used
-    basis[0] = b / torch.where(live, norms, torch.ones_like(norms))
+    basis = torch.empty(steps + 1, n, k, dtype=torch.float64, device=dev)  # pages touched as used
+    basis[0] = b / torch.where(norms_dev > 0, norms_dev, torch.ones_like(norms_dev))
     alpha = torch.zeros(steps, k, dtype=torch.float64)
     beta = torch.zeros(steps, k, dtype=torch.float64)
     size = torch.zeros(k, dtype=torch.long)          # Lanczos steps in each column's T
@@ -289,14 +292,16 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
         q = basis[j]
         t_prod = time.perf_counter()
         w = op.matmul(q) + rho * q                   # one pass over the kernel, all columns
-        a = (q * w).sum(0)
-        w = w - a * q
+        a_dev = (q * w).sum(0)
+        w = w - a_dev * q
+        a = a_dev.cpu()
         if j:
-            w = w - beta[j - 1] * basis[j - 1]
+            w = w - beta[j - 1].to(dev) * basis[j - 1]
         for _ in range(2):                           # full reorthogonalization, twice
             c = torch.einsum("jnk,nk->jk", basis[:j + 1], w)
             w = w - torch.einsum("jnk,jk->nk", basis[:j + 1], c)
-        bt = torch.linalg.norm(w, dim=0)
+        bt_dev = torch.linalg.norm(w, dim=0)
+        bt = bt_dev.cpu()
         grow = ~exhausted
         alpha[j] = torch.where(grow, a, alpha[j])
         size = size + grow.long()
@@ -304,8 +309,8 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
         stop = grow & (bt <= 1e-13 * torch.where(scale > 0, scale, torch.ones_like(scale)))
         exhausted = exhausted | stop
         beta[j] = torch.where(exhausted, torch.zeros_like(bt), bt)
-        basis[j + 1] = torch.where(exhausted, torch.zeros_like(w),
-                                   w / torch.where(bt > 0, bt, torch.ones_like(bt)))
+        basis[j + 1] = torch.where(exhausted.to(dev), torch.zeros_like(w),
+                                   w / torch.where(bt_dev > 0, bt_dev, torch.ones_like(bt_dev)))
         t_prod = time.perf_counter() - t_prod
         if (j + 1) % every and j + 1 < steps and not bool(exhausted.all()):
             continue
@@ -323,8 +328,8 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
             break
     bar.update(int(size.max()), worst, final=True)
 
-    decay = torch.zeros(n_t, n, k, dtype=torch.float64)
-    gain = torch.zeros(n_t, n, k, dtype=torch.float64)
+    decay = torch.zeros(n_t, n, k, dtype=torch.float64, device=dev)
+    gain = torch.zeros(n_t, n, k, dtype=torch.float64, device=dev)
     energy = torch.zeros(n_t, k, dtype=torch.float64)
     ritz = torch.zeros(0, dtype=torch.float64)
     for c in range(k):
@@ -333,8 +338,8 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
             continue
         y_d, y_g, en, theta, _ = _coefficients(alpha[:, c], beta[:, c], m, norms[c], tt,
                                                rho, learning_rate, discrete)
-        decay[:, :, c] = (basis[:m, :, c].T @ y_d).T               # Q_m y: (T, n)
-        gain[:, :, c] = (basis[:m, :, c].T @ y_g).T
+        decay[:, :, c] = (basis[:m, :, c].T @ y_d.to(dev)).T       # Q_m y: (T, n)
+        gain[:, :, c] = (basis[:m, :, c].T @ y_g.to(dev)).T
         energy[:, c] = en
         if m >= ritz.numel():
             ritz = theta

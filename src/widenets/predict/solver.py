@@ -219,8 +219,9 @@ def _nystrom(op, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     against ~0.6 GB).
     """
     n = op.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    omega, _ = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64))
+    g = torch.Generator().manual_seed(seed)         # drawn on the CPU: the same Ω on any device
+    omega, _ = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64).to(
+        operator_device(op)))
     y = op.matmul(omega)                                       # one pass over the kernel
     nu = math.sqrt(n) * torch.finfo(torch.float64).eps * float(torch.linalg.norm(y))
     y.add_(omega, alpha=nu)                                    # Y_ν = Y + νΩ (stability)
@@ -230,7 +231,7 @@ def _nystrom(op, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     c, info = torch.linalg.cholesky_ex(w)
     if int(info) != 0:
         c, _ = torch.linalg.cholesky_ex(w + 1e-10 * float(w.diagonal().abs().max()) *
-                                        torch.eye(rank, dtype=w.dtype))
+                                        torch.eye(rank, dtype=w.dtype, device=w.device))
     b = torch.linalg.solve_triangular(c, y.T, upper=False).T   # B = Y_ν C⁻ᵀ
     del y
     q, r = torch.linalg.qr(b)
@@ -259,9 +260,9 @@ def _pivoted_cholesky(op, rank: int, block: int) -> tuple[torch.Tensor, torch.Te
     n = op.shape[0]
     d = op.diagonal().to(torch.float64)
     scale = float(d.max()) if n else 0.0
-    lmat = torch.zeros(n, rank, dtype=torch.float64)
+    lmat = torch.zeros(n, rank, dtype=torch.float64, device=d.device)
     m = 0
-    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen = torch.zeros(n, dtype=torch.bool, device=d.device)
     while m < rank:
         cand = torch.where(chosen, torch.full_like(d, -math.inf), d)
         s = min(block, rank - m)
@@ -269,7 +270,7 @@ def _pivoted_cholesky(op, rank: int, block: int) -> tuple[torch.Tensor, torch.Te
         idx = idx[cand[idx] > 1e-14 * scale]
         if idx.numel() == 0:
             break
-        cols = op.columns(idx.numpy()).to(torch.float64)       # (n, s)
+        cols = op.columns(idx.cpu().numpy()).to(torch.float64)  # (n, s)
         for t, p in enumerate(idx.tolist()):
             col = cols[:, t] - lmat[:, :m] @ lmat[p, :m]
             piv = float(col[p])
@@ -288,14 +289,14 @@ def _pivoted_cholesky(op, rank: int, block: int) -> tuple[torch.Tensor, torch.Te
 # ------------------------------------------------------------------------------ checkpoints
 def _fingerprint(op, b: torch.Tensor, rho: float, precond, rank: int, seed: int) -> str:
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(b.numpy()).view(np.uint8).reshape(-1).data)
+    h.update(np.ascontiguousarray(b.detach().cpu().numpy()).view(np.uint8).reshape(-1).data)
     if hasattr(op, "meta"):
         what = {"store": op.meta.get("uuid"), "name": op.name}
     else:
         k = op.load()
-        sample = np.ascontiguousarray(k.reshape(-1)[::max(1, k.numel() // 4096)].numpy())
+        sample = np.ascontiguousarray(k.reshape(-1)[::max(1, k.numel() // 4096)].cpu().numpy())
         h.update(sample.view(np.uint8).data)
-        h.update(np.ascontiguousarray(k.diagonal().numpy()).view(np.uint8).data)
+        h.update(np.ascontiguousarray(k.diagonal().cpu().numpy()).view(np.uint8).data)
         what = {"dense": list(k.shape)}
     return json.dumps({"kernel": what, "rhs_sha256": h.hexdigest(), "rho": rho,
                        "preconditioner": precond, "rank": rank, "seed": seed}, sort_keys=True)
@@ -454,7 +455,8 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
 
     op, is_store = as_operator(k_train, kernel=kernel, client=client, check=check_store)
     n = op.shape[0]
-    b, vector = as_targets(y, func=_FUNC, n=n)
+    # on an in-memory kernel's device (stores are read to the CPU)
+    b, vector = as_targets(y, func=_FUNC, n=n, device=operator_device(op))
     if method == "auto":
         method = "cholesky" if (not is_store or _fits_in_memory(op)) and client is None \
             else "cg"
@@ -493,13 +495,13 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
     passes0 = op.passes
     t_setup = time.perf_counter()
     if state is not None:
-        u, lam = torch.from_numpy(state["u"]), torch.from_numpy(state["lam"])
+        u, lam = (torch.from_numpy(state[k]).to(b.device) for k in ("u", "lam"))
     elif preconditioner == "nystrom":
         u, lam = _nystrom(op, rank, seed)
     elif preconditioner == "pivoted_cholesky":
         u, lam = _pivoted_cholesky(op, rank, block=max(1, min(rank, 64) if is_store else 1))
     else:
-        u, lam = torch.zeros(n, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        u, lam = b.new_zeros(n, 0), b.new_zeros(0)
     precond = LowRankPreconditioner(u, lam, rho)
     setup = time.perf_counter() - t_setup
 
@@ -511,9 +513,8 @@ def solve(k_train, y, *, diag_reg: float = 0.0, diag_reg_absolute: bool = False,
     live = bnorm > 0
     safe = torch.where(live, bnorm, torch.ones_like(bnorm))
     if state is not None:
-        x, r, p = (torch.from_numpy(state[k]) for k in ("x", "r", "p"))
-        rz = torch.from_numpy(state["rz"])
-        history = [torch.from_numpy(row) for row in state["history"]]
+        x, r, p, rz = (torch.from_numpy(state[k]).to(b.device) for k in ("x", "r", "p", "rz"))
+        history = [torch.from_numpy(row).to(b.device) for row in state["history"]]
         it0 = int(state["iteration"])
     else:
         x = torch.zeros_like(b)
@@ -591,6 +592,13 @@ def _true_residual(matmul, x: torch.Tensor, b: torch.Tensor, rho: float) -> torc
 
 
 def _state(fp, x, r, p, rz, history, it, u, lam) -> dict:
-    return {"fingerprint": np.array(fp), "x": x.numpy(), "r": r.numpy(), "p": p.numpy(),
-            "rz": rz.numpy(), "history": torch.stack(history).numpy(),
-            "iteration": np.array(it), "u": u.numpy(), "lam": lam.numpy()}
+    host = lambda t: t.detach().cpu().numpy()      # noqa: E731  (checkpoints live on disk)
+    return {"fingerprint": np.array(fp), "x": host(x), "r": host(r), "p": host(p),
+            "rz": host(rz), "history": host(torch.stack(history)),
+            "iteration": np.array(it), "u": host(u), "lam": host(lam)}
+
+
+def operator_device(op) -> torch.device:
+    """Where the solve runs: an in-memory kernel's device; stores are read to the CPU."""
+    k = getattr(op, "k", None)
+    return k.device if isinstance(k, torch.Tensor) else torch.device("cpu")
