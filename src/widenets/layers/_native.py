@@ -19,7 +19,7 @@ checks acos against mpmath. sin θ = √((1 - c)(1 + c)) (no cancellation near c
 A second library (`load("spatial")`, SPATIAL_SOURCE: the same arc-cosine) computes networks
 on images one input pair at a time, the pair's position-pair tensor carried through Conv,
 ABRelu, pooling, Flatten and Dense layers in scratch buffers (`wn_spatial_*`;
-`widenets.layers._native_spatial`, docs/math/native-conv.md). It is built apart (3-5 s) so that
+`widenets.layers._native_spatial`, docs/math/native-conv.md). It is built apart (4-7 s) so that
 flat kernels never wait for it.
 
 Build: each source below is compiled with the system's C++ compiler (g++, c++ or clang++, or

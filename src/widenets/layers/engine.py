@@ -79,7 +79,7 @@ AUTO_MIN_ENTRIES = 1 << 20
 NATIVE_MIN_ENTRIES = 1 << 20
 #: kernels of images with less work (input pairs n1 n2 times position pairs P² in the full
 #: layout, times positions P in the diagonal one) never use the native spatial library. Its
-#: one-time build took 3-5 s on the 2-core machine, about the eager time at this size (the
+#: one-time build took 4-7 s on the busy 2-core machine, about the eager time at this size (the
 #: CNN-GAP of benchmarks/analytic_conv.py at N = 128 on 8 x 8 images is exactly 2^26), so a
 #: smaller kernel (N = 100: 0.6 x 2^26) never waits for a build
 NATIVE_MIN_SPATIAL_WORK = 1 << 26
