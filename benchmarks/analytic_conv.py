@@ -22,15 +22,20 @@ with the fused time.
 
 Engines (issue 14, docs/guide/kernels.md §engine): each case runs with every engine of
 --engines, alternating within one run; the fused engine fuses each activation's passes (the
-convolution and pooling sums stay eager). Compile cost: the first fused call, reported apart.
+convolution and pooling sums stay eager); the native engine computes each input pair's whole
+network in cache (widenets.layers._native_spatial). Compile cost: the first fused or native
+call, reported apart.
 
-    python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle] [--engines eager fused]
+    python benchmarks/analytic_conv.py [--repeats 3] [--skip-myrtle] [--engines eager native]
 
 Before / after (issue 14): `--reference-src DIR` (e.g. another checkout's src/) times each case
 in fresh processes, alternating between DIR and this checkout (the one on PYTHONPATH), one
 warm-up and one timed call per process, `--repeats` processes each; it prints the medians of
 the wall and CPU (process) times and their ratios, measured in the same run, the load average,
-and the bandwidth-bound time of the reference's passes (its traffic, measured in its process):
+and the bandwidth-bound time of the reference's passes (its traffic, measured in its process).
+The reference runs each engine of --engines; this checkout runs --this-engine (default: its
+default engine, "native"; pass e.g. `--this-engine eager` to compare like with like). The
+native spatial library's one-time build is measured apart, in a fresh cache directory:
 
     PYTHONPATH=src python benchmarks/analytic_conv.py --reference-src /path/to/main/src \
         --repeats 3 --engines eager
@@ -99,10 +104,12 @@ def _case(name, n, dtype):
 
 def worker(name, n, dtype_name, engine, traffic):
     """One process of --reference-src: a warm-up call, one timed call (wall and CPU), and the
-    pair-tensor traffic of the eager passes when asked; prints one JSON line."""
+    pair-tensor traffic of the eager passes when asked; prints one JSON line. engine
+    "default": the checkout's default engine."""
     dtype = getattr(torch, dtype_name)
     run = _case(name, n, dtype)
-    wn.set_engine(engine)
+    if engine != "default":
+        wn.set_engine(engine)
     run()
     t0, c0 = time.perf_counter(), time.process_time()
     run()
@@ -113,6 +120,25 @@ def worker(name, n, dtype_name, engine, traffic):
     print(json.dumps(out))
 
 
+def native_build_time(src, here) -> str:
+    """One build of this checkout's native spatial library in a fresh cache directory, in a
+    fresh process (the one-time cost a machine pays; later processes load it from the disk
+    cache)."""
+    import tempfile
+
+    code = ("import time; from widenets.layers import _native; t = time.perf_counter(); "
+            "_native.load('spatial'); print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PYTHONPATH=src + os.pathsep + here, WIDENETS_CACHE_DIR=tmp)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True)
+    if out.returncode:
+        return "native spatial library: not built here (" + \
+            (out.stderr.strip().splitlines() or ["?"])[-1][:120] + ")"
+    return (f"native spatial library build (once per machine, fresh cache): "
+            f"{float(out.stdout):.1f} s")
+
+
 def compare(args):
     """Alternating fresh processes of the reference checkout and this one (see the module
     docstring)."""
@@ -121,7 +147,9 @@ def compare(args):
     bandwidth = copy_bandwidth()
     print(f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (best of 7); reference {args.reference_src}")
-    print("| network | N | dtype | engine | reference wall (s) | this wall (s) | wall ratio | "
+    print(native_build_time(this_src, here))
+    print("| network | N | dtype | engine (reference / this) | reference wall (s) | this wall (s) "
+          "| wall ratio | "
           "reference CPU (s) | this CPU (s) | CPU ratio | bandwidth-bound, reference passes "
           "(s) | bound / this wall (min) | load average |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -138,8 +166,9 @@ def compare(args):
                     for who, src in (("ref", args.reference_src), ("this", this_src)):
                         env = dict(os.environ, PYTHONPATH=src + os.pathsep + here)
                         want = who == "ref" and r == 0
+                        eng = engine if who == "ref" else args.this_engine
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-                               str(n), dtype, engine, "1" if want else "0"]
+                               str(n), dtype, eng, "1" if want else "0"]
                         loads.append(os.getloadavg()[0])
                         out = subprocess.run(cmd, env=env, capture_output=True, text=True,
                                              check=True).stdout.strip().splitlines()[-1]
@@ -150,7 +179,8 @@ def compare(args):
                        for w, v in res.items()}
                 best = min(g["wall"] for g in res["this"])
                 bound = traffic / bandwidth
-                print(f"| {name} | {n} | {dtype} | {engine} | {med['ref']['wall']:.3f} | "
+                print(f"| {name} | {n} | {dtype} | {engine} / {args.this_engine} | "
+                      f"{med['ref']['wall']:.3f} | "
                       f"{med['this']['wall']:.3f} | {med['ref']['wall'] / med['this']['wall']:.2f}"
                       f" | {med['ref']['cpu']:.3f} | {med['this']['cpu']:.3f} | "
                       f"{med['ref']['cpu'] / med['this']['cpu']:.2f} | {bound:.3f} | "
@@ -164,8 +194,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-myrtle", action="store_true")
-    ap.add_argument("--engines", nargs="+", default=["eager", "fused"],
-                    choices=["eager", "fused", "auto"])
+    ap.add_argument("--engines", nargs="+", default=["eager", "native"],
+                    choices=["eager", "native", "fused", "auto"])
+    ap.add_argument("--this-engine", default="default",
+                    choices=["default", "eager", "native", "fused", "auto"],
+                    help="with --reference-src: this checkout's engine (default: its default)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                     choices=["float32", "float64"], help="with --reference-src")
@@ -200,7 +233,7 @@ def main():
                 wn.set_engine(e)
                 t0 = time.perf_counter()
                 run()
-                if e == "fused":
+                if e in ("fused", "native"):
                     first[name, dtype] = time.perf_counter() - t0
             for _ in range(reps):
                 for e in args.engines:
@@ -215,7 +248,7 @@ def main():
             r = ref.get((dtype, n)) if name == "gap" else None
             for e in args.engines:
                 med, best = statistics.median(times[e]), min(times[e])
-                if e == "fused" and (name, dtype) not in compile_cost:
+                if e in ("fused", "native") and (name, dtype) not in compile_cost:
                     compile_cost[name, dtype] = first[name, dtype] - med
                 speed = f"{r / best:.1f}x / {best_ref[n] / best:.1f}x" if r else "-"
                 med_s = f"{med:.3f}" if reps > 1 else f"{med:.3f} (1 run)"
@@ -224,8 +257,8 @@ def main():
                       f"{best:.3f} | {r if r else '-'} | {speed} | {traffic / 1e9:.2f} | "
                       f"{bound:.3f} | {bound / best:.0%} | {vs:.2f} |", flush=True)
     if compile_cost:
-        print("\nfused engine compile cost (first call minus median; units are shared between "
-              "networks, so later cases may show ~0):")
+        print("\nfused / native engine compile cost (first call minus median; units and the "
+              "library are shared between networks, so later cases may show ~0):")
         for (name, dtype), c in compile_cost.items():
             print(f"  {name} {str(dtype).replace('torch.', '')}: {c:.1f} s")
     wn.set_engine("auto")

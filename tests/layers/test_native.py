@@ -197,8 +197,8 @@ def test_native_fallback_when_the_build_fails_is_announced_once(use_engine, monk
     engine unavailable: one EngineWarning, then eager results, silently."""
     monkeypatch.setenv("CXX", "false")
     monkeypatch.setenv("WIDENETS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_native, "_lib", None)
-    monkeypatch.setattr(_native, "_error", None)
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "_errors", {})
     monkeypatch.setattr(engine, "_native_announced", False)
     monkeypatch.setattr(engine, "NATIVE_MIN_ENTRIES", 10)     # these kernels may build
     net = NETS["relu"]()
@@ -221,11 +221,11 @@ def test_small_kernels_never_build(use_engine, monkeypatch):
     """Below NATIVE_MIN_ENTRIES a kernel neither starts a build nor uses a cached library
     (mutation: using the library when an earlier process cached it would make a kernel's
     engine, hence its last bits, depend on the machine's history)."""
-    monkeypatch.setattr(_native, "_lib", None)
-    monkeypatch.setattr(_native, "cached", lambda: True)
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "cached", lambda which="chain": True)
     monkeypatch.setattr(engine, "NATIVE_MIN_ENTRIES", 1 << 20)
 
-    def no_build():
+    def no_build(which="chain"):
         raise AssertionError("a small kernel used the native library")
     monkeypatch.setattr(_native, "load", no_build)
     use_engine("native")

@@ -28,6 +28,7 @@ from ._schedule import (
     kernel_in_block_pairs,
     kernel_in_row_blocks,
     second_from_first,
+    spatial_network_kernel,
 )
 from .patterns import attach
 
@@ -76,6 +77,11 @@ def spatial_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *, want_ntk
         if isinstance(need, list):            # a network that starts with FanOut
             need = max(need)
     if need == DIAGONAL:
+        if not any(t is not None for t in aux):         # the native engine, where it applies
+            k = spatial_network_kernel(layer, x1, x2, want_ntk=want_ntk, full=False,
+                                       fname=fname, threads=threads)
+            if k is not None:
+                return k
         return kernel_in_row_blocks(
             layer, attach(input_kernel(x1, x2, want_ntk=want_ntk, layout="diagonal"), *aux),
             fname, threads=threads)
@@ -90,6 +96,11 @@ def _full_layout_kernel(layer, x1, x2, *, want_ntk, batch_size, fname, aux, thre
     n2 = n1 if x2 is None else x2.shape[0]
     b, threads = full_layout_plan(tuple(x1.shape[2:]), x1.dtype, want_ntk, batch_size,
                                   threads=threads, fname=fname, device=x1.device)
+    if not any(t is not None for t in aux):             # the native engine, where it applies
+        k = spatial_network_kernel(layer, x1, x2, want_ntk=want_ntk, full=True, fname=fname,
+                                   threads=threads)
+        if k is not None:
+            return k
     if b >= n1 and b >= n2:               # one block: torch's threads if it is large
         size = n1 * n2 * math.prod(x1.shape[2:]) ** 2 * PASSES_PER_LAYER * len(list(
             layer.walk()))

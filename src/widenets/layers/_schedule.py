@@ -27,8 +27,9 @@ from ._inputs import input_kernel
 from ._kernel_checks import check_finite
 from .patterns import attach
 
-__all__ = ["compute_block", "use_block_engine", "use_network_engine", "kernel_in_row_blocks",
-           "kernel_in_block_pairs", "row_bounds", "second_from_first", "MIN_BLOCK_ENTRIES"]
+__all__ = ["compute_block", "use_block_engine", "use_network_engine", "use_spatial_engine",
+           "spatial_network_kernel", "kernel_in_row_blocks", "kernel_in_block_pairs",
+           "row_bounds", "second_from_first", "MIN_BLOCK_ENTRIES"]
 
 #: with several threads, blocks are made smaller so that each thread gets about 4 of them
 #: (load balance), but not below this many entries (per-operation overheads and handing
@@ -60,6 +61,27 @@ def use_network_engine(fn) -> None:
     (computed and checked), or None to compute the kernel in row blocks."""
     global _network_engine
     _network_engine = fn
+
+
+#: fn(layer, x1, x2, want_ntk=, full=, fname=, threads=) -> Kernel or None: computes a whole
+#: kernel of images at once when it can (the native engine's spatial chains)
+_spatial_engine = None
+
+
+def use_spatial_engine(fn) -> None:
+    """Make fn(layer, x1, x2, want_ntk=, full=, fname=, threads=) the first try of a kernel of
+    channels-first inputs: a Kernel (computed and checked), or None to compute it in blocks."""
+    global _spatial_engine
+    _spatial_engine = fn
+
+
+def spatial_network_kernel(layer, x1, x2, *, want_ntk: bool, full: bool, fname: str,
+                           threads: int):
+    """The registered spatial engine's kernel, or None (no engine, or it does not apply)."""
+    if _spatial_engine is None:
+        return None
+    return _spatial_engine(layer, x1, x2, want_ntk=want_ntk, full=full, fname=fname,
+                           threads=threads)
 
 
 def compute_block(layer, k: Kernel):

@@ -11,8 +11,12 @@ parallel region ending in a barrier. Two engines fuse them:
   j >= i and mirror. The strips are tasks of the block scheduler (`widenets._parallel`), no
   barrier inside. The library (plain C++, no torch headers) builds in about a second with the
   system's compiler, once per machine (cached on disk); a kernel below `NATIVE_MIN_ENTRIES`
-  entries never uses it (not even when cached: the engine depends on the size only). Other
-  networks, and kernels under autograd, run eagerly.
+  entries never uses it (not even when cached: the engine depends on the size only).
+  Networks on images of Conv, ABRelu, pooling, Flatten and Dense layers with a flat output run
+  natively too, one input pair at a time in cache (`spatial_network_kernel`,
+  `widenets.layers._native_spatial`, a second library; kernels of at least
+  `NATIVE_MIN_SPATIAL_WORK` input pairs x position pairs). Other networks, and kernels under
+  autograd, run eagerly.
   Chosen by measurement (benchmarks/analytic_fc.py, docs/guide/kernels.md §engine): on the
   2-core machine the native pass made the N = 4000 depth-3 ReLU kernel several times faster
   than eager, with no first-call penalty beyond the one-time build, where torch.compile's
@@ -49,16 +53,20 @@ import torch
 
 from .._parallel import run_in_order, spans
 from ..kernel import Kernel
-from . import _native
+from . import _native, _native_spatial
+from ._inputs import _mark_same_inputs
 from ._kernel_checks import check_finite
-from ._schedule import use_block_engine, use_network_engine
+from ._native_spatial import native_abrelu, native_dense
+from ._schedule import use_block_engine, use_network_engine, use_spatial_engine
 from .activations import ABRelu, Activation, _is_gamma_token
 from .base import new_source
 from .combinators import Parallel, Repeat, Serial
 from .dense import Dense
 
-__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "EngineWarning", "set_engine",
-           "get_engine", "apply", "fused_available", "native_available", "network_kernel"]
+__all__ = ["ENGINES", "AUTO_MIN_ENTRIES", "NATIVE_MIN_ENTRIES", "NATIVE_MIN_SPATIAL_WORK",
+           "EngineWarning", "set_engine",
+           "get_engine", "apply", "fused_available", "native_available", "network_kernel",
+           "spatial_network_kernel"]
 
 #: the engine names (`set_engine`, the WIDENETS_ENGINE environment variable)
 ENGINES = ("auto", "native", "fused", "eager")
@@ -69,6 +77,12 @@ DEFAULT_ENGINE = "native"
 AUTO_MIN_ENTRIES = 1 << 20
 #: kernels with fewer entries never use the native library (neither build nor load it)
 NATIVE_MIN_ENTRIES = 1 << 20
+#: kernels of images with less work (input pairs n1 n2 times position pairs P² in the full
+#: layout, times positions P in the diagonal one) never use the native spatial library. Its
+#: one-time build took 4-7 s on the busy 2-core machine, about the eager time at this size (the
+#: CNN-GAP of benchmarks/analytic_conv.py at N = 128 on 8 x 8 images is exactly 2^26), so a
+#: smaller kernel (N = 100: 0.6 x 2^26) never waits for a build
+NATIVE_MIN_SPATIAL_WORK = 1 << 26
 _ENV = "WIDENETS_ENGINE"
 
 
@@ -93,7 +107,9 @@ def set_engine(engine: str = DEFAULT_ENGINE) -> str:
         engine: "native" (default): flat networks that are chains of Dense and ABRelu
             layers (Relu, LeakyRelu, Abs) in one compiled C++ pass (built once per machine
             with the system's compiler; only kernels of at least `NATIVE_MIN_ENTRIES`
-            entries use it), everything else eager; "auto": native chains, and the
+            entries use it), and image networks of Conv, ABRelu, pooling, Flatten and Dense
+            layers one input pair at a time (kernels of at least `NATIVE_MIN_SPATIAL_WORK`
+            input pairs x position pairs), everything else eager; "auto": native chains, and the
             torch.compile units for other activations once compiled in the background;
             "fused": always the torch.compile units (compiles on first use, waits for it);
             "eager": plain torch operations, one pass per operation. The environment
@@ -543,15 +559,7 @@ def _chain_stages(layer) -> list | None:
     if isinstance(layer, Repeat):
         sub = _chain_stages(layer.layer)
         return None if sub is None else sub * layer.n
-    if isinstance(layer, Dense) and type(layer).apply_kernel is Dense.apply_kernel \
-            and not isinstance(layer.w_std, torch.Tensor) \
-            and not isinstance(layer.b_std, torch.Tensor):
-        return [layer]
-    if isinstance(layer, ABRelu) and type(layer).apply_kernel is Activation.apply_kernel \
-            and type(layer).t_and_tdot is ABRelu.t_and_tdot \
-            and type(layer).t_diag is ABRelu.t_diag and type(layer).tdot_diag is ABRelu.tdot_diag \
-            and not isinstance(layer.a, torch.Tensor) and not isinstance(layer.b, torch.Tensor) \
-            and layer.a != layer.b:
+    if native_dense(layer) or native_abrelu(layer):
         return [layer]
     return None
 
@@ -700,5 +708,70 @@ def _run_chain(lib, stages, k0: Kernel, fname: str, layer, threads: int) -> Kern
     return out
 
 
+def spatial_network_kernel(layer, x1: torch.Tensor, x2: torch.Tensor | None, *,
+                           want_ntk: bool, full: bool, fname: str, threads: int):
+    """The kernel of a network of Conv, ABRelu, AvgPool / SumPool, GlobalAvgPool /
+    GlobalSumPool, Flatten and Dense layers (ending in a flat output) on channels-first
+    inputs, computed by the native engine one input pair at a time in cache
+    (`widenets.layers._native_spatial`, docs/math/native-conv.md); None when the network,
+    the inputs, the size or the engine setting do not allow it (the caller computes it
+    eagerly, which also raises the eager errors).
+
+    `full`: all position pairs (pooling) or their diagonal (Flatten readouts). The size rule:
+    input pairs x position pairs (full) or x positions (diagonal) of at least
+    `NATIVE_MIN_SPATIAL_WORK`. The variances and a symmetric kernel's diagonal are the self
+    pairs' values of the same loop (exact symmetry, K(x, x) = cov1 exactly); identical inputs
+    get exactly the self-pair values. A non-finite value makes the eager engine recompute the
+    kernel, so that the errors are its own.
+
+    Args:
+        layer: the network.
+        x1, x2: (n, C, *S) inputs (x2 None: the symmetric kernel of x1).
+        want_ntk: compute the NTK too.
+        full: the full layout (True) or the diagonal one.
+        fname: the public function's name (unused: errors come from the eager engine).
+        threads: how many threads compute the strips of pairs.
+
+    Returns:
+        The output Kernel, or None.
+
+    Example:
+        >>> import torch, widenets as wn
+        >>> from widenets.layers.engine import spatial_network_kernel
+        >>> net = wn.serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+        >>> k = spatial_network_kernel(net, x, None, want_ntk=True, full=True, fname="kernel",
+        ...                            threads=1)      # None: too small for the native engine
+        >>> k is None or bool(torch.allclose(k.ntk, net.kernel(x, get="ntk")))
+        True
+    """
+    if x1.device.type != "cpu" or x1.dtype not in (torch.float32, torch.float64) \
+            or (torch.is_grad_enabled() and (x1.requires_grad or (
+                x2 is not None and x2.requires_grad))):
+        return None
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    p = math.prod(x1.shape[2:])
+    work = x1.shape[0] * n2 * (p * p if full else p)
+    if get_engine() not in ("native", "auto") or work < NATIVE_MIN_SPATIAL_WORK:
+        return None
+    pl = _native_spatial.plan(layer, tuple(x1.shape[2:]), x1.shape[1], full)
+    if pl is None:
+        return None
+    try:
+        lib = _native.load("spatial")
+    except _native.BuildError as err:
+        _warn_once(str(err), stacklevel=7, what="native")
+        return None
+    res = _native_spatial.compute(lib, pl, x1, x2, want_ntk=want_ntk, full=full,
+                                  threads=threads)
+    if res[-1] or not all(bool(torch.isfinite(t).all()) for t in res[2:5] if t is not None):
+        return None                  # the eager engine recomputes it and raises its error
+    k = _mark_same_inputs(_native_spatial.output_kernel(pl, res, x2 is None), x1, x2)
+    if k.ntk is not None:
+        k.write_same_input(k.ntk, res[4])       # identical inputs: the self-pair values
+    return k
+
+
 use_block_engine(apply)        # every block of net.kernel goes through `apply`
 use_network_engine(network_kernel)   # flat chains of Dense and ABRelu: one native pass
+use_spatial_engine(spatial_network_kernel)   # image networks: one native loop per pair
