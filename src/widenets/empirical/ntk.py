@@ -83,9 +83,13 @@ def empirical_ntk(model, x1, x2=None, *, params=None, implementation: str = "aut
             "structured", measured the fastest of the three on each (transformer, ResNet-18
             width 8, MLP, tutorial CNN; "jacobian" 1.4-1.8x slower there, "ntvp" more), and
             its own cost beyond "structured" is the estimate (under 1 ms) plus counting the
-            probe's graph, so its time is that of "structured" to the noise (the benchmark
-            runs them in a random order per round: a run right after one that freed much
-            memory pays ~10% for fresh pages); with
+            operations of one forward pass, so its time is that of "structured" to the noise
+            (the benchmark runs them in a random order per round: a run right after one that
+            freed much memory pays ~10% for fresh pages). On a GPU (an H100, torch 2.11) it
+            picks "structured" on the transformer and the MLP but "jacobian" on the ResNet-18
+            of width 8, where "structured" was 1.3x faster: the per-operation launch cost
+            it calibrates weighs the structured contraction's many small products too
+            heavily; pass implementation="structured" there; with
             batch_size=None the estimate counts the automatic blocking (recomputed column
             blocks of "jacobian", the parts of "structured": `cost.estimate_costs`), so on
             the full ResNet-18 it does not fall back to "ntvp" for lack of memory;
