@@ -95,3 +95,20 @@ def test_auto_counts_the_automatic_blocking():
     assert choose_implementation(auto, budget) == "structured"
     assert auto["jacobian"][0] > whole["jacobian"][0]            # recomputed column blocks
     assert auto["structured"][0] > whole["structured"][0]        # a forward pass per part
+
+
+def test_operation_count_is_the_forward_calls_by_hand():
+    """plan.ops counts the tensor operations of one plain forward pass: Linear, ReLU, Linear
+    and the reshape of the output to (n, O) make 4 (hand count); each extra Linear + ReLU adds
+    2. The count no longer comes from the recorded autograd graph, whose size depended on the
+    torch version (21 nodes against 5 for the same MLP under torch 2.13 and 2.11; a graph
+    count gives 4 + 5 per pair here, so this fails on it)."""
+    def mlp(pairs):
+        layers = [nn.Linear(5, 8), nn.ReLU()]
+        for _ in range(pairs):
+            layers += [nn.Linear(8, 8), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(8, 2)).to(DT)
+
+    x = torch.randn(3, 5, dtype=DT)
+    ops = [plan_for(mlp(k), x).ops for k in (0, 1, 3)]
+    assert ops == [4, 6, 10]

@@ -417,9 +417,9 @@ def _forward_ops(target: Target, x_probe: torch.Tensor) -> int:
     of the same forward had 21 nodes for a 3-layer MLP under torch 2.13 and 5 under torch
     2.11, which made `auto` choose by multiply-adds alone and pick "jacobian" on a GPU where
     "structured" was 1.2-1.4x faster."""
-    counter = _OpCounter()
+    counter, x = _OpCounter(), x_probe[:1]
     with torch.no_grad(), counter:
-        target(target.params, x_probe[:1])
+        target(target.params, x)
     return counter.n
 
 
