@@ -397,7 +397,7 @@ _FLOOR_NOTE = """
 Why the speed-up over the recipe is bounded by the multiply-add ratio (docs/math/empirical_ntk.md
 §5): per layer shared over T positions the structured path takes the cheaper of the Gram form,
 n1 n2 T² (d_in + O d_out), and the Jacobian form, n O T d_in d_out to form the per-input
-weight gradients plus n1 n2 O d_in d_out to contract them (3/4 of it for x2 = x1, n >= 128).
+weight gradients plus n1 n2 O d_in d_out to contract them (3/4 of it done for x2 = x1, n >= 128).
 No evaluation order of a layer's pair term costs less than the cheaper of the two (§5). For
 every convolution of a ResNet on 32x32 inputs but the last stage (T = 1024 ... 64)
 T² (d_in + O d_out) > O d_in d_out, so the Jacobian form wins, and it is the recipe's own

@@ -18,8 +18,9 @@ evaluate it, with costs in multiply-adds (m = O² for mode "full", O for "trace"
 * "gram" (eq. 2):      n1 n2 G T1 T2 (d_in + m d_out)  (a layer's weight and bias share
                        the cotangent Gram, paid once)
 * "jacobian" (eq. 1):  (n1 + n2) O G T d_in d_out to form the per-sample Jacobians,
-                       plus n1 n2 m G d_in d_out to contract them (3/4 of that
-                       for trace with x2 = x1 and n1 >= 128: `row_products`).
+                       plus n1 n2 m G d_in d_out to contract them (done as 3/4 of
+                       that for trace with x2 = x1 and n1 >= 128, `row_products`, but
+                       counted in full when choosing the form).
 
 Dense layers (T = 1) are cheapest in "gram" form (the cost no longer has the product
 d_in d_out); convolutions with many positions (T² ≫ d_in d_out) in "jacobian" form.
@@ -477,10 +478,10 @@ def form_costs(shape1, shape2, kind: str, d_in: int, n1: int, n2: int, mode: str
     p = g * d_in * d
     form_din = d_in if kind == "dense" else 1
     form = n1 * o * g * t1 * form_din * d + (0 if symmetric else n2 * o * g * t2 * form_din * d)
-    # trace, x2 = x1: `row_products` does 3/4 of the n1 n2 pairs
-    pairs = n1 * n2 * (0.75 if symmetric and mode == "trace" and n1 >= SYMMETRIC_SPLIT_MIN
-                       else 1.0)
-    jac = form + pairs * m * p
+    # counted in full even where `row_products` does 3/4 of the pairs (trace, x2 = x1, n1 >=
+    # SYMMETRIC_SPLIT_MIN): with the discount the MLP of benchmarks/empirical_ntk.py at N = 256
+    # switched a layer to the Jacobian form and ran 1.25x slower (1 and 2 threads)
+    jac = form + n1 * n2 * m * p
     mem = (n1 + (0 if symmetric else n2)) * o * p
     return float(kx), float(kc), float(jac), float(mem)
 
