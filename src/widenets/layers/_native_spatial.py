@@ -31,6 +31,7 @@ from .dense import Dense
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool
 
 __all__ = ["SpatialPlan", "plan", "compute", "output_kernel", "native_abrelu", "native_dense",
+           "flat_layers",
            "TASK_ENTRIES"]
 
 #: per stage: int64 and double fields (the C++ NI, ND)
@@ -57,18 +58,18 @@ def native_abrelu(lay) -> bool:
         and lay.a != lay.b
 
 
-def _layers(layer) -> list | None:
+def flat_layers(layer) -> list | None:
     """The network as a flat list of layers (nested Serial and Repeat flattened)."""
     if isinstance(layer, Serial):
         out = []
         for lay in layer.layers:
-            sub = _layers(lay)
+            sub = flat_layers(lay)
             if sub is None:
                 return None
             out += sub
         return out
     if isinstance(layer, Repeat):
-        sub = _layers(layer.layer)
+        sub = flat_layers(layer.layer)
         return None if sub is None else sub * layer.n
     return [layer]
 
@@ -94,7 +95,7 @@ def plan(layer, spatial: tuple, channels: int, full: bool) -> SpatialPlan | None
     """The native stages of `layer` on inputs of `channels` x `spatial`, in the full layout
     (all position pairs) or the diagonal one; None when a layer is not covered (the caller
     computes the kernel eagerly, which also raises the eager errors)."""
-    layers = _layers(layer)
+    layers = flat_layers(layer)
     if not layers or not 1 <= len(spatial) <= 3:
         return None
     shape: tuple | None = tuple(spatial)

@@ -56,7 +56,7 @@ from ..kernel import Kernel
 from . import _native, _native_spatial
 from ._inputs import _mark_same_inputs
 from ._kernel_checks import check_finite
-from ._native_spatial import native_abrelu, native_dense
+from ._native_spatial import flat_layers, native_abrelu, native_dense
 from ._schedule import use_block_engine, use_network_engine, use_spatial_engine
 from .activations import ABRelu, Activation, _is_gamma_token
 from .base import new_source
@@ -548,20 +548,10 @@ def native_available() -> bool:
 def _chain_stages(layer) -> list | None:
     """The network as a flat list of Dense and ABRelu layers with number hyperparameters, or
     None when it is anything else (nested Serial and Repeat are flattened)."""
-    if isinstance(layer, Serial):
-        out = []
-        for lay in layer.layers:
-            sub = _chain_stages(lay)
-            if sub is None:
-                return None
-            out += sub
-        return out
-    if isinstance(layer, Repeat):
-        sub = _chain_stages(layer.layer)
-        return None if sub is None else sub * layer.n
-    if native_dense(layer) or native_abrelu(layer):
-        return [layer]
-    return None
+    layers = flat_layers(layer)
+    if layers is None or not all(native_dense(lay) or native_abrelu(lay) for lay in layers):
+        return None
+    return layers
 
 
 def _native_lib(k0: Kernel):
