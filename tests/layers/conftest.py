@@ -1,4 +1,4 @@
-"""Shared helpers of the spatial-layer tests: analytic kernel vs Monte Carlo."""
+"""Shared helpers of the layer tests: analytic kernel vs Monte Carlo, the engine switch."""
 
 import pytest
 import torch
@@ -30,3 +30,11 @@ def mc_check():
         assert err_ntk < tol, f"NTK relative error {err_ntk:.3f} >= {tol}"
         return err_nngp, err_ntk
     return check
+
+
+@pytest.fixture
+def use_engine():
+    """use_engine(name): switch the engine for this test (restored after it)."""
+    previous = wn.get_engine()
+    yield wn.set_engine
+    wn.set_engine(previous)

@@ -21,14 +21,6 @@ from widenets.layers.base import input_kernel
 from .test_monte_carlo import assert_ntk_matches_monte_carlo
 
 
-@pytest.fixture
-def use_engine():
-    """use_engine(name): switch the engine for this test (restored after it)."""
-    previous = wn.get_engine()
-    yield wn.set_engine
-    wn.set_engine(previous)
-
-
 @pytest.fixture(scope="module")
 def fused_ok():
     if not engine.fused_available(torch.float64):

@@ -18,13 +18,6 @@ from .test_engine import _d
 from .test_monte_carlo import assert_ntk_matches_monte_carlo
 
 
-@pytest.fixture
-def use_engine():
-    previous = wn.get_engine()
-    yield wn.set_engine
-    wn.set_engine(previous)
-
-
 @pytest.fixture(autouse=True)
 def small_kernels_native(monkeypatch):
     """The test kernels are far below NATIVE_MIN_ENTRIES: let them take the native path."""
@@ -191,18 +184,15 @@ def test_native_errors_are_the_eager_ones(use_engine, native_ok):
         assert messages[0].startswith("serial.kernel:") or ".kernel:" in messages[0]
 
 
-def test_native_fallback_when_the_build_fails_is_announced_once(use_engine, monkeypatch,
-                                                                 tmp_path):
+def assert_build_failure_falls_back(net, x1, x2, use_engine, monkeypatch, cache_dir):
     """A compiler that fails (simulated by CXX=false, with an empty cache) makes the native
-    engine unavailable: one EngineWarning, then eager results, silently."""
+    engine unavailable: one EngineWarning, then eager results (bitwise), silently, and
+    nothing written to the cache. The caller lets `net` take the native path by size."""
     monkeypatch.setenv("CXX", "false")
-    monkeypatch.setenv("WIDENETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("WIDENETS_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(_native, "_libs", {})
     monkeypatch.setattr(_native, "_errors", {})
     monkeypatch.setattr(engine, "_native_announced", False)
-    monkeypatch.setattr(engine, "NATIVE_MIN_ENTRIES", 10)     # these kernels may build
-    net = NETS["relu"]()
-    x1, x2 = _inputs()
     use_engine("eager")
     want = net.kernel(x1, x2)
     use_engine("native")
@@ -212,9 +202,18 @@ def test_native_fallback_when_the_build_fails_is_announced_once(use_engine, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = net.kernel(x1, dtype=torch.float32)
-        assert not engine.native_available()
     assert again.ntk.dtype == torch.float32
-    assert list(tmp_path.iterdir()) == []
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_native_fallback_when_the_build_fails_is_announced_once(use_engine, monkeypatch,
+                                                                 tmp_path):
+    monkeypatch.setattr(engine, "NATIVE_MIN_ENTRIES", 10)     # these kernels may build
+    assert_build_failure_falls_back(NETS["relu"](), *_inputs(), use_engine, monkeypatch,
+                                    tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # announced once only
+        assert not engine.native_available()
 
 
 def test_small_kernels_never_build(use_engine, monkeypatch):

@@ -4,7 +4,6 @@ computed one input pair at a time, against the eager engine (to rounding), Monte
 finite conv nets; exact symmetry, diagonal and identical inputs; errors; the fallback when the
 build fails; which kernels take the native path."""
 
-import warnings
 
 import pytest
 import torch
@@ -12,12 +11,7 @@ import torch
 import widenets as wn
 from widenets.layers import _native, _native_spatial, engine
 
-
-@pytest.fixture
-def use_engine():
-    previous = wn.get_engine()
-    yield wn.set_engine
-    wn.set_engine(previous)
+from .test_native import assert_build_failure_falls_back
 
 
 @pytest.fixture
@@ -191,27 +185,8 @@ def test_native_spatial_errors_are_the_eager_ones(use_engine, native_ok, small_n
 
 def test_native_spatial_fallback_when_the_build_fails(use_engine, monkeypatch, tmp_path,
                                                       small_native):
-    """A compiler that fails (CXX=false, empty cache): one EngineWarning, then the eager
-    results, silently; nothing is written to the cache."""
-    monkeypatch.setenv("CXX", "false")
-    monkeypatch.setenv("WIDENETS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_native, "_libs", {})
-    monkeypatch.setattr(_native, "_errors", {})
-    monkeypatch.setattr(engine, "_native_announced", False)
     make, shape = NETS["gap"]
-    net = make()
-    x1, x2 = _inputs(shape)
-    use_engine("eager")
-    want = net.kernel(x1, x2)
-    use_engine("native")
-    with pytest.warns(engine.EngineWarning, match="native kernel engine is unavailable"):
-        got = net.kernel(x1, x2)
-    assert torch.equal(got.ntk, want.ntk) and torch.equal(got.nngp, want.nngp)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        again = net.kernel(x1, dtype=torch.float32)
-    assert again.ntk.dtype == torch.float32
-    assert list(tmp_path.iterdir()) == []
+    assert_build_failure_falls_back(make(), *_inputs(shape), use_engine, monkeypatch, tmp_path)
 
 
 def test_which_kernels_take_the_native_path(use_engine, native_ok, monkeypatch):
