@@ -28,14 +28,19 @@ import ctypes
 import os
 import threading
 
-__all__ = ["available_memory", "memory_budget", "reuse_freed_memory"]
+__all__ = ["available_memory", "memory_budget", "on_host", "reuse_freed_memory"]
+
+
+def on_host(device) -> bool:
+    """Whether `device` (None, a name such as "cuda:1", or a torch.device) is the CPU."""
+    return device is None or str(device).split(":")[0] == "cpu"
 
 
 def available_memory(device=None) -> int:
     """Bytes of memory available to this process: on the CPU (device None or "cpu")
     MemAvailable on Linux (4 GiB otherwise); on a CUDA device the free device memory plus what
     torch's caching allocator holds unused."""
-    if device is not None and str(device) != "cpu":
+    if not on_host(device):
         import torch
 
         device = torch.device(device)
@@ -61,8 +66,7 @@ def memory_budget(*, cap: int | None = None, device=None) -> int:
     """Bytes a memory-aware step may plan to hold at once: half of `available_memory(device)`
     now (the CPU's by default, a GPU's for its tensors), and at most `cap` when given (see the
     module docstring)."""
-    on_cpu = device is None or str(device) == "cpu"
-    budget = (available_memory() if on_cpu else available_memory(device)) // 2
+    budget = available_memory(device) // 2
     return budget if cap is None else min(budget, int(cap))
 
 

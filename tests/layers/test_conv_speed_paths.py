@@ -103,7 +103,7 @@ def test_reuse_freed_memory_sets_once_and_restores_once(monkeypatch):
     assert [c[0] for c in fake.calls] == ["mallopt", "mallopt", "mallopt", "mallopt",
                                           "malloc_trim"]
     fake.calls.clear()
-    monkeypatch.setattr(memory, "available_memory", lambda: 1024)   # not even one pair fits
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 1024)   # not even one pair fits
     with pytest.raises(MemoryError):
         net.kernel(torch.randn(3, 1, 4, 4, dtype=torch.float64))
     assert fake.calls[-1] == ("malloc_trim", 0) and len(fake.calls) == 5

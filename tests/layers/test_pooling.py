@@ -96,12 +96,12 @@ def test_full_layout_memory_errors(monkeypatch):
     net = wn.serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalAvgPool())
     x = _x(4, 1, 8, 8)
     per_pair = _blocks.full_layout_bytes_per_pair((8, 8), torch.float64, True)
-    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 5 * per_pair)
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 2 * 5 * per_pair)
     with pytest.raises(MemoryError, match=r"batch_size=4 would need .* use batch_size <= 2"):
         net.kernel(x, batch_size=4)
     k = net.kernel(x)                                 # automatic blocks fit
     torch.testing.assert_close(k.ntk, net.kernel(x, batch_size=1).ntk)
-    monkeypatch.setattr(memory, "available_memory", lambda: per_pair)
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: per_pair)
     with pytest.raises(MemoryError, match="even one pair at a time.*Flatten readout"):
         net.kernel(x)
 

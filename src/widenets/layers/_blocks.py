@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .._memory import memory_budget, reuse_freed_memory
+from .._memory import memory_budget, on_host, reuse_freed_memory
 from .._parallel import big_op_threads, block_threads
 from ._inputs import DIAGONAL, FULL, input_kernel
 from ._kernel_checks import check_finite
@@ -141,8 +141,8 @@ def full_layout_plan(spatial, dtype: torch.dtype, want_ntk: bool, batch_size: in
         MemoryError: one input pair, or one batch_size x batch_size block, exceeds the budget.
     """
     per_pair = full_layout_bytes_per_pair(spatial, dtype, want_ntk)
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    budget = memory_budget() if on_cpu else memory_budget(device=device)
+    on_cpu = on_host(device)
+    budget = memory_budget(device=device)
     fits = max(1, math.isqrt(max(budget // per_pair, 1)))
     what = (f"the full layout (all position pairs, needed by pooling) of {spatial} inputs "
             f"takes about {_gib(per_pair)} per input pair in {dtype}")

@@ -187,10 +187,11 @@ def _residual_integral(coef, theta, tt, rho, eta, discrete):
     return out
 
 
-def _default_max_iter(n: int, k: int) -> int:
+def _default_max_iter(n: int, k: int, device=None) -> int:
     """min(n, 500), fewer if the Lanczos vectors would take over half the memory budget
-    (`widenets._memory.memory_budget`), a quarter of the available memory."""
-    fit = int(memory_budget() // 2 // max(1, 8 * n * k)) - 1
+    (`widenets._memory.memory_budget`) of the device they live on, a quarter of its available
+    memory."""
+    fit = int(memory_budget(device=device) // 2 // max(1, 8 * n * k)) - 1
     return max(1, min(n, 500, fit))
 
 
@@ -263,9 +264,9 @@ def krylov_dynamics(k_train, v, t, *, learning_rate: float = 1.0, diag_reg: floa
     b, vector = as_targets(v, func=_FUNC, n=n, arg="v", device=operator_device(op))
     dev = b.device
     k = b.shape[1]
-    steps = _default_max_iter(n, k) if max_iter is None else min(max_iter, n)
+    steps = _default_max_iter(n, k, dev) if max_iter is None else min(max_iter, n)
     need = (steps + 1) * n * k * 8
-    if need > memory_budget():
+    if need > memory_budget(device=dev):
         raise ValueError(f"{_FUNC}: max_iter={steps} Lanczos steps keep {steps + 1} blocks of "
                          f"{n} x {k} vectors ({need / 1e9:.2f} GB), more than the memory "
                          f"budget (half of the available memory); lower max_iter or pass fewer "
