@@ -173,6 +173,12 @@ def test_native_errors_are_the_eager_ones(use_engine, native_ok):
         (wn.serial(*[wn.Dense(4, w_std=1e9), wn.Relu()] * 4, wn.Dense(1)), torch.float32),
         (wn.serial(*[wn.Dense(4, w_std=1e-9), wn.Relu()] * 5, wn.Dense(1)), torch.float32),
     ]
+    assert_errors_are_the_eager_ones(nets, x1, use_engine)
+
+
+def assert_errors_are_the_eager_ones(nets, x1, use_engine):
+    """Each (net, dtype) raises FloatingPointError with the same message, naming the kernel
+    function, on the eager and the native engine."""
     for net, dtype in nets:
         messages = []
         for name in ("eager", "native"):

@@ -11,7 +11,7 @@ import torch
 import widenets as wn
 from widenets.layers import _native, _native_spatial, engine
 
-from .test_native import assert_build_failure_falls_back
+from .test_native import assert_build_failure_falls_back, assert_errors_are_the_eager_ones
 
 
 @pytest.fixture
@@ -173,14 +173,7 @@ def test_native_spatial_errors_are_the_eager_ones(use_engine, native_ok, small_n
              torch.float32),
             (wn.serial(*[_c(w_std=1e-9, b_std=None), wn.Relu()] * 4, wn.GlobalAvgPool(),
                        wn.Dense(1, b_std=None)), torch.float32)]
-    for net, dtype in nets:
-        messages = []
-        for name in ("eager", "native"):
-            use_engine(name)
-            with pytest.raises(FloatingPointError) as err:
-                net.kernel(x1, dtype=dtype)
-            messages.append(str(err.value))
-        assert messages[0] == messages[1]
+    assert_errors_are_the_eager_ones(nets, x1, use_engine)
 
 
 def test_native_spatial_fallback_when_the_build_fails(use_engine, monkeypatch, tmp_path,
